@@ -1,0 +1,135 @@
+"""Every error sessionvisor raises, and the builtin each one also is.
+
+Each class subclasses the builtin that fits it, so an existing ``except
+ValueError`` keeps working. The tree::
+
+    SessionvisorError
+    ├── FactoryError
+    │   ├── FactoryValidationError   (ValueError)       client input refused: HTTP 400
+    │   ├── FactoryPermissionError   (PermissionError)  caller may not: HTTP 403
+    │   └── FactoryContractError     (TypeError)        the factory returned a wrong shape
+    ├── RouteError
+    │   ├── RouteValidationError     (ValueError)       config model rejected the input
+    │   ├── NoRouteError             (LookupError)      no route for the selected key
+    │   └── RouteChangedError        (RuntimeError)     sticky route would change
+    ├── RegistryUnavailable          (RuntimeError)     supervisor not entered / draining
+    ├── NotRunning                   (LookupError)      the handle's session has stopped
+    ├── InvalidStatus                (RuntimeError)     the call does not fit the status
+    ├── QueueFull                    (RuntimeError)     too many queued messages
+    ├── MessageRejected              (ValueError)       the message preprocessor refused
+    ├── SessionFailedError           (RuntimeError)     the session gave up restarting
+    ├── AccessDenied                 (PermissionError)  scope does not own the conversation
+    ├── CorruptStateError            (ValueError)       stored snapshot cannot be read
+    ├── StaleWriteError              (RuntimeError)     someone else wrote first
+    └── SubscriberOverflow           (RuntimeError)     a subscriber fell too far behind
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AccessDenied",
+    "CorruptStateError",
+    "FactoryContractError",
+    "FactoryError",
+    "FactoryPermissionError",
+    "FactoryValidationError",
+    "InvalidStatus",
+    "MessageRejected",
+    "NoRouteError",
+    "NotRunning",
+    "QueueFull",
+    "RegistryUnavailable",
+    "RouteChangedError",
+    "RouteError",
+    "RouteValidationError",
+    "SessionFailedError",
+    "SessionvisorError",
+    "StaleWriteError",
+    "SubscriberOverflow",
+]
+
+
+class SessionvisorError(Exception):
+    """Base of every error raised by sessionvisor."""
+
+
+class FactoryError(SessionvisorError):
+    """A factory refused or misbehaved while building an agent."""
+
+
+class FactoryValidationError(FactoryError, ValueError):
+    """The factory rejected the client's input (answered as HTTP 400)."""
+
+
+class FactoryPermissionError(FactoryError, PermissionError):
+    """The factory refused the caller (answered as HTTP 403)."""
+
+
+class FactoryContractError(FactoryError, TypeError):
+    """The factory returned something other than an agent or ``(agent, opts)``."""
+
+
+class RouteError(SessionvisorError):
+    """The router could not produce a route for a conversation."""
+
+
+class RouteValidationError(RouteError, ValueError):
+    """The route's config model rejected the request options."""
+
+    def __init__(self, message: str, errors: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.errors: list[Any] = list(errors or [])
+
+
+class NoRouteError(RouteError, LookupError):
+    """The selector named a route that does not exist and there is no default."""
+
+
+class RouteChangedError(RouteError, RuntimeError):
+    """The router picked another route than the one the conversation was made with."""
+
+
+class RegistryUnavailable(SessionvisorError, RuntimeError):
+    """The supervisor cannot answer: not entered yet, draining, or closed."""
+
+
+class NotRunning(SessionvisorError, LookupError):
+    """The session behind this handle has stopped."""
+
+
+class InvalidStatus(SessionvisorError, RuntimeError):
+    """The call does not fit the conversation's current status."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class QueueFull(SessionvisorError, RuntimeError):
+    """More messages are waiting for the next turn than ``max_queued`` allows."""
+
+
+class MessageRejected(SessionvisorError, ValueError):
+    """The message preprocessor refused the message; nothing was stored."""
+
+
+class SessionFailedError(SessionvisorError, RuntimeError):
+    """The session crashed more often than its restart policy allows and gave up."""
+
+
+class AccessDenied(SessionvisorError, PermissionError):
+    """The caller's scope does not own this conversation."""
+
+
+class CorruptStateError(SessionvisorError, ValueError):
+    """The stored snapshot of a conversation cannot be read; it was left untouched."""
+
+
+class StaleWriteError(SessionvisorError, RuntimeError):
+    """The stored version moved on: another writer owns the conversation now."""
+
+
+class SubscriberOverflow(SessionvisorError, RuntimeError):
+    """The subscriber fell further behind than its buffer; resubscribe with ``after=``."""

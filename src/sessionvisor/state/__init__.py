@@ -1,0 +1,32 @@
+"""State and persistence: the data of a conversation and where it is kept.
+
+``State``/``Message`` are pydantic models; ``StateStore`` is the async storage
+protocol with ``MemoryStore`` and ``SQLiteStore`` in the core and
+``PostgresStore`` (extra ``postgres``) in ``sessionvisor.state.postgres``.
+``dump_state``/``load_state`` give the versioned JSON form, with migrations
+registered by ``register_migration``. This package imports nothing else of
+sessionvisor but the errors and the clock.
+"""
+
+from ._memory import MemoryStore
+from ._models import SCHEMA_VERSION, Content, Message, PendingInterrupt, State
+from ._serializer import dump_state, load_state, register_migration
+from ._sqlite import SQLiteStore
+from ._store import LIFECYCLES, Lifecycle, StateStore, StoredConversation
+
+__all__ = [
+    "LIFECYCLES",
+    "SCHEMA_VERSION",
+    "Content",
+    "Lifecycle",
+    "MemoryStore",
+    "Message",
+    "PendingInterrupt",
+    "SQLiteStore",
+    "State",
+    "StateStore",
+    "StoredConversation",
+    "dump_state",
+    "load_state",
+    "register_migration",
+]

@@ -1,0 +1,75 @@
+"""The conversation's data: ``State``, ``Message`` and the pending interrupt."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._clock import utcnow
+
+__all__ = ["SCHEMA_VERSION", "Content", "Message", "PendingInterrupt", "State"]
+
+#: Version of the serialized State written by this release; see ``_serializer``.
+SCHEMA_VERSION = 1
+
+Content = str | list[dict[str, Any]]
+
+
+def _new_id() -> str:
+    return uuid4().hex
+
+
+class Message(BaseModel):
+    """One message of a conversation. Only ``role`` and ``content`` are required.
+
+    Messages are frozen: an agent changes history by building new messages, so
+    a failed turn can be rolled back without copying the whole history.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=_new_id)
+    role: Literal["user", "assistant", "system", "tool"]
+    content: Content
+    created_at: datetime = Field(default_factory=utcnow)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def text(self) -> str:
+        """Return the text of the message: the string, or its text parts joined."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(
+            str(part.get("text", "")) for part in self.content if part.get("type") == "text"
+        )
+
+
+class PendingInterrupt(BaseModel):
+    """A question (or a notice to acknowledge) the agent is waiting on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["question", "notice"] = "question"
+    data: Any = None
+
+
+class State(BaseModel):
+    """Everything persisted about one conversation.
+
+    Attributes:
+        messages: the history the agent sees, oldest first.
+        queued: user messages waiting for the next turn.
+        metadata: free-form data of the agent and the application.
+        interrupt: the pending interrupt, persisted so it survives shutdown.
+        version: the schema version this State was written with.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    messages: list[Message] = Field(default_factory=list)
+    queued: list[Message] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    interrupt: PendingInterrupt | None = None
+    version: int = SCHEMA_VERSION

@@ -1,0 +1,96 @@
+"""The ``StateStore`` protocol and the record it keeps per conversation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+from .._clock import utcnow
+
+__all__ = ["LIFECYCLES", "Lifecycle", "StateStore", "StoredConversation"]
+
+Lifecycle = Literal[
+    "turn_start",
+    "queued",
+    "completion",
+    "interrupt",
+    "pause",
+    "dismiss",
+    "error",
+    "cancel",
+    "shutdown",
+]
+LIFECYCLES: frozenset[str] = frozenset(Lifecycle.__args__)  # type: ignore[attr-defined]
+
+
+@attrs.frozen(kw_only=True)
+class StoredConversation:
+    """One conversation as a store keeps it.
+
+    Attributes:
+        state: the serialized State (a JSON-ready dict, see ``state.dump_state``).
+        version: the write version; each successful save adds one.
+        owner: the owner key of the scope that created the conversation, or None.
+        route_key: the route the conversation was made with (sticky routing).
+        request_opts: the request options that made it (sticky routing).
+        last_seq: the last event sequence number issued for it.
+        updated_at: when it was last saved (UTC).
+        lifecycle: why it was last saved (``turn_start``, ``completion``, ...).
+    """
+
+    state: dict[str, Any]
+    version: int = 0
+    owner: str | None = None
+    route_key: str | None = None
+    request_opts: dict[str, Any] = attrs.field(factory=dict)
+    last_seq: int = 0
+    updated_at: datetime = attrs.field(factory=utcnow)
+    lifecycle: str | None = None
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Where conversations persist. Every method is async.
+
+    The version check in ``save`` is the only guard against two writers: a
+    writer that lost the race gets ``StaleWriteError`` and must stop writing.
+    """
+
+    async def load(self, conversation_id: str) -> StoredConversation | None:
+        """Return the stored conversation, or None when there is none.
+
+        Raises:
+            CorruptStateError: the stored row cannot be read; it is left untouched.
+        """
+        ...
+
+    async def save(
+        self,
+        conversation_id: str,
+        record: StoredConversation,
+        *,
+        expected_version: int | None,
+        lifecycle: Lifecycle,
+    ) -> int:
+        """Write ``record`` if the stored version is ``expected_version``.
+
+        ``expected_version=None`` means the conversation must not exist yet.
+        The record's own ``version`` and ``updated_at`` are ignored.
+
+        Returns:
+            The new version.
+
+        Raises:
+            StaleWriteError: the stored version is not ``expected_version``.
+        """
+        ...
+
+    async def delete(self, conversation_id: str) -> None:
+        """Remove the conversation; a missing one is not an error."""
+        ...
+
+    async def quarantine(self, conversation_id: str) -> str:
+        """Move an unreadable row aside under a new key and return that key."""
+        ...
