@@ -91,7 +91,7 @@ class FunctionAgent:
         if self._on_start is None:
             return state
         result = await _call(self._on_start, state)
-        return state if result is None else result  # type: ignore[no-any-return]
+        return state if result is None else result
 
     def restorable(self, interrupt: PendingInterrupt) -> bool:
         return True if self._restorable is None else bool(self._restorable(interrupt))

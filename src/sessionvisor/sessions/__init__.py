@@ -1,0 +1,46 @@
+"""Sessions: one supervised actor per conversation.
+
+``SessionSupervisor`` is the entry point; ``SessionHandle`` is one live session;
+the events and ``Status`` are what subscribers see. The engine - the actor, the
+registry, the event bus and the shared timer - lives in private modules. This
+package uses ``routers``, ``factories``, ``state`` and ``agents``; none of them
+imports it.
+"""
+
+from ._actor import PreprocessContext
+from ._bus import Subscription
+from ._events import (
+    AgentEvent,
+    Delta,
+    Event,
+    MessageAppended,
+    MessageQueued,
+    Restarted,
+    SessionFailed,
+    Shutdown,
+    Status,
+    StatusChanged,
+)
+from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
+from ._supervisor import SessionSupervisor, default_owner_of
+
+__all__ = [
+    "AgentEvent",
+    "Delivery",
+    "Delta",
+    "Event",
+    "MessageAppended",
+    "MessageQueued",
+    "PreprocessContext",
+    "Restarted",
+    "SessionFailed",
+    "SessionHandle",
+    "SessionInfo",
+    "SessionSummary",
+    "SessionSupervisor",
+    "Shutdown",
+    "Status",
+    "StatusChanged",
+    "Subscription",
+    "default_owner_of",
+]

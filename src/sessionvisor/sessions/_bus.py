@@ -1,0 +1,205 @@
+"""The local event bus: how events reach subscribers.
+
+One ``_Topic`` per conversation carries the sequence counter, a bounded replay
+buffer and the subscribers. A topic belongs to the conversation, not to an
+actor, so subscriptions survive restarts, idle shutdown and wake. A cluster
+implementation would replace this module behind the same small surface.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+
+from .._clock import utcnow
+from .._errors import SubscriberOverflow
+from ._events import Event, Status, StatusChanged
+
+__all__: list[str] = []
+
+
+class Subscription:
+    """An async iterator over one conversation's events.
+
+    Raises ``SubscriberOverflow`` (after the events it still holds) once it fell
+    more than its buffer behind; ends when the supervisor drains.
+    """
+
+    __slots__ = ("_buffer", "_capacity", "_closed", "_overflowed", "_topic", "_wakeup")
+
+    def __init__(self, topic: _Topic, capacity: int) -> None:
+        self._topic = topic
+        self._capacity = capacity
+        self._buffer: deque[Event] = deque()
+        self._wakeup: anyio.Event | None = None
+        self._overflowed = False
+        self._closed = False
+
+    @property
+    def conversation_id(self) -> str:
+        return self._topic.conversation_id
+
+    def _push(self, event: Event) -> bool:
+        """Queue an event; return False when the buffer is full (the caller cuts us off)."""
+        if len(self._buffer) >= self._capacity:
+            self._overflowed = True
+            self._wake()
+            return False
+        self._buffer.append(event)
+        self._wake()
+        return True
+
+    def _close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._overflowed:
+                raise SubscriberOverflow(
+                    f"subscriber of conversation {self.conversation_id!r} fell more than "
+                    f"{self._capacity} events behind and was cut off; resubscribe with "
+                    f"after={self._topic.last_seq_delivered_to(self)}"
+                )
+            if self._closed:
+                raise StopAsyncIteration
+            wakeup = self._wakeup = anyio.Event()
+            await wakeup.wait()
+
+    def pending(self) -> int:
+        """Return how many events wait in this subscriber's buffer."""
+        return len(self._buffer)
+
+
+class _Topic:
+    __slots__ = (
+        "_delivered",
+        "agent_id",
+        "conversation_id",
+        "last_seq",
+        "replay",
+        "subscribers",
+    )
+
+    def __init__(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> None:
+        self.conversation_id = conversation_id
+        self.agent_id = agent_id
+        self.last_seq = last_seq
+        self.replay: deque[Event] = deque(maxlen=replay)
+        self.subscribers: list[Subscription] = []
+        # seq of the last event each cut-off subscriber received, for its error message
+        self._delivered: dict[int, int] = {}
+
+    def publish(self, cls: type[Event], **fields: Any) -> Event:
+        self.last_seq += 1
+        event = cls(
+            seq=self.last_seq,
+            agent_id=self.agent_id,
+            conversation_id=self.conversation_id,
+            at=utcnow(),
+            **fields,
+        )
+        self.replay.append(event)
+        if self.subscribers:
+            cut = [sub for sub in self.subscribers if not sub._push(event)]
+            for sub in cut:
+                # A slow subscriber is dropped instead of slowing the actor or the others.
+                self._delivered[id(sub)] = event.seq - 1 - len(sub._buffer)
+                self.subscribers.remove(sub)
+        return event
+
+    def last_seq_delivered_to(self, sub: Subscription) -> int:
+        return self._delivered.pop(id(sub), self.last_seq)
+
+    def snapshot(self, status: Status, interrupt: Any, *, gap: bool = False) -> StatusChanged:
+        return StatusChanged(
+            seq=self.last_seq,
+            agent_id=self.agent_id,
+            conversation_id=self.conversation_id,
+            at=utcnow(),
+            status=status,
+            interrupt=interrupt,
+            gap=gap,
+        )
+
+
+class LocalBus:
+    """Topics by conversation id; a topic lives while an actor or a subscriber holds it."""
+
+    def __init__(self) -> None:
+        self._topics: dict[str, _Topic] = {}
+
+    def topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> _Topic:
+        topic = self._topics.get(conversation_id)
+        if topic is None:
+            topic = self._topics[conversation_id] = _Topic(
+                conversation_id, agent_id, last_seq, replay
+            )
+        else:
+            # The store may know of later events than a topic that outlived its actor.
+            topic.last_seq = max(topic.last_seq, last_seq)
+            topic.agent_id = agent_id
+            if topic.replay.maxlen != replay:
+                topic.replay = deque(topic.replay, maxlen=replay)
+        return topic
+
+    def existing(self, conversation_id: str) -> _Topic | None:
+        return self._topics.get(conversation_id)
+
+    def release(self, conversation_id: str, still_live: Callable[[str], bool]) -> None:
+        """Forget a topic nobody holds any more (its seq lives on in the store)."""
+        topic = self._topics.get(conversation_id)
+        if topic is not None and not topic.subscribers and not still_live(conversation_id):
+            del self._topics[conversation_id]
+
+    def subscribe(
+        self,
+        topic: _Topic,
+        *,
+        capacity: int,
+        after: int | None,
+        status: Status,
+        interrupt: Any,
+    ) -> Subscription:
+        sub = Subscription(topic, capacity)
+        if after is None:
+            sub._buffer.append(topic.snapshot(status, interrupt))
+        elif after < topic.last_seq:
+            oldest = topic.replay[0].seq if topic.replay else topic.last_seq + 1
+            if after >= oldest - 1 and after >= 0:
+                for event in topic.replay:
+                    if event.seq > after:
+                        sub._buffer.append(event)
+            else:
+                sub._buffer.append(topic.snapshot(status, interrupt, gap=True))
+        elif after > topic.last_seq:
+            # A seq we never issued (another server, a lost store): start over, marked.
+            sub._buffer.append(topic.snapshot(status, interrupt, gap=True))
+        topic.subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        topic = sub._topic
+        if sub in topic.subscribers:
+            topic.subscribers.remove(sub)
+        topic._delivered.pop(id(sub), None)
+
+    def close_all(self) -> None:
+        for topic in self._topics.values():
+            for sub in topic.subscribers:
+                sub._close()
+            topic.subscribers.clear()
+        self._topics.clear()

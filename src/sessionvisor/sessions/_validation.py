@@ -1,0 +1,59 @@
+"""Checks on caller input, made before anything changes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__: list[str] = []
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+MAX_ID_LENGTH = 256
+
+
+def check_conversation_id(conversation_id: Any) -> str:
+    """Return the id, or raise TypeError/ValueError naming ``conversation_id``."""
+    if not isinstance(conversation_id, str):
+        raise TypeError(
+            f"conversation_id must be a str, got {type(conversation_id).__name__}"
+        )
+    if not conversation_id:
+        raise ValueError("conversation_id must not be empty")
+    if len(conversation_id) > MAX_ID_LENGTH:
+        raise ValueError(
+            f"conversation_id is {len(conversation_id)} characters long; "
+            f"the limit is {MAX_ID_LENGTH}"
+        )
+    if _CONTROL.search(conversation_id):
+        raise ValueError(f"conversation_id {conversation_id!r} contains a control character")
+    return conversation_id
+
+
+def check_content(content: Any, max_bytes: int) -> None:
+    """Raise TypeError/ValueError naming ``content`` unless it is a valid message body."""
+    if isinstance(content, str):
+        pass
+    elif isinstance(content, list):
+        for i, part in enumerate(content):
+            if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
+                raise TypeError(
+                    f"content[{i}] must be a mapping with a str 'type' key, got {part!r:.80}"
+                )
+    else:
+        raise TypeError(
+            f"content must be a str or a list of parts, got {type(content).__name__}"
+        )
+    if not content_size_ok(content, max_bytes):
+        raise ValueError(f"content is larger than max_message_bytes={max_bytes} as JSON")
+
+
+def content_size_ok(content: Any, max_bytes: int) -> bool:
+    if isinstance(content, str) and len(content) * 6 + 2 <= max_bytes:
+        return True  # even fully escaped it fits: skip the encoding
+    try:
+        size = len(json.dumps(content, ensure_ascii=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"content is not JSON-serializable: {exc}") from exc
+    return size <= max_bytes
