@@ -1,0 +1,588 @@
+"""``cancel``, ``stop``, the queries, the supervisor's lifetime, handles, input rules, seq."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from sessionvisor import (
+    InvalidStatus,
+    NotRunning,
+    RegistryUnavailable,
+    SessionSummary,
+    SessionSupervisor,
+    Shutdown,
+    SQLiteStore,
+    Status,
+    StatusChanged,
+)
+
+from ._helpers_a import (
+    WAIT,
+    Backend,
+    ends_in,
+    settle,
+    stored,
+    stored_state,
+    supervisor,
+    texts,
+    until,
+    wait_status,
+)
+
+# -- cancel --------------------------------------------------------------------
+
+
+async def _slow_turn(sup: SessionSupervisor, backend: Backend, cid: str = "c-1") -> None:
+    await sup.send(cid, "slow")
+    with anyio.fail_after(WAIT):
+        await backend.agent.slow_started.wait()
+
+
+@pytest.mark.anyio
+async def test_cancel_of_a_slow_turn_returns_promptly_with_cancelled(anyio_backend: str) -> None:
+    backend = Backend()  # the slow turn is never released: only cancellation ends it
+    async with supervisor(backend) as sup:
+        async with sup.subscribe("c-1") as events:
+            await _slow_turn(sup, backend)
+            with anyio.fail_after(1):
+                status = await sup.cancel("c-1")
+            seen = await until(events, ends_in(Status.CANCELLED))
+
+        assert status is Status.CANCELLED
+        assert await sup.status("c-1") is Status.CANCELLED
+        assert seen[-1].seq == seen[-2].seq + 1
+        record = await stored(sup, "c-1")
+        assert record is not None
+        assert record.lifecycle == "cancel"
+        assert texts(await stored_state(sup, "c-1")) == ["slow"]
+
+
+@pytest.mark.anyio
+async def test_cancel_holds_the_queue_and_the_next_message_is_answered(
+    anyio_backend: str,
+) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await _slow_turn(sup, backend)
+        await sup.send("c-1", "q1")
+
+        with anyio.fail_after(1):
+            assert await sup.cancel("c-1") is Status.CANCELLED
+
+        for _ in range(5):
+            await anyio.sleep(0.002)
+        assert await sup.status("c-1") is Status.CANCELLED
+        assert [m.content for m in (await stored_state(sup, "c-1")).queued] == ["q1"]
+
+        delivery = await sup.send("c-1", "q2")
+
+        assert delivery.queued is False
+        assert await settle(sup, "c-1") is Status.IDLE
+        assert backend.agent.turns[-1] == ["slow", "q1", "q2"]
+        state = await stored_state(sup, "c-1")
+        assert texts(state) == ["slow", "q1", "q2", "re: q2"]
+        assert state.queued == []
+
+
+@pytest.mark.anyio
+async def test_cancel_through_the_handle(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        info = await sup.start("c-1")
+        await _slow_turn(sup, backend)
+        with anyio.fail_after(1):
+            assert await info.handle.cancel() is Status.CANCELLED
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", ["idle", "interrupted", "cancelled"])
+async def test_cancel_without_a_running_turn_raises_invalid_status(
+    anyio_backend: str, status: str
+) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        if status == "idle":
+            await sup.start("c-1")
+        elif status == "interrupted":
+            await sup.send("c-1", "ask")
+            await wait_status(sup, "c-1", Status.INTERRUPTED)
+        else:
+            await _slow_turn(sup, backend)
+            await sup.cancel("c-1")
+
+        with pytest.raises(InvalidStatus) as caught:
+            await sup.cancel("c-1")
+
+        assert caught.value.status == status
+        assert "c-1" in str(caught.value)
+        assert await sup.status("c-1") == status
+
+
+@pytest.mark.anyio
+async def test_cancel_of_a_conversation_that_is_not_running_raises_not_running(
+    anyio_backend: str,
+) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        with pytest.raises(InvalidStatus) as caught:
+            await sup.cancel("c-1")
+        assert caught.value.status == "not_running"
+        assert "c-1" in str(caught.value)
+        assert backend.router_calls == []
+
+        await sup.send("c-2", "hi")
+        await settle(sup, "c-2")
+        await sup.stop("c-2")
+        with pytest.raises(InvalidStatus) as caught:
+            await sup.cancel("c-2")
+        assert caught.value.status == "not_running"
+        assert await sup.running("c-2") is False
+
+
+# -- stop ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_stop_persists_stops_and_announces_shutdown(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await sup.send("c-1", "hello")
+        await settle(sup, "c-1")
+        async with sup.subscribe("c-1") as events:
+            assert await sup.stop("c-1") == "stopped"
+            seen = await until(events, lambda e: isinstance(e, Shutdown))
+
+        shutdown = seen[-1]
+        assert isinstance(shutdown, Shutdown)
+        assert shutdown.reason == "stopped"
+        assert shutdown.status is Status.IDLE
+        assert shutdown.interrupt_restorable is False
+        assert shutdown.shutdown_at is not None and shutdown.shutdown_at.tzinfo is not None
+        assert await sup.running("c-1") is False
+        assert await sup.status("c-1") is Status.NOT_RUNNING
+        assert sup.get("c-1") is None
+        record = await stored(sup, "c-1")
+        assert record is not None
+        assert record.lifecycle == "shutdown"
+        assert record.last_seq == shutdown.seq
+        assert await sup.stop("c-1") == "not_running"
+
+
+@pytest.mark.anyio
+async def test_stop_of_an_unknown_conversation_is_not_running(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        assert await sup.stop("c-1") == "not_running"
+        assert backend.router_calls == []
+        assert await sup.store.load("c-1") is None
+
+
+@pytest.mark.anyio
+async def test_stop_during_a_turn_cancels_it_and_persists(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await _slow_turn(sup, backend)
+        await sup.send("c-1", "q1")
+        with anyio.fail_after(1):
+            assert await sup.stop("c-1") == "stopped"
+        assert await sup.running("c-1") is False
+        state = await stored_state(sup, "c-1")
+        assert texts(state) == ["slow"]
+        assert [m.content for m in state.queued] == ["q1"]
+
+
+# -- queries -------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_queries_describe_live_sessions(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        assert await sup.running("c-1") is False
+        assert await sup.status("c-1") is Status.NOT_RUNNING
+        assert sup.get("c-1") is None
+        assert await sup.list_running() == []
+
+        info = await sup.start("c-1")
+        await sup.send("c-2", "ask")
+        await wait_status(sup, "c-2", Status.INTERRUPTED)
+
+        assert await sup.running("c-1") is True
+        assert await sup.status("c-1") is Status.IDLE
+        assert await sup.status("c-2") is Status.INTERRUPTED
+        assert sup.get("c-1") is info.handle
+        summaries = sorted(await sup.list_running(), key=lambda s: s.conversation_id)
+        assert [(s.conversation_id, s.agent_id, s.status, s.restarts) for s in summaries] == [
+            ("c-1", "conversation-c-1", Status.IDLE, 0),
+            ("c-2", "conversation-c-2", Status.INTERRUPTED, 0),
+        ]
+        for summary in summaries:
+            assert isinstance(summary, SessionSummary)
+            assert isinstance(summary.last_activity_at, datetime)
+            assert summary.last_activity_at.tzinfo is not None
+        assert info.handle.info().conversation_id == "c-1"
+
+        await sup.stop("c-1")
+        assert [s.conversation_id for s in await sup.list_running()] == ["c-2"]
+
+
+@pytest.mark.anyio
+async def test_handle_snapshot_is_a_deep_copy(anyio_backend: str) -> None:
+    async with supervisor(Backend()) as sup:
+        await sup.send("c-1", "hello")
+        await settle(sup, "c-1")
+        handle = sup.get("c-1")
+        assert handle is not None
+        snapshot = handle.snapshot()
+        snapshot.metadata["x"] = 1
+        snapshot.messages.clear()
+        assert handle.snapshot().metadata == {}
+        assert texts(handle.snapshot()) == ["hello", "re: hello"]
+
+
+# -- the supervisor's lifetime ---------------------------------------------------
+
+
+def _calls(sup: SessionSupervisor) -> dict[str, Callable[[], Awaitable[Any]]]:
+    async def subscribe() -> None:
+        async with sup.subscribe("c-1"):
+            pass
+
+    async def viewing() -> None:
+        async with sup.viewing("c-1"):
+            pass
+
+    async def get() -> Any:
+        return sup.get("c-1")
+
+    return {
+        "start": lambda: sup.start("c-1"),
+        "send": lambda: sup.send("c-1", "hi"),
+        "resume": lambda: sup.resume("c-1", "yes"),
+        "dismiss": lambda: sup.dismiss("c-1"),
+        "cancel": lambda: sup.cancel("c-1"),
+        "stop": lambda: sup.stop("c-1"),
+        "running": lambda: sup.running("c-1"),
+        "status": lambda: sup.status("c-1"),
+        "get": get,
+        "list_running": lambda: sup.list_running(),
+        "subscribe": subscribe,
+        "viewing": viewing,
+    }
+
+
+CALLS = list(_calls(SessionSupervisor(Backend())))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", CALLS)
+async def test_every_call_before_entering_raises_registry_unavailable(
+    anyio_backend: str, call: str
+) -> None:
+    backend = Backend()
+    sup = supervisor(backend)
+
+    with pytest.raises(RegistryUnavailable) as caught:
+        await _calls(sup)[call]()
+
+    if call != "list_running":
+        assert "c-1" in str(caught.value)
+    assert backend.router_calls == []
+    assert await sup.store.load("c-1") is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", CALLS)
+async def test_every_call_after_leaving_raises_registry_unavailable(
+    anyio_backend: str, call: str
+) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await sup.send("c-1", "ask")
+        await wait_status(sup, "c-1", Status.INTERRUPTED)
+    router_calls = len(backend.router_calls)
+    record = await sup.store.load("c-1")
+
+    with pytest.raises(RegistryUnavailable) as caught:
+        await _calls(sup)[call]()
+
+    if call != "list_running":
+        assert "c-1" in str(caught.value)
+    assert len(backend.router_calls) == router_calls
+    after = await sup.store.load("c-1")
+    assert record is not None and after is not None
+    assert after.version == record.version
+
+
+@pytest.mark.anyio
+async def test_leaving_persists_every_live_session(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await sup.start("quiet")
+        await sup.send("talked", "hello")
+        await settle(sup, "talked")
+    quiet = await sup.store.load("quiet")
+    talked = await sup.store.load("talked")
+    assert quiet is not None and quiet.lifecycle == "shutdown"
+    assert talked is not None and len(talked.state["messages"]) == 2
+
+
+# -- handles after stop ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", ["send", "resume", "dismiss", "cancel", "stop"])
+async def test_handle_calls_raise_not_running_after_stop(anyio_backend: str, call: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        handle = (await sup.start("c-1")).handle
+        await sup.stop("c-1")
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "send": lambda: handle.send("hi"),
+            "resume": lambda: handle.resume("yes"),
+            "dismiss": lambda: handle.dismiss(),
+            "cancel": lambda: handle.cancel(),
+            "stop": lambda: handle.stop(),
+        }
+
+        with pytest.raises(NotRunning) as caught:
+            await calls[call]()
+
+        assert "c-1" in str(caught.value)
+        assert handle.status is Status.NOT_RUNNING
+        assert await sup.running("c-1") is False
+        assert len(backend.router_calls) == 1
+
+
+@pytest.mark.anyio
+async def test_supervisor_calls_wake_the_conversation_after_stop(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        old = (await sup.start("c-1")).handle
+        await sup.send("c-1", "hello")
+        await settle(sup, "c-1")
+        await sup.stop("c-1")
+
+        delivery = await sup.send("c-1", "again")
+
+        assert delivery.started is True
+        assert await settle(sup, "c-1") is Status.IDLE
+        new = sup.get("c-1")
+        assert new is not None and new is not old
+        assert old.status is Status.NOT_RUNNING
+        assert texts(new.snapshot()) == ["hello", "re: hello", "again", "re: again"]
+        assert len(backend.router_calls) == 2
+        with pytest.raises(NotRunning):
+            await old.send("stale")
+
+        await sup.stop("c-1")
+        info = await sup.start("c-1")
+        assert info.started is True
+
+
+# -- input rules ---------------------------------------------------------------------
+
+BAD_IDS: list[Any] = [
+    pytest.param(42, TypeError, id="int"),
+    pytest.param(None, TypeError, id="none"),
+    pytest.param(b"c-1", TypeError, id="bytes"),
+    pytest.param("", ValueError, id="empty"),
+    pytest.param("x" * 257, ValueError, id="257-chars"),
+    pytest.param("c-\n1", ValueError, id="newline"),
+    pytest.param("c-\x001", ValueError, id="nul"),
+    pytest.param("c-\x7f1", ValueError, id="del"),
+    pytest.param("c-\x851", ValueError, id="c1-control"),
+]
+
+ID_CALLS = ["start", "send", "resume", "dismiss", "cancel", "stop", "running", "status", "get"]
+
+
+async def _call_with_id(sup: SessionSupervisor, call: str, cid: Any) -> Any:
+    if call == "send":
+        return await sup.send(cid, "hi")
+    if call == "resume":
+        return await sup.resume(cid, "yes")
+    if call == "get":
+        return sup.get(cid)
+    return await getattr(sup, call)(cid)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", ID_CALLS)
+@pytest.mark.parametrize(("cid", "error"), BAD_IDS)
+async def test_bad_conversation_id_is_refused_before_anything_happens(
+    anyio_backend: str, call: str, cid: Any, error: type[Exception]
+) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        with pytest.raises(error, match="conversation_id"):
+            await _call_with_id(sup, call, cid)
+        assert backend.router_calls == []
+        assert backend.factory_calls == []
+        assert await sup.list_running() == []
+
+
+@pytest.mark.anyio
+async def test_bad_conversation_id_is_refused_by_subscribe_and_viewing(
+    anyio_backend: str,
+) -> None:
+    async with supervisor(Backend()) as sup:
+        with pytest.raises(ValueError, match="conversation_id"):
+            async with sup.subscribe(""):
+                pass
+        with pytest.raises(TypeError, match="conversation_id"):
+            async with sup.viewing(7):  # type: ignore[arg-type]
+                pass
+
+
+@pytest.mark.anyio
+async def test_conversation_id_of_256_characters_is_accepted(anyio_backend: str) -> None:
+    cid = "é" * 256
+    async with supervisor(Backend()) as sup:
+        info = await sup.start(cid)
+        assert info.conversation_id == cid
+
+
+BAD_CONTENT: list[Any] = [
+    pytest.param(42, TypeError, id="int"),
+    pytest.param(None, TypeError, id="none"),
+    pytest.param({"type": "text", "text": "hi"}, TypeError, id="bare-mapping"),
+    pytest.param(["hi"], TypeError, id="list-of-str"),
+    pytest.param([{"text": "no type"}], TypeError, id="part-without-type"),
+    pytest.param([{"type": 3}], TypeError, id="part-with-int-type"),
+    pytest.param("x" * 1001, ValueError, id="too-large-str"),
+    pytest.param([{"type": "text", "text": "x" * 1000}], ValueError, id="too-large-parts"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("content", "error"), BAD_CONTENT)
+async def test_bad_content_is_refused_before_anything_happens(
+    anyio_backend: str, content: Any, error: type[Exception]
+) -> None:
+    backend = Backend()
+    async with supervisor(backend, supervisor_opts={"max_message_bytes": 1000}) as sup:
+        with pytest.raises(error, match="content"):
+            await sup.send("c-1", content)
+        assert backend.router_calls == []
+        assert await sup.running("c-1") is False
+        assert await sup.store.load("c-1") is None
+
+
+@pytest.mark.anyio
+async def test_bad_content_to_a_live_session_stores_nothing(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend, supervisor_opts={"max_message_bytes": 1000}) as sup:
+        handle = (await sup.start("c-1")).handle
+        with pytest.raises(ValueError, match="content"):
+            await sup.send("c-1", "x" * 2000)
+        with pytest.raises(TypeError, match="content"):
+            await handle.send(5)  # type: ignore[arg-type]
+        assert handle.snapshot().messages == []
+        assert handle.snapshot().queued == []
+        assert await sup.store.load("c-1") is None
+
+
+@pytest.mark.anyio
+async def test_content_of_exactly_max_message_bytes_is_accepted(anyio_backend: str) -> None:
+    async with supervisor(Backend(), supervisor_opts={"max_message_bytes": 100}) as sup:
+        await sup.send("c-1", "x" * 98)  # 100 bytes as JSON, quotes included
+        assert await settle(sup, "c-1") is Status.IDLE
+
+
+BAD_OPTS: list[Any] = [
+    pytest.param({"x": object()}, id="object-value"),
+    pytest.param({"x": float("nan")}, id="nan"),
+    pytest.param({"x": {1, 2}}, id="set"),
+    pytest.param({1: "a"}, id="int-key"),
+    pytest.param(["persona"], id="list"),
+    pytest.param("persona=x", id="str"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", ["start", "send", "resume", "dismiss"])
+@pytest.mark.parametrize("opts", BAD_OPTS)
+async def test_bad_request_opts_are_refused_before_anything_happens(
+    anyio_backend: str, call: str, opts: Any
+) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        with pytest.raises(TypeError, match="request_opts"):
+            if call == "send":
+                await sup.send("c-1", "hi", request_opts=opts)
+            elif call == "resume":
+                await sup.resume("c-1", "yes", request_opts=opts)
+            else:
+                await getattr(sup, call)("c-1", request_opts=opts)
+        assert backend.router_calls == []
+        assert await sup.running("c-1") is False
+        assert await sup.store.load("c-1") is None
+
+
+# -- the events' seq -------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_event_seq_counts_from_one_and_continues_across_stop_and_wake(
+    anyio_backend: str,
+) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        async with sup.subscribe("c-1") as events:
+            first = await anext(events)
+            assert isinstance(first, StatusChanged)
+            assert (first.status, first.seq) == (Status.NOT_RUNNING, 0)
+
+            await sup.send("c-1", "hello")
+            seen = await until(events, ends_in(Status.IDLE))
+            await sup.stop("c-1")
+            seen += await until(events, lambda e: isinstance(e, Shutdown))
+            await sup.send("c-1", "again")
+            seen += await until(events, ends_in(Status.IDLE))
+
+        seqs = [e.seq for e in seen]
+        assert seqs == list(range(1, len(seen) + 1))
+        last = seqs[-1]
+
+        await sup.stop("c-1")
+        record = await stored(sup, "c-1")
+        assert record is not None
+        shutdown_seq = last + 1
+        assert record.last_seq == shutdown_seq
+        # A new subscriber, with nothing live, gets a snapshot carrying the last seq.
+        async with sup.subscribe("c-1") as events:
+            snapshot = await anext(events)
+            assert isinstance(snapshot, StatusChanged)
+            assert snapshot.status is Status.NOT_RUNNING
+            assert snapshot.seq == shutdown_seq
+            await sup.send("c-1", "third")
+            woke = await until(events, ends_in(Status.IDLE))
+        assert [e.seq for e in woke] == list(range(shutdown_seq + 1, shutdown_seq + 1 + len(woke)))
+
+
+@pytest.mark.anyio
+async def test_event_seq_continues_in_a_new_process(anyio_backend: str, tmp_path: Path) -> None:
+    path = tmp_path / "chat.db"
+    async with SQLiteStore(path) as store, supervisor(Backend(), store=store) as sup:
+        await sup.send("c-1", "hello")
+        await settle(sup, "c-1")
+    async with SQLiteStore(path) as store:
+        record = await store.load("c-1")
+    assert record is not None and record.last_seq > 0
+
+    async with SQLiteStore(path) as store, supervisor(Backend(), store=store) as sup:
+        async with sup.subscribe("c-1") as events:
+            snapshot = await anext(events)
+            assert snapshot.seq == record.last_seq
+            await sup.send("c-1", "again")
+            seen = await until(events, ends_in(Status.IDLE))
+        assert [e.seq for e in seen] == list(
+            range(record.last_seq + 1, record.last_seq + 1 + len(seen))
+        )
