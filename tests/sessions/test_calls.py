@@ -586,3 +586,91 @@ async def test_event_seq_continues_in_a_new_process(anyio_backend: str, tmp_path
         assert [e.seq for e in seen] == list(
             range(record.last_seq + 1, record.last_seq + 1 + len(seen))
         )
+
+
+@pytest.mark.anyio
+async def test_calls_while_draining_raise_registry_unavailable_and_the_turn_finishes(
+    anyio_backend: str,
+) -> None:
+    backend = Backend()
+    refused: dict[str, BaseException | object] = {}
+    async with anyio.create_task_group() as tg, supervisor(backend) as sup:
+        await _slow_turn(sup, backend)
+
+        async def probe() -> None:
+            with anyio.fail_after(WAIT):
+                while not sup.draining:
+                    await anyio.sleep(0.001)
+            for name, call in _calls(sup).items():
+                try:
+                    refused[name] = await call()
+                except RegistryUnavailable as exc:
+                    refused[name] = exc
+            backend.agent.release()
+
+        tg.start_soon(probe)
+
+    assert set(refused) == set(CALLS)
+    not_refused = {k: v for k, v in refused.items() if not isinstance(v, RegistryUnavailable)}
+    assert not_refused == {}
+    # The running turn was allowed to finish and its reply persisted.
+    state = await stored_state(sup, "c-1")
+    assert texts(state) == ["slow", "re: slow"]
+
+
+@pytest.mark.anyio
+async def test_send_racing_stop_is_not_lost(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await _slow_turn(sup, backend)
+        backend.agent.release()
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sup.stop, "c-1")
+                tg.start_soon(sup.send, "c-1", "after")
+
+        with anyio.fail_after(WAIT):
+            while "re: after" not in texts(await stored_state(sup, "c-1")):
+                if await sup.running("c-1"):
+                    await settle(sup, "c-1")
+                else:
+                    await sup.start("c-1")
+                await anyio.sleep(0.001)
+        state = await stored_state(sup, "c-1")
+        assert texts(state).count("after") == 1
+        assert state.queued == []
+
+
+@pytest.mark.anyio
+async def test_handle_stop_stops_the_session(anyio_backend: str) -> None:
+    async with supervisor(Backend()) as sup:
+        handle = (await sup.start("c-1")).handle
+        assert await handle.stop() == "stopped"
+        assert handle.status is Status.NOT_RUNNING
+        assert await sup.running("c-1") is False
+        record = await stored(sup, "c-1")
+        assert record is not None and record.lifecycle == "shutdown"
+
+
+@pytest.mark.anyio
+async def test_a_smaller_per_session_message_limit_is_enforced(anyio_backend: str) -> None:
+    backend = Backend(supervisor_opts={"max_message_bytes": 100})
+    async with supervisor(backend) as sup:
+        await sup.start("c-1")
+        with pytest.raises(ValueError, match="max_message_bytes=100") as caught:
+            await sup.send("c-1", "x" * 500)
+        assert "c-1" in str(caught.value)
+        assert await sup.store.load("c-1") is None
+
+
+@pytest.mark.anyio
+async def test_a_larger_per_session_message_limit_is_honoured(anyio_backend: str) -> None:
+    # The factory raised this session's limit above the supervisor's default.
+    backend = Backend(supervisor_opts={"max_message_bytes": 10_000})
+    async with supervisor(backend, supervisor_opts={"max_message_bytes": 1000}) as sup:
+        await sup.start("c-1")
+        delivery = await sup.send("c-1", "x" * 5000)
+        assert delivery.queued is False
+        assert await settle(sup, "c-1") is Status.IDLE
+        assert texts(await stored_state(sup, "c-1"))[0] == "x" * 5000

@@ -312,3 +312,46 @@ async def test_request_for_another_persona_after_a_wake_is_a_route_change(
         assert delivery.started is True
         assert await settle(sup, "c-1") is Status.IDLE
         assert len(personas.analyst.configs) == 1
+
+
+@pytest.mark.anyio
+async def test_fresh_state_attrs_naming_no_state_field_fail_the_start_cleanly(
+    anyio_backend: str,
+) -> None:
+    from sessionvisor import FactoryContractError
+
+    backend = Backend(fresh_state_attrs={"mesages": []})
+    async with supervisor(backend) as sup:
+        with pytest.raises(FactoryContractError, match="mesages"):
+            await sup.send("c-1", "hello")
+        assert await sup.running("c-1") is False
+        assert await sup.store.load("c-1") is None
+
+        backend.fresh_state_attrs = {}
+        assert (await sup.send("c-1", "hello")).started is True
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", ["resume", "dismiss", "subscribe"])
+async def test_corrupt_snapshot_fails_the_other_waking_calls_too(
+    anyio_backend: str, tmp_path: Path, call: str
+) -> None:
+    path = tmp_path / "chat.db"
+    await _make_conversation(path)
+    _corrupt(path, "c-1")
+    before = _row(path, "c-1")
+
+    backend = Backend()
+    async with SQLiteStore(path) as store, supervisor(backend, store=store) as sup:
+        with pytest.raises(CorruptStateError, match="c-1"):
+            if call == "resume":
+                await sup.resume("c-1", "yes")
+            elif call == "dismiss":
+                await sup.dismiss("c-1")
+            else:
+                async with sup.subscribe("c-1"):
+                    pass
+        assert await sup.running("c-1") is False
+        assert backend.router_calls == []
+
+    assert _row(path, "c-1") == before

@@ -454,3 +454,101 @@ async def test_dismiss_of_an_unknown_conversation_creates_nothing(anyio_backend:
         assert await sup.running("c-1") is False
         assert await sup.store.load("c-1") is None
         assert backend.router_calls == []
+
+
+@pytest.mark.anyio
+async def test_two_concurrent_resumes_of_a_stopped_session_answer_once(
+    anyio_backend: str,
+) -> None:
+    backend = Backend()
+    outcomes: list[Any] = []
+    async with supervisor(backend) as sup:
+        await _interrupted(sup)
+        await sup.stop("c-1")
+
+        async def answer(value: str) -> None:
+            try:
+                outcomes.append(await sup.resume("c-1", value))
+            except InvalidStatus as exc:
+                outcomes.append(exc)
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer, "yes")
+                tg.start_soon(answer, "no")
+
+        assert await settle(sup, "c-1") is Status.IDLE
+        assert len(backend.agent.answers) == 1
+        assert outcomes.count(Status.RUNNING) == 1
+        refused = [o for o in outcomes if isinstance(o, InvalidStatus)]
+        assert len(refused) == 1 and "c-1" in str(refused[0])
+        assert texts(await stored_state(sup, "c-1")) == [
+            "ask me",
+            f"answered {backend.agent.answers[0]}",
+        ]
+
+
+@pytest.mark.anyio
+async def test_two_concurrent_resumes_of_a_live_session_answer_once(anyio_backend: str) -> None:
+    backend = Backend()
+    outcomes: list[Any] = []
+    async with supervisor(backend) as sup:
+        await _interrupted(sup)
+
+        async def answer(value: str) -> None:
+            try:
+                outcomes.append(await sup.resume("c-1", value))
+            except InvalidStatus as exc:
+                outcomes.append(exc)
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer, "yes")
+                tg.start_soon(answer, "no")
+
+        assert outcomes.count(Status.RUNNING) == 1
+        refused = [o for o in outcomes if isinstance(o, InvalidStatus)]
+        assert len(refused) == 1
+        assert refused[0].status != "interrupted"
+        assert await settle(sup, "c-1") is Status.IDLE
+        assert len(backend.agent.answers) == 1
+
+
+@pytest.mark.anyio
+async def test_start_with_pending_resume_wakes_and_answers(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await _interrupted(sup)
+        await sup.stop("c-1")
+
+        async with sup.subscribe("c-1") as events:
+            info = await sup.start("c-1", pending_resume="yes")
+            seen = await until(events, ends_in(Status.IDLE))
+
+        assert info.started is True
+        assert "interrupted" not in statuses_of(seen)
+        assert backend.agent.answers == ["yes"]
+
+
+@pytest.mark.anyio
+async def test_send_while_interrupted_runs_the_held_queue_first(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await sup.send("c-1", "slow ask")
+        with anyio.fail_after(WAIT):
+            await backend.agent.slow_started.wait()
+        await sup.send("c-1", "q1")
+        backend.agent.release()
+        await wait_status(sup, "c-1", Status.INTERRUPTED)
+        turns = len(backend.agent.turns)
+
+        await sup.send("c-1", "q2")
+
+        assert await settle(sup, "c-1") is Status.IDLE
+        assert len(backend.agent.turns) == turns + 1
+        assert backend.agent.turns[-1][-2:] == ["q1", "q2"]
+        state = await stored_state(sup, "c-1")
+        assert state.interrupt is None
+        assert state.queued == []
+        assert [i["kind"] for i in state.metadata["abandoned_interrupts"]] == ["question"]
+        assert texts(state)[-3:] == ["q1", "q2", "re: q2"]

@@ -222,3 +222,26 @@ async def test_handle_obtained_by_the_owner_checks_no_scope(anyio_backend: str) 
         delivery = await handle.send("from a trusted caller")
         assert delivery.queued is False
         assert await settle(sup, "c-1", scope=ALICE) is Status.IDLE
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("live", [True, False], ids=["live", "stored"])
+@pytest.mark.parametrize("scope", STRANGERS)
+async def test_load_delete_and_check_access_refuse_other_scopes(
+    anyio_backend: str, live: bool, scope: Any
+) -> None:
+    async with supervisor(Backend()) as sup:
+        await sup.send("c-1", "hello", scope=ALICE)
+        await settle(sup, "c-1", scope=ALICE)
+        if not live:
+            await sup.stop("c-1", scope=ALICE)
+
+        for call in (sup.load, sup.delete, sup.check_access):
+            with pytest.raises(AccessDenied, match="c-1"):
+                await call("c-1", scope=scope)
+
+        assert await sup.running("c-1", scope=ALICE) is live
+        assert texts(await stored_state(sup, "c-1")) == ["hello", "re: hello"]
+        assert await sup.check_access("c-1", scope=ALICE) is True
+        loaded = await sup.load("c-1", scope=ALICE)
+        assert loaded is not None and texts(loaded) == ["hello", "re: hello"]

@@ -295,3 +295,30 @@ async def test_list_content_parts_are_accepted(anyio_backend: str) -> None:
         state = await stored_state(sup, "c-1")
         assert state.messages[0].content == parts
         assert backend.agent.turns == [["hi there"]]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("held", ["paused", "error", "cancelled"])
+async def test_held_queue_stays_held_across_stop_and_a_plain_start(
+    anyio_backend: str, held: str
+) -> None:
+    # The hold is lifted by the next send (or a resume), not by waking the session.
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await _hold(sup, backend, held)
+        turns = len(backend.agent.turns)
+        assert await sup.stop("c-1") == "stopped"
+
+        info = await sup.start("c-1")
+
+        assert info.started is True
+        for _ in range(5):
+            await anyio.sleep(0.002)
+        assert len(backend.agent.turns) == turns
+        assert [m.content for m in info.handle.snapshot().queued] == ["q1"]
+        assert [m.content for m in (await stored_state(sup, "c-1")).queued] == ["q1"]
+
+        await sup.send("c-1", "q2")
+        assert await settle(sup, "c-1") is Status.IDLE
+        assert backend.agent.turns[-1][-2:] == ["q1", "q2"]
+        assert len(backend.agent.turns) == turns + 1
