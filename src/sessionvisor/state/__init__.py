@@ -4,13 +4,14 @@
 protocol with ``MemoryStore`` and ``SQLiteStore`` in the core and
 ``PostgresStore`` (extra ``postgres``) in ``sessionvisor.state.postgres``.
 ``dump_state``/``load_state`` give the versioned JSON form, with migrations
-registered by ``register_migration``. This package imports nothing else of
+registered by ``register_migration`` (or on a separate
+``MigrationRegistry``). This package imports nothing else of
 sessionvisor but the errors and the clock.
 """
 
 from ._memory import MemoryStore
 from ._models import SCHEMA_VERSION, Content, Message, PendingInterrupt, State
-from ._serializer import dump_state, load_state, register_migration
+from ._serializer import MigrationRegistry, dump_state, load_state, register_migration
 from ._sqlite import SQLiteStore
 from ._store import LIFECYCLES, Lifecycle, StateStore, StoredConversation
 
@@ -21,6 +22,7 @@ __all__ = [
     "Lifecycle",
     "MemoryStore",
     "Message",
+    "MigrationRegistry",
     "PendingInterrupt",
     "SQLiteStore",
     "State",

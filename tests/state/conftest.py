@@ -1,0 +1,212 @@
+"""One fixture, ``backend``, that runs the store contract against every store.
+
+A ``Backend`` opens store instances over one shared place (a dict, a SQLite
+file, a Postgres table) and can read and damage rows behind the store's back,
+the way a crash, a bad deploy or a hand edit would.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessionvisor.state import MemoryStore, MigrationRegistry, SQLiteStore, StoredConversation
+from tests.conftest import require_server
+
+POSTGRES_DSN = os.environ.get(
+    "SESSIONVISOR_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+#: A truncated state, as a write cut off mid-way leaves it.
+TRUNCATED = '{"messages": [{"role": "user", "content": "hel'
+
+
+class Backend:
+    """Opens stores over one shared place and reaches into it directly."""
+
+    kind: str
+    #: False for MemoryStore: two instances share nothing, so "two writers"
+    #: means two tasks on one instance.
+    shared_across_instances = True
+
+    def __init__(self) -> None:
+        self.stores: list[Any] = []
+
+    def make(self, *, migrations: MigrationRegistry | None = None) -> Any:
+        raise NotImplementedError
+
+    async def open(self, *, migrations: MigrationRegistry | None = None) -> Any:
+        store = self.make(migrations=migrations)
+        self.stores.append(store)
+        await store.__aenter__()
+        return store
+
+    async def aclose(self) -> None:
+        for store in self.stores:
+            await store.aclose()
+
+    def garble(self, conversation_id: str) -> None:
+        """Replace the stored state with truncated JSON."""
+        raise NotImplementedError
+
+    def raw_row(self, conversation_id: str) -> tuple[Any, ...] | None:
+        """The row exactly as stored (state as text), or None."""
+        raise NotImplementedError
+
+    def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
+        """A quarantined row in the shape of ``raw_row``, or None."""
+        raise NotImplementedError
+
+
+class MemoryBackend(Backend):
+    kind = "memory"
+    shared_across_instances = False
+
+    def make(self, *, migrations: MigrationRegistry | None = None) -> MemoryStore:
+        return MemoryStore(migrations=migrations)
+
+    async def open(self, *, migrations: MigrationRegistry | None = None) -> Any:
+        # The one instance is the shared place: a second open returns it.
+        if self.stores:
+            return self.stores[0]
+        return await super().open(migrations=migrations)
+
+    @property
+    def store(self) -> MemoryStore:
+        return self.stores[0]  # type: ignore[no-any-return]
+
+    def garble(self, conversation_id: str) -> None:
+        record = self.store._records[conversation_id]
+        self.store._records[conversation_id] = StoredConversation(
+            state=TRUNCATED,  # type: ignore[arg-type]
+            version=record.version,
+            updated_at=record.updated_at,
+            lifecycle=record.lifecycle,
+        )
+
+    def raw_row(self, conversation_id: str) -> tuple[Any, ...] | None:
+        record = self.store._records.get(conversation_id)
+        return None if record is None else _record_tuple(record)
+
+    def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
+        record = self.store.quarantined.get(key)
+        return None if record is None else _record_tuple(record)
+
+
+def _record_tuple(record: StoredConversation) -> tuple[Any, ...]:
+    return (
+        repr(record.state),
+        record.version,
+        record.owner,
+        record.route_key,
+        repr(record.request_opts),
+        record.last_seq,
+        record.updated_at,
+        record.lifecycle,
+    )
+
+
+COLUMNS = "state, version, owner, route_key, request_opts, last_seq, updated_at, lifecycle"
+
+
+class SQLiteBackend(Backend):
+    kind = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def make(self, *, migrations: MigrationRegistry | None = None) -> SQLiteStore:
+        return SQLiteStore(self.path, migrations=migrations)
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+        try:
+            row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
+            return row
+        finally:
+            conn.close()
+
+    def garble(self, conversation_id: str) -> None:
+        self._query("UPDATE conversations SET state = ? WHERE id = ?", (TRUNCATED, conversation_id))
+
+    def raw_row(self, conversation_id: str) -> tuple[Any, ...] | None:
+        return self._query(f"SELECT {COLUMNS} FROM conversations WHERE id = ?", (conversation_id,))
+
+    def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
+        return self._query(f"SELECT {COLUMNS} FROM quarantined_conversations WHERE key = ?", (key,))
+
+
+class PostgresBackend(Backend):
+    kind = "postgres"
+
+    def __init__(self) -> None:
+        super().__init__()
+        # A table per test: tests never see each other's rows.
+        self.table = f"sv_test_{uuid.uuid4().hex[:12]}"
+
+    def make(self, *, migrations: MigrationRegistry | None = None) -> Any:
+        from sessionvisor.state.postgres import PostgresStore
+
+        return PostgresStore(POSTGRES_DSN, table=self.table, migrations=migrations)
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            cur = conn.execute(sql.replace("{t}", f'"{self.table}"'), params)  # type: ignore[arg-type]
+            return cur.fetchone() if cur.description else None
+
+    # state::text gives the stored JSONB as text, so "byte-identical" is checked
+    # on what the server holds, not on what psycopg parses it into.
+    _raw_columns = COLUMNS.replace("state,", "state::text,").replace(
+        "request_opts,", "request_opts::text,"
+    )
+
+    def garble(self, conversation_id: str) -> None:
+        # JSONB cannot hold invalid JSON; the closest damage is valid JSON that
+        # is not an object: the truncated text stored as a JSON string.
+        self._query(
+            "UPDATE {t} SET state = to_jsonb(%s::text) WHERE id = %s", (TRUNCATED, conversation_id)
+        )
+
+    def raw_row(self, conversation_id: str) -> tuple[Any, ...] | None:
+        return self._query(
+            f"SELECT {self._raw_columns} FROM {{t}} WHERE id = %s", (conversation_id,)
+        )
+
+    def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
+        sql = f'SELECT {self._raw_columns} FROM "{self.table}_quarantine" WHERE key = %s'
+        return self._query(sql, (key,))
+
+    def drop(self) -> None:
+        self._query('DROP TABLE IF EXISTS {t}, "' + self.table + '_quarantine"', ())
+
+
+@pytest.fixture(
+    params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+)
+async def backend(
+    request: pytest.FixtureRequest, anyio_backend: str, tmp_path: Path
+) -> AsyncIterator[Backend]:
+    kind = request.param
+    made: Backend
+    if kind == "memory":
+        made = MemoryBackend()
+    elif kind == "sqlite":
+        made = SQLiteBackend(tmp_path / "state.db")
+    else:
+        require_server("PostgreSQL", 5432)
+        made = PostgresBackend()
+    try:
+        yield made
+    finally:
+        await made.aclose()
+        if isinstance(made, PostgresBackend):
+            made.drop()

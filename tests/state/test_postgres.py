@@ -1,0 +1,131 @@
+"""What only PostgresStore promises beyond the shared contract."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sessionvisor._errors import CorruptStateError
+from sessionvisor.state import Message, State, StoredConversation, dump_state
+from tests.conftest import require_server
+
+from .conftest import POSTGRES_DSN
+
+pytestmark = pytest.mark.anyio
+
+
+def record(text: str) -> StoredConversation:
+    return StoredConversation(
+        state=dump_state(State(messages=[Message(role="user", content=text)]))
+    )
+
+
+def test_postgres_store_without_psycopg_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sessionvisor.state.postgres import PostgresStore
+
+    # None in sys.modules makes "import psycopg" raise ImportError.
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+
+    with pytest.raises(ImportError, match=r"pip install 'sessionvisor\[postgres\]'"):
+        PostgresStore(POSTGRES_DSN)
+
+
+@pytest.mark.parametrize("table", ["bad-name", "a.b.c", "x" * 53, "1abc", 'x"; DROP TABLE y'])
+def test_postgres_store_refuses_a_table_name_it_cannot_quote_safely(table: str) -> None:
+    from sessionvisor.state.postgres import PostgresStore
+
+    with pytest.raises(ValueError, match="table name"):
+        PostgresStore(POSTGRES_DSN, table=table)
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    require_server("PostgreSQL", 5432)
+    import psycopg
+
+    schema = f"sv_schema_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")  # type: ignore[arg-type]
+    yield schema
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")  # type: ignore[arg-type]
+
+
+@pytest.mark.postgres
+async def test_postgres_store_works_in_a_named_schema(anyio_backend: str, pg_schema: str) -> None:
+    import psycopg
+
+    from sessionvisor.state.postgres import PostgresStore
+
+    async with PostgresStore(POSTGRES_DSN, table=f"{pg_schema}.convs") as store:
+        await store.save("c-1", record("hi"), expected_version=None, lifecycle="queued")
+        loaded = await store.load("c-1")
+
+    assert loaded is not None
+    with psycopg.connect(POSTGRES_DSN) as conn:
+        found = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+            "ORDER BY table_name",
+            (pg_schema,),
+        ).fetchall()
+    assert [row[0] for row in found] == ["convs", "convs_quarantine"]
+
+
+@pytest.mark.postgres
+async def test_postgres_state_column_is_jsonb_and_a_non_object_is_corrupt(
+    anyio_backend: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    from sessionvisor.state.postgres import PostgresStore
+
+    table = f"{pg_schema}.convs"
+    async with PostgresStore(POSTGRES_DSN, table=table) as store:
+        await store.save("c-1", record("hi"), expected_version=None, lifecycle="queued")
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            (kind,) = conn.execute(  # type: ignore[misc]
+                "SELECT jsonb_typeof(state) FROM " + table  # type: ignore[operator]
+            ).fetchone()
+            conn.execute(f"UPDATE {table} SET state = '[1, 2]'::jsonb")  # type: ignore[arg-type]
+
+        with pytest.raises(CorruptStateError, match=r"'c-1'.*state is a JSON list"):
+            await store.load("c-1")
+
+    assert kind == "object"
+
+
+@pytest.mark.postgres
+async def test_postgres_store_reconnects_after_its_connection_dies(
+    anyio_backend: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    from sessionvisor.state.postgres import PostgresStore
+
+    async with PostgresStore(POSTGRES_DSN, table=f"{pg_schema}.convs", max_connections=1) as store:
+        await store.save("c-1", record("hi"), expected_version=None, lifecycle="queued")
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            # Kill the store's pooled session, as a server restart would.
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND query LIKE %s",
+                (f"%{pg_schema}%",),
+            )
+
+        failures: list[Any] = []
+        for _ in range(2):
+            try:
+                loaded = await store.load("c-1")
+            except psycopg.OperationalError as exc:
+                failures.append(exc)
+
+    # At most the call that found the dead connection fails; the next works.
+    assert len(failures) <= 1
+    assert loaded is not None

@@ -1,0 +1,180 @@
+"""What only SQLiteStore promises: the file, WAL, processes, closing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from sessionvisor._errors import CorruptStateError
+from sessionvisor.state import Message, SQLiteStore, State, StoredConversation, dump_state
+
+pytestmark = pytest.mark.anyio
+
+
+def record(text: str, **fields: object) -> StoredConversation:
+    return StoredConversation(
+        state=dump_state(State(messages=[Message(role="user", content=text)])),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def test_the_file_is_in_wal_mode_with_both_tables(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path):
+        pass
+
+    conn = sqlite3.connect(path)
+    try:
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+    assert mode == "wal"
+    assert {"conversations", "quarantined_conversations"} <= tables
+
+
+async def test_the_file_is_opened_on_first_use_not_on_construction(tmp_path: Path) -> None:
+    path = tmp_path / "lazy.db"
+    store = SQLiteStore(str(path))
+    assert not path.exists()
+
+    await store.save("c-1", record("hi"), expected_version=None, lifecycle="queued")
+
+    assert path.exists()
+    await store.aclose()
+
+
+async def test_a_private_in_memory_database_works(anyio_backend: str) -> None:
+    async with SQLiteStore(":memory:") as store:
+        assert await store.save("c-1", record("hi"), expected_version=None, lifecycle="queued") == 1
+        loaded = await store.load("c-1")
+
+    assert loaded is not None
+    assert loaded.state["messages"][0]["content"] == "hi"
+
+
+async def test_a_closed_store_refuses_calls(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.save("c-1", record("hi"), expected_version=None, lifecycle="queued")
+    await store.aclose()
+    await store.aclose()  # idempotent
+
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.load("c-1")
+
+
+async def test_the_state_is_stored_as_json_text(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path) as store:
+        await store.save(
+            "c-1", record("héllo", request_opts={"k": 1}), expected_version=None, lifecycle="queued"
+        )
+
+    conn = sqlite3.connect(path)
+    try:
+        state, opts = conn.execute("SELECT state, request_opts FROM conversations").fetchone()
+    finally:
+        conn.close()
+    assert json.loads(state)["messages"][0]["content"] == "héllo"
+    assert json.loads(opts) == {"k": 1}
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "problem"),
+    [
+        ("state", "[1, 2]", "JSON list, not an object"),
+        ("state", None, "state is NULL"),
+        ("state", '{"version": 1, "messages": [{"role": "robot"}]}', "messages.0.role"),
+        ("request_opts", "{oops", "request_opts are not valid JSON"),
+        ("updated_at", "yesterday", "updated_at is 'yesterday'"),
+        ("version", "three", "version is 'three'"),
+    ],
+)
+async def test_a_damaged_column_is_reported_and_left_untouched(
+    tmp_path: Path, column: str, value: str | None, problem: str
+) -> None:
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path) as store:
+        await store.save("c-9", record("hi"), expected_version=None, lifecycle="queued")
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute(f"UPDATE conversations SET {column} = ? WHERE id = 'c-9'", (value,))
+            before = conn.execute("SELECT * FROM conversations").fetchall()
+
+            with pytest.raises(CorruptStateError) as caught:
+                await store.load("c-9")
+
+            assert conn.execute("SELECT * FROM conversations").fetchall() == before
+        finally:
+            conn.close()
+
+    assert "'c-9'" in str(caught.value)
+    assert problem in str(caught.value)
+
+
+_RACER = textwrap.dedent(
+    """
+    import json, sys, time
+    import anyio
+    from sessionvisor._errors import StaleWriteError
+    from sessionvisor.state import SQLiteStore, StoredConversation
+
+    async def main(path, start, seconds):
+        wins, lost = [], 0
+        async with SQLiteStore(path) as store:
+            await anyio.sleep(max(0.0, start - time.time()))
+            deadline = start + seconds
+            while time.time() < deadline:
+                current = await store.load("c-shared")
+                try:
+                    wins.append(await store.save(
+                        "c-shared",
+                        StoredConversation(state=current.state),
+                        expected_version=current.version,
+                        lifecycle="completion",
+                    ))
+                except StaleWriteError:
+                    lost += 1
+        print(json.dumps({"wins": wins, "lost": lost}))
+
+    anyio.run(main, sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))
+    """
+)
+
+
+@pytest.mark.slow
+async def test_two_processes_writing_one_file_never_both_win_a_version(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    async with SQLiteStore(path) as store:
+        await store.save("c-shared", record("0"), expected_version=None, lifecycle="queued")
+    # Both processes start writing at the same wall-clock moment, after
+    # their (slow) imports are done.
+    start = time.time() + 2.0
+    results: list[dict[str, object]] = []
+
+    async def racer() -> None:
+        done = await anyio.run_process(
+            [sys.executable, "-c", _RACER, str(path), str(start), "0.7"], check=True
+        )
+        results.append(json.loads(done.stdout))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(racer)
+        tg.start_soon(racer)
+
+    async with SQLiteStore(path) as store:
+        final = await store.load("c-shared")
+    assert final is not None
+    wins = [v for result in results for v in result["wins"]]  # type: ignore[attr-defined]
+    # Both processes won some versions and lost some: they really overlapped.
+    assert all(result["wins"] for result in results), results
+    assert sum(result["lost"] for result in results) > 0, results  # type: ignore[misc]
+    # Each version from 2 to the last was won exactly once, across processes.
+    assert sorted(wins) == list(range(2, final.version + 1))
