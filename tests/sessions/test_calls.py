@@ -674,3 +674,24 @@ async def test_a_larger_per_session_message_limit_is_honoured(anyio_backend: str
         assert delivery.queued is False
         assert await settle(sup, "c-1") is Status.IDLE
         assert texts(await stored_state(sup, "c-1"))[0] == "x" * 5000
+
+
+@pytest.mark.anyio
+async def test_cancel_right_after_send_cancels_that_turn(anyio_backend: str) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await sup.start("c-1")
+        await sup.send("c-1", "hello")
+        with anyio.fail_after(1):
+            status = await sup.cancel("c-1")
+
+        assert status is Status.CANCELLED
+        for _ in range(5):
+            await anyio.sleep(0.002)
+        assert await sup.status("c-1") is Status.CANCELLED
+        state = await stored_state(sup, "c-1")
+        assert texts(state) == ["hello"]
+
+        await sup.send("c-1", "again")
+        assert await settle(sup, "c-1") is Status.IDLE
+        assert texts(await stored_state(sup, "c-1")) == ["hello", "again", "re: again"]

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from sessionvisor import (
     CorruptStateError,
@@ -172,7 +174,12 @@ async def test_corrupt_snapshot_is_quarantined_and_started_fresh_when_asked(
         SQLiteStore(path) as store,
         supervisor(backend, store=store, on_corrupt="quarantine") as sup,
     ):
-        info = await sup.start("c-1")
+        with structlog.testing.capture_logs() as logs:
+            info = await sup.start("c-1")
+        quarantined = [e for e in logs if e["event"] == "corrupt_state_quarantined"]
+        assert len(quarantined) == 1
+        assert quarantined[0]["conversation_id"] == "c-1"
+        assert quarantined[0]["log_level"] == "warning"
 
         assert info.started is True
         assert texts(info.handle.snapshot()) == ["You are a pirate."]
@@ -355,3 +362,24 @@ async def test_corrupt_snapshot_fails_the_other_waking_calls_too(
         assert backend.router_calls == []
 
     assert _row(path, "c-1") == before
+
+
+@pytest.mark.anyio
+async def test_selector_naming_no_route_fails_the_start_and_leaves_nothing(
+    anyio_backend: str,
+) -> None:
+    from sessionvisor import NoRouteError
+
+    personas = Personas()
+    strict = KeyedRouter(personas.select, {"analyst": personas.analyst})
+    async with supervisor(strict) as sup:
+        with pytest.raises(NoRouteError, match="c-1"):
+            await sup.send("c-1", "hello", request_opts={"persona": "poet"})
+        assert await sup.running("c-1") is False
+        assert await sup.store.load("c-1") is None
+        assert personas.analyst.configs == []
+
+        await sup.send("c-1", "hello", request_opts={"persona": "analyst"})
+        assert await settle(sup, "c-1") is Status.IDLE
+        record = await sup.store.load("c-1")
+        assert record is not None and record.route_key == "analyst"

@@ -245,3 +245,20 @@ async def test_load_delete_and_check_access_refuse_other_scopes(
         assert await sup.check_access("c-1", scope=ALICE) is True
         loaded = await sup.load("c-1", scope=ALICE)
         assert loaded is not None and texts(loaded) == ["hello", "re: hello"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scope", STRANGERS)
+async def test_viewing_a_stored_owned_conversation_is_refused(
+    anyio_backend: str, scope: Any
+) -> None:
+    # A stranger's viewer would otherwise keep the owner's session from stopping.
+    async with supervisor(Backend()) as sup:
+        await sup.send("c-1", "hello", scope=ALICE)
+        await settle(sup, "c-1", scope=ALICE)
+        await sup.stop("c-1", scope=ALICE)
+
+        with pytest.raises(AccessDenied, match="c-1"):
+            async with sup.viewing("c-1", scope=scope):
+                pass
+        assert await sup.running("c-1", scope=ALICE) is False

@@ -295,3 +295,34 @@ async def test_start_after_a_restart_of_the_process_restores_the_conversation(
 def test_supervisor_rejects_an_unknown_on_corrupt_policy() -> None:
     with pytest.raises(ValueError, match="on_corrupt"):
         SessionSupervisor(Backend(), on_corrupt="ignore")  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("refusal", ["validation", "permission"])
+async def test_factory_refusal_reaches_the_caller_unchanged(
+    anyio_backend: str, refusal: str
+) -> None:
+    from sessionvisor import FactoryPermissionError, FactoryValidationError
+
+    error = (
+        FactoryValidationError("persona 'x' is unknown for conversation 'c-1'")
+        if refusal == "validation"
+        else FactoryPermissionError("user may not open conversation 'c-1'")
+    )
+    backend = Backend()
+    original = backend.create_agent
+
+    def refuse(agent_id: str, config: Any) -> Any:
+        if backend.factory_calls == []:
+            backend.factory_calls.append((agent_id, config))
+            raise error
+        return original(agent_id, config)
+
+    backend.create_agent = refuse  # type: ignore[method-assign]
+    async with supervisor(backend) as sup:
+        with pytest.raises(type(error)) as caught:
+            await sup.start("c-1")
+        assert caught.value is error
+        assert await sup.running("c-1") is False
+        assert await sup.store.load("c-1") is None
+        assert (await sup.start("c-1")).started is True
