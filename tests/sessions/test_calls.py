@@ -274,6 +274,9 @@ def _calls(sup: SessionSupervisor) -> dict[str, Callable[[], Awaitable[Any]]]:
         "list_running": lambda: sup.list_running(),
         "subscribe": subscribe,
         "viewing": viewing,
+        "load": lambda: sup.load("c-1"),
+        "delete": lambda: sup.delete("c-1"),
+        "check_access": lambda: sup.check_access("c-1"),
     }
 
 
@@ -695,3 +698,34 @@ async def test_cancel_right_after_send_cancels_that_turn(anyio_backend: str) -> 
         await sup.send("c-1", "again")
         assert await settle(sup, "c-1") is Status.IDLE
         assert texts(await stored_state(sup, "c-1")) == ["hello", "again", "re: again"]
+
+
+@pytest.mark.anyio
+async def test_stop_of_an_interrupted_session_says_the_interrupt_is_restorable(
+    anyio_backend: str,
+) -> None:
+    async with supervisor(Backend()) as sup:
+        await sup.send("c-1", "ask")
+        await wait_status(sup, "c-1", Status.INTERRUPTED)
+        async with sup.subscribe("c-1") as events:
+            assert await sup.stop("c-1") == "stopped"
+            seen = await until(events, lambda e: isinstance(e, Shutdown))
+        shutdown = seen[-1]
+        assert isinstance(shutdown, Shutdown)
+        assert shutdown.status is Status.INTERRUPTED
+        assert shutdown.interrupt_restorable is True
+        assert (await stored_state(sup, "c-1")).interrupt is not None
+
+
+@pytest.mark.anyio
+async def test_each_conversation_counts_its_own_seq(anyio_backend: str) -> None:
+    async with supervisor(Backend()) as sup:
+        await sup.send("c-1", "hello")
+        await settle(sup, "c-1")
+        await sup.send("c-1", "again")
+        await settle(sup, "c-1")
+        async with sup.subscribe("c-2") as events:
+            assert (await anext(events)).seq == 0
+            await sup.send("c-2", "hello")
+            seen = await until(events, ends_in(Status.IDLE))
+        assert [e.seq for e in seen] == list(range(1, len(seen) + 1))

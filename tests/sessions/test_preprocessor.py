@@ -208,3 +208,28 @@ def _drain(events: Any) -> list[Any]:
     while events.pending():
         out.append(events._buffer.popleft())
     return out
+
+
+@pytest.mark.anyio
+async def test_handle_send_goes_through_the_preprocessor(anyio_backend: str) -> None:
+    sup, _ = _sup(redact)
+    async with sup, sup.subscribe("c-1") as events:
+        handle = (await sup.start("c-1")).handle
+        await handle.send("card 4111")
+        seen = await until(events, ends_in(Status.IDLE))
+
+    appended = [e.message.content for e in seen if isinstance(e, MessageAppended)]
+    assert appended[0] == "card 4111"
+    assert handle.snapshot().messages[0].content == "card [card] (from web)"
+
+
+@pytest.mark.anyio
+async def test_preprocessor_returning_no_message_is_an_error_and_stores_nothing(
+    anyio_backend: str,
+) -> None:
+    sup, backend = _sup(lambda message, ctx: message.text())
+    async with sup:
+        with pytest.raises(TypeError, match="message_preprocessor"):
+            await sup.send("c-1", "hello")
+        assert await sup.store.load("c-1") is None
+        assert backend.agent.turns == []
