@@ -88,7 +88,9 @@ class Actor:
     __slots__ = (
         "_cancel_requested",
         "_gen",
+        "_hold",
         "_last_activity",
+        "_restarting",
         "_resume",
         "_retrying",
         "_saved_gen",
@@ -100,7 +102,6 @@ class Actor:
         "_turn_scope",
         "_version",
         "_viewers_left_at",
-        "_wants_run",
         "_worker",
         "agent",
         "agent_id",
@@ -168,10 +169,13 @@ class Actor:
         self._turn_done: anyio.Event | None = None
         self._resume: tuple[Any, PendingInterrupt] | None = None
         self._cancel_requested = False
-        self._wants_run = False
+        # Queued messages wait for a send/resume/dismiss after an interrupt, a pause,
+        # an error or a cancel; a crash restart or a send lifts the hold.
+        self._hold = False
         self._stop_reason: str | None = None
         self._stopped: anyio.Event | None = None
         self._retrying = False
+        self._restarting: anyio.Event | None = None
         self._last_activity = sup._clock.now()
         self._viewers_left_at: float | None = None
         self._timer_at: float | None = None
@@ -242,7 +246,7 @@ class Actor:
         self.check_open()
         if not content_size_ok(content, self.opts.max_message_bytes):
             raise ValueError(
-                f"message for conversation {self.conversation_id!r} is larger than "
+                f"content of the message for conversation {self.conversation_id!r} is larger than "
                 f"max_message_bytes={self.opts.max_message_bytes} as JSON"
             )
         message = Message(role="user", content=content)
@@ -261,11 +265,11 @@ class Actor:
         self._gen += 1
         if self._worker:
             # A turn (or a restart) is under way: the message waits, durably, for the next turn.
-            if self.status is not Status.RUNNING:
-                # Sent while held (error, pause, ...): a send lifts the hold.
-                self._wants_run = True
+            # A send lifts a hold; a turn that is still running may set it again.
+            self._hold = False
             self._emit(MessageQueued, message=_display(message))
             await self._persist("queued")
+            self._check_superseded()
             return True
         # Nothing runs: this call starts the turn. The claim comes before any await, so
         # a concurrent send finds the worker busy and queues behind this one.
@@ -276,13 +280,24 @@ class Actor:
         await self._persist("turn_start")
         # No await between the save and the spawn: a cancelled caller still hands over.
         self.sup._spawn(functools.partial(self._work, begun=True))
+        self._check_superseded()
         return False
+
+    def _check_superseded(self) -> None:
+        """After a save a send waited on: fail the send if the session is gone."""
+        if self.failed is not None:
+            self.check_open()  # gave up while the message waited: not saved here
+        if self._stop_reason == "superseded":
+            raise NotRunning(
+                f"conversation {self.conversation_id!r} was taken over by another writer "
+                "(its stored version moved on); the message was not saved here"
+            )
 
     async def _preprocess(self, message: Message, scope: Any) -> Message:
         pre = self.opts.message_preprocessor
         assert pre is not None
         ctx = PreprocessContext(
-            self.conversation_id, self.agent_id, scope, self.state.model_copy()
+            self.conversation_id, self.agent_id, scope, self.state.model_copy(deep=True)
         )
         try:
             result = pre(message, ctx)
@@ -317,13 +332,14 @@ class Actor:
         assert interrupt is not None
         self.state.interrupt = None
         self._resume = (answer, interrupt)
+        self._hold = False  # the queue drains after the resume turn
         self._turn_done = anyio.Event()
         self.status = Status.RUNNING
         self.touch()
 
     async def resume(self, answer: Any, scope: Any) -> Status:
         self.check_open()
-        if self.status is not Status.INTERRUPTED or self._worker:
+        if self.status is not Status.INTERRUPTED:
             raise InvalidStatus(
                 f"cannot resume conversation {self.conversation_id!r}: status is "
                 f"{self.status.value}, not interrupted",
@@ -333,7 +349,9 @@ class Actor:
             self.scope = scope
         self.prepare_resume(answer)
         self._emit(StatusChanged, status=Status.RUNNING, interrupt=None, error=None)
-        self._claim_worker()
+        if not self._worker:
+            self._claim_worker()
+        # else: the worker is finishing the save of the interrupt; it runs the resume next
         return Status.RUNNING
 
     async def dismiss(self, scope: Any) -> Status:
@@ -343,7 +361,6 @@ class Actor:
             self.status is not Status.INTERRUPTED
             or interrupt is None
             or interrupt.kind != "notice"
-            or self._worker
         ):
             kind = "no interrupt" if interrupt is None else f"a {interrupt.kind!r} interrupt"
             raise InvalidStatus(
@@ -355,6 +372,7 @@ class Actor:
             self.scope = scope
         self.touch()
         self.state.interrupt = None
+        self._hold = False
         self._gen += 1
         self._set_status(Status.IDLE)
         await self._persist("dismiss")
@@ -378,26 +396,40 @@ class Actor:
         return self.status
 
     async def stop(self, reason: str = "stopped") -> None:
-        """Persist and stop; running turns are cancelled (drain: after shutdown_timeout)."""
+        """Persist and stop; a running turn is cancelled (on drain: after shutdown_timeout)."""
         if not self.closed:
             self.request_stop(reason)
-        if reason == "drain" and self._turn_scope is not None:
-            await self._wait_stopped_until(
-                self.sup._clock.now() + self.opts.shutdown_timeout
-            )
-            if self._turn_scope is not None:
-                self._turn_scope.cancel()
+        if reason == "drain" and not self.is_stopped():
+            clock = self.sup._clock
+            with anyio.CancelScope() as timer_scope:
+                async with anyio.create_task_group() as tg:
+
+                    async def expire() -> None:
+                        await clock.sleep_until(clock.now() + self.opts.shutdown_timeout)
+                        timer_scope.cancel()
+
+                    tg.start_soon(expire)
+                    await self.wait_stopped()
+                    tg.cancel_scope.cancel()
+            if not self.is_stopped():
+                # The turn had its shutdown_timeout: cancel it so the drain can finish.
+                self._cancel_requested = True
+                if self._turn_scope is not None:
+                    self._turn_scope.cancel()
         await self.wait_stopped()
 
     def request_stop(self, reason: str) -> None:
         self.closed = True
         self._stop_reason = reason
-        if reason not in ("drain",):
+        if reason != "drain":
             self._cancel_requested = True
             if self._turn_scope is not None:
                 self._turn_scope.cancel()
         if not self._worker:
             self._claim_worker()
+
+    def is_stopped(self) -> bool:
+        return self._stopped is not None and self._stopped.is_set()
 
     async def wait_stopped(self) -> None:
         if self._stop_reason is None and self.failed is None and not self.closed:
@@ -405,21 +437,6 @@ class Actor:
         if self._stopped is None:
             self._stopped = anyio.Event()
         await self._stopped.wait()
-
-    async def _wait_stopped_until(self, deadline: float) -> None:
-        async with anyio.create_task_group() as tg:
-
-            async def timeout() -> None:
-                await self.sup._clock.sleep_until(deadline)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(timeout)
-            if self._stopped is None:
-                self._stopped = anyio.Event()
-            done = self._turn_done
-            if done is not None:
-                await done.wait()
-            tg.cancel_scope.cancel()
 
     def _mark_stopped(self) -> None:
         self.closed = True
@@ -435,7 +452,9 @@ class Actor:
             if idle_reason is not None and await self._idle_stop(idle_reason):
                 return
             while True:
-                if self._stop_reason is not None:
+                # A turn this worker was spawned for still runs on drain (its message is
+                # already saved); any other stop wins over further work.
+                if self._stop_reason is not None and not (begun and self._stop_reason == "drain"):
                     await self._finish_stop()
                     return
                 try:
@@ -444,9 +463,7 @@ class Actor:
                         await self._run_turn()
                     elif self._resume is not None:
                         await self._run_turn(resume=True)
-                    elif self.state.queued and (
-                        self._wants_run or self.status in (Status.IDLE, Status.RUNNING)
-                    ):
+                    elif self.state.queued and not self._hold:
                         if self.state.interrupt is not None:
                             self._abandon_interrupt()
                         self._begin_turn()
@@ -472,7 +489,7 @@ class Actor:
                 self.arm()
 
     def _begin_turn(self) -> None:
-        self._wants_run = False
+        self._hold = False
         state = self.state
         taken = state.queued
         state.queued = []
@@ -539,6 +556,9 @@ class Actor:
         self._turn_done = None
         try:
             if cancelled or error is not None:
+                # A turn cut short by a stop does not hold the queue: those messages were
+                # never refused by the user, so the next wake answers them.
+                self._hold = self._stop_reason is None or error is not None
                 # Roll back what the agent did; the user's messages (before the mark) stay.
                 del history[mark:]
                 state.messages = history
@@ -597,8 +617,10 @@ class Actor:
         self._gen += 1
         if isinstance(outcome, Interrupt):
             new.interrupt = PendingInterrupt(kind=outcome.kind, data=outcome.data)
+            self._hold = True
             self._set_status(Status.INTERRUPTED)
         elif isinstance(outcome, Pause):
+            self._hold = True
             self._set_status(Status.PAUSED)
             if outcome.reason:
                 self._emit(AgentEvent, name="paused", data={"reason": outcome.reason})
@@ -629,8 +651,14 @@ class Actor:
         """
         target = self._gen
         while self._saved_gen < target:
-            if self._stop_reason == "superseded":
+            if self._stop_reason == "superseded" or self.failed is not None:
                 return False
+            restarting = self._restarting
+            if restarting is not None:
+                # The in-memory state is the crashed copy: save what the restart rebuilds.
+                await restarting.wait()
+                target = self._gen
+                continue
             saving = self._saving
             if saving is not None:
                 await saving.wait()
@@ -681,8 +709,10 @@ class Actor:
             while self._saved_gen < self._gen and self._stop_reason != "superseded":
                 await clock.sleep_until(clock.now() + delay)
                 delay = min(delay * 2, 30.0)
-                if self._saving is not None:
+                if self._saving is not None or self._restarting is not None:
                     continue
+                if self.failed is not None:
+                    return
                 gen = self._gen
                 self._saving = saving = anyio.Event()
                 try:
@@ -711,6 +741,14 @@ class Actor:
 
     async def _restart(self, error: BaseException) -> bool:
         """Restart by policy; return False when the session gave up."""
+        restarting = self._restarting = anyio.Event()
+        try:
+            return await self._restart_loop(error)
+        finally:
+            self._restarting = None
+            restarting.set()
+
+    async def _restart_loop(self, error: BaseException) -> bool:
         clock = self.sup._clock
         while True:
             opts = self.opts
@@ -733,6 +771,7 @@ class Actor:
             except Exception as exc:
                 error = exc
                 continue
+            self._hold = self.state.interrupt is not None  # queued messages run next
             self._emit(Restarted, attempt=attempt, error=describe(error))
             self.status = Status.RUNNING  # so the next line announces the settled status
             self._set_status(Status.INTERRUPTED if self.state.interrupt else Status.IDLE)
@@ -756,7 +795,7 @@ class Actor:
         self._gen += 1  # the shutdown save carries last_seq even when nothing else changed
         if not await self._persist("shutdown", reserve=1):
             return False
-        if self._gen != gen + 1 or self.closed or self.state.queued:
+        if self._gen != gen + 1 or self.closed or (self.state.queued and not self._hold):
             return False  # work arrived while saving: keep serving
         self.closed = True
         self._stop_reason = reason
@@ -784,7 +823,10 @@ class Actor:
         reason = self._stop_reason or "stopped"
         if reason != "superseded":
             self._gen += 1
-            await self._persist("shutdown", reserve=1)
+            # Messages still waiting (not held) are saved as `queued` so that the next
+            # wake runs them; held ones stay held.
+            pending = bool(self.state.queued) and not self._hold
+            await self._persist("queued" if pending else "shutdown", reserve=1)
         self._emit_shutdown(reason)
         self._mark_stopped()
 

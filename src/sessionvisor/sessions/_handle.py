@@ -83,7 +83,7 @@ class SessionHandle:
         """
         from ._validation import check_content
 
-        check_content(content, self._actor.opts.max_message_bytes)
+        check_content(content, self._actor.opts.max_message_bytes, self.conversation_id)
         queued = await self._actor.send(content, None)
         return Delivery(queued=queued, started=False)
 

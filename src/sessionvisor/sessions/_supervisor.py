@@ -150,14 +150,15 @@ class SessionSupervisor:
             log.info("supervisor_drained")
         return None
 
-    def _check_open(self) -> None:
+    def _check_open(self, conversation_id: str | None = None) -> None:
         if self._phase != "open":
             reason = {
                 "new": "has not been entered (use `async with`)",
                 "draining": "is draining",
                 "closed": "is closed",
             }[self._phase]
-            raise RegistryUnavailable(f"the session supervisor {reason}")
+            subject = "" if conversation_id is None else f"conversation {conversation_id!r}: "
+            raise RegistryUnavailable(f"{subject}the session supervisor {reason}")
 
     def _spawn(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         assert self._tg is not None
@@ -211,7 +212,7 @@ class SessionSupervisor:
     ) -> tuple[Actor, bool, Exception | None]:
         """Return the live actor of ``cid``, starting it (once) if needed."""
         while True:
-            self._check_open()
+            self._check_open(cid)
             actor = self._actors.get(cid)
             if actor is not None:
                 if actor.closed:
@@ -311,10 +312,16 @@ class SessionSupervisor:
             route_key=route.key,
             restored=stored is not None,
         )
+        # Messages left waiting when the process stopped mid-turn run now; ones that
+        # were held (after an interrupt, pause, error or cancel) stay held.
+        actor._hold = actor.state.interrupt is not None or (
+            stored is not None and stored.lifecycle not in ("turn_start", "queued")
+        )
         if actor._resume is not None:
+            actor._hold = False
             actor._claim_worker()
-        elif actor.state.queued and actor.status is Status.IDLE:
-            actor._claim_worker()  # messages left waiting by a stop or a crash run now
+        elif actor.state.queued and not actor._hold:
+            actor._claim_worker()
         else:
             actor.arm()
         return actor, resume_error
@@ -331,14 +338,15 @@ class SessionSupervisor:
         )
         agent, session_opts = await invoke_factory(route.factory, actor.agent_id, route.config)
         state = load_state(stored.state, cid) if stored is not None else _fresh(session_opts)
-        # The mailbox survives the crash: queued messages the store has not seen come along.
+        on_start = getattr(agent, "on_start", None)
+        if on_start is not None:
+            state = await on_start(state)
+        # The mailbox survives the crash: queued messages the store has not seen come
+        # along. Computed after the last await, so a send that raced the restart counts.
         known = {m.id for m in state.queued}
         known.update(m.id for m in state.messages)
         carried = [m for m in actor.state.queued if m.id not in known]
         state.queued.extend(carried)
-        on_start = getattr(agent, "on_start", None)
-        if on_start is not None:
-            state = await on_start(state)
         actor.agent = agent
         actor.opts = self._defaults.merged(session_opts.supervisor_opts)
         actor.extra = session_opts.extra
@@ -402,14 +410,18 @@ class SessionSupervisor:
             errors of ``start``, and TypeError/ValueError for a bad id or content.
         """
         cid = check_conversation_id(conversation_id)
-        check_content(content, self._defaults.max_message_bytes)
+        live = self._live(cid)
+        # A live session's own limit applies (its factory may have raised it); before a
+        # wake the supervisor's default is checked so nothing wakes for a refused message.
+        check_content(content, (live.opts if live else self._defaults).max_message_bytes, cid)
         opts = check_request_opts(request_opts)
         for attempt in range(3):
             actor, started, _ = await self._ensure(cid, scope, opts, reroute)
             try:
                 queued = await actor.send(content, scope)
-            except NotRunning:
-                # It stopped between lookup and delivery: wake it again.
+            except (NotRunning, SessionFailedError):
+                # It stopped (or gave up) between lookup and delivery: wake it again
+                # from the store.
                 if attempt == 2:
                     raise
                 continue
@@ -436,7 +448,7 @@ class SessionSupervisor:
         """
         cid = check_conversation_id(conversation_id)
         opts = check_request_opts(request_opts)
-        self._check_open()
+        self._check_open(cid)
         actor = self._live(cid)
         if actor is not None:
             self._check_owner(actor.owner, scope, cid)
@@ -475,7 +487,7 @@ class SessionSupervisor:
         """
         cid = check_conversation_id(conversation_id)
         opts = check_request_opts(request_opts)
-        self._check_open()
+        self._check_open(cid)
         actor = self._live(cid)
         if actor is None:
             stored = await self._load(cid)
@@ -505,7 +517,7 @@ class SessionSupervisor:
             InvalidStatus: no turn runs (``not_running`` when nothing is live).
         """
         cid = check_conversation_id(conversation_id)
-        self._check_open()
+        self._check_open(cid)
         actor = self._live(cid)
         if actor is None:
             raise InvalidStatus(
@@ -522,7 +534,7 @@ class SessionSupervisor:
             ``"stopped"``, or ``"not_running"`` when there was no live session.
         """
         cid = check_conversation_id(conversation_id)
-        self._check_open()
+        self._check_open(cid)
         actor = self._actors.get(cid)
         if actor is None:
             return "not_running"
@@ -539,7 +551,7 @@ class SessionSupervisor:
             RegistryUnavailable: the answer cannot be known (never a guessed False).
         """
         cid = check_conversation_id(conversation_id)
-        self._check_open()
+        self._check_open(cid)
         actor = self._live(cid)
         if actor is not None:
             self._check_owner(actor.owner, scope, cid)
@@ -548,7 +560,7 @@ class SessionSupervisor:
     async def status(self, conversation_id: str, *, scope: Any = None) -> Status:
         """Return the live status, or ``not_running``."""
         cid = check_conversation_id(conversation_id)
-        self._check_open()
+        self._check_open(cid)
         actor = self._live(cid)
         if actor is None:
             return Status.NOT_RUNNING
@@ -558,7 +570,7 @@ class SessionSupervisor:
     def get(self, conversation_id: str, *, scope: Any = None) -> SessionHandle | None:
         """Return the live session's handle, or None (local sessions only)."""
         cid = check_conversation_id(conversation_id)
-        self._check_open()
+        self._check_open(cid)
         actor = self._live(cid)
         if actor is None:
             return None
@@ -582,7 +594,7 @@ class SessionSupervisor:
             AccessDenied, CorruptStateError, RegistryUnavailable.
         """
         cid = check_conversation_id(conversation_id)
-        self._check_open()
+        self._check_open(cid)
         actor = self._live(cid)
         if actor is not None:
             self._check_owner(actor.owner, scope, cid)
@@ -612,7 +624,7 @@ class SessionSupervisor:
             AccessDenied: it exists and belongs to another owner.
         """
         cid = check_conversation_id(conversation_id)
-        self._check_open()
+        self._check_open(cid)
         actor = self._live(cid)
         if actor is not None:
             self._check_owner(actor.owner, scope, cid)
@@ -640,7 +652,7 @@ class SessionSupervisor:
         cid = check_conversation_id(conversation_id)
         if after is not None and (not isinstance(after, int) or after < 0):
             raise ValueError(f"after must be a non-negative int or None, got {after!r}")
-        self._check_open()
+        self._check_open(cid)
         actor = self._live(cid)
         if actor is None:
             stored = await self._store.load(cid)
@@ -679,7 +691,7 @@ class SessionSupervisor:
         does not wake a stopped session.
         """
         cid = check_conversation_id(conversation_id)
-        self._check_open()
+        self._check_open(cid)
         actor = self._live(cid)
         if actor is not None:
             self._check_owner(actor.owner, scope, cid)

@@ -31,7 +31,7 @@ def check_conversation_id(conversation_id: Any) -> str:
     return conversation_id
 
 
-def check_content(content: Any, max_bytes: int) -> None:
+def check_content(content: Any, max_bytes: int | None, conversation_id: str | None = None) -> None:
     """Raise TypeError/ValueError naming ``content`` unless it is a valid message body."""
     if isinstance(content, str):
         pass
@@ -45,8 +45,11 @@ def check_content(content: Any, max_bytes: int) -> None:
         raise TypeError(
             f"content must be a str or a list of parts, got {type(content).__name__}"
         )
-    if not content_size_ok(content, max_bytes):
-        raise ValueError(f"content is larger than max_message_bytes={max_bytes} as JSON")
+    if max_bytes is not None and not content_size_ok(content, max_bytes):
+        where = "" if conversation_id is None else f" for conversation {conversation_id!r}"
+        raise ValueError(
+            f"content of the message{where} is larger than max_message_bytes={max_bytes} as JSON"
+        )
 
 
 def content_size_ok(content: Any, max_bytes: int) -> bool:
