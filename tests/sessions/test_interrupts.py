@@ -138,6 +138,9 @@ async def test_resume_wake_keeps_the_interrupt_stored_until_the_answer_is_done(
         with anyio.fail_after(WAIT):
             await backend.agent.slow_started.wait()
         assert await sup.status("c-1") is Status.RUNNING
+        during = await stored_state(sup, "c-1")
+        assert during.interrupt is not None
+        assert during.interrupt.data == {"question": "ask me"}
         backend.agent.release()
         assert await settle(sup, "c-1") is Status.IDLE
         assert (await stored_state(sup, "c-1")).interrupt is None
