@@ -1,0 +1,272 @@
+"""The command line: ``python -m sessionvisor demo`` and ``python -m sessionvisor serve``.
+
+``demo`` serves the offline demo agent over SQLite with the chat page at
+``/``; ``serve module:router`` serves your own router. Both run uvicorn
+(the ``http`` extra) on asyncio and drain the supervisor on Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .state import StateStore
+
+__all__ = ["load_object", "main", "open_store"]
+
+_HTTP_EXTRA = "the HTTP server needs the 'http' extra: pip install 'sessionvisor[http]'"
+
+
+def load_object(spec: str) -> Any:
+    """Import ``"package.module:attribute"`` (the attribute may be dotted) and return it.
+
+    The current directory is importable, as with uvicorn.
+
+    Raises:
+        ValueError: ``spec`` has no ``:``.
+        ImportError: the module cannot be imported.
+        AttributeError: the module has no such attribute.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"expected 'module:attribute', got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AttributeError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    return obj
+
+
+def open_store(url: str) -> StateStore:
+    """Return the store a URL names.
+
+    ``memory`` (nothing survives the process), ``sqlite:///relative.db``,
+    ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``, or
+    ``postgresql://user@host/db`` (the ``postgres`` extra).
+
+    Raises:
+        ValueError: the URL names no store this knows.
+    """
+    from .state import MemoryStore, SQLiteStore
+
+    if url in ("memory", "memory:", "memory://"):
+        return MemoryStore()
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if not path:
+            raise ValueError(f"store URL {url!r} names no database file")
+        return SQLiteStore(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        from .state.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(
+        f"unknown store URL {url!r}; use memory, sqlite:///path.db or postgresql://..."
+    )
+
+
+def _timeout(text: str) -> float | None:
+    if text.strip().lower() in ("none", "off", "never"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'none', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the timeout cannot be negative")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sessionvisor",
+        description="Serve sessionvisor's chat backend (REST + Server-Sent Events + a chat page).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser, timeout_default: float | None) -> None:
+        sub.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+        sub.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+        sub.add_argument(
+            "--inactivity-timeout",
+            type=_timeout,
+            default=timeout_default,
+            metavar="S",
+            help="seconds before an idle session stops ('none' disables; "
+            f"default {timeout_default})",
+        )
+        sub.add_argument(
+            "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        )
+
+    demo = commands.add_parser(
+        "demo",
+        help="the offline demo agent over SQLite, with the chat page at /",
+        description="Serve the offline demo agent (streams replies, asks before a "
+        "'dangerous' tool, crashes on 'crash') with the chat page at /.",
+    )
+    common(demo, 120.0)
+    demo.add_argument(
+        "--db", default="sessionvisor-demo.db", help="SQLite file (default sessionvisor-demo.db)"
+    )
+    demo.add_argument(
+        "--word-delay", type=float, default=0.06, help="seconds between streamed words"
+    )
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve your own router: python -m sessionvisor serve app.module:router",
+        description="Serve a router (a FactoryRouter, or a callable taking "
+        "(scope, conversation_id, request_opts)) over HTTP.",
+    )
+    serve.add_argument("router", help="module:attribute of the router")
+    common(serve, 300.0)
+    serve.add_argument(
+        "--store",
+        default="memory",
+        help="memory (default), sqlite:///path.db or postgresql://user@host/db",
+    )
+    serve.add_argument(
+        "--scope",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="scope_from_request(request) to use instead of the demo's X-User header",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status.
+
+    Raises:
+        SystemExit: on ``--help`` or bad arguments (argparse).
+    """
+    args = _parser().parse_args(argv)
+    try:
+        import uvicorn  # noqa: F401
+        from starlette.applications import Starlette  # noqa: F401
+    except ImportError:
+        print(_HTTP_EXTRA, file=sys.stderr)
+        return 2
+    from .http import header_or_query_scope, header_scope
+
+    scope_from_request: Callable[..., Any]
+    if args.command == "demo":
+        from .http._demo import demo_router
+        from .state import SQLiteStore
+
+        router: Any = demo_router(word_delay=args.word_delay)
+        store: StateStore = SQLiteStore(args.db)
+        scope_from_request = header_or_query_scope
+        where = f"SQLite file {os.path.abspath(args.db)}"
+    else:
+        try:
+            router = load_object(args.router)
+            store = open_store(args.store)
+            scope_from_request = load_object(args.scope) if args.scope else header_scope
+        except (ImportError, AttributeError, ValueError) as exc:
+            print(f"python -m sessionvisor serve: {exc}", file=sys.stderr)
+            return 2
+        where = f"store {args.store}"
+    import anyio
+
+    url = f"http://{_url_host(args.host)}:{args.port}/"
+    banner = f"sessionvisor {args.command}: open {url} in a browser ({where}); Ctrl+C stops"
+    try:
+        anyio.run(
+            _run,
+            router,
+            store,
+            scope_from_request,
+            args,
+            banner,
+            backend="asyncio",
+        )
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+async def _run(
+    router: Any,
+    store: StateStore,
+    scope_from_request: Callable[..., Any],
+    args: argparse.Namespace,
+    banner: str,
+) -> None:
+    import uvicorn
+
+    from .http import close_event_streams, create_app
+    from .sessions import SessionSupervisor
+
+    class Server(uvicorn.Server):
+        """uvicorn, ending the app's event streams first when it shuts down."""
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                print(banner, flush=True)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            # uvicorn waits for open responses, and event streams never end by themselves.
+            close_event_streams(app)
+            await super().shutdown(sockets=sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn's own version re-raises the signal after its shutdown, which
+            # would interrupt the supervisor's drain below; this one does not.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
+    async with AsyncExitStack() as stack:
+        aclose = getattr(store, "aclose", None)
+        if aclose is not None:
+            stack.push_async_callback(aclose)
+        supervisor = SessionSupervisor(
+            router,
+            store=store,
+            supervisor_opts={"inactivity_timeout": args.inactivity_timeout},
+        )
+        await stack.enter_async_context(supervisor)
+        app = create_app(supervisor, scope_from_request=scope_from_request)
+        config = uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+        await Server(config).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

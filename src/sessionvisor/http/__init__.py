@@ -1,0 +1,20 @@
+"""The chat backend over HTTP: REST routes, Server-Sent Events and a demo page.
+
+``create_app(supervisor)`` returns a Starlette app (mountable in FastAPI) that
+serves one ``SessionSupervisor``; ``header_scope`` is the demo's way of naming
+the caller, to be replaced by real authentication in production. This package
+sits on top of ``sessions`` and needs the ``http`` extra (starlette, uvicorn).
+"""
+
+from ._app import DEFAULT_HEARTBEAT, create_app
+from ._scope import ScopeFunction, header_or_query_scope, header_scope
+from ._sse import close_event_streams
+
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "ScopeFunction",
+    "close_event_streams",
+    "create_app",
+    "header_or_query_scope",
+    "header_scope",
+]

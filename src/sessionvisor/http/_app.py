@@ -1,0 +1,385 @@
+"""``create_app``: the routes of the chat backend, over one ``SessionSupervisor``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..sessions import SessionSummary, SessionSupervisor
+from ..state import Message
+from ._bodies import (
+    DismissBody,
+    ResumeBody,
+    SendBody,
+    check_content_size,
+    check_conversation_id,
+    read_body,
+)
+from ._errors import HTTPError, error_response, not_found, response_for
+from ._scope import ScopeFunction, header_scope
+from ._sse import EventStream, StreamRegistry
+
+__all__ = ["DEFAULT_HEARTBEAT", "create_app"]
+
+#: Seconds between heartbeat comments on a quiet event stream.
+DEFAULT_HEARTBEAT = 15.0
+# Room for the request options and the JSON around the message content.
+_BODY_SLACK = 64 * 1024
+
+_Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(
+    supervisor: SessionSupervisor,
+    *,
+    scope_from_request: ScopeFunction = header_scope,
+    heartbeat: float | None = DEFAULT_HEARTBEAT,
+    max_body_bytes: int | None = None,
+    page: bool = True,
+) -> Starlette:
+    """Return a Starlette app serving ``supervisor`` over HTTP and Server-Sent Events.
+
+    The routes, bodies and status codes are those of the "HTTP" section of the
+    design: ``POST /conversations/{cid}/messages``, ``GET
+    /conversations/{cid}/events`` (SSE), ``POST .../resume``, ``.../dismiss``,
+    ``.../cancel``, ``GET`` and ``DELETE /conversations/{cid}``, ``GET
+    /sessions``, ``GET /healthz``, ``GET /readyz`` and the demo page at ``GET /``.
+    Errors answer ``{"error", "detail"}``; a conversation that does not exist
+    and one owned by another scope get the same 404.
+
+    The app's lifespan enters the supervisor (and leaves it, which drains) when
+    nobody entered it yet. Mounted in another app (``fastapi_app.mount("/chat",
+    app)``), the parent's lifespan runs instead: enter the supervisor there, or
+    pass ``lifespan=app.router.lifespan_context`` to the parent. The app keeps
+    the supervisor as ``app.state.supervisor``.
+
+    Args:
+        supervisor: the session supervisor to serve.
+        scope_from_request: ``(request) -> scope``, sync or async: the trusted
+            identity of the caller (the owner of what it creates). The default
+            reads an ``X-User`` header and is for demos only; see ``header_scope``.
+        heartbeat: seconds of quiet after which an event stream sends a
+            ``: ping`` comment; None or 0 disables heartbeats.
+        max_body_bytes: the largest request body; default the supervisor's
+            ``max_message_bytes`` plus 64 KiB for the rest of the body.
+        page: serve the demo chat page at ``GET /``.
+
+    Returns:
+        The Starlette app.
+
+    Raises:
+        TypeError: ``scope_from_request`` is not callable.
+        ValueError: ``max_body_bytes`` or ``heartbeat`` is negative.
+    """
+    if not callable(scope_from_request):
+        raise TypeError(f"scope_from_request must be callable, got {scope_from_request!r}")
+    if heartbeat is not None and heartbeat < 0:
+        raise ValueError(f"heartbeat must be >= 0 seconds or None, got {heartbeat!r}")
+    if max_body_bytes is not None and max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes!r}")
+    api = _Api(
+        supervisor,
+        scope_from_request=scope_from_request,
+        heartbeat=heartbeat,
+        body_limit=max_body_bytes or supervisor.defaults.max_message_bytes + _BODY_SLACK,
+    )
+    routes = [
+        Route("/conversations/{cid}/messages", api.wrap(api.send), methods=["POST"]),
+        Route("/conversations/{cid}/events", api.wrap(api.events), methods=["GET"]),
+        Route("/conversations/{cid}/resume", api.wrap(api.resume), methods=["POST"]),
+        Route("/conversations/{cid}/dismiss", api.wrap(api.dismiss), methods=["POST"]),
+        Route("/conversations/{cid}/cancel", api.wrap(api.cancel), methods=["POST"]),
+        Route("/conversations/{cid}", api.wrap(api.conversation), methods=["GET"]),
+        Route("/conversations/{cid}", api.wrap(api.delete), methods=["DELETE"]),
+        Route("/sessions", api.wrap(api.sessions), methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+    ]
+    if page:
+        routes.append(Route("/", api.page, methods=["GET"]))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # `_phase` is the runtime's own record of whether the supervisor was
+        # entered; entering twice raises, and the app must not drain a
+        # supervisor its owner entered for a wider block.
+        if supervisor._phase != "new":
+            yield
+            return
+        async with supervisor:
+            try:
+                yield
+            finally:
+                api.streams.close()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception},
+    )
+    app.state.supervisor = supervisor
+    app.state.event_streams = api.streams
+    return app
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    names = {404: "NotFound", 405: "MethodNotAllowed"}
+    return error_response(
+        exc.status_code,
+        names.get(exc.status_code, "HTTPError"),
+        str(exc.detail),
+    )
+
+
+class _Api:
+    """The endpoints; one instance per app."""
+
+    def __init__(
+        self,
+        supervisor: SessionSupervisor,
+        *,
+        scope_from_request: ScopeFunction,
+        heartbeat: float | None,
+        body_limit: int,
+    ) -> None:
+        self.supervisor = supervisor
+        self.scope_from_request = scope_from_request
+        self.heartbeat = heartbeat
+        self.body_limit = body_limit
+        self.streams = StreamRegistry()
+        self._page: str | None = None
+
+    def wrap(self, endpoint: _Endpoint) -> _Endpoint:
+        """Answer every exception the endpoint raises with its JSON error."""
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except Exception as exc:
+                cid = request.path_params.get("cid")
+                return response_for(
+                    exc,
+                    conversation_id=cid if isinstance(cid, str) else None,
+                    method=request.method,
+                    path=request.url.path,
+                )
+
+        handle.__name__ = endpoint.__name__
+        handle.__doc__ = endpoint.__doc__
+        return handle
+
+    async def scope(self, request: Request) -> Any:
+        result = self.scope_from_request(request)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _target(self, request: Request) -> tuple[str, Any]:
+        cid = check_conversation_id(str(request.path_params["cid"]))
+        return cid, await self.scope(request)
+
+    async def _require(self, cid: str, scope: Any) -> None:
+        """404 unless the conversation exists for this scope (live or stored)."""
+        if not await self.supervisor.check_access(cid, scope=scope):
+            raise not_found(cid)
+
+    # -- routes --------------------------------------------------------------------
+
+    async def send(self, request: Request) -> Response:
+        cid, scope = await self._target(request)
+        body = await read_body(request, SendBody, limit=self.body_limit)
+        check_content_size(body.content, self.supervisor.defaults.max_message_bytes)
+        info = await self.supervisor.start(cid, scope=scope, request_opts=body.request_opts)
+        delivery = await self.supervisor.send(
+            cid, body.content, scope=scope, request_opts=body.request_opts
+        )
+        return JSONResponse(
+            {
+                "conversation_id": cid,
+                "agent_id": info.agent_id,
+                "queued": delivery.queued,
+                "started": info.started or delivery.started,
+            },
+            status_code=202,
+        )
+
+    async def events(self, request: Request) -> Response:
+        cid, scope = await self._target(request)
+        if self.streams.closing:
+            raise HTTPError(503, "RegistryUnavailable", "the server is shutting down")
+        after = _after(request)
+        supervisor = self.supervisor
+        stack = AsyncExitStack()
+        try:
+            # Whether the conversation exists now: if not, the stream checks the
+            # owner again once someone creates it.
+            exists = await supervisor.check_access(cid, scope=scope)
+            subscription = await stack.enter_async_context(
+                supervisor.subscribe(cid, after=after, scope=scope)
+            )
+            await stack.enter_async_context(supervisor.viewing(cid, scope=scope))
+        except BaseException:
+            await stack.aclose()
+            raise
+        return EventStream(  # type: ignore[return-value]  # an ASGI response, as Response is
+            subscription,
+            supervisor=supervisor,
+            scope=scope,
+            conversation_id=cid,
+            verified=exists,
+            heartbeat=self.heartbeat,
+            registry=self.streams,
+            cleanup=stack.aclose,
+        )
+
+    async def resume(self, request: Request) -> Response:
+        cid, scope = await self._target(request)
+        body = await read_body(request, ResumeBody, limit=self.body_limit)
+        await self._require(cid, scope)
+        status = await self.supervisor.resume(
+            cid, body.answer, scope=scope, request_opts=body.request_opts
+        )
+        return JSONResponse({"conversation_id": cid, "status": status.value}, status_code=202)
+
+    async def dismiss(self, request: Request) -> Response:
+        cid, scope = await self._target(request)
+        body = await read_body(request, DismissBody, limit=self.body_limit, optional=True)
+        await self._require(cid, scope)
+        status = await self.supervisor.dismiss(cid, scope=scope, request_opts=body.request_opts)
+        return JSONResponse({"conversation_id": cid, "status": status.value})
+
+    async def cancel(self, request: Request) -> Response:
+        cid, scope = await self._target(request)
+        await self._require(cid, scope)
+        status = await self.supervisor.cancel(cid, scope=scope)
+        return JSONResponse({"conversation_id": cid, "status": status.value})
+
+    async def conversation(self, request: Request) -> Response:
+        cid, scope = await self._target(request)
+        state = await self.supervisor.load(cid, scope=scope)
+        if state is None:
+            raise not_found(cid)
+        status = await self.supervisor.status(cid, scope=scope)
+        messages = [_message_json(m) for m in state.messages]
+        messages.extend(_message_json(m, queued=True) for m in state.queued)
+        interrupt = state.interrupt.model_dump(mode="json") if state.interrupt else None
+        return JSONResponse(
+            {
+                "conversation_id": cid,
+                "status": status.value,
+                "messages": messages,
+                "interrupt": interrupt,
+            }
+        )
+
+    async def delete(self, request: Request) -> Response:
+        cid, scope = await self._target(request)
+        purge = _flag(request, "purge")
+        await self._require(cid, scope)
+        if purge:
+            result = await self.supervisor.delete(cid, scope=scope)
+        else:
+            result = await self.supervisor.stop(cid, scope=scope)
+        return JSONResponse({"result": result})
+
+    async def sessions(self, request: Request) -> Response:
+        scope = await self.scope(request)
+        running = await self.supervisor.list_running(scope=scope)
+        return JSONResponse({"sessions": [_summary_json(s) for s in running]})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        # `_phase` is private to the runtime, which has no public "accepting
+        # work" flag besides `draining` (False before entering, too).
+        phase = self.supervisor._phase
+        if phase == "open" and not self.streams.closing:
+            return JSONResponse({"status": "ready"})
+        detail = {
+            "new": "the session supervisor has not started",
+            "draining": "the session supervisor is draining",
+        }.get(phase, "the server is shutting down")
+        return error_response(503, "RegistryUnavailable", detail)
+
+    async def page(self, request: Request) -> Response:
+        if self._page is None:
+            self._page = (
+                resources.files("sessionvisor.http")
+                .joinpath("static", "index.html")
+                .read_text(encoding="utf-8")
+            )
+        # Mounted under a prefix, the page's relative calls need to know it.
+        base = request.scope.get("root_path", "").rstrip("/")
+        html = self._page.replace("__SESSIONVISOR_BASE__", _js_string(base))
+        return HTMLResponse(html, headers={"cache-control": "no-store"})
+
+
+def _after(request: Request) -> int | None:
+    """The seq to resume after: the ``Last-Event-ID`` header (a reconnect), else ``?after=``."""
+    raw = request.headers.get("last-event-id")
+    source = "Last-Event-ID"
+    if raw is None or not raw.strip():
+        raw = request.query_params.get("after")
+        source = "after"
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise HTTPError(400, "ValidationError", f"{source} must be a non-negative integer")
+    return value
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "false").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    raise HTTPError(400, "ValidationError", f"?{name}= must be true or false, got {raw!r}")
+
+
+def _message_json(message: Message, *, queued: bool = False) -> dict[str, Any]:
+    """A message as the history shows it: its display copy when the preprocessor made one."""
+    shown = message
+    display = message.metadata.get("display")
+    if isinstance(display, dict):
+        try:
+            shown = Message.model_validate(display)
+        except ValueError:
+            shown = message
+    out = shown.model_dump(mode="json")
+    if queued:
+        out["queued"] = True
+    return out
+
+
+def _summary_json(summary: SessionSummary) -> dict[str, Any]:
+    last = summary.last_activity_at
+    return {
+        "conversation_id": summary.conversation_id,
+        "agent_id": summary.agent_id,
+        "status": summary.status.value,
+        "restarts": summary.restarts,
+        "last_activity_at": last.isoformat() if hasattr(last, "isoformat") else last,
+    }
+
+
+def _js_string(value: str) -> str:
+    import json
+
+    # Escaped so a root path cannot close the script element.
+    return json.dumps(value).replace("<", "\\u003c")

@@ -1,0 +1,212 @@
+"""The event stream: a conversation's events as Server-Sent Events.
+
+``EventStream`` is a small ASGI response rather than a generator handed to
+``StreamingResponse`` because it must notice a client that goes away *at once*
+(to unsubscribe and stop counting as a viewer), not at its next write: it
+listens for ``http.disconnect`` beside the writer and cancels the writer when
+it arrives. Everything is anyio, so it runs on asyncio and on trio.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+from starlette.types import Receive, Scope, Send
+
+from .._errors import AccessDenied, SubscriberOverflow
+from ..sessions import Event, SessionSupervisor, Subscription
+
+__all__ = ["EventStream", "StreamRegistry", "close_event_streams", "format_event"]
+
+_log = structlog.get_logger("sessionvisor.http")
+
+#: How long a browser waits before reconnecting a dropped stream, in milliseconds.
+RETRY_MS = 1000
+
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-transform"),
+    # Tell nginx-style proxies not to buffer the stream.
+    (b"x-accel-buffering", b"no"),
+]
+_PING = b": ping\n\n"
+
+
+def format_event(event: Event) -> bytes:
+    """Return one SSE message: ``id:`` = seq, ``event:`` = class name, ``data:`` = JSON."""
+    data = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False)
+    return f"id: {event.seq}\nevent: {event.event_type}\ndata: {data}\n\n".encode()
+
+
+class StreamRegistry:
+    """The event streams an app has open, so a server shutting down can end them.
+
+    A server waits for open responses before it shuts down, and an event stream
+    never ends by itself; ``close()`` ends them all.
+    """
+
+    def __init__(self) -> None:
+        self._scopes: set[anyio.CancelScope] = set()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._scopes)
+
+    def add(self, scope: anyio.CancelScope) -> None:
+        self._scopes.add(scope)
+
+    def discard(self, scope: anyio.CancelScope) -> None:
+        self._scopes.discard(scope)
+
+    def close(self) -> int:
+        """End every open stream (and refuse new ones); return how many were open."""
+        self.closing = True
+        scopes = list(self._scopes)
+        for scope in scopes:
+            scope.cancel()
+        return len(scopes)
+
+
+def close_event_streams(app: Any) -> int:
+    """End every open event stream of an app made by ``create_app``.
+
+    Call it when the server starts shutting down (``python -m sessionvisor``
+    does): servers wait for open responses first, and an event stream stays
+    open until its client leaves. Browsers reconnect with ``Last-Event-ID``
+    to whichever server comes up next; this app answers later stream requests
+    with 503.
+
+    Returns:
+        How many streams were open.
+
+    Raises:
+        LookupError: ``app`` was not made by ``create_app``.
+    """
+    registry = getattr(getattr(app, "state", None), "event_streams", None)
+    if not isinstance(registry, StreamRegistry):
+        raise LookupError(f"{app!r} was not made by sessionvisor.http.create_app")
+    return registry.close()
+
+
+class EventStream:
+    """An ASGI response streaming one subscription as SSE until the client leaves.
+
+    The subscription and the viewer mark are entered by the endpoint before the
+    response starts (so ownership errors become ordinary error answers), and
+    ``cleanup`` leaves them. The stream ends when the subscription ends (drain),
+    overflows (the client reconnects with ``Last-Event-ID``), the client
+    disconnects, or the registry closes it.
+    """
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        *,
+        supervisor: SessionSupervisor,
+        scope: Any,
+        conversation_id: str,
+        verified: bool,
+        heartbeat: float | None,
+        registry: StreamRegistry,
+        cleanup: Callable[[], Awaitable[Any]],
+    ) -> None:
+        self._sub = subscription
+        self._supervisor = supervisor
+        self._scope = scope
+        self._cid = conversation_id
+        self._verified = verified
+        self._heartbeat = heartbeat if heartbeat else math.inf
+        self._registry = registry
+        self._cleanup = cleanup
+        self._log = _log.bind(conversation_id=conversation_id)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        disconnected = anyio.Event()
+        try:
+            with anyio.CancelScope() as cancel_scope:
+                self._registry.add(cancel_scope)
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_watch_disconnect, receive, tg.cancel_scope, disconnected)
+                        await self._stream(send)
+                        tg.cancel_scope.cancel()
+                finally:
+                    self._registry.discard(cancel_scope)
+            if cancel_scope.cancelled_caught and not disconnected.is_set():
+                # Closed by the server: end the answer properly, but do not wait
+                # long for a client that stopped reading.
+                with anyio.move_on_after(1.0, shield=True):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            # Shielded: a cancelled stream must still unsubscribe and stop viewing.
+            with anyio.CancelScope(shield=True):
+                await self._cleanup()
+
+    async def _stream(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        await _body(send, f"retry: {RETRY_MS}\n\n".encode())
+        try:
+            await self._forward(send)
+        except SubscriberOverflow as exc:
+            # The client reconnects with Last-Event-ID and gets what it missed (or a gap).
+            self._log.info("event_stream_overflow", error=str(exc))
+        except AccessDenied:
+            # Opened before the conversation existed, which someone else then created.
+            self._log.info("event_stream_denied")
+        except Exception as exc:
+            # The answer has started: all that is left is to log and end it.
+            self._log.error(
+                "event_stream_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc
+            )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _forward(self, send: Send) -> None:
+        events = aiter(self._sub)
+        while True:
+            with anyio.move_on_after(self._heartbeat) as waited:
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    self._log.debug("event_stream_ended")
+                    return
+            if waited.cancelled_caught:
+                # Quiet for a while: a comment line keeps proxies from closing the stream.
+                await _body(send, _PING)
+                continue
+            if not self._verified and not await self._still_allowed():
+                self._log.info("event_stream_denied")
+                return
+            await _body(send, format_event(event))
+
+    async def _still_allowed(self) -> bool:
+        """Check ownership once the conversation exists.
+
+        The stream may have been opened before the conversation was created;
+        whoever creates it owns it, and someone else's stream must not see it.
+        """
+        try:
+            exists = await self._supervisor.check_access(self._cid, scope=self._scope)
+        except AccessDenied:
+            return False
+        self._verified = exists
+        return True
+
+
+async def _body(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+async def _watch_disconnect(
+    receive: Receive, cancel_scope: anyio.CancelScope, disconnected: anyio.Event
+) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            disconnected.set()
+            cancel_scope.cancel()
+            return

@@ -1,0 +1,356 @@
+"""Every route of the HTTP table answers with the body and status the design gives."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import pytest
+from fastapi import FastAPI
+
+from sessionvisor import Message, SessionSupervisor, Status
+from sessionvisor.http import create_app
+from sessionvisor.testing import ScriptedAgent, wait_for_status
+
+from ._support import ALICE, BOB, WAIT, open_app, scripted_router
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_post_message_answers_202_and_the_reply_lands_in_the_history() -> None:
+    async with open_app() as env:
+        response = await env.send("c-1", "hello")
+        assert response.status_code == 202
+        assert response.json() == {
+            "conversation_id": "c-1",
+            "agent_id": "conversation-c-1",
+            "queued": False,
+            "started": True,
+        }
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+
+        history = await env.client.get("/conversations/c-1", headers=ALICE)
+        assert history.status_code == 200
+        body = history.json()
+        assert set(body) == {"conversation_id", "status", "messages", "interrupt"}
+        assert body["conversation_id"] == "c-1"
+        assert body["status"] == "idle"
+        assert body["interrupt"] is None
+        assert [(m["role"], m["content"]) for m in body["messages"]] == [
+            ("user", "hello"),
+            ("assistant", "echo: hello"),
+        ]
+        assert all({"id", "created_at", "metadata"} <= set(m) for m in body["messages"])
+
+        again = await env.send("c-1", "more")
+        assert again.json()["started"] is False
+
+
+async def test_a_message_sent_while_a_turn_runs_is_queued_then_answered() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "slow one")
+        with anyio.fail_after(WAIT):
+            await env.agent.started_slow.wait()
+        second = await env.send("c-1", "two")
+        assert second.status_code == 202
+        assert second.json()["queued"] is True
+        assert second.json()["started"] is False
+
+        during = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
+        assert during["status"] == "running"
+        assert [(m["content"], m.get("queued", False)) for m in during["messages"]] == [
+            ("slow one", False),
+            ("two", True),
+        ]
+
+        env.agent.release()
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        after = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
+        assert [m["content"] for m in after["messages"]] == [
+            "slow one",
+            "echo: slow one",
+            "two",
+            "echo: two",
+        ]
+        assert not any(m.get("queued") for m in after["messages"])
+
+
+async def test_resume_answers_the_interrupt_with_202() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "interrupt me")
+        await wait_for_status(env.sup, "c-1", Status.INTERRUPTED, scope="alice")
+        pending = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
+        assert pending["status"] == "interrupted"
+        assert pending["interrupt"] == {
+            "kind": "question",
+            "data": {"question": "approve 'interrupt me'?"},
+        }
+
+        response = await env.client.post(
+            "/conversations/c-1/resume", json={"answer": {"approved": True}}, headers=ALICE
+        )
+        assert response.status_code == 202
+        assert response.json() == {"conversation_id": "c-1", "status": "running"}
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        assert env.agent.answers == [{"approved": True}]
+        done = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
+        assert done["interrupt"] is None
+        assert done["messages"][-1]["content"] == "resumed with {'approved': True}"
+
+
+async def test_resume_wakes_a_stopped_conversation_from_the_store() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "interrupt me")
+        await wait_for_status(env.sup, "c-1", Status.INTERRUPTED, scope="alice")
+        assert (await env.client.delete("/conversations/c-1", headers=ALICE)).json() == {
+            "result": "stopped"
+        }
+        stored = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
+        assert stored["status"] == "not_running"
+        assert stored["interrupt"]["kind"] == "question"
+
+        response = await env.client.post(
+            "/conversations/c-1/resume", json={"answer": "yes"}, headers=ALICE
+        )
+        assert response.status_code == 202
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        assert env.agent.answers == ["yes"]
+
+
+async def test_dismiss_clears_a_notice_with_200() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "notice this")
+        await wait_for_status(env.sup, "c-1", Status.INTERRUPTED, scope="alice")
+        response = await env.client.post("/conversations/c-1/dismiss", headers=ALICE)
+        assert response.status_code == 200
+        assert response.json() == {"conversation_id": "c-1", "status": "idle"}
+
+
+async def test_cancel_ends_the_running_turn_with_200() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "slow")
+        with anyio.fail_after(WAIT):
+            await env.agent.started_slow.wait()
+        response = await env.client.post("/conversations/c-1/cancel", headers=ALICE)
+        assert response.status_code == 200
+        assert response.json() == {"conversation_id": "c-1", "status": "cancelled"}
+
+
+async def test_delete_stops_the_session_and_the_history_stays_readable() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "hello")
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        first = await env.client.delete("/conversations/c-1", headers=ALICE)
+        assert first.status_code == 200
+        assert first.json() == {"result": "stopped"}
+        assert await env.sup.status("c-1", scope="alice") == Status.NOT_RUNNING
+
+        second = await env.client.delete("/conversations/c-1", headers=ALICE)
+        assert second.json() == {"result": "not_running"}
+
+        stored = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
+        assert stored["status"] == "not_running"
+        assert [m["content"] for m in stored["messages"]] == ["hello", "echo: hello"]
+
+
+async def test_delete_with_purge_deletes_the_stored_conversation() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "hello")
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        response = await env.client.delete("/conversations/c-1?purge=true", headers=ALICE)
+        assert response.json() == {"result": "stopped"}
+        assert await env.sup.store.load("c-1") is None
+        assert (await env.client.get("/conversations/c-1", headers=ALICE)).status_code == 404
+        assert (await env.client.delete("/conversations/c-1", headers=ALICE)).status_code == 404
+
+
+async def test_sessions_lists_only_the_callers_own_running_sessions() -> None:
+    async with open_app() as env:
+        await env.send("a-1", "hi", headers=ALICE)
+        await env.send("a-2", "hi", headers=ALICE)
+        await env.send("b-1", "hi", headers=BOB)
+        await env.send("open-1", "hi", headers={})
+        for cid, scope in [("a-1", "alice"), ("a-2", "alice"), ("b-1", "bob"), ("open-1", None)]:
+            await wait_for_status(env.sup, cid, Status.IDLE, scope=scope)
+
+        alice = (await env.client.get("/sessions", headers=ALICE)).json()
+        assert sorted(s["conversation_id"] for s in alice["sessions"]) == ["a-1", "a-2"]
+        entry = alice["sessions"][0]
+        assert set(entry) == {
+            "conversation_id",
+            "agent_id",
+            "status",
+            "restarts",
+            "last_activity_at",
+        }
+        assert entry["status"] == "idle"
+        assert entry["restarts"] == 0
+        assert entry["last_activity_at"].endswith("+00:00")
+        bob = (await env.client.get("/sessions", headers=BOB)).json()
+        assert [s["conversation_id"] for s in bob["sessions"]] == ["b-1"]
+        anonymous = (await env.client.get("/sessions")).json()
+        assert [s["conversation_id"] for s in anonymous["sessions"]] == ["open-1"]
+
+        await env.client.delete("/conversations/a-1", headers=ALICE)
+        alice = (await env.client.get("/sessions", headers=ALICE)).json()
+        assert [s["conversation_id"] for s in alice["sessions"]] == ["a-2"]
+
+
+async def test_history_shows_the_display_copy_of_a_preprocessed_message() -> None:
+    def preprocess(message: Message, ctx: Any) -> tuple[Message, Message]:
+        display = Message(role="user", content="[card number hidden]")
+        model = Message(role="user", content=f"{message.text()} (redacted for display)")
+        return display, model
+
+    async with open_app(supervisor_opts={"message_preprocessor": preprocess}) as env:
+        await env.send("c-1", "my card is 4111")
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        body = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
+        assert body["messages"][0]["content"] == "[card number hidden]"
+        assert "4111" not in str(body["messages"][0])
+
+
+async def test_message_parts_are_accepted() -> None:
+    async with open_app() as env:
+        parts = [{"type": "text", "text": "hello "}, {"type": "text", "text": "parts"}]
+        assert (await env.send("c-1", parts)).status_code == 202
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        body = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
+        assert body["messages"][0]["content"] == parts
+        assert body["messages"][1]["content"] == "echo: hello parts"
+
+
+async def test_healthz_and_readyz_answer_200_while_serving() -> None:
+    async with open_app() as env:
+        health = await env.client.get("/healthz")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        ready = await env.client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+
+
+async def test_readyz_answers_503_before_start_and_while_draining() -> None:
+    async with open_app(enter=False) as env:
+        before = await env.client.get("/readyz")
+        assert before.status_code == 503
+        assert before.json()["error"] == "RegistryUnavailable"
+        refused_early = await env.send("c-0", "hello")
+        assert refused_early.status_code == 503
+
+        leave = anyio.Event()
+
+        async def run_supervisor(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+            async with env.sup:
+                task_status.started()
+                await leave.wait()
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(run_supervisor)
+            await env.send("c-1", "slow")
+            with anyio.fail_after(WAIT):
+                await env.agent.started_slow.wait()
+            leave.set()  # the supervisor drains, waiting for the slow turn
+            with anyio.fail_after(WAIT):
+                while not env.sup.draining:
+                    await anyio.sleep(0.001)
+            ready = await env.client.get("/readyz")
+            refused = await env.send("c-2", "hello")
+            env.agent.release()
+        assert ready.status_code == 503
+        assert ready.json() == {
+            "error": "RegistryUnavailable",
+            "detail": "the session supervisor is draining",
+        }
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "RegistryUnavailable"
+        assert (await env.client.get("/healthz")).status_code == 200
+
+
+async def test_the_page_is_served_without_external_resources() -> None:
+    async with open_app() as env:
+        response = await env.client.get("/")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+        html = response.text
+        assert "EventSource" in html
+        assert "__SESSIONVISOR_BASE__" not in html
+        assert 'const BASE = "";' in html
+        assert "http://" not in html and "https://" not in html  # no CDN, nothing fetched
+
+
+async def test_the_page_can_be_left_out() -> None:
+    async with open_app(page=False) as env:
+        response = await env.client.get("/")
+        assert response.status_code == 404
+        assert response.json()["error"] == "NotFound"
+
+
+async def test_the_lifespan_enters_and_leaves_a_supervisor_nobody_entered() -> None:
+    agent = ScriptedAgent()
+    sup = SessionSupervisor(scripted_router(agent))
+    app = create_app(sup)
+    async with app.router.lifespan_context(app):
+        assert sup._phase == "open"
+        assert app.state.supervisor is sup
+    assert sup._phase == "closed"
+
+
+async def test_the_lifespan_leaves_an_entered_supervisor_alone() -> None:
+    sup = SessionSupervisor(scripted_router(ScriptedAgent()))
+    app = create_app(sup)
+    async with sup:
+        async with app.router.lifespan_context(app):
+            pass
+        assert sup._phase == "open"
+
+
+async def test_the_app_mounts_inside_fastapi() -> None:
+    import httpx
+
+    agent = ScriptedAgent()
+    sup = SessionSupervisor(scripted_router(agent))
+    chat = create_app(sup)
+    parent = FastAPI(lifespan=lambda _app: chat.router.lifespan_context(chat))
+
+    @parent.get("/api/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    parent.mount("/chat", chat)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(parent.router.lifespan_context(parent))
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=parent), base_url="http://t")
+        )
+        assert sup._phase == "open"
+        assert (await client.get("/api/hello")).json() == {"hello": "world"}
+        sent = await client.post(
+            "/chat/conversations/c-1/messages", json={"content": "hi"}, headers=ALICE
+        )
+        assert sent.status_code == 202
+        await wait_for_status(sup, "c-1", Status.IDLE, scope="alice")
+        history = await client.get("/chat/conversations/c-1", headers=ALICE)
+        assert [m["content"] for m in history.json()["messages"]] == ["hi", "echo: hi"]
+        sessions = (await client.get("/chat/sessions", headers=ALICE)).json()
+        assert [s["conversation_id"] for s in sessions["sessions"]] == ["c-1"]
+        page = await client.get("/chat/")
+        assert 'const BASE = "/chat";' in page.text
+        missing = await client.get("/chat/conversations/nope", headers=ALICE)
+        assert missing.status_code == 404
+        assert missing.json()["error"] == "NotFound"
+    assert sup._phase == "closed"
+
+
+async def test_an_async_scope_function_is_awaited() -> None:
+    async def scope_from_request(request: Any) -> dict[str, str]:
+        await anyio.sleep(0)
+        return {"owner": request.headers.get("authorization", "").removeprefix("Bearer ")}
+
+    async with open_app(scope_from_request=scope_from_request) as env:
+        token = {"Authorization": "Bearer carol"}
+        assert (await env.send("c-1", "hi", headers=token)).status_code == 202
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope={"owner": "carol"})
+        sessions = (await env.client.get("/sessions", headers=token)).json()["sessions"]
+        assert [s["conversation_id"] for s in sessions] == ["c-1"]
+        other = await env.client.get("/conversations/c-1", headers={"Authorization": "Bearer x"})
+        assert other.status_code == 404
