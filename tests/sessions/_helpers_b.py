@@ -188,6 +188,21 @@ async def eventually(
             await anyio.sleep(0.001)
 
 
+async def saved_as(store: StateStore, conversation_id: str, lifecycle: str) -> None:
+    """Wait until the store's last save of the conversation was ``lifecycle``, then settle.
+
+    A status such as ``interrupted`` is announced before the save that records it;
+    the turn is over (and its inactivity clock starts) only once that save landed.
+    """
+
+    async def landed() -> bool:
+        record = await store.load(conversation_id)
+        return record is not None and record.lifecycle == lifecycle
+
+    await eventually(landed)
+    await anyio.sleep(0.01)
+
+
 async def stored(store: StateStore, conversation_id: str) -> State:
     """The State the store holds for the conversation (it must hold one)."""
     record = await store.load(conversation_id)

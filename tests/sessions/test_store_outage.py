@@ -1,0 +1,258 @@
+"""A store that is down, and a store someone else wrote to: nothing is lost, nothing clobbered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+import structlog
+
+from sessionvisor import AgentEvent, MemoryStore, NotRunning, Shutdown, SQLiteStore, Status
+from sessionvisor.state import dump_state
+from sessionvisor.testing import FlakyStore, ManualClock, wait_for_status
+
+from ._helpers_b import (
+    WAIT,
+    CountingFactory,
+    CueAgent,
+    Cues,
+    assistant_texts,
+    eventually,
+    recording,
+    stored,
+    stored_or_none,
+    supervisor,
+    user_texts,
+)
+
+
+def is_store_error(event: object) -> bool:
+    return isinstance(event, AgentEvent) and event.name == "store_error"
+
+
+@pytest.mark.anyio
+async def test_failing_saves_keep_the_conversation_in_memory_and_report_store_error(
+    anyio_backend: str,
+) -> None:
+    clock = ManualClock()
+    store = FlakyStore(MemoryStore(), clock=clock)
+    store.fail_saves = True
+    sup, _, _ = supervisor(store=store, clock=clock)
+    with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
+        async with sup, recording(sup, "c") as rec:
+            await sup.send("c", "one")
+            await wait_for_status(sup, "c", Status.IDLE)
+            await sup.send("c", "two")
+            await wait_for_status(sup, "c", Status.IDLE)
+
+            handle = sup.get("c")
+            assert handle is not None
+            snapshot = handle.snapshot()
+            assert user_texts(snapshot) == ["one", "two"]
+            assert assistant_texts(snapshot) == ["echo: one", "echo: two"]
+            assert await stored_or_none(store.inner, "c") is None
+            assert store.failed_saves >= 2
+
+            errors = await rec.wait_for(is_store_error)
+            assert "StoreUnavailable" in errors[0].data["error"]
+            failures = [e for e in logs if e["event"] == "store_save_failed"]
+            assert failures
+            assert all(e["log_level"] == "error" for e in failures)
+            assert all(e["conversation_id"] == "c" for e in failures)
+            assert all(e["agent_id"] == "conversation-c" for e in failures)
+            assert all("StoreUnavailable" in e["error"] for e in failures)
+
+
+@pytest.mark.anyio
+async def test_after_the_store_heals_the_next_save_carries_everything(
+    anyio_backend: str,
+) -> None:
+    clock = ManualClock()
+    store = FlakyStore(MemoryStore(), clock=clock)
+    sup, _, _ = supervisor(store=store, clock=clock)
+    with anyio.fail_after(WAIT):
+        async with sup:
+            await sup.send("c", "one")
+            await wait_for_status(sup, "c", Status.IDLE)
+            store.fail_saves = True
+            await sup.send("c", "two")
+            await wait_for_status(sup, "c", Status.IDLE)
+            await sup.send("c", "three")
+            await wait_for_status(sup, "c", Status.IDLE)
+            assert user_texts(await stored(store.inner, "c")) == ["one"]
+
+            store.heal()
+            await sup.send("c", "four")
+            await wait_for_status(sup, "c", Status.IDLE)
+
+            state = await stored(store.inner, "c")
+            assert user_texts(state) == ["one", "two", "three", "four"]
+            assert assistant_texts(state) == [
+                "echo: one",
+                "echo: two",
+                "echo: three",
+                "echo: four",
+            ]
+
+
+@pytest.mark.anyio
+async def test_a_failed_save_is_retried_after_the_backoff_which_doubles(
+    anyio_backend: str,
+) -> None:
+    clock = ManualClock()
+    store = FlakyStore(MemoryStore(), clock=clock)
+    store.fail_saves = True
+    sup, _, _ = supervisor(store=store, clock=clock, supervisor_opts={"save_retry_backoff": 1.0})
+    with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
+        async with sup, recording(sup, "c") as rec:
+            await sup.send("c", "one")
+            await wait_for_status(sup, "c", Status.IDLE)
+            await rec.wait_for(is_store_error)
+            failed = store.failed_saves
+
+            # first retry after 1 s, still failing
+            clock.advance(0.9)
+            await anyio.sleep(0.02)
+            assert store.failed_saves == failed
+            clock.advance(0.1)
+            await eventually(lambda: store.failed_saves == failed + 1)
+
+            # the next one waits twice as long, and succeeds
+            store.heal()
+            clock.advance(1.9)
+            await anyio.sleep(0.02)
+            assert await stored_or_none(store.inner, "c") is None
+            clock.advance(0.1)
+            await eventually(lambda: bool(store.saves))
+
+            state = await stored(store.inner, "c")
+            assert user_texts(state) == ["one"]
+            assert assistant_texts(state) == ["echo: one"]
+            assert any(
+                e["event"] == "store_save_recovered" and e["conversation_id"] == "c" for e in logs
+            )
+
+
+@pytest.mark.anyio
+async def test_an_idle_session_whose_store_is_down_does_not_stop_and_lose_its_messages(
+    anyio_backend: str,
+) -> None:
+    clock = ManualClock()
+    store = FlakyStore(MemoryStore(), clock=clock)
+    sup, _, _ = supervisor(store=store, clock=clock, supervisor_opts={"inactivity_timeout": 60})
+    with anyio.fail_after(WAIT):
+        async with sup, recording(sup, "c") as rec:
+            await sup.send("c", "one")
+            await wait_for_status(sup, "c", Status.IDLE)
+            store.fail_saves = True
+            await sup.send("c", "two")
+            await wait_for_status(sup, "c", Status.IDLE)
+
+            failed = store.failed_saves
+            clock.advance(61)
+            await eventually(lambda: store.failed_saves > failed)  # the shutdown save
+            await anyio.sleep(0.02)
+            assert rec.of(Shutdown) == []
+            handle = sup.get("c")
+            assert handle is not None
+            assert user_texts(handle.snapshot()) == ["one", "two"]
+
+            store.heal()
+            clock.advance(60)  # the retry lands, and the session idles out for real
+            (shutdown,) = await rec.wait_for(lambda e: isinstance(e, Shutdown))
+            await eventually(lambda: sup.get("c") is None)
+            assert shutdown.reason == "inactivity"
+            assert user_texts(await stored(store.inner, "c")) == ["one", "two"]
+
+
+@pytest.mark.anyio
+async def test_a_stale_write_stops_the_session_as_superseded_and_it_writes_nothing_more(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    inner = SQLiteStore(tmp_path / "chat.db")
+    store = FlakyStore(inner)
+    cues = Cues()
+    sup, _, _ = supervisor(CountingFactory(lambda: CueAgent(cues)), store=store)
+    with anyio.fail_after(WAIT):
+        async with sup, recording(sup, "c") as rec:
+            await sup.send("c", "one")
+            await wait_for_status(sup, "c", Status.IDLE)
+            handle = sup.get("c")
+            assert handle is not None
+
+            # Another writer (another process) takes the conversation over.
+            record = await inner.load("c")
+            assert record is not None
+            theirs = await stored(inner, "c")
+            theirs.metadata["owner"] = "the other process"
+            await inner.save(
+                "c",
+                attrs.evolve(record, state=dump_state(theirs)),
+                expected_version=record.version,
+                lifecycle="completion",
+            )
+            after_takeover = await inner.load("c")
+            saves = len(store.saves)
+
+            with pytest.raises(NotRunning, match="'c'"):
+                await handle.send("two")
+            (shutdown,) = await rec.wait_for(lambda e: isinstance(e, Shutdown))
+            assert shutdown.reason == "superseded"
+            await eventually(lambda: sup.get("c") is None)
+            assert not await sup.running("c")
+            assert handle.status is Status.NOT_RUNNING
+
+            await anyio.sleep(0.02)
+            assert len(store.saves) == saves
+            now = await inner.load("c")
+            assert now is not None and after_takeover is not None
+            assert now.version == after_takeover.version
+            assert now.state == after_takeover.state
+            assert user_texts(await stored(inner, "c")) == ["one"]
+
+            # The next request starts from what the other writer stored.
+            delivery = await sup.send("c", "three")
+            assert delivery.started
+            await wait_for_status(sup, "c", Status.IDLE)
+            state = await stored(inner, "c")
+            assert state.metadata["owner"] == "the other process"
+            assert user_texts(state) == ["one", "three"]
+
+
+@pytest.mark.anyio
+async def test_a_send_that_meets_a_stale_write_is_delivered_on_top_of_the_other_writer(
+    anyio_backend: str,
+) -> None:
+    store = MemoryStore()
+    sup, _, _ = supervisor(store=store)
+    with anyio.fail_after(WAIT):
+        async with sup, recording(sup, "c") as rec:
+            await sup.send("c", "one")
+            await wait_for_status(sup, "c", Status.IDLE)
+            record = await store.load("c")
+            assert record is not None
+            theirs = await stored(store, "c")
+            theirs.metadata["owner"] = "the other process"
+            await store.save(
+                "c",
+                attrs.evolve(record, state=dump_state(theirs)),
+                expected_version=record.version,
+                lifecycle="completion",
+            )
+
+            delivery = await sup.send("c", "two")
+
+            assert delivery.started  # the superseded session gave way to a fresh one
+            await rec.wait_for(lambda e: isinstance(e, Shutdown) and e.reason == "superseded")
+            await wait_for_status(sup, "c", Status.IDLE)
+            await eventually(lambda: _answered(sup, "two"))
+            state = await stored(store, "c")
+            assert state.metadata["owner"] == "the other process"
+            assert user_texts(state) == ["one", "two"]
+
+
+def _answered(sup: object, text: str) -> bool:
+    handle = sup.get("c")  # type: ignore[attr-defined]
+    return handle is not None and f"echo: {text}" in assistant_texts(handle.snapshot())
