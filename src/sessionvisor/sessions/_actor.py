@@ -189,6 +189,8 @@ class Actor:
         return self.topic.publish(cls, **fields)
 
     def _set_status(self, status: Status, *, error: str | None = None) -> None:
+        # Inactivity counts from the moment a user could see the new status.
+        self._last_activity = self.sup._clock.now()
         self.status = status
         self._emit(StatusChanged, status=status, interrupt=self.state.interrupt, error=error)
 
@@ -485,7 +487,6 @@ class Actor:
             if self.status is Status.RUNNING and not self.closed:
                 self._set_status(Status.IDLE)
             if not self.closed:
-                self.touch()
                 self.arm()
 
     def _begin_turn(self) -> None:
@@ -794,6 +795,7 @@ class Actor:
         gen = self._gen
         self._gen += 1  # the shutdown save carries last_seq even when nothing else changed
         if not await self._persist("shutdown", reserve=1):
+            self.touch()  # try again after another full timeout, not in a tight loop
             return False
         if self._gen != gen + 1 or self.closed or (self.state.queued and not self._hold):
             return False  # work arrived while saving: keep serving
@@ -838,12 +840,15 @@ class Actor:
         if self.sup._viewer_count(self.conversation_id):
             return None
         candidates: list[tuple[float, str]] = []
+        # A viewer leaving counts as activity: a tab that watched for an hour and
+        # reloads gets viewer_grace, not an instant inactivity stop.
+        start = self._last_activity
+        if self._viewers_left_at is not None:
+            start = max(start, self._viewers_left_at)
+            candidates.append((start + self.opts.viewer_grace, "no_viewers"))
         timeout = self.opts.inactivity_timeout
         if timeout is not None:
-            candidates.append((self._last_activity + timeout, "inactivity"))
-        if self._viewers_left_at is not None:
-            start = max(self._viewers_left_at, self._last_activity)
-            candidates.append((start + self.opts.viewer_grace, "no_viewers"))
+            candidates.append((start + timeout, "inactivity"))
         return min(candidates) if candidates else None
 
     def arm(self) -> None:

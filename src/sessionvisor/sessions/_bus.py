@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from .._clock import utcnow
-from .._errors import SubscriberOverflow
+from .._errors import AccessDenied, SubscriberOverflow
 from ._events import Event, Status, StatusChanged
 
 __all__: list[str] = []
@@ -28,11 +28,22 @@ class Subscription:
     more than its buffer behind; ends when the supervisor drains.
     """
 
-    __slots__ = ("_buffer", "_capacity", "_closed", "_overflowed", "_topic", "_wakeup")
+    __slots__ = (
+        "_buffer",
+        "_capacity",
+        "_closed",
+        "_denied",
+        "_overflowed",
+        "_topic",
+        "_wakeup",
+        "owner",
+    )
 
-    def __init__(self, topic: _Topic, capacity: int) -> None:
+    def __init__(self, topic: _Topic, capacity: int, owner: str | None = None) -> None:
         self._topic = topic
         self._capacity = capacity
+        self.owner = owner
+        self._denied: str | None = None
         self._buffer: deque[Event] = deque()
         self._wakeup: anyio.Event | None = None
         self._overflowed = False
@@ -61,11 +72,18 @@ class Subscription:
             self._wakeup.set()
             self._wakeup = None
 
+    def _deny(self, message: str) -> None:
+        self._buffer.clear()
+        self._denied = message
+        self._wake()
+
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
 
     async def __anext__(self) -> Event:
         while True:
+            if self._denied is not None:
+                raise AccessDenied(self._denied)
             if self._buffer:
                 return self._buffer.popleft()
             if self._overflowed:
@@ -121,6 +139,15 @@ class _Topic:
                 self.subscribers.remove(sub)
         return event
 
+    def deny_others(self, owner: str, conversation_id: str) -> None:
+        """Cut off subscribers whose owner is not the conversation's."""
+        for sub in [sub for sub in self.subscribers if sub.owner != owner]:
+            sub._deny(
+                f"access to conversation {conversation_id!r} denied: "
+                "it belongs to another owner"
+            )
+            self.subscribers.remove(sub)
+
     def last_seq_delivered_to(self, sub: Subscription) -> int:
         return self._delivered.pop(id(sub), self.last_seq)
 
@@ -169,12 +196,13 @@ class LocalBus:
         self,
         topic: _Topic,
         *,
+        owner: str | None = None,
         capacity: int,
         after: int | None,
         status: Status,
         interrupt: Any,
     ) -> Subscription:
-        sub = Subscription(topic, capacity)
+        sub = Subscription(topic, capacity, owner)
         if after is None:
             sub._buffer.append(topic.snapshot(status, interrupt))
         elif after < topic.last_seq:

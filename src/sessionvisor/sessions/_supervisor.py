@@ -33,6 +33,7 @@ __all__ = ["SessionSupervisor", "default_owner_of"]
 
 _log = structlog.get_logger("sessionvisor")
 _ANY: Any = object()
+_NO_RESUME: Any = object()  # None is a valid answer, so "no pending resume" needs its own value
 
 
 def default_owner_of(scope: Any) -> str | None:
@@ -208,7 +209,7 @@ class SessionSupervisor:
         scope: Any,
         request_opts: dict[str, Any],
         reroute: bool,
-        pending_resume: Any = None,
+        pending_resume: Any = _NO_RESUME,
     ) -> tuple[Actor, bool, Exception | None]:
         """Return the live actor of ``cid``, starting it (once) if needed."""
         while True:
@@ -277,6 +278,9 @@ class SessionSupervisor:
             version=stored.version if stored is not None else None,
             topic=topic,
         )
+        if owner is not None:
+            # Subscribers that came before the conversation existed may not be its owner.
+            topic.deny_others(owner, cid)
         if stored is not None and (
             stored.route_key != route.key or stored.request_opts != recorded_opts
         ):
@@ -294,7 +298,7 @@ class SessionSupervisor:
             self._bus.release(cid, self._actors.__contains__)
             raise RegistryUnavailable("the session supervisor is draining")
         resume_error: Exception | None = None
-        if pending_resume is not None:
+        if pending_resume is not _NO_RESUME:
             if actor.state.interrupt is None:
                 resume_error = InvalidStatus(
                     f"cannot resume conversation {cid!r}: its stored state holds no "
@@ -386,7 +390,7 @@ class SessionSupervisor:
         cid = check_conversation_id(conversation_id)
         opts = check_request_opts(request_opts)
         actor, started, resume_error = await self._ensure(
-            cid, scope, opts, reroute, pending_resume
+            cid, scope, opts, reroute, _NO_RESUME if pending_resume is None else pending_resume
         )
         if resume_error is not None:
             raise resume_error
@@ -671,6 +675,7 @@ class SessionSupervisor:
             topic = actor.topic
         sub = self._bus.subscribe(
             topic,
+            owner=self._owner_of(scope),
             capacity=(actor.opts if actor else self._defaults).subscriber_buffer,
             after=after,
             status=actor.status if actor else Status.NOT_RUNNING,
@@ -692,9 +697,7 @@ class SessionSupervisor:
         """
         cid = check_conversation_id(conversation_id)
         self._check_open(cid)
-        actor = self._live(cid)
-        if actor is not None:
-            self._check_owner(actor.owner, scope, cid)
+        await self.check_access(cid, scope=scope)
         self._viewers[cid] = self._viewers.get(cid, 0) + 1
         try:
             yield
