@@ -164,7 +164,7 @@ async def turn_events(
     sup: SessionSupervisor, cid: str, content: Any, *, until: str = "idle", **kw: Any
 ) -> list[Event]:
     """Send ``content`` and return the events up to the status ``until``."""
-    async with sup.subscribe(cid) as events:
+    async with sup.subscribe(cid, scope=kw.get("scope")) as events:
         await sup.send(cid, content, **kw)
         seen = await collect_until(events, _after_running(until), timeout=WAIT)
     return seen

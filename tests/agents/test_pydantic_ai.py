@@ -34,6 +34,8 @@ from sessionvisor import (
     AgentEvent,
     Delta,
     MessageAppended,
+    PendingInterrupt,
+    SessionSupervisor,
     SQLiteStore,
     State,
     Status,
@@ -89,7 +91,7 @@ def chat(state: State) -> list[tuple[str, Any]]:
     return [(m.role, m.content) for m in state.messages]
 
 
-async def loaded(sup: Any, cid: str = "c-1") -> State:
+async def loaded(sup: SessionSupervisor, cid: str = "c-1") -> State:
     state = await sup.load(cid)
     assert state is not None
     return state
@@ -490,8 +492,8 @@ async def test_interrupt_survives_idle_shutdown_and_a_new_process(
         lambda: adapter(script), store=SQLiteStore(db), clock=clock, supervisor_opts=opts
     ) as sup:
         await turn_events(sup, "c-1", "delete notes.txt", until="interrupted")
-        async with sup.subscribe("c-1") as events:
-            shutdown = await advance_until_shutdown(clock, events, 61)
+        async with sup.subscribe("c-1") as subscription:
+            shutdown = await advance_until_shutdown(clock, subscription, 61)
         assert shutdown.reason == "inactivity"
         assert shutdown.interrupt_restorable is True
         assert await sup.status("c-1") is Status.NOT_RUNNING
@@ -657,7 +659,8 @@ def test_constructor_checks_its_arguments() -> None:
         PydanticAIAgent(object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="deps"):
         PydanticAIAgent(Agent(TestModel()), deps=42)  # type: ignore[arg-type]
-    assert PydanticAIAgent(Agent(TestModel()), name="helper").restorable(None) is True  # type: ignore[arg-type]
+    interrupt = PendingInterrupt(data={"calls": []})
+    assert PydanticAIAgent(Agent(TestModel()), name="helper").restorable(interrupt) is True
 
 
 def test_unreadable_history_is_a_clear_error() -> None:
