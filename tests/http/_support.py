@@ -316,20 +316,27 @@ async def asgi_stream(
 # -- a real server ------------------------------------------------------------------
 
 
-def free_socket() -> socket.socket:
+def free_socket(*, sndbuf: int | None = None) -> socket.socket:
+    """A listening socket on a free 127.0.0.1 port.
+
+    ``sndbuf`` sets the send buffer that accepted connections inherit, so a
+    client that stops reading blocks the server after a few kilobytes.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     return sock
 
 
 @asynccontextmanager
-async def serve(app: Any, *, lifespan: str = "on") -> AsyncIterator[str]:
+async def serve(app: Any, *, lifespan: str = "on", sndbuf: int | None = None) -> AsyncIterator[str]:
     """Serve ``app`` on uvicorn on a free 127.0.0.1 port (asyncio only); yield the base URL."""
     import uvicorn
 
-    sock = free_socket()
+    sock = free_socket(sndbuf=sndbuf)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, lifespan=lifespan, log_level="warning", timeout_graceful_shutdown=5, backlog=1024
