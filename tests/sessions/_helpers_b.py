@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 
 from sessionvisor import (
@@ -267,3 +268,25 @@ async def recording(
             yield recorder
         finally:
             tg.cancel_scope.cancel()
+
+
+async def pump(
+    sup: SessionSupervisor,
+    conversation_id: str,
+    into: Recorder,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Subscribe and record until the subscription ends (start it with ``tg.start``).
+
+    Unlike ``recording`` it can outlive the supervisor's ``async with`` block, to
+    watch what a drain does to subscriptions.
+    """
+    async with sup.subscribe(conversation_id) as sub:
+        task_status.started()
+        try:
+            async for event in sub:
+                into.events.append(event)
+        except SubscriberOverflow as exc:
+            into.overflowed = exc
+    into.ended = True

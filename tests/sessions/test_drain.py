@@ -1,0 +1,169 @@
+"""Draining: leaving the supervisor persists every live session, refuses new work, ends streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from sessionvisor import (
+    MemoryStore,
+    RegistryUnavailable,
+    Shutdown,
+    SQLiteStore,
+    StateStore,
+    Status,
+)
+from sessionvisor.testing import ManualClock, wait_for_status
+
+from ._helpers_b import (
+    CountingFactory,
+    CueAgent,
+    Cues,
+    Recorder,
+    assistant_texts,
+    eventually,
+    pump,
+    stored,
+    supervisor,
+    user_texts,
+)
+
+SLOW = [f"slow-{n}" for n in range(10)]
+DONE = [f"done-{n}" for n in range(40)]
+FRESH = [f"fresh-{n}" for n in range(50)]
+ALL = SLOW + DONE + FRESH
+
+
+async def fill(sup: object, cues: Cues) -> None:
+    """100 live sessions: 10 mid-turn, 40 that answered one message, 50 that never ran a turn."""
+    for cid in DONE:
+        await sup.send(cid, "hello")  # type: ignore[attr-defined]
+    for cid in FRESH:
+        await sup.start(cid)  # type: ignore[attr-defined]
+    for cid in SLOW:
+        await sup.send(cid, "slow")  # type: ignore[attr-defined]
+    await cues.started_slow.wait()
+    for cid in DONE:
+        await wait_for_status(sup, cid, Status.IDLE)  # type: ignore[arg-type]
+    for cid in SLOW:
+        await wait_for_status(sup, cid, Status.RUNNING)  # type: ignore[arg-type]
+
+
+async def check_drained(store: StateStore, recorders: dict[str, Recorder]) -> None:
+    for cid, rec in recorders.items():
+        shutdowns = rec.of(Shutdown)
+        assert [s.reason for s in shutdowns] == ["drain"], cid
+        assert rec.ended, f"the subscription of {cid} did not end at drain"
+        record = await store.load(cid)
+        assert record is not None, f"{cid} was not persisted"
+        assert record.lifecycle == "shutdown"
+        assert record.last_seq == shutdowns[0].seq
+    for cid in DONE:
+        state = await stored(store, cid)
+        assert (user_texts(state), assistant_texts(state)) == (["hello"], ["ok: hello"])
+    for cid in FRESH:
+        state = await stored(store, cid)
+        assert state.messages == [] and state.queued == []
+
+
+@pytest.mark.anyio
+async def test_drain_lets_running_turns_finish_persists_every_session_and_refuses_new_work(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    cues = Cues()
+    store = SQLiteStore(tmp_path / "chat.db")
+    sup, _, _ = supervisor(CountingFactory(lambda: CueAgent(cues)), store=store)
+    recorders = {cid: Recorder() for cid in ALL}
+    refused: list[str] = []
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            async with sup:
+                for cid in ALL:
+                    await tg.start(pump, sup, cid, recorders[cid])
+                await fill(sup, cues)
+
+                async def meanwhile() -> None:
+                    await eventually(lambda: sup.draining)
+                    with pytest.raises(RegistryUnavailable):
+                        await sup.start("latecomer")
+                    refused.append("start")
+                    with pytest.raises(RegistryUnavailable):
+                        await sup.send("done-0", "one more")
+                    refused.append("send")
+                    with pytest.raises(RegistryUnavailable):
+                        await sup.running("slow-0")
+                    refused.append("running")
+                    # the running turns are still going: release them inside the drain
+                    assert not any(recorders[cid].of(Shutdown) for cid in SLOW)
+                    cues.release()
+
+                tg.start_soon(meanwhile)
+            assert refused == ["start", "send", "running"]
+
+    with pytest.raises(RegistryUnavailable):
+        await sup.running("slow-0")
+    await check_drained(store, recorders)
+    for cid in SLOW:
+        state = await stored(store, cid)
+        assert (user_texts(state), assistant_texts(state)) == (["slow"], ["ok: slow"])
+    assert await store.load("latecomer") is None
+
+
+@pytest.mark.anyio
+async def test_drain_cancels_turns_that_outlast_shutdown_timeout_and_keeps_their_messages(
+    anyio_backend: str,
+) -> None:
+    clock = ManualClock()
+    cues = Cues()
+    store = MemoryStore()
+    sup, _, _ = supervisor(
+        CountingFactory(lambda: CueAgent(cues)),
+        store=store,
+        clock=clock,
+        supervisor_opts={"shutdown_timeout": 10.0},
+    )
+    recorders = {cid: Recorder() for cid in ALL}
+    drained = anyio.Event()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def tick() -> None:
+                await eventually(lambda: sup.draining)
+                await anyio.sleep(0.05)
+                # within the timeout nothing is cut short
+                assert not any(recorders[cid].of(Shutdown) for cid in SLOW)
+                while not drained.is_set():
+                    clock.advance(1.0)
+                    await anyio.sleep(0.005)
+
+            async with sup:
+                for cid in ALL:
+                    await tg.start(pump, sup, cid, recorders[cid])
+                await fill(sup, cues)
+                started_at = clock.now()
+                tg.start_soon(tick)
+            drained.set()
+
+    assert clock.now() - started_at >= 10.0
+    await check_drained(store, recorders)
+    for cid in SLOW:
+        state = await stored(store, cid)
+        assert (user_texts(state), assistant_texts(state)) == (["slow"], [])
+    assert cues.gate.is_set() is False  # nobody released them: the timeout did
+
+
+@pytest.mark.anyio
+async def test_calls_after_the_drain_raise_registry_unavailable(anyio_backend: str) -> None:
+    sup, _, _ = supervisor()
+    async with sup:
+        await sup.send("c", "hello")
+        await wait_for_status(sup, "c", Status.IDLE)
+
+    with pytest.raises(RegistryUnavailable):
+        await sup.running("c")
+    with pytest.raises(RegistryUnavailable):
+        await sup.start("c")
+    with pytest.raises(RegistryUnavailable):
+        sup.get("c")
