@@ -15,7 +15,7 @@ import anyio
 import pytest
 from pydantic import BaseModel
 from pydantic_ai import Agent, DeferredToolRequests, RunContext, ToolDenied
-from pydantic_ai.exceptions import ToolFailed, UsageLimitExceeded
+from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ToolFailed, UsageLimitExceeded
 from pydantic_ai.messages import (
     ImageUrl,
     ModelMessage,
@@ -25,7 +25,7 @@ from pydantic_ai.messages import (
     ToolReturnPart,
     UserPromptPart,
 )
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 from pydantic_ai.models.test import TestModel
 from pydantic_ai.tools import ToolApproved
 from pydantic_ai.usage import UsageLimits
@@ -667,3 +667,58 @@ def test_unreadable_history_is_a_clear_error() -> None:
     state = State(metadata={HISTORY_KEY: [{"kind": "nonsense"}]})
     with pytest.raises(ValueError, match="not a valid pydantic-ai message history"):
         load_history(state)
+
+
+# -- other ways pydantic-ai defers a call -----------------------------------------------
+
+
+def _one_call_then_echo(tool: str, args: str) -> FunctionModel:
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> Any:
+        last = messages[-1]
+        assert isinstance(last, ModelRequest)
+        results = [p for p in last.parts if isinstance(p, ToolReturnPart)]
+        if results:
+            yield f"result: {results[0].content}"
+            return
+        yield {0: DeltaToolCall(tool, args, tool_call_id="call-x")}
+
+    return FunctionModel(stream_function=stream)
+
+
+@pytest.mark.anyio
+async def test_approval_required_raised_by_a_tool_is_an_approval(anyio_backend: str) -> None:
+    agent: Agent[None, str] = Agent(_one_call_then_echo("pay", '{"amount": 500}'))
+
+    @agent.tool
+    def pay(ctx: RunContext[None], amount: int) -> str:
+        if amount > 100 and not ctx.tool_call_approved:
+            raise ApprovalRequired(metadata={"limit": 100})
+        return f"paid {amount}"
+
+    async with supervisor(lambda: PydanticAIAgent(agent)) as sup:
+        events = await turn_events(sup, "c-1", "pay", until="interrupted")
+        call = events[-1].interrupt.data["calls"][0]  # type: ignore[attr-defined]
+        events = await resume_events(
+            sup, "c-1", {"calls": {"call-x": {"approved": True, "override_args": {"amount": 90}}}}
+        )
+
+    assert call["kind"] == "approval"
+    assert call["metadata"] == {"limit": 100}
+    assert deltas(events) == "result: paid 90"
+
+
+@pytest.mark.anyio
+async def test_a_question_for_the_user_is_answered_with_a_result(anyio_backend: str) -> None:
+    agent: Agent[None, str] = Agent(_one_call_then_echo("ask_user", '{"question": "Colour?"}'))
+
+    @agent.tool_plain
+    def ask_user(question: str) -> str:
+        raise CallDeferred(kind="question")
+
+    async with supervisor(lambda: PydanticAIAgent(agent)) as sup:
+        events = await turn_events(sup, "c-1", "paint it", until="interrupted")
+        call = events[-1].interrupt.data["calls"][0]  # type: ignore[attr-defined]
+        events = await resume_events(sup, "c-1", {"calls": {"call-x": "blue"}})
+
+    assert (call["kind"], call["args"]) == ("question", {"question": "Colour?"})
+    assert deltas(events) == "result: blue"
