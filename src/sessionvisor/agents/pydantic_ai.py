@@ -139,7 +139,8 @@ class PydanticAIAgent:
         model_settings: model settings for each run.
         stream: stream text as it is generated (default). A model that cannot
             stream (a ``FunctionModel`` without ``stream_function``) needs
-            ``stream=False``; the reply then arrives as one delta.
+            ``stream=False``; the reply then arrives as one delta, and no tool
+            events are published.
         tool_events: publish ``"tool_call"`` and ``"tool_result"`` events.
         name: a name for logs and ``repr``.
 
@@ -214,7 +215,8 @@ class PydanticAIAgent:
 
         An answer that does not fit (an unknown id, an external call without a
         result) does not fail the turn: it ends in the same ``Interrupt`` again,
-        with ``data["error"]`` saying what was wrong.
+        with ``data["error"]`` saying what was wrong (also published as the
+        ``AgentEvent("invalid_answer")``).
 
         Returns:
             ``Done``, or ``Interrupt`` when the continued run defers again or the
