@@ -59,6 +59,7 @@ class Cues:
         self.crash_on_start = crash_on_start
         self.starts = 0
         self.turns: list[list[str]] = []
+        self.answers: list[Any] = []
 
     def release(self) -> None:
         self.gate.set()
@@ -110,6 +111,10 @@ class CueAgent:
         if "notice" in newest:
             return Interrupt(turn.state, {"notice": "look"}, kind="notice")
         return Done(turn.state, reply="ok: " + " | ".join(texts))
+
+    async def resume(self, turn: Turn, answer: Any) -> Outcome:
+        self.cues.answers.append(answer)
+        return Done(turn.state, reply=f"resumed: {answer}")
 
 
 class CountingFactory:
