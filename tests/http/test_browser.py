@@ -1,0 +1,150 @@
+"""The demo page in headless Chromium against a real server.
+
+Debian's ``chromium`` driven through Playwright's Python package (no browser
+download: ``executable_path`` points at the system one). Outside CI the test
+is skipped when no browser is installed; in CI it must run
+(``scripts/test-services.sh`` installs chromium). asyncio only (uvicorn).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessionvisor import SQLiteStore
+from sessionvisor.http import header_or_query_scope
+from sessionvisor.http._demo import demo_router
+
+from ._support import open_app, serve
+
+pytestmark = [pytest.mark.anyio, pytest.mark.browser]
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        message = "no chromium on PATH (Debian: apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run the browser test")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+async def page(tmp_path: Path) -> AsyncIterator[tuple[Any, str]]:
+    executable = chromium_path()
+    playwright_api = pytest.importorskip("playwright.async_api")
+    router = demo_router(word_delay=0.08)
+    async with (
+        SQLiteStore(tmp_path / "demo.db") as store,
+        open_app(router, store=store, scope_from_request=header_or_query_scope) as env,
+        serve(env.app) as url,
+        playwright_api.async_playwright() as playwright,
+    ):
+        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            tab = await browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            tab.on("pageerror", lambda exc: errors.append(str(exc)))
+            yield tab, url
+            assert errors == [], errors
+        finally:
+            await browser.close()
+
+
+async def send(tab: Any, text: str) -> None:
+    await tab.fill("#message", text)
+    await tab.press("#message", "Enter")
+
+
+async def test_the_demo_page_chats_queues_asks_for_approval_and_keeps_the_history(
+    page: tuple[Any, str],
+) -> None:
+    from playwright.async_api import expect
+
+    tab, url = page
+    expect.set_options(timeout=TIMEOUT_MS)
+    await tab.goto(f"{url}/")
+    await expect(tab.locator("#user")).to_have_value("alice")
+    await tab.click("#new")
+    await expect(tab.locator("#message")).to_be_enabled()
+
+    # A reply streams in word by word.
+    await send(tab, "hello there")
+    await expect(tab.locator('.msg[data-role="user"]')).to_have_text(["userhello there"])
+    streaming = tab.locator(".msg.streaming")
+    await expect(streaming).to_have_count(1)
+    first = await streaming.inner_text()
+    await tab.wait_for_timeout(400)
+    assert len(await streaming.inner_text()) > len(first)
+    await expect(tab.locator("#status")).to_have_text("running")
+
+    # A second message sent while the first reply streams is queued, then answered.
+    await send(tab, "and a second one")
+    queued = tab.locator('.msg.queued[data-role="user"]')
+    await expect(queued).to_have_count(1)
+    await expect(queued).to_contain_text("and a second one")
+    await expect(queued).to_contain_text("queued")
+    await expect(queued).to_have_count(0)
+    replies = tab.locator('.msg[data-role="assistant"]:not(.streaming)')
+    await expect(replies).to_have_count(2)
+    await expect(replies.nth(0)).to_contain_text("You said: “hello there”.")
+    await expect(replies.nth(1)).to_contain_text("You said: “and a second one”.")
+    await expect(tab.locator("#status")).to_have_text("idle")
+
+    # The live sessions list shows the conversation and its status.
+    await expect(tab.locator("#sessions li")).to_have_count(1)
+    await expect(tab.locator("#sessions li .badge")).to_have_text("idle")
+
+    # A dangerous tool waits for approval; approving runs it.
+    await send(tab, "please delete my files")
+    panel = tab.locator("#interrupt")
+    await expect(panel).to_be_visible()
+    await expect(panel).to_contain_text("delete_files")
+    await expect(tab.locator("#status")).to_have_text("interrupted")
+    await tab.click("#approve")
+    await expect(panel).to_be_hidden()
+    await expect(tab.locator('.msg[data-role="tool"]')).to_contain_text("deleted 3 files")
+    await expect(replies.last).to_have_text(
+        "assistantApproved: I ran delete_files. Nothing was really deleted."
+    )
+    await expect(tab.locator("#status")).to_have_text("idle")
+
+    # Reloading shows the same history, from the server.
+    before = await tab.locator(".msg").all_inner_texts()
+    await tab.reload()
+    await expect(tab.locator(".msg")).to_have_count(len(before))
+    assert await tab.locator(".msg").all_inner_texts() == before
+    await expect(tab.locator("#status")).to_have_text("idle")
+    assert [t.split("\n", 1)[0] for t in before] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
