@@ -67,6 +67,9 @@ class SupervisorOpts:
         message_preprocessor: ``(message, ctx) -> Message | (display, model)``.
         viewer_grace: delay before a session whose last viewer left is stopped.
         save_retry_backoff: first delay before retrying a failed save (doubles, max 30 s).
+        hibernate_after: an idle session nobody subscribes to folds its State into
+            compact JSON and drops its replay buffer after this long (it unfolds on
+            the next access); None keeps it unfolded.
         extra: application keys, never inspected.
     """
 
@@ -91,6 +94,9 @@ class SupervisorOpts:
     viewer_grace: float = attrs.field(default=1.0, converter=_number, validator=_non_negative)
     save_retry_backoff: float = attrs.field(
         default=0.5, converter=_number, validator=_non_negative
+    )
+    hibernate_after: float | None = attrs.field(
+        default=30.0, converter=_optional_number, validator=_non_negative
     )
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
 

@@ -82,21 +82,44 @@ class MemoryBackend(Backend):
         return self.stores[0]  # type: ignore[no-any-return]
 
     def garble(self, conversation_id: str) -> None:
-        record = self.store._records[conversation_id]
-        self.store._records[conversation_id] = StoredConversation(
-            state=TRUNCATED,  # type: ignore[arg-type]
-            version=record.version,
-            updated_at=record.updated_at,
-            lifecycle=record.lifecycle,
-        )
+        record, _ = self.store._records[conversation_id]
+        self.store._records[conversation_id] = (record, TRUNCATED.encode())
 
     def raw_row(self, conversation_id: str) -> tuple[Any, ...] | None:
-        record = self.store._records.get(conversation_id)
-        return None if record is None else _record_tuple(record)
+        packed = self.store._records.get(conversation_id)
+        if packed is None:
+            return None
+        record, blob = packed
+        return _record_tuple(
+            StoredConversation(
+                state=blob,  # type: ignore[arg-type]
+                version=record.version,
+                owner=record.owner,
+                route_key=record.route_key,
+                request_opts=record.request_opts,
+                last_seq=record.last_seq,
+                updated_at=record.updated_at,
+                lifecycle=record.lifecycle,
+            )
+        )
 
     def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
-        record = self.store.quarantined.get(key)
-        return None if record is None else _record_tuple(record)
+        packed = self.store._quarantined.get(key)
+        if packed is None:
+            return None
+        record, blob = packed
+        return _record_tuple(
+            StoredConversation(
+                state=blob,  # type: ignore[arg-type]
+                version=record.version,
+                owner=record.owner,
+                route_key=record.route_key,
+                request_opts=record.request_opts,
+                last_seq=record.last_seq,
+                updated_at=record.updated_at,
+                lifecycle=record.lifecycle,
+            )
+        )
 
 
 def _record_tuple(record: StoredConversation) -> tuple[Any, ...]:

@@ -15,17 +15,18 @@ def record(text: str) -> StoredConversation:
     )
 
 
-async def test_memory_store_keeps_the_record_without_copying(anyio_backend: str) -> None:
+async def test_memory_store_keeps_its_own_compact_copy(anyio_backend: str) -> None:
     store = MemoryStore()
     saved = record("hi")
 
     await store.save("c-1", saved, expected_version=None, lifecycle="queued")
+    # What the caller does to its dict afterwards does not reach the store.
+    saved.state["messages"].clear()
     loaded = await store.load("c-1")
 
     assert loaded is not None
-    # The history is shared, not copied: only the top-level dict is new.
-    assert loaded.state == saved.state
-    assert loaded.state["messages"] is saved.state["messages"]
+    assert [m["content"] for m in loaded.state["messages"]] == ["hi"]
+    assert isinstance(store._records["c-1"][1], bytes)
     assert store.ids() == ["c-1"]
 
 
@@ -37,5 +38,5 @@ async def test_memory_store_shows_quarantined_records(anyio_backend: str) -> Non
     key = await store.quarantine("c-1")
 
     assert list(store.quarantined) == [key]
-    assert store.quarantined[key].state is saved.state
+    assert store.quarantined[key].state == saved.state
     assert store.ids() == []

@@ -4,6 +4,17 @@
 serves one ``SessionSupervisor``; ``header_scope`` is the demo's way of naming
 the caller, to be replaced by real authentication in production. This package
 sits on top of ``sessions`` and needs the ``http`` extra (starlette, uvicorn).
+
+The routes::
+
+    POST   /conversations/{cid}/messages  {"content", "request_opts"}  -> 202
+    GET    /conversations/{cid}/events    Server-Sent Events (Last-Event-ID, ?after=)
+    POST   /conversations/{cid}/resume    {"answer", "request_opts"}   -> 202
+    POST   /conversations/{cid}/dismiss   -> 200
+    POST   /conversations/{cid}/cancel    -> 200
+    GET    /conversations/{cid}           status, history, interrupt
+    DELETE /conversations/{cid}[?purge=true]
+    GET    /sessions   GET /healthz   GET /readyz   GET / (the demo page)
 """
 
 from ._app import DEFAULT_HEARTBEAT, create_app

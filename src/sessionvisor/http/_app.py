@@ -231,6 +231,10 @@ class _Api:
         except BaseException:
             await stack.aclose()
             raise
+        if request.method == "HEAD":
+            # The access checks ran; a HEAD gets the headers, not an endless stream.
+            await stack.aclose()
+            return Response(media_type="text/event-stream")
         return EventStream(  # type: ignore[return-value]  # an ASGI response, as Response is
             subscription,
             supervisor=supervisor,

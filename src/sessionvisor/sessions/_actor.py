@@ -87,6 +87,7 @@ class PreprocessContext:
 class Actor:
     __slots__ = (
         "_cancel_requested",
+        "_frozen",
         "_gen",
         "_hold",
         "_last_activity",
@@ -95,6 +96,7 @@ class Actor:
         "_retrying",
         "_saved_gen",
         "_saving",
+        "_state",
         "_stop_reason",
         "_stopped",
         "_timer_at",
@@ -117,7 +119,6 @@ class Actor:
         "restarts",
         "route_key",
         "scope",
-        "state",
         "status",
         "sup",
         "topic",
@@ -152,14 +153,15 @@ class Actor:
         self.agent = agent
         self.opts = opts
         self.extra = extra
-        self.state = state
+        self._state: State | None = state
+        self._frozen: bytes | None = None
         self.topic = topic
         self.status = Status.INTERRUPTED if state.interrupt is not None else Status.IDLE
         self.handle: SessionHandle = SessionHandle(self)
         self.closed = False
         self.failed: BaseException | None = None
         self.restarts = 0
-        self.restart_times: list[float] = []
+        self.restart_times: tuple[float, ...] = ()
         self._version = version
         self._gen = 0
         self._saved_gen = 0
@@ -179,6 +181,36 @@ class Actor:
         self._last_activity = sup._clock.now()
         self._viewers_left_at: float | None = None
         self._timer_at: float | None = None
+
+    # -- state, folded while idle -------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        state = self._state
+        if state is None:
+            # Unfold a hibernated session; the bytes are our own dump of this State.
+            assert self._frozen is not None
+            state = self._state = State.model_validate_json(self._frozen)
+            self._frozen = None
+        return state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        self._state = value
+        self._frozen = None
+
+    def _hibernate(self) -> None:
+        state = self._state
+        if state is None or self._worker or self.closed or self.topic.subscribers:
+            return
+        try:
+            frozen = state.model_dump_json().encode()
+        except Exception as exc:  # metadata that JSON cannot hold: stay unfolded
+            self.log().debug("hibernate_skipped", error=describe(exc))
+            return
+        self._frozen = frozen
+        self._state = None
+        self.topic.drop_replay()
 
     # -- small helpers -------------------------------------------------------------
 
@@ -759,7 +791,7 @@ class Actor:
                 self._give_up(error)
                 return False
             window.append(now)
-            self.restart_times = window
+            self.restart_times = tuple(window)
             self.restarts += 1
             attempt = len(window)
             self.log().warning("session_restarting", attempt=attempt, error=describe(error))
@@ -837,9 +869,12 @@ class Actor:
     def _due(self) -> tuple[float, str] | None:
         if self._worker or self.closed or self.status is Status.RUNNING:
             return None
-        if self.sup._viewer_count(self.conversation_id):
-            return None
         candidates: list[tuple[float, str]] = []
+        if self.sup._viewer_count(self.conversation_id):
+            fold = self.opts.hibernate_after
+            if fold is not None and self._state is not None and not self.topic.subscribers:
+                candidates.append((self._last_activity + fold, "hibernate"))
+            return min(candidates) if candidates else None
         # A viewer leaving counts as activity: a tab that watched for an hour and
         # reloads gets viewer_grace, not an instant inactivity stop.
         start = self._last_activity
@@ -849,6 +884,9 @@ class Actor:
         timeout = self.opts.inactivity_timeout
         if timeout is not None:
             candidates.append((start + timeout, "inactivity"))
+        fold = self.opts.hibernate_after
+        if fold is not None and self._state is not None and not self.topic.subscribers:
+            candidates.append((start + fold, "hibernate"))
         return min(candidates) if candidates else None
 
     def arm(self) -> None:
@@ -863,6 +901,10 @@ class Actor:
         deadline, reason = due
         if deadline > now:
             self.sup._deadlines.schedule(self, deadline)
+            return
+        if reason == "hibernate":
+            self._hibernate()
+            self.arm()  # the inactivity deadline, if any, still stands
             return
         self._claim_worker(idle_reason=reason)
 

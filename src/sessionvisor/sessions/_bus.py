@@ -109,6 +109,7 @@ class _Topic:
         "conversation_id",
         "last_seq",
         "replay",
+        "replay_size",
         "subscribers",
     )
 
@@ -116,10 +117,13 @@ class _Topic:
         self.conversation_id = conversation_id
         self.agent_id = agent_id
         self.last_seq = last_seq
-        self.replay: deque[Event] = deque(maxlen=replay)
+        self.replay_size = replay
+        # Allocated on the first event and dropped when the session hibernates: a
+        # parked conversation should cost bytes, not buffers.
+        self.replay: deque[Event] | None = None
         self.subscribers: list[Subscription] = []
         # seq of the last event each cut-off subscriber received, for its error message
-        self._delivered: dict[int, int] = {}
+        self._delivered: dict[int, int] | None = None
 
     def publish(self, cls: type[Event], **fields: Any) -> Event:
         self.last_seq += 1
@@ -130,12 +134,18 @@ class _Topic:
             at=utcnow(),
             **fields,
         )
-        self.replay.append(event)
+        replay = self.replay
+        if replay is None:
+            replay = self.replay = deque(maxlen=self.replay_size)
+        replay.append(event)
         if self.subscribers:
             cut = [sub for sub in self.subscribers if not sub._push(event)]
             for sub in cut:
                 # A slow subscriber is dropped instead of slowing the actor or the others.
-                self._delivered[id(sub)] = event.seq - 1 - len(sub._buffer)
+                if self._delivered is None:
+                    self._delivered = {}
+                # It still gets what it buffered, then the error: resume after that.
+                self._delivered[id(sub)] = sub._buffer[-1].seq if sub._buffer else event.seq - 1
                 self.subscribers.remove(sub)
         return event
 
@@ -148,7 +158,12 @@ class _Topic:
             )
             self.subscribers.remove(sub)
 
+    def drop_replay(self) -> None:
+        self.replay = None
+
     def last_seq_delivered_to(self, sub: Subscription) -> int:
+        if self._delivered is None:
+            return self.last_seq
         return self._delivered.pop(id(sub), self.last_seq)
 
     def snapshot(self, status: Status, interrupt: Any, *, gap: bool = False) -> StatusChanged:
@@ -179,8 +194,10 @@ class LocalBus:
             # The store may know of later events than a topic that outlived its actor.
             topic.last_seq = max(topic.last_seq, last_seq)
             topic.agent_id = agent_id
-            if topic.replay.maxlen != replay:
-                topic.replay = deque(topic.replay, maxlen=replay)
+            if topic.replay_size != replay:
+                topic.replay_size = replay
+                if topic.replay is not None:
+                    topic.replay = deque(topic.replay, maxlen=replay)
         return topic
 
     def existing(self, conversation_id: str) -> _Topic | None:
@@ -206,9 +223,10 @@ class LocalBus:
         if after is None:
             sub._buffer.append(topic.snapshot(status, interrupt))
         elif after < topic.last_seq:
-            oldest = topic.replay[0].seq if topic.replay else topic.last_seq + 1
+            replay = topic.replay or ()
+            oldest = replay[0].seq if replay else topic.last_seq + 1
             if after >= oldest - 1 and after >= 0:
-                for event in topic.replay:
+                for event in replay:
                     if event.seq > after:
                         sub._buffer.append(event)
             else:
@@ -223,7 +241,8 @@ class LocalBus:
         topic = sub._topic
         if sub in topic.subscribers:
             topic.subscribers.remove(sub)
-        topic._delivered.pop(id(sub), None)
+        if topic._delivered is not None:
+            topic._delivered.pop(id(sub), None)
 
     def close_all(self) -> None:
         for topic in self._topics.values():

@@ -197,7 +197,10 @@ class SessionSupervisor:
                 raise
             key = await self._store.quarantine(conversation_id)
             _log.warning(
-                "corrupt_state_quarantined", conversation_id=conversation_id, quarantine_key=key
+                "corrupt_state_quarantined",
+                conversation_id=conversation_id,
+                agent_id=self._agent_id(conversation_id),
+                quarantine_key=key,
             )
             return None
 
@@ -686,6 +689,9 @@ class SessionSupervisor:
         finally:
             self._bus.unsubscribe(sub)
             self._bus.release(cid, self._actors.__contains__)
+            live = self._live(cid)
+            if live is not None and not live.topic.subscribers:
+                live.arm()  # nobody listens any more: it may hibernate
 
     @asynccontextmanager
     async def viewing(self, conversation_id: str, *, scope: Any = None) -> AsyncIterator[None]:

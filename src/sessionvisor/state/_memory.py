@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
+from typing import Any
 
 import attrs
 from anyio.lowlevel import checkpoint
@@ -19,12 +21,10 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """A ``StateStore`` that keeps every conversation in this process's memory.
 
-    Nothing survives the process. Records are stored without copying, and
-    ``load`` copies only the top-level state dict, never the history:
-    ``StoredConversation`` is frozen and the runtime builds a fresh state dict
-    (``dump_state``) for every save, so nobody mutates a dict after handing it
-    over. Code that saves a dict and then changes it in place changes the
-    stored conversation too.
+    Nothing survives the process. Each state is kept as compact JSON bytes, not
+    as the dict it was given: an idle conversation then costs a few hundred
+    bytes instead of a tree of dicts, and nothing the caller does to its dict
+    afterwards reaches the store.
 
     Each method checks the version and writes without awaiting in between, so
     a check-and-set is atomic on the event loop; every method still passes one
@@ -36,8 +36,9 @@ class MemoryStore:
     """
 
     def __init__(self, *, migrations: MigrationRegistry | None = None) -> None:
-        self._records: dict[str, StoredConversation] = {}
-        self._quarantined: dict[str, StoredConversation] = {}
+        # The record without its state, and the state as JSON bytes.
+        self._records: dict[str, tuple[StoredConversation, bytes]] = {}
+        self._quarantined: dict[str, tuple[StoredConversation, bytes]] = {}
         self._migrations = migrations
 
     async def __aenter__(self) -> MemoryStore:
@@ -58,7 +59,9 @@ class MemoryStore:
     @property
     def quarantined(self) -> Mapping[str, StoredConversation]:
         """The records moved aside by ``quarantine``, by quarantine key (read-only view)."""
-        return MappingProxyType(self._quarantined)
+        return MappingProxyType(
+            {key: _unpack(packed) for key, packed in self._quarantined.items()}
+        )
 
     def ids(self) -> list[str]:
         """Return the ids of the stored conversations, quarantined ones excluded."""
@@ -79,9 +82,10 @@ class MemoryStore:
             CorruptStateError: the stored state cannot be read; it is left untouched.
         """
         await checkpoint()
-        record = self._records.get(conversation_id)
-        if record is None:
+        packed = self._records.get(conversation_id)
+        if packed is None:
             return None
+        record = _unpack(packed)
         upgraded, validated = decode_state(
             record.state, conversation_id, migrations=self._migrations
         )
@@ -110,16 +114,24 @@ class MemoryStore:
             ValueError: ``lifecycle`` is not one of ``LIFECYCLES``.
         """
         check_lifecycle(conversation_id, lifecycle)
+        blob = _pack(record.state)
         await checkpoint()
         # From here to the assignment there is no await: no other task can
         # save this conversation between the check and the write.
         current = self._records.get(conversation_id)
-        actual = None if current is None else current.version
+        actual = None if current is None else current[0].version
         if actual != expected_version:
             raise stale_write(conversation_id, expected_version, actual)
         new_version = 1 if actual is None else actual + 1
-        self._records[conversation_id] = attrs.evolve(
-            record, version=new_version, updated_at=utcnow(), lifecycle=lifecycle
+        self._records[conversation_id] = (
+            attrs.evolve(
+                record,
+                state=_NO_STATE,
+                version=new_version,
+                updated_at=utcnow(),
+                lifecycle=lifecycle,
+            ),
+            blob,
         )
         return new_version
 
@@ -150,3 +162,22 @@ class MemoryStore:
         key = quarantine_key(conversation_id, n)
         self._quarantined[key] = record
         return key
+
+
+_NO_STATE: dict[str, Any] = {}
+
+
+def _pack(state: Mapping[str, Any]) -> bytes:
+    # Bytes that are not valid JSON (a test planting a corrupt row) are kept as they are.
+    if isinstance(state, bytes | str):
+        return state.encode() if isinstance(state, str) else state
+    return json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _unpack(packed: tuple[StoredConversation, bytes]) -> StoredConversation:
+    record, blob = packed
+    try:
+        state: Any = json.loads(blob)
+    except ValueError:
+        state = blob  # decode_state reports it as corrupt, naming the conversation
+    return attrs.evolve(record, state=state)
