@@ -146,7 +146,8 @@ async def test_raising_preprocessor_rejects_the_message_and_stores_nothing(
         if handle is not None:
             assert handle.snapshot().messages == []
             assert handle.snapshot().queued == []
-        assert not any(isinstance(e, MessageAppended | MessageQueued) for e in _drain(events))
+        waiting = await _drain(events)
+        assert not any(isinstance(e, MessageAppended | MessageQueued) for e in waiting)
 
         await sup.send("c-1", "hello")
         await settle(sup, "c-1")
@@ -203,10 +204,11 @@ def _upper(message: Message, ctx: PreprocessContext) -> Message:
     return Message(role="user", content=message.text().upper())
 
 
-def _drain(events: Any) -> list[Any]:
+async def _drain(events: Any) -> list[Any]:
+    """The events already waiting in the subscription (without waiting for more)."""
     out = []
     while events.pending():
-        out.append(events._buffer.popleft())
+        out.append(await anext(events))
     return out
 
 
