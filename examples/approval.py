@@ -148,7 +148,6 @@ async def main(db_path: Path | None = None) -> None:
             print("user> Send 5000 EUR to Mallory")
             await sup.send("c-7", "Send 5000 EUR to Mallory")
             await follow(events, status_is(Status.INTERRUPTED))
-            await anyio.sleep(0.2)  # the user reads the question
             print("user denies")
             await sup.resume("c-7", {"approved": False, "reason": "I do not know Mallory."})
             await follow(events, status_is(Status.IDLE))

@@ -68,7 +68,6 @@ async def main() -> None:
             await follow(events, "idle")
             await sup.send("c-42", "delete my notes")
             await follow(events, "interrupted")
-            await anyio.sleep(0.2)  # the user reads the question
             await sup.resume("c-42", "yes")
             await follow(events, "idle")
             await follow(events, "shutdown")  # nothing happens for 0.5 s: it stops

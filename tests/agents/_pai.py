@@ -28,7 +28,6 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 
 from sessionvisor import (
     Event,
-    InvalidStatus,
     SessionOpts,
     SessionSupervisor,
     Shutdown,
@@ -181,17 +180,7 @@ async def resume_events(
 
 
 async def _resume(sup: SessionSupervisor, cid: str, answer: Any) -> None:
-    # Workaround for a runtime bug (reported): the `interrupted` event goes out
-    # while the actor still finishes the turn, and a resume in that window is
-    # refused with InvalidStatus although the status is `interrupted`.
-    for _ in range(100):
-        try:
-            await sup.resume(cid, answer)
-            return
-        except InvalidStatus as exc:
-            if exc.status != Status.INTERRUPTED.value:
-                raise
-            await anyio.sleep(0.01)
+    # Right after the `interrupted` event, as a user clicking "approve" at once would.
     await sup.resume(cid, answer)
 
 
