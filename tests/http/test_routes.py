@@ -354,3 +354,14 @@ async def test_an_async_scope_function_is_awaited() -> None:
         assert [s["conversation_id"] for s in sessions] == ["c-1"]
         other = await env.client.get("/conversations/c-1", headers={"Authorization": "Bearer x"})
         assert other.status_code == 404
+
+
+async def test_head_on_the_event_stream_checks_access_and_sends_no_stream() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "hi")
+        response = await env.client.head("/conversations/c-1/events", headers=ALICE)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        other = await env.client.head("/conversations/c-1/events", headers=BOB)
+        assert other.status_code == 404
+        assert env.sup._viewers == {}
