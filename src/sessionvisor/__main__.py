@@ -143,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
         "--scope",
         default=None,
         metavar="MODULE:FUNCTION",
-        help="scope_from_request(request) to use instead of the demo's X-User header",
+        help="scope_from_request(request) to use; the default (X-User header or ?user=) "
+        "trusts the client and is for trying things out only",
     )
     return parser
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print(_HTTP_EXTRA, file=sys.stderr)
         return 2
-    from .http import header_or_query_scope, header_scope
+    from .http import header_or_query_scope
 
     scope_from_request: Callable[..., Any]
     if args.command == "demo":
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             router = load_object(args.router)
             store = open_store(args.store)
-            scope_from_request = load_object(args.scope) if args.scope else header_scope
+            scope_from_request = load_object(args.scope) if args.scope else header_or_query_scope
         except (ImportError, AttributeError, ValueError) as exc:
             print(f"python -m sessionvisor serve: {exc}", file=sys.stderr)
             return 2
