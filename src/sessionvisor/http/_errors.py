@@ -64,7 +64,8 @@ def error_response(status: int, error: str, detail: str, **extra: Any) -> JSONRe
 def not_found(conversation_id: str) -> HTTPError:
     """The one answer for a conversation that does not exist *or* belongs to someone else.
 
-    Both must look the same, or a client could probe which ids exist.
+    Both look the same, so no route reveals another owner's conversation. (A POST
+    to an unused id creates it, so ids should still be unguessable, e.g. UUID4.)
     """
     return HTTPError(404, "NotFound", f"conversation {conversation_id!r} not found")
 
@@ -78,7 +79,7 @@ def response_for(
     bare 500, so nothing internal reaches the client.
     """
     if isinstance(exc, HTTPError):
-        return error_response(exc.status, exc.error, exc.detail, **exc.extra)
+        return _from_http_error(exc)
     if isinstance(exc, AccessDenied):
         # Never reveal that the conversation exists.
         return _from_http_error(not_found(conversation_id or ""))
