@@ -365,3 +365,17 @@ async def test_head_on_the_event_stream_checks_access_and_sends_no_stream() -> N
         other = await env.client.head("/conversations/c-1/events", headers=BOB)
         assert other.status_code == 404
         assert env.sup._viewers == {}
+
+
+async def test_a_null_answer_is_an_answer_too() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "interrupt me")
+        await wait_for_status(env.sup, "c-1", Status.INTERRUPTED, scope="alice")
+        await env.client.delete("/conversations/c-1", headers=ALICE)
+        response = await env.client.post(
+            "/conversations/c-1/resume", json={"answer": None}, headers=ALICE
+        )
+        assert response.status_code == 202
+        assert response.json()["status"] == "running"
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        assert env.agent.answers == [None]
