@@ -82,14 +82,14 @@ class MemoryBackend(Backend):
         return self.stores[0]  # type: ignore[no-any-return]
 
     def garble(self, conversation_id: str) -> None:
-        record, _ = self.store._records[conversation_id]
-        self.store._records[conversation_id] = (record, TRUNCATED.encode())
+        row = self.store._records[conversation_id]
+        row.head, row.messages = TRUNCATED.encode(), None
 
     def raw_row(self, conversation_id: str) -> tuple[Any, ...] | None:
-        packed = self.store._records.get(conversation_id)
-        if packed is None:
+        row = self.store._records.get(conversation_id)
+        if row is None:
             return None
-        record, blob = packed
+        record, blob = row.record, row.state_bytes()
         return _record_tuple(
             StoredConversation(
                 state=blob,  # type: ignore[arg-type]
@@ -104,10 +104,10 @@ class MemoryBackend(Backend):
         )
 
     def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
-        packed = self.store._quarantined.get(key)
-        if packed is None:
+        row = self.store._quarantined.get(key)
+        if row is None:
             return None
-        record, blob = packed
+        record, blob = row.record, row.state_bytes()
         return _record_tuple(
             StoredConversation(
                 state=blob,  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ async def test_memory_store_keeps_its_own_compact_copy(anyio_backend: str) -> No
 
     assert loaded is not None
     assert [m["content"] for m in loaded.state["messages"]] == ["hi"]
-    assert isinstance(store._records["c-1"][1], bytes)
+    assert isinstance(store._records["c-1"].state_bytes(), bytes)
     assert store.ids() == ["c-1"]
 
 
@@ -40,3 +40,34 @@ async def test_memory_store_shows_quarantined_records(anyio_backend: str) -> Non
     assert list(store.quarantined) == [key]
     assert store.quarantined[key].state == saved.state
     assert store.ids() == []
+
+
+async def test_a_save_that_extends_the_history_keeps_every_message(anyio_backend: str) -> None:
+    store = MemoryStore()
+    messages = [{"role": "user", "content": "one"}]
+    state = {"messages": messages, "queued": [], "metadata": {}, "interrupt": None, "version": 1}
+    version = await store.save(
+        "c-1", StoredConversation(state=state), expected_version=None, lifecycle="turn_start"
+    )
+    # The runtime appends to the same list and saves again: only the tail is new.
+    messages.append({"role": "assistant", "content": "two"})
+    state = {**state, "metadata": {"k": 1}}
+    version = await store.save(
+        "c-1", StoredConversation(state=state), expected_version=version, lifecycle="completion"
+    )
+    # A rewritten history (other dicts) replaces the stored one instead of extending it.
+    rewritten = [{"role": "system", "content": "summary"}]
+    loaded = await store.load("c-1")
+    assert loaded is not None
+    assert [m["content"] for m in loaded.state["messages"]] == ["one", "two"]
+    assert loaded.state["metadata"] == {"k": 1}
+
+    await store.save(
+        "c-1",
+        StoredConversation(state={**state, "messages": rewritten}),
+        expected_version=version,
+        lifecycle="completion",
+    )
+    loaded = await store.load("c-1")
+    assert loaded is not None
+    assert [m["content"] for m in loaded.state["messages"]] == ["summary"]

@@ -32,7 +32,7 @@ from .._errors import (
 )
 from .._options import SupervisorOpts
 from ..agents import Done, Interrupt, Pause, Turn
-from ..state import Content, Message, PendingInterrupt, State, StoredConversation, dump_state
+from ..state import Content, Message, PendingInterrupt, State, StoredConversation
 from ._bus import _Topic
 from ._events import (
     AgentEvent,
@@ -45,6 +45,7 @@ from ._events import (
     Status,
     StatusChanged,
 )
+from ._snapshot import SnapshotEncoder
 from ._validation import content_size_ok
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class PreprocessContext:
 class Actor:
     __slots__ = (
         "_cancel_requested",
+        "_encoder",
         "_frozen",
         "_gen",
         "_hold",
@@ -155,6 +157,7 @@ class Actor:
         self.extra = extra
         self._state: State | None = state
         self._frozen: bytes | None = None
+        self._encoder: SnapshotEncoder | None = None
         self.topic = topic
         self.status = Status.INTERRUPTED if state.interrupt is not None else Status.IDLE
         self.handle: SessionHandle = SessionHandle(self)
@@ -210,6 +213,7 @@ class Actor:
             return
         self._frozen = frozen
         self._state = None
+        self._encoder = None
         self.topic.drop_replay()
 
     # -- small helpers -------------------------------------------------------------
@@ -663,7 +667,10 @@ class Actor:
     # -- persistence ---------------------------------------------------------------
 
     def _record(self, lifecycle: str, reserve: int = 0) -> StoredConversation:
-        data = dump_state(self.state)
+        encoder = self._encoder
+        if encoder is None:
+            encoder = self._encoder = SnapshotEncoder()
+        data = encoder.dump(self.state)
         if self._resume is not None:
             # Until the resume turn ends, the store keeps the interrupt it answers.
             data["interrupt"] = self._resume[1].model_dump(mode="json")

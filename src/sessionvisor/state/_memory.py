@@ -21,10 +21,13 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """A ``StateStore`` that keeps every conversation in this process's memory.
 
-    Nothing survives the process. Each state is kept as compact JSON bytes, not
-    as the dict it was given: an idle conversation then costs a few hundred
-    bytes instead of a tree of dicts, and nothing the caller does to its dict
-    afterwards reaches the store.
+    Nothing survives the process. Each state is kept as compact JSON bytes, one
+    piece per message, not as the dict it was given: an idle conversation then
+    costs a few hundred bytes instead of a tree of dicts, and nothing the caller
+    does to its dict afterwards reaches the store. A save whose history extends
+    the one stored (the same message dicts, as the runtime's encoder hands them
+    over) encodes only the new messages, so a turn costs what it added, not
+    the length of the conversation.
 
     Each method checks the version and writes without awaiting in between, so
     a check-and-set is atomic on the event loop; every method still passes one
@@ -36,9 +39,8 @@ class MemoryStore:
     """
 
     def __init__(self, *, migrations: MigrationRegistry | None = None) -> None:
-        # The record without its state, and the state as JSON bytes.
-        self._records: dict[str, tuple[StoredConversation, bytes]] = {}
-        self._quarantined: dict[str, tuple[StoredConversation, bytes]] = {}
+        self._records: dict[str, _Row] = {}
+        self._quarantined: dict[str, _Row] = {}
         self._migrations = migrations
 
     async def __aenter__(self) -> MemoryStore:
@@ -59,9 +61,7 @@ class MemoryStore:
     @property
     def quarantined(self) -> Mapping[str, StoredConversation]:
         """The records moved aside by ``quarantine``, by quarantine key (read-only view)."""
-        return MappingProxyType(
-            {key: _unpack(packed) for key, packed in self._quarantined.items()}
-        )
+        return MappingProxyType({key: row.unpack() for key, row in self._quarantined.items()})
 
     def ids(self) -> list[str]:
         """Return the ids of the stored conversations, quarantined ones excluded."""
@@ -82,10 +82,10 @@ class MemoryStore:
             CorruptStateError: the stored state cannot be read; it is left untouched.
         """
         await checkpoint()
-        packed = self._records.get(conversation_id)
-        if packed is None:
+        row = self._records.get(conversation_id)
+        if row is None:
             return None
-        record = _unpack(packed)
+        record = row.unpack()
         upgraded, validated = decode_state(
             record.state, conversation_id, migrations=self._migrations
         )
@@ -114,25 +114,25 @@ class MemoryStore:
             ValueError: ``lifecycle`` is not one of ``LIFECYCLES``.
         """
         check_lifecycle(conversation_id, lifecycle)
-        blob = _pack(record.state)
         await checkpoint()
         # From here to the assignment there is no await: no other task can
         # save this conversation between the check and the write.
         current = self._records.get(conversation_id)
-        actual = None if current is None else current[0].version
+        actual = None if current is None else current.record.version
         if actual != expected_version:
             raise stale_write(conversation_id, expected_version, actual)
         new_version = 1 if actual is None else actual + 1
-        self._records[conversation_id] = (
-            attrs.evolve(
-                record,
-                state=_NO_STATE,
-                version=new_version,
-                updated_at=utcnow(),
-                lifecycle=lifecycle,
-            ),
-            blob,
+        head = attrs.evolve(
+            record,
+            state=_NO_STATE,
+            version=new_version,
+            updated_at=utcnow(),
+            lifecycle=lifecycle,
         )
+        if current is not None and current.extend(record.state):
+            current.record = head
+        else:
+            self._records[conversation_id] = _Row.pack(head, record.state)
         return new_version
 
     async def delete(self, conversation_id: str) -> None:
@@ -167,17 +167,70 @@ class MemoryStore:
 _NO_STATE: dict[str, Any] = {}
 
 
-def _pack(state: Mapping[str, Any]) -> bytes:
-    # Bytes that are not valid JSON (a test planting a corrupt row) are kept as they are.
-    if isinstance(state, bytes | str):
-        return state.encode() if isinstance(state, str) else state
-    return json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode()
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _unpack(packed: tuple[StoredConversation, bytes]) -> StoredConversation:
-    record, blob = packed
-    try:
-        state: Any = json.loads(blob)
-    except ValueError:
-        state = blob  # decode_state reports it as corrupt, naming the conversation
-    return attrs.evolve(record, state=state)
+class _Row:
+    """One stored conversation: the record, its state without the history, and
+    the history as one JSON piece per message."""
+
+    __slots__ = ("head", "last", "messages", "record")
+
+    def __init__(
+        self,
+        record: StoredConversation,
+        head: bytes,
+        messages: list[bytes] | None,
+        last: Any,
+    ) -> None:
+        self.record = record
+        self.head = head  # a JSON object without "messages", or raw unreadable bytes
+        self.messages = messages
+        self.last = last  # the dict the last piece was encoded from
+
+    @classmethod
+    def pack(cls, record: StoredConversation, state: Any) -> _Row:
+        if isinstance(state, bytes | str):
+            # Bytes that are not a state (a test planting a corrupt row) stay as they are.
+            return cls(record, state.encode() if isinstance(state, str) else state, None, None)
+        messages = state.get("messages") if isinstance(state, Mapping) else None
+        if not isinstance(messages, list):
+            return cls(record, _encode(state), None, None)
+        rest = {k: v for k, v in state.items() if k != "messages"}
+        pieces = [_encode(m) for m in messages]
+        return cls(record, _encode(rest), pieces, messages[-1] if messages else None)
+
+    def extend(self, state: Any) -> bool:
+        """Take ``state`` if its history extends ours (same dicts); return False if not."""
+        pieces = self.messages
+        if pieces is None or not isinstance(state, Mapping):
+            return False
+        messages = state.get("messages")
+        done = len(pieces)
+        if (
+            not isinstance(messages, list)
+            or done > len(messages)
+            or (done and messages[done - 1] is not self.last)
+        ):
+            return False
+        rest = {k: v for k, v in state.items() if k != "messages"}
+        self.head = _encode(rest)
+        if done < len(messages):
+            pieces.extend(_encode(m) for m in messages[done:])
+            self.last = messages[-1]
+        return True
+
+    def state_bytes(self) -> bytes:
+        if self.messages is None:
+            return self.head
+        history = b'"messages":[' + b",".join(self.messages) + b"]"
+        inner = self.head[1:-1]
+        return b"{" + (inner + b"," if inner else b"") + history + b"}"
+
+    def unpack(self) -> StoredConversation:
+        try:
+            state: Any = json.loads(self.state_bytes())
+        except ValueError:
+            state = self.head  # decode_state reports it as corrupt, naming the conversation
+        return attrs.evolve(self.record, state=state)
