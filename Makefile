@@ -18,15 +18,17 @@ demo: $(STAMP)
 	$(BIN)/python -m sessionvisor demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check src
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src
 
+LINTED := $(wildcard src tests examples bench)
+
 test: $(STAMP)
 	bash scripts/test-services.sh
-	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff check $(LINTED)
 	$(BIN)/mypy src
 	$(BIN)/python -m pytest
 

@@ -17,6 +17,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 import anyio
 import structlog
@@ -69,6 +70,19 @@ class _Crash(Exception):
         self.error = error
 
 
+def new_message(role: Any, content: Content, metadata: dict[str, Any] | None = None) -> Message:
+    """Build a message from input the runtime already checked, without re-validating it."""
+    if not isinstance(content, str):
+        content = [dict(part) for part in content]
+    return Message.model_construct(
+        id=uuid4().hex,
+        role=role,
+        content=content,
+        created_at=utcnow(),
+        metadata={} if metadata is None else metadata,
+    )
+
+
 def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -102,6 +116,7 @@ class Actor:
         "_stop_reason",
         "_stopped",
         "_timer_at",
+        "_turn_active",
         "_turn_done",
         "_turn_scope",
         "_version",
@@ -171,7 +186,8 @@ class Actor:
         self._saving: anyio.Event | None = None
         self._worker = False
         self._turn_scope: anyio.CancelScope | None = None
-        self._turn_done: anyio.Event | None = None
+        self._turn_active = False  # a turn was begun and has not ended yet
+        self._turn_done: anyio.Event | None = None  # made only when someone waits
         self._resume: tuple[Any, PendingInterrupt] | None = None
         self._cancel_requested = False
         # Queued messages wait for a send/resume/dismiss after an interrupt, a pause,
@@ -272,7 +288,7 @@ class Actor:
                 f"conversation {self.conversation_id!r} already has "
                 f"{len(self.state.queued)} queued messages (max_queued={self.opts.max_queued})"
             )
-        message = Message(role="user", content=content, metadata={"origin": "agent"})
+        message = new_message("user", content, {"origin": "agent"})
         self.state.queued.append(message)
         self._gen += 1
         self._emit(MessageQueued, message=message)
@@ -287,7 +303,7 @@ class Actor:
                 f"content of the message for conversation {self.conversation_id!r} is larger than "
                 f"max_message_bytes={self.opts.max_message_bytes} as JSON"
             )
-        message = Message(role="user", content=content)
+        message = new_message("user", content)
         if self.opts.message_preprocessor is not None:
             message = await self._preprocess(message, scope)
             self.check_open()  # it may have stopped while the preprocessor ran
@@ -371,7 +387,7 @@ class Actor:
         self.state.interrupt = None
         self._resume = (answer, interrupt)
         self._hold = False  # the queue drains after the resume turn
-        self._turn_done = anyio.Event()
+        self._turn_active = True
         self.status = Status.RUNNING
         self.touch()
 
@@ -420,8 +436,7 @@ class Actor:
 
     async def cancel(self) -> Status:
         self.check_open()
-        done = self._turn_done
-        if self.status is not Status.RUNNING or done is None:
+        if self.status is not Status.RUNNING or not self._turn_active:
             raise InvalidStatus(
                 f"cannot cancel conversation {self.conversation_id!r}: status is "
                 f"{self.status.value}, no turn is running",
@@ -430,6 +445,9 @@ class Actor:
         self._cancel_requested = True
         if self._turn_scope is not None:
             self._turn_scope.cancel()
+        done = self._turn_done
+        if done is None:
+            done = self._turn_done = anyio.Event()
         await done.wait()
         return self.status
 
@@ -505,7 +523,7 @@ class Actor:
                         if self.state.interrupt is not None:
                             self._abandon_interrupt()
                         self._begin_turn()
-                        await self._persist("turn_start")
+                        await self._persist("turn_start", shield=False)
                         if self.closed:
                             continue
                         await self._run_turn()
@@ -531,7 +549,7 @@ class Actor:
         taken = state.queued
         state.queued = []
         state.messages.extend(taken)
-        self._turn_done = anyio.Event()
+        self._turn_active = True
         if self.status is not Status.RUNNING:
             self._set_status(Status.RUNNING)
         for message in taken:
@@ -589,8 +607,6 @@ class Actor:
         self._resume = None
         cancelled = scope.cancel_called
         self._cancel_requested = False
-        done = self._turn_done
-        self._turn_done = None
         try:
             if cancelled or error is not None:
                 # A turn cut short by a stop does not hold the queue: those messages were
@@ -620,9 +636,12 @@ class Actor:
             elif isinstance(outcome, Pause):
                 await self._persist("pause")
             else:
-                await self._persist("completion")
+                await self._persist("completion", shield=False)
         finally:
+            self._turn_active = False
+            done = self._turn_done
             if done is not None:
+                self._turn_done = None
                 done.set()
 
     async def _call_resume(self, turn: Turn, answer: Any) -> Any:
@@ -646,7 +665,7 @@ class Actor:
             if streamed and not any(m.role == "assistant" for m in added):
                 reply = streamed
         if reply is not None:
-            message = Message(role="assistant", content=reply)
+            message = Message(role="assistant", content=reply)  # agent output: validated
             new.messages.append(message)
             added.append(message)
         for message in added:
@@ -683,7 +702,9 @@ class Actor:
             lifecycle=lifecycle,
         )
 
-    async def _persist(self, lifecycle: Lifecycle, *, reserve: int = 0) -> bool:
+    async def _persist(
+        self, lifecycle: Lifecycle, *, reserve: int = 0, shield: bool = True
+    ) -> bool:
         """Save until the store holds generation ``_gen`` as of this call.
 
         Returns False when the save failed (the session keeps serving from memory
@@ -707,14 +728,20 @@ class Actor:
             gen = self._gen
             try:
                 record = self._record(lifecycle, reserve)
-                # Shielded: a caller that goes away must not leave a save half-done.
-                with anyio.CancelScope(shield=True):
-                    self._version = await self.sup._store.save(
-                        self.conversation_id,
-                        record,
-                        expected_version=self._version,
-                        lifecycle=lifecycle,
-                    )
+                save = self.sup._store.save(
+                    self.conversation_id,
+                    record,
+                    expected_version=self._version,
+                    lifecycle=lifecycle,
+                )
+                if shield:
+                    # A caller that goes away must not leave a save half-done (the store
+                    # would move on while we keep the old version). The worker is only
+                    # cancelled after the drain, so it skips the cost.
+                    with anyio.CancelScope(shield=True):
+                        self._version = await save
+                else:
+                    self._version = await save
                 self._saved_gen = gen
             except StaleWriteError as exc:
                 self.log().warning("session_superseded", error=str(exc))

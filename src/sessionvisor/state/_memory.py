@@ -81,8 +81,10 @@ class MemoryStore:
         Raises:
             CorruptStateError: the stored state cannot be read; it is left untouched.
         """
-        await checkpoint()
         row = self._records.get(conversation_id)
+        # Yield after reading, as a real store's answer can be stale by the time the
+        # caller resumes: writers racing on one conversation interleave here.
+        await checkpoint()
         if row is None:
             return None
         record = row.unpack()
@@ -114,9 +116,8 @@ class MemoryStore:
             ValueError: ``lifecycle`` is not one of ``LIFECYCLES``.
         """
         check_lifecycle(conversation_id, lifecycle)
-        await checkpoint()
-        # From here to the assignment there is no await: no other task can
-        # save this conversation between the check and the write.
+        # No checkpoint here (unlike the other methods): a save is on every turn's
+        # path, and without an await the check-and-set below is atomic.
         current = self._records.get(conversation_id)
         actual = None if current is None else current.record.version
         if actual != expected_version:
