@@ -44,7 +44,11 @@ async def test_memory_store_shows_quarantined_records(anyio_backend: str) -> Non
 
 async def test_a_save_that_extends_the_history_keeps_every_message(anyio_backend: str) -> None:
     store = MemoryStore()
-    messages = [{"role": "user", "content": "one"}]
+
+    class History(list):  # what the runtime's encoder hands over: append-only, weakly held
+        __slots__ = ("__weakref__",)
+
+    messages = History([{"role": "user", "content": "one"}])
     state = {"messages": messages, "queued": [], "metadata": {}, "interrupt": None, "version": 1}
     version = await store.save(
         "c-1", StoredConversation(state=state), expected_version=None, lifecycle="turn_start"

@@ -102,6 +102,9 @@ class Subscription:
         return len(self._buffer)
 
 
+_NO_SUBSCRIBERS: list[Subscription] = []  # never appended to: see LocalBus.subscribe
+
+
 class _Topic:
     __slots__ = (
         "_delivered",
@@ -121,7 +124,8 @@ class _Topic:
         # Allocated on the first event and dropped when the session hibernates: a
         # parked conversation should cost bytes, not buffers.
         self.replay: deque[Event] | None = None
-        self.subscribers: list[Subscription] = []
+        # Shared and empty until the first subscriber: most topics have none.
+        self.subscribers: list[Subscription] = _NO_SUBSCRIBERS
         # seq of the last event each cut-off subscriber received, for its error message
         self._delivered: dict[int, int] | None = None
 
@@ -234,6 +238,8 @@ class LocalBus:
         elif after > topic.last_seq:
             # A seq we never issued (another server, a lost store): start over, marked.
             sub._buffer.append(topic.snapshot(status, interrupt, gap=True))
+        if topic.subscribers is _NO_SUBSCRIBERS:
+            topic.subscribers = []
         topic.subscribers.append(sub)
         return sub
 
@@ -241,6 +247,8 @@ class LocalBus:
         topic = sub._topic
         if sub in topic.subscribers:
             topic.subscribers.remove(sub)
+            if not topic.subscribers:
+                topic.subscribers = _NO_SUBSCRIBERS
         if topic._delivered is not None:
             topic._delivered.pop(id(sub), None)
 
@@ -248,5 +256,5 @@ class LocalBus:
         for topic in self._topics.values():
             for sub in topic.subscribers:
                 sub._close()
-            topic.subscribers.clear()
+            topic.subscribers = _NO_SUBSCRIBERS
         self._topics.clear()

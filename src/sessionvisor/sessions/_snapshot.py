@@ -20,7 +20,17 @@ from typing import Any
 
 from ..state import SCHEMA_VERSION, Message, State
 
-__all__: list[str] = []
+__all__: list[str] = ["DumpedHistory"]
+
+
+class DumpedHistory(list[dict[str, Any]]):
+    """The encoder's append-only list of message dicts.
+
+    Weakly referenceable, so a store can recognise the next save as an
+    extension of this very list without keeping it (or its dicts) alive.
+    """
+
+    __slots__ = ("__weakref__",)
 
 
 def dump_message(message: Message) -> dict[str, Any]:
@@ -46,7 +56,7 @@ class SnapshotEncoder:
     __slots__ = ("_dicts", "_last", "_source")
 
     def __init__(self) -> None:
-        self._dicts: list[dict[str, Any]] = []
+        self._dicts = DumpedHistory()
         self._source: list[Message] | None = None
         self._last: Message | None = None
 
@@ -60,7 +70,7 @@ class SnapshotEncoder:
         ):
             # History was replaced or cut: start a new list (the old one may still be
             # referenced by a store mid-save, so it is never edited backwards).
-            self._dicts = []
+            self._dicts = DumpedHistory()
             self._source = messages
             done = 0
         if done < len(messages):

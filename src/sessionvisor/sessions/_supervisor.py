@@ -33,7 +33,10 @@ __all__ = ["SessionSupervisor", "default_owner_of"]
 
 _log = structlog.get_logger("sessionvisor")
 _ANY: Any = object()
-_NO_RESUME: Any = object()  # None is a valid answer, so "no pending resume" needs its own value
+_NO_RESUME: Any = object()
+# One shared empty mapping for the many sessions with no request options or extra;
+# nothing in the runtime mutates either.
+_EMPTY: dict[str, Any] = {}  # None is a valid answer, so "no pending resume" needs its own value
 
 
 def default_owner_of(scope: Any) -> str | None:
@@ -272,11 +275,11 @@ class SessionSupervisor:
             agent_id,
             owner=owner,
             route_key=route.key,
-            request_opts=recorded_opts,
+            request_opts=recorded_opts or _EMPTY,
             scope=scope,
             agent=agent,
             opts=opts,
-            extra=session_opts.extra,
+            extra=session_opts.extra or _EMPTY,
             state=state,
             version=stored.version if stored is not None else None,
             topic=topic,
@@ -356,7 +359,7 @@ class SessionSupervisor:
         state.queued.extend(carried)
         actor.agent = agent
         actor.opts = self._defaults.merged(session_opts.supervisor_opts)
-        actor.extra = session_opts.extra
+        actor.extra = session_opts.extra or _EMPTY
         actor.state = state
         actor._version = stored.version if stored is not None else None
         actor._saved_gen = actor._gen

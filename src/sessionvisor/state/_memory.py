@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any
@@ -168,66 +169,84 @@ class MemoryStore:
 _NO_STATE: dict[str, Any] = {}
 
 
+def _weak(messages: list[Any]) -> Any:
+    try:
+        return weakref.ref(messages)
+    except TypeError:  # a plain list: every save rewrites the history
+        return None
+
+
 def _encode(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class _Row:
-    """One stored conversation: the record, its state without the history, and
-    the history as one JSON piece per message."""
+    """One stored conversation: the record, its state without the history, and the
+    history as the comma-joined JSON of its messages in one growing buffer."""
 
-    __slots__ = ("head", "last", "messages", "record")
+    __slots__ = ("count", "head", "history", "record", "source")
 
     def __init__(
         self,
         record: StoredConversation,
         head: bytes,
-        messages: list[bytes] | None,
-        last: Any,
+        history: bytearray | None,
+        count: int,
+        source: Any,
     ) -> None:
         self.record = record
         self.head = head  # a JSON object without "messages", or raw unreadable bytes
-        self.messages = messages
-        self.last = last  # the dict the last piece was encoded from
+        self.history = history
+        self.count = count
+        # A weak reference to the list the history was encoded from, when the writer
+        # keeps an append-only list (the runtime's encoder does): the next save of that
+        # same list only adds its tail. Weak, so an idle conversation keeps no dicts.
+        self.source = source
 
     @classmethod
     def pack(cls, record: StoredConversation, state: Any) -> _Row:
         if isinstance(state, bytes | str):
             # Bytes that are not a state (a test planting a corrupt row) stay as they are.
-            return cls(record, state.encode() if isinstance(state, str) else state, None, None)
+            raw = state.encode() if isinstance(state, str) else state
+            return cls(record, raw, None, 0, None)
         messages = state.get("messages") if isinstance(state, Mapping) else None
         if not isinstance(messages, list):
-            return cls(record, _encode(state), None, None)
+            return cls(record, _encode(state), None, 0, None)
         rest = {k: v for k, v in state.items() if k != "messages"}
-        pieces = [_encode(m) for m in messages]
-        return cls(record, _encode(rest), pieces, messages[-1] if messages else None)
+        history = bytearray(b",".join(_encode(m) for m in messages))
+        return cls(record, _encode(rest), history, len(messages), _weak(messages))
 
     def extend(self, state: Any) -> bool:
-        """Take ``state`` if its history extends ours (same dicts); return False if not."""
-        pieces = self.messages
-        if pieces is None or not isinstance(state, Mapping):
+        """Take ``state`` if its history extends ours (same list); return False if not."""
+        history = self.history
+        if history is None or not isinstance(state, Mapping):
             return False
         messages = state.get("messages")
-        done = len(pieces)
+        done = self.count
+        source = self.source
         if (
-            not isinstance(messages, list)
+            source is None
+            or source() is not messages
+            or not isinstance(messages, list)
             or done > len(messages)
-            or (done and messages[done - 1] is not self.last)
         ):
             return False
         rest = {k: v for k, v in state.items() if k != "messages"}
         self.head = _encode(rest)
-        if done < len(messages):
-            pieces.extend(_encode(m) for m in messages[done:])
-            self.last = messages[-1]
+        for message in messages[done:]:
+            if history:
+                history += b","
+            history += _encode(message)
+        self.count = len(messages)
         return True
 
     def state_bytes(self) -> bytes:
-        if self.messages is None:
+        if self.history is None:
             return self.head
-        history = b'"messages":[' + b",".join(self.messages) + b"]"
         inner = self.head[1:-1]
-        return b"{" + (inner + b"," if inner else b"") + history + b"}"
+        return b"".join(
+            (b"{", inner, b"," if inner else b"", b'"messages":[', self.history, b"]}")
+        )
 
     def unpack(self) -> StoredConversation:
         try:
