@@ -26,6 +26,7 @@ from ._actor import Actor, describe
 from ._bus import LocalBus, Subscription
 from ._events import Status
 from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
+from ._runners import Runners
 from ._timers import Deadlines
 from ._validation import check_content, check_conversation_id
 
@@ -106,6 +107,7 @@ class SessionSupervisor:
         self._bus = LocalBus()
         self._deadlines = Deadlines(self._clock)
         self._tg: anyio.abc.TaskGroup | None = None
+        self._runners: Runners | None = None
         self._phase: Literal["new", "open", "draining", "closed"] = "new"
 
     @property
@@ -130,6 +132,7 @@ class SessionSupervisor:
             raise RuntimeError("a SessionSupervisor can be entered only once")
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._runners = Runners(self._tg)
         self._tg.start_soon(self._deadlines.run)
         self._phase = "open"
         return self
@@ -165,8 +168,8 @@ class SessionSupervisor:
             raise RegistryUnavailable(f"{subject}the session supervisor {reason}")
 
     def _spawn(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        assert self._tg is not None
-        self._tg.start_soon(fn)
+        assert self._runners is not None
+        self._runners.submit(fn)
 
     # -- registry ------------------------------------------------------------------
 

@@ -176,8 +176,12 @@ def _weak(messages: list[Any]) -> Any:
         return None
 
 
+# One encoder for every save: json.dumps with custom separators builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _encode(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 class _Row:

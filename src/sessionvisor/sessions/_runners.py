@@ -1,0 +1,56 @@
+"""Reusable tasks for the supervisor's short pieces of work (turns, stops, saves).
+
+Spawning an anyio task costs tens of microseconds (a cancel scope, an event and
+bookkeeping per task), a large share of a cheap turn. Runners are tasks of the
+supervisor's task group that, after a piece of work, wait for the next one; at
+most ``max_idle`` wait at a time and the rest end, so the pool is bounded by
+the supervisor's peak concurrency and shrinks to ``max_idle``. They belong to
+the supervisor, never to a session: a parked session still holds no task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio
+import anyio.abc
+
+__all__: list[str] = []
+
+Work = Callable[[], Coroutine[Any, Any, Any]]
+
+
+class _Runner:
+    __slots__ = ("wake", "work")
+
+    def __init__(self) -> None:
+        self.work: Work | None = None
+        self.wake = anyio.Event()
+
+
+class Runners:
+    def __init__(self, tg: anyio.abc.TaskGroup, max_idle: int = 16) -> None:
+        self._tg = tg
+        self._max_idle = max_idle
+        self._idle: list[_Runner] = []
+
+    def submit(self, work: Work) -> None:
+        if self._idle:
+            runner = self._idle.pop()  # the most recently used: the others may time out
+            runner.work = work
+            runner.wake.set()
+        else:
+            self._tg.start_soon(self._run, work)
+
+    async def _run(self, work: Work | None) -> None:
+        runner = _Runner()
+        while work is not None:
+            await work()
+            if len(self._idle) >= self._max_idle:
+                return
+            runner.work = None
+            runner.wake = anyio.Event()
+            self._idle.append(runner)
+            await runner.wake.wait()  # until submit hands over work (or the group ends)
+            work = runner.work
