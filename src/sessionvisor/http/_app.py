@@ -109,10 +109,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # `_phase` is the runtime's own record of whether the supervisor was
-        # entered; entering twice raises, and the app must not drain a
-        # supervisor its owner entered for a wider block.
-        if supervisor._phase != "new":
+        # Enter the supervisor only if nobody did: entering twice raises, and the
+        # app must not drain a supervisor its owner entered for a wider block.
+        if supervisor.phase != "new":
             yield
             return
         async with supervisor:
@@ -305,9 +304,7 @@ class _Api:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        # `_phase` is private to the runtime, which has no public "accepting
-        # work" flag besides `draining` (False before entering, too).
-        phase = self.supervisor._phase
+        phase = self.supervisor.phase
         if phase == "open" and not self.streams.closing:
             return JSONResponse({"status": "ready"})
         detail = {

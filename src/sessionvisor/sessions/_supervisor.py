@@ -121,6 +121,11 @@ class SessionSupervisor:
         return self._defaults
 
     @property
+    def phase(self) -> Literal["new", "open", "draining", "closed"]:
+        """Where the supervisor is in its life: not entered yet, open, draining, closed."""
+        return self._phase
+
+    @property
     def draining(self) -> bool:
         """True while leaving the ``async with`` block."""
         return self._phase == "draining"
