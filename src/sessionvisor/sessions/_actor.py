@@ -15,9 +15,9 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import anyio
 import structlog
@@ -75,7 +75,7 @@ def new_message(role: Any, content: Content, metadata: dict[str, Any] | None = N
     if not isinstance(content, str):
         content = [dict(part) for part in content]
     return Message.model_construct(
-        id=uuid4().hex,
+        id=os.urandom(16).hex(),  # as random as uuid4().hex, at a fraction of the cost
         role=role,
         content=content,
         created_at=utcnow(),
@@ -110,6 +110,7 @@ class Actor:
         "_restarting",
         "_resume",
         "_retrying",
+        "_save_done",
         "_saved_gen",
         "_saving",
         "_state",
@@ -183,7 +184,8 @@ class Actor:
         self._version = version
         self._gen = 0
         self._saved_gen = 0
-        self._saving: anyio.Event | None = None
+        self._saving = False  # a save is in flight (one writer per conversation)
+        self._save_done: anyio.Event | None = None  # made only when someone waits
         self._worker = False
         self._turn_scope: anyio.CancelScope | None = None
         self._turn_active = False  # a turn was begun and has not ended yet
@@ -720,11 +722,10 @@ class Actor:
                 await restarting.wait()
                 target = self._gen
                 continue
-            saving = self._saving
-            if saving is not None:
-                await saving.wait()
+            if self._saving:
+                await self._wait_save()
                 continue
-            saving = self._saving = anyio.Event()
+            self._saving = True
             gen = self._gen
             try:
                 record = self._record(lifecycle, reserve)
@@ -754,9 +755,21 @@ class Actor:
                 self._report_store_error(exc, lifecycle)
                 return False
             finally:
-                self._saving = None
-                saving.set()
+                self._end_save()
         return True
+
+    async def _wait_save(self) -> None:
+        done = self._save_done
+        if done is None:
+            done = self._save_done = anyio.Event()
+        await done.wait()
+
+    def _end_save(self) -> None:
+        self._saving = False
+        done = self._save_done
+        if done is not None:
+            self._save_done = None
+            done.set()
 
     def _report_store_error(self, exc: Exception, lifecycle: str) -> None:
         self.log().error("store_save_failed", lifecycle=lifecycle, error=describe(exc))
@@ -776,12 +789,12 @@ class Actor:
             while self._saved_gen < self._gen and self._stop_reason != "superseded":
                 await clock.sleep_until(clock.now() + delay)
                 delay = min(delay * 2, 30.0)
-                if self._saving is not None or self._restarting is not None:
+                if self._saving or self._restarting is not None:
                     continue
                 if self.failed is not None:
                     return
                 gen = self._gen
-                self._saving = saving = anyio.Event()
+                self._saving = True
                 try:
                     with anyio.CancelScope(shield=True):
                         self._version = await self.sup._store.save(
@@ -799,8 +812,7 @@ class Actor:
                 except Exception as exc:
                     self.log().warning("store_save_retry_failed", error=describe(exc))
                 finally:
-                    self._saving = None
-                    saving.set()
+                    self._end_save()
         finally:
             self._retrying = False
 

@@ -52,31 +52,46 @@ def dump_message(message: Message) -> dict[str, Any]:
     return message.model_dump(mode="json")
 
 
-class SnapshotEncoder:
-    __slots__ = ("_dicts", "_last", "_source")
+class _ListDump:
+    """The dicts of one append-only list of messages, extended as the list grows."""
+
+    __slots__ = ("dicts", "last", "source")
 
     def __init__(self) -> None:
-        self._dicts = DumpedHistory()
-        self._source: list[Message] | None = None
-        self._last: Message | None = None
+        self.dicts = DumpedHistory()
+        self.source: list[Message] | None = None
+        self.last: Message | None = None
 
-    def dump(self, state: State) -> dict[str, Any]:
-        messages = state.messages
-        done = len(self._dicts)
+    def dump(self, messages: list[Message]) -> DumpedHistory:
+        done = len(self.dicts)
         if (
-            messages is not self._source
+            messages is not self.source
             or done > len(messages)
-            or (done and messages[done - 1] is not self._last)
+            or (done and messages[done - 1] is not self.last)
         ):
-            # History was replaced or cut: start a new list (the old one may still be
+            # The list was replaced or cut: start a new one (the old one may still be
             # referenced by a store mid-save, so it is never edited backwards).
-            self._dicts = DumpedHistory()
-            self._source = messages
+            self.dicts = DumpedHistory()
+            self.source = messages
             done = 0
         if done < len(messages):
-            self._dicts.extend(dump_message(m) for m in messages[done:])
-            self._last = messages[-1]
-        data = state.model_dump(mode="json", exclude={"messages"})
-        data["messages"] = self._dicts
+            self.dicts.extend(dump_message(m) for m in messages[done:])
+            self.last = messages[-1]
+        return self.dicts
+
+
+class SnapshotEncoder:
+    """Dumps a State for a save, re-using the dicts of messages it dumped before."""
+
+    __slots__ = ("_messages", "_queued")
+
+    def __init__(self) -> None:
+        self._messages = _ListDump()
+        self._queued = _ListDump()  # queued messages pile up the same way mid-turn
+
+    def dump(self, state: State) -> dict[str, Any]:
+        data = state.model_dump(mode="json", exclude={"messages", "queued"})
+        data["messages"] = self._messages.dump(state.messages)
+        data["queued"] = self._queued.dump(state.queued)
         data["version"] = SCHEMA_VERSION if state.version is None else state.version
         return data

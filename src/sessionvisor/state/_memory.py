@@ -184,73 +184,80 @@ def _encode(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-class _Row:
-    """One stored conversation: the record, its state without the history, and the
-    history as the comma-joined JSON of its messages in one growing buffer."""
+_PIECES = ("messages", "queued")  # the lists that grow at their end between saves
 
-    __slots__ = ("count", "head", "history", "record", "source")
+
+class _Piece:
+    """One growing list of a stored state: its items' JSON, comma-joined in one buffer."""
+
+    __slots__ = ("buffer", "count", "source")
+
+    def __init__(self, items: list[Any]) -> None:
+        self.buffer = bytearray(b",".join(_encode(item) for item in items))
+        self.count = len(items)
+        # A weak reference to the list the items came from, when the writer keeps an
+        # append-only list (the runtime's encoder does): the next save of that same
+        # list only adds its tail. Weak, so an idle conversation keeps no dicts.
+        self.source = _weak(items)
+
+    def extend(self, items: Any) -> bool:
+        source = self.source
+        if source is None or source() is not items or self.count > len(items):
+            return False
+        buffer = self.buffer
+        for item in items[self.count :]:
+            if buffer:
+                buffer += b","
+            buffer += _encode(item)
+        self.count = len(items)
+        return True
+
+
+class _Row:
+    """One stored conversation: the record, its state without the growing lists (as
+    JSON), and each growing list as a ``_Piece``."""
+
+    __slots__ = ("head", "pieces", "record")
 
     def __init__(
-        self,
-        record: StoredConversation,
-        head: bytes,
-        history: bytearray | None,
-        count: int,
-        source: Any,
+        self, record: StoredConversation, head: bytes, pieces: dict[str, _Piece] | None
     ) -> None:
         self.record = record
-        self.head = head  # a JSON object without "messages", or raw unreadable bytes
-        self.history = history
-        self.count = count
-        # A weak reference to the list the history was encoded from, when the writer
-        # keeps an append-only list (the runtime's encoder does): the next save of that
-        # same list only adds its tail. Weak, so an idle conversation keeps no dicts.
-        self.source = source
+        self.head = head  # a JSON object without the pieces, or raw unreadable bytes
+        self.pieces = pieces
 
     @classmethod
     def pack(cls, record: StoredConversation, state: Any) -> _Row:
         if isinstance(state, bytes | str):
             # Bytes that are not a state (a test planting a corrupt row) stay as they are.
             raw = state.encode() if isinstance(state, str) else state
-            return cls(record, raw, None, 0, None)
-        messages = state.get("messages") if isinstance(state, Mapping) else None
-        if not isinstance(messages, list):
-            return cls(record, _encode(state), None, 0, None)
-        rest = {k: v for k, v in state.items() if k != "messages"}
-        history = bytearray(b",".join(_encode(m) for m in messages))
-        return cls(record, _encode(rest), history, len(messages), _weak(messages))
+            return cls(record, raw, None)
+        if not isinstance(state, Mapping):
+            return cls(record, _encode(state), None)
+        pieces = {key: _Piece(state[key]) for key in _PIECES if isinstance(state.get(key), list)}
+        rest = {k: v for k, v in state.items() if k not in pieces}
+        return cls(record, _encode(rest), pieces)
 
     def extend(self, state: Any) -> bool:
-        """Take ``state`` if its history extends ours (same list); return False if not."""
-        history = self.history
-        if history is None or not isinstance(state, Mapping):
+        """Take ``state`` if its lists extend ours (the same lists); return False if not."""
+        pieces = self.pieces
+        if pieces is None or not isinstance(state, Mapping):
             return False
-        messages = state.get("messages")
-        done = self.count
-        source = self.source
-        if (
-            source is None
-            or source() is not messages
-            or not isinstance(messages, list)
-            or done > len(messages)
-        ):
+        if set(pieces) != {key for key in _PIECES if isinstance(state.get(key), list)}:
             return False
-        rest = {k: v for k, v in state.items() if k != "messages"}
-        self.head = _encode(rest)
-        for message in messages[done:]:
-            if history:
-                history += b","
-            history += _encode(message)
-        self.count = len(messages)
+        for key, piece in pieces.items():
+            if not piece.extend(state[key]):
+                # Pieces already extended stay valid; the caller re-packs the whole row.
+                return False
+        self.head = _encode({k: v for k, v in state.items() if k not in pieces})
         return True
 
     def state_bytes(self) -> bytes:
-        if self.history is None:
+        if self.pieces is None:
             return self.head
-        inner = self.head[1:-1]
-        return b"".join(
-            (b"{", inner, b"," if inner else b"", b'"messages":[', self.history, b"]}")
-        )
+        parts = [self.head[1:-1]] if len(self.head) > 2 else []
+        parts += [b'"%s":[%s]' % (key.encode(), piece.buffer) for key, piece in self.pieces.items()]
+        return b"{" + b",".join(parts) + b"}"
 
     def unpack(self) -> StoredConversation:
         try:
