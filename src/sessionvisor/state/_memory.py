@@ -239,7 +239,9 @@ class _Row:
         return cls(record, _encode(rest), pieces)
 
     def extend(self, state: Any) -> bool:
-        """Take ``state`` if its lists extend ours (the same lists); return False if not."""
+        """Take ``state``, re-encoding only the lists that do not extend ours (the
+        queue is a new list after every turn; the history rarely is). Return False
+        when the shape differs and the caller must pack a new row."""
         pieces = self.pieces
         if pieces is None or not isinstance(state, Mapping):
             return False
@@ -247,8 +249,7 @@ class _Row:
             return False
         for key, piece in pieces.items():
             if not piece.extend(state[key]):
-                # Pieces already extended stay valid; the caller re-packs the whole row.
-                return False
+                pieces[key] = _Piece(state[key])
         self.head = _encode({k: v for k, v in state.items() if k not in pieces})
         return True
 
