@@ -83,12 +83,12 @@ class MemoryStore:
             CorruptStateError: the stored state cannot be read; it is left untouched.
         """
         row = self._records.get(conversation_id)
-        # Yield after reading, as a real store's answer can be stale by the time the
-        # caller resumes: writers racing on one conversation interleave here.
+        # Read now, yield after: like a real store's answer, it can be stale by the
+        # time the caller resumes (rows are updated in place, so unpack first).
+        record = None if row is None else row.unpack()
         await checkpoint()
-        if row is None:
+        if record is None:
             return None
-        record = row.unpack()
         upgraded, validated = decode_state(
             record.state, conversation_id, migrations=self._migrations
         )
