@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -688,10 +689,16 @@ class Actor:
     # -- persistence ---------------------------------------------------------------
 
     def _record(self, lifecycle: str, reserve: int = 0) -> StoredConversation:
-        encoder = self._encoder
-        if encoder is None:
-            encoder = self._encoder = SnapshotEncoder()
-        data = encoder.dump(self.state)
+        if self._state is None:
+            # Folded (hibernated): its JSON already is the dump; unfolding 100,000 of
+            # them to stop them is what would make a drain slow and memory-hungry.
+            assert self._frozen is not None
+            data = json.loads(self._frozen)
+        else:
+            encoder = self._encoder
+            if encoder is None:
+                encoder = self._encoder = SnapshotEncoder()
+            data = encoder.dump(self._state)
         if self._resume is not None:
             # Until the resume turn ends, the store keeps the interrupt it answers.
             data["interrupt"] = self._resume[1].model_dump(mode="json")
@@ -883,8 +890,17 @@ class Actor:
         self._mark_stopped()
         return True
 
+    def _peek_interrupt(self) -> PendingInterrupt | None:
+        """The pending interrupt, without unfolding a folded State."""
+        if self._state is not None:
+            return self._state.interrupt
+        if self.status is not Status.INTERRUPTED or self._frozen is None:
+            return None
+        data = json.loads(self._frozen).get("interrupt")
+        return None if data is None else PendingInterrupt.model_validate(data)
+
     def _emit_shutdown(self, reason: str) -> None:
-        interrupt = self.state.interrupt
+        interrupt = self._peek_interrupt()
         restorable = False
         if interrupt is not None:
             hook = getattr(self.agent, "restorable", None)
@@ -905,7 +921,8 @@ class Actor:
             self._gen += 1
             # Messages still waiting (not held) are saved as `queued` so that the next
             # wake runs them; held ones stay held.
-            pending = bool(self.state.queued) and not self._hold
+            # (A folded session has no unheld queue: it would not have parked.)
+            pending = self._state is not None and bool(self._state.queued) and not self._hold
             await self._persist("queued" if pending else "shutdown", reserve=1)
         self._emit_shutdown(reason)
         self._mark_stopped()

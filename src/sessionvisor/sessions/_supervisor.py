@@ -34,10 +34,11 @@ __all__ = ["SessionSupervisor", "default_owner_of"]
 
 _log = structlog.get_logger("sessionvisor")
 _ANY: Any = object()
-_NO_RESUME: Any = object()
+_NO_RESUME: Any = object()  # None is a valid answer, so "no pending resume" needs its own value
 # One shared empty mapping for the many sessions with no request options or extra;
 # nothing in the runtime mutates either.
-_EMPTY: dict[str, Any] = {}  # None is a valid answer, so "no pending resume" needs its own value
+_EMPTY: dict[str, Any] = {}
+_DRAINERS = 64  # sessions stopped at once while draining
 
 
 def default_owner_of(scope: Any) -> str | None:
@@ -151,9 +152,20 @@ class SessionSupervisor:
             with anyio.CancelScope(shield=True):
                 while self._flights:
                     await next(iter(self._flights.values())).done.wait()
+                # A bounded crew of drainers, not a task per session: a supervisor
+                # holding 100,000 parked sessions must not need 100,000 tasks (and
+                # their memory) to stop. Busy sessions go first, so their turns
+                # start their shutdown_timeout at once.
+                actors = sorted(self._actors.values(), key=lambda a: not a.busy)
+                pending = iter(actors)
+
+                async def drainer() -> None:
+                    for actor in pending:
+                        await actor.stop("drain")
+
                 async with anyio.create_task_group() as tg:
-                    for actor in list(self._actors.values()):
-                        tg.start_soon(actor.stop, "drain")
+                    for _ in range(min(_DRAINERS, len(actors))):
+                        tg.start_soon(drainer)
                 self._bus.close_all()
         finally:
             self._tg.cancel_scope.cancel()
