@@ -178,3 +178,25 @@ async def test_two_processes_writing_one_file_never_both_win_a_version(tmp_path:
     assert sum(result["lost"] for result in results) > 0, results  # type: ignore[misc]
     # Each version from 2 to the last was won exactly once, across processes.
     assert sorted(wins) == list(range(2, final.version + 1))
+
+
+async def test_synchronous_is_applied_and_checked(anyio_backend: str, tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "sync.db", synchronous="normal")
+    async with store:
+        await store.save(
+            "c-1",
+            StoredConversation(state=dump_state(State())),
+            expected_version=None,
+            lifecycle="queued",
+        )
+        assert store._conn is not None
+        # 1 is NORMAL in SQLite's numbering (2 is FULL).
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore(tmp_path / "x.db", synchronous="OFF")
+    assert (
+        sqlite3.connect(tmp_path / "sync.db")
+        .execute("select count(*) from conversations")
+        .fetchone()[0]
+        == 1
+    )
