@@ -51,14 +51,18 @@ async def fill(sup: object, cues: Cues) -> None:
         await wait_for_status(sup, cid, Status.RUNNING)  # type: ignore[arg-type]
 
 
-async def check_drained(store: StateStore, recorders: dict[str, Recorder]) -> None:
+async def check_drained(
+    store: StateStore, recorders: dict[str, Recorder], cut: frozenset[str] = frozenset()
+) -> None:
     for cid, rec in recorders.items():
         shutdowns = rec.of(Shutdown)
         assert [s.reason for s in shutdowns] == ["drain"], cid
         assert rec.ended, f"the subscription of {cid} did not end at drain"
         record = await store.load(cid)
         assert record is not None, f"{cid} was not persisted"
-        assert record.lifecycle == "shutdown"
+        # A turn the drain cut short hands its messages back to the queue, saved as
+        # `queued` so that the next wake answers them.
+        assert record.lifecycle == ("queued" if cid in cut else "shutdown"), cid
         assert record.last_seq == shutdowns[0].seq
     for cid in DONE:
         state = await stored(store, cid)
@@ -147,10 +151,11 @@ async def test_drain_cancels_turns_that_outlast_shutdown_timeout_and_keeps_their
             drained.set()
 
     assert clock.now() - started_at >= 10.0
-    await check_drained(store, recorders)
+    await check_drained(store, recorders, cut=frozenset(SLOW))
     for cid in SLOW:
         state = await stored(store, cid)
-        assert (user_texts(state), assistant_texts(state)) == (["slow"], [])
+        assert (user_texts(state), assistant_texts(state)) == ([], [])
+        assert [m.text() for m in state.queued] == ["slow"]
     assert cues.gate.is_set() is False  # nobody released them: the timeout did
 
 

@@ -58,6 +58,7 @@ class Model:
     interrupt: bool = False  # a pending interrupt, live or stored
     stored: bool = False  # the store holds the conversation
     crash_after_release: bool = False  # the slow turn at the gate also carries a crash
+    batch: list[str] = field(default_factory=list)  # what the running turn took
     restart_times: list[float] = field(default_factory=list)
 
 
@@ -145,6 +146,7 @@ class SessionLives(RuleBasedStateMachine):
             event("one turn answered several queued messages")
         if cue(batch[-1]) == "slow":
             m.status = "running"
+            m.batch = batch
             m.crash_after_release = crash
             return
         self._finish(m, crash, cue(batch[-1]))
@@ -264,6 +266,12 @@ class SessionLives(RuleBasedStateMachine):
         m = self.models[cid]
         result = self.call(self.sup.stop, cid)
         assert result == ("not_running" if m.status == "not_running" else "stopped")
+        if m.status == "running":
+            # A turn the stop cuts short hands its messages back, ahead of the queue,
+            # and they are not held: the next wake answers them.
+            m.queue = m.batch + m.queue
+            m.held = False
+            event("a stop handed a running turn's messages back")
         m.stored = True if result == "stopped" else m.stored
         m.status = "not_running"
         m.crash_after_release = False

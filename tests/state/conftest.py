@@ -83,7 +83,7 @@ class MemoryBackend(Backend):
 
     def garble(self, conversation_id: str) -> None:
         row = self.store._records[conversation_id]
-        row.head, row.pieces = TRUNCATED.encode(), None
+        row.head, row.raw = TRUNCATED.encode(), True
 
     def raw_row(self, conversation_id: str) -> tuple[Any, ...] | None:
         row = self.store._records.get(conversation_id)

@@ -117,6 +117,7 @@ class Actor:
         "_state",
         "_stop_reason",
         "_stopped",
+        "_taken",
         "_timer_at",
         "_turn_active",
         "_turn_done",
@@ -190,6 +191,7 @@ class Actor:
         self._worker = False
         self._turn_scope: anyio.CancelScope | None = None
         self._turn_active = False  # a turn was begun and has not ended yet
+        self._taken = 0  # how many queued messages the current turn took
         self._turn_done: anyio.Event | None = None  # made only when someone waits
         self._resume: tuple[Any, PendingInterrupt] | None = None
         self._cancel_requested = False
@@ -552,6 +554,7 @@ class Actor:
         taken = state.queued
         state.queued = []
         state.messages.extend(taken)
+        self._taken = len(taken)
         self._turn_active = True
         if self.status is not Status.RUNNING:
             self._set_status(Status.RUNNING)
@@ -577,9 +580,11 @@ class Actor:
         mark = len(history)
         metadata = copy.deepcopy(state.metadata) if state.metadata else {}
         answer: Any = _NO_ANSWER
+        answered: PendingInterrupt | None = None
+        taken = 0 if resume else self._taken  # user messages this turn took from the queue
         if resume:
             assert self._resume is not None
-            answer = self._resume[0]
+            answer, answered = self._resume
         turn = Turn(
             state=state,
             agent_id=self.agent_id,
@@ -621,6 +626,20 @@ class Actor:
                 state.metadata = metadata
                 self.state = state
                 self._gen += 1
+                if cancelled and error is None and self._stop_reason is not None:
+                    # Stopped (or drained) mid-turn, not cancelled by the user: hand the
+                    # work back so the next wake does it - the turn's messages return to
+                    # the front of the queue, an answered interrupt is pending again.
+                    if answered is not None:
+                        state.interrupt = answered
+                        self._set_status(Status.INTERRUPTED)
+                    else:
+                        back = history[mark - taken : mark]
+                        del history[mark - taken : mark]
+                        state.queued[:0] = back
+                        self._set_status(Status.CANCELLED)
+                    self.log().info("turn_cancelled", by=self._stop_reason)
+                    return
                 if cancelled:
                     self._set_status(Status.CANCELLED)
                     await self._persist("cancel")

@@ -184,9 +184,6 @@ def _encode(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-_PIECES = ("messages", "queued")  # the lists that grow at their end between saves
-
-
 class _Piece:
     """One growing list of a stored state: its items' JSON, comma-joined in one buffer."""
 
@@ -200,7 +197,7 @@ class _Piece:
         # list only adds its tail. Weak, so an idle conversation keeps no dicts.
         self.source = _weak(items)
 
-    def extend(self, items: Any) -> bool:
+    def extend(self, items: list[Any]) -> bool:
         source = self.source
         if source is None or source() is not items or self.count > len(items):
             return False
@@ -213,52 +210,63 @@ class _Piece:
         return True
 
 
+def _piece(items: list[Any]) -> _Piece | None:
+    return _Piece(items) if items else None  # most queues are empty: keep nothing
+
+
 class _Row:
-    """One stored conversation: the record, its state without the growing lists (as
-    JSON), and each growing list as a ``_Piece``."""
+    """One stored conversation: the record, its state without ``messages`` and
+    ``queued`` (as JSON), and those two growing lists as pieces (None: empty)."""
 
-    __slots__ = ("head", "pieces", "record")
+    __slots__ = ("head", "messages", "queued", "raw", "record")
 
-    def __init__(
-        self, record: StoredConversation, head: bytes, pieces: dict[str, _Piece] | None
-    ) -> None:
+    def __init__(self, record: StoredConversation, head: bytes, raw: bool = False) -> None:
         self.record = record
-        self.head = head  # a JSON object without the pieces, or raw unreadable bytes
-        self.pieces = pieces
+        self.head = head  # a JSON object without the two lists, or raw bytes (raw=True)
+        self.raw = raw
+        self.messages: _Piece | None = None
+        self.queued: _Piece | None = None
 
     @classmethod
     def pack(cls, record: StoredConversation, state: Any) -> _Row:
         if isinstance(state, bytes | str):
             # Bytes that are not a state (a test planting a corrupt row) stay as they are.
-            raw = state.encode() if isinstance(state, str) else state
-            return cls(record, raw, None)
-        if not isinstance(state, Mapping):
-            return cls(record, _encode(state), None)
-        pieces = {key: _Piece(state[key]) for key in _PIECES if isinstance(state.get(key), list)}
-        rest = {k: v for k, v in state.items() if k not in pieces}
-        return cls(record, _encode(rest), pieces)
+            return cls(record, state.encode() if isinstance(state, str) else state, raw=True)
+        if not (
+            isinstance(state, Mapping)
+            and isinstance(state.get("messages"), list)
+            and isinstance(state.get("queued"), list)
+        ):
+            return cls(record, _encode(state), raw=True)
+        row = cls(record, _encode(_rest(state)))
+        row.messages = _piece(state["messages"])
+        row.queued = _piece(state["queued"])
+        return row
 
     def extend(self, state: Any) -> bool:
-        """Take ``state``, re-encoding only the lists that do not extend ours (the
+        """Take ``state``, re-encoding only a list that does not extend ours (the
         queue is a new list after every turn; the history rarely is). Return False
         when the shape differs and the caller must pack a new row."""
-        pieces = self.pieces
-        if pieces is None or not isinstance(state, Mapping):
+        if self.raw or not isinstance(state, Mapping):
             return False
-        if set(pieces) != {key for key in _PIECES if isinstance(state.get(key), list)}:
+        messages, queued = state.get("messages"), state.get("queued")
+        if not isinstance(messages, list) or not isinstance(queued, list):
             return False
-        for key, piece in pieces.items():
-            if not piece.extend(state[key]):
-                pieces[key] = _Piece(state[key])
-        self.head = _encode({k: v for k, v in state.items() if k not in pieces})
+        if self.messages is None or not self.messages.extend(messages):
+            self.messages = _piece(messages)
+        if self.queued is None or not self.queued.extend(queued):
+            self.queued = _piece(queued)
+        self.head = _encode(_rest(state))
         return True
 
     def state_bytes(self) -> bytes:
-        if self.pieces is None:
+        if self.raw:
             return self.head
-        parts = [self.head[1:-1]] if len(self.head) > 2 else []
-        parts += [b'"%s":[%s]' % (key.encode(), piece.buffer) for key, piece in self.pieces.items()]
-        return b"{" + b",".join(parts) + b"}"
+        inner = self.head[1:-1]
+        messages = b"" if self.messages is None else bytes(self.messages.buffer)
+        queued = b"" if self.queued is None else bytes(self.queued.buffer)
+        lists = b'"messages":[' + messages + b'],"queued":[' + queued + b"]"
+        return b"{" + (inner + b"," if inner else b"") + lists + b"}"
 
     def unpack(self) -> StoredConversation:
         try:
@@ -266,3 +274,7 @@ class _Row:
         except ValueError:
             state = self.head  # decode_state reports it as corrupt, naming the conversation
         return attrs.evolve(self.record, state=state)
+
+
+def _rest(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k not in ("messages", "queued")}
