@@ -108,3 +108,32 @@ async def test_a_resume_that_a_stop_cut_short_leaves_the_interrupt_to_answer_aga
             await sup.resume("c", "yes")  # wakes it carrying the answer
             await wait_for_status(sup, "c", Status.IDLE)
         assert script.answers == ["yes"]
+
+
+async def test_a_restorable_hook_that_raises_does_not_break_the_stop_or_the_supervisor(
+    anyio_backend: str,
+) -> None:
+    class Brittle:
+        async def run(self, turn: Turn) -> Any:
+            text = turn.state.messages[-1].text()
+            if text == "ask":
+                return Interrupt(turn.state, {"question": "go?"})
+            return Done(turn.state, reply=f"re: {text}")
+
+        def restorable(self, interrupt: Any) -> bool:
+            raise RuntimeError("hook broke")
+
+    async with SessionSupervisor(SingleRouter(lambda a, c: Brittle())) as sup:
+        with anyio.fail_after(5):
+            await sup.send("c", "ask")
+            await wait_for_status(sup, "c", Status.INTERRUPTED)
+            async with sup.subscribe("c") as events:
+                assert await sup.stop("c") == "stopped"
+                async for event in events:
+                    if event.event_type == "Shutdown":
+                        assert event.interrupt_restorable is False  # type: ignore[attr-defined]
+                        break
+            # The supervisor still serves: another conversation, and this one again.
+            await sup.send("other", "hi")
+            await wait_for_status(sup, "other", Status.IDLE)
+            assert (await sup.start("c")).handle.status is Status.INTERRUPTED

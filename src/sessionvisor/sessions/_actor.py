@@ -923,7 +923,11 @@ class Actor:
         restorable = False
         if interrupt is not None:
             hook = getattr(self.agent, "restorable", None)
-            restorable = True if hook is None else bool(hook(interrupt))
+            try:
+                restorable = True if hook is None else bool(hook(interrupt))
+            except Exception as exc:  # the agent's hook must not break a stop
+                self.log().warning("restorable_hook_failed", error=describe(exc))
+                restorable = False
         self._emit(
             Shutdown,
             reason=reason,

@@ -15,8 +15,11 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import structlog
 
 __all__: list[str] = []
+
+_log = structlog.get_logger("sessionvisor")
 
 Work = Callable[[], Coroutine[Any, Any, Any]]
 
@@ -46,7 +49,12 @@ class Runners:
     async def _run(self, work: Work | None) -> None:
         runner = _Runner()
         while work is not None:
-            await work()
+            try:
+                await work()
+            except Exception:
+                # Work catches its own failures; one that escapes is a bug in one
+                # session, and must not take the supervisor's task group down.
+                _log.exception("supervisor_work_failed")
             if len(self._idle) >= self._max_idle:
                 return
             runner.work = None

@@ -13,10 +13,14 @@ import itertools
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
+import structlog
 
 from .._clock import Clock
 
 __all__: list[str] = []
+
+_log = structlog.get_logger("sessionvisor")
 
 
 class _Timed(Protocol):
@@ -70,5 +74,8 @@ class Deadlines:
                 if item._timer_at != at:
                     continue  # superseded by an earlier entry
                 item._timer_at = None
-                item._timer_fired(now)
+                try:
+                    item._timer_fired(now)
+                except Exception:  # one session's timer must not stop everyone's
+                    _log.exception("session_timer_failed")
             await anyio.lowlevel.checkpoint()
