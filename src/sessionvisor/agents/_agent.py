@@ -7,7 +7,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from ..state import Content, PendingInterrupt, State
+from ..state import Content, State
 
 __all__ = ["Agent", "Done", "Interrupt", "Outcome", "Pause", "Turn", "TurnSink"]
 
@@ -125,7 +125,3 @@ class Agent(Protocol):
 
     async def run(self, turn: Turn) -> Outcome: ...
 
-
-def interrupt_of(outcome: Interrupt) -> PendingInterrupt:
-    """Return the ``PendingInterrupt`` an ``Interrupt`` outcome stores in State."""
-    return PendingInterrupt(kind=outcome.kind, data=outcome.data)

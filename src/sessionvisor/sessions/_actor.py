@@ -59,7 +59,6 @@ __all__: list[str] = []
 
 _log = structlog.get_logger("sessionvisor")
 
-_HELD = (Status.INTERRUPTED, Status.PAUSED, Status.ERROR, Status.CANCELLED)
 _NO_ANSWER: Any = object()
 
 
