@@ -3,11 +3,13 @@
 Calls from the supervisor mutate the actor synchronously (nothing awaits
 between a check and the change it guards, so concurrent callers on one event
 loop cannot interleave there). Work that awaits - running a turn, restarting,
-stopping - belongs to the *worker*, a task that exists only while there is
-such work: it is claimed by setting ``_worker`` before it is spawned and it
-releases the claim when nothing is left, so there is never more than one.
-Saves go through ``_persist``, a coalescing single writer, so the store sees
-one writer per conversation and versions advance one at a time.
+stopping - belongs to the *worker*, which exists only while there is such work:
+it is claimed by setting ``_worker`` before it is handed to the supervisor's
+runner pool and it releases the claim when nothing is left, so there is never
+more than one per conversation. Saves go through ``_persist``, a coalescing
+single writer, so the store sees one writer per conversation and versions
+advance one at a time. An idle session with no subscriber folds its State into
+JSON (``_hibernate``) and unfolds it on the next access.
 """
 
 from __future__ import annotations
