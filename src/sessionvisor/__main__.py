@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .state import StateStore
 
-__all__ = ["load_object", "main", "open_store"]
+__all__ = ["configure_json_logs", "load_object", "main", "open_store"]
 
 _HTTP_EXTRA = "the HTTP server needs the 'http' extra: pip install 'sessionvisor[http]'"
 
@@ -111,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
         )
+        sub.add_argument(
+            "--log-format",
+            default="console",
+            choices=["console", "json"],
+            help="console (default: for people) or json (one JSON object per line on "
+            "stdout, uvicorn's lines included: for log collectors)",
+        )
 
     demo = commands.add_parser(
         "demo",
@@ -186,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
     url = f"http://{_url_host(args.host)}:{args.port}/"
     banner = f"sessionvisor {args.command}: open {url} in a browser ({where}); Ctrl+C stops"
+    if args.log_format == "json":
+        configure_json_logs(args.log_level)
     try:
         anyio.run(
             _run,
@@ -207,6 +216,62 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+# The processors every JSON line goes through, structlog's own and uvicorn's alike.
+def _json_processors() -> list[Any]:
+    import structlog
+
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # A traceback becomes a list of frames inside the line, never extra lines.
+        structlog.processors.dict_tracebacks,
+    ]
+
+
+def configure_json_logs(level: str = "info") -> None:
+    """Send structlog's lines to stdout as one JSON object each, from ``level`` up.
+
+    Every line has ``event``, ``level`` and ``timestamp`` (ISO 8601, UTC), plus
+    what the logger bound: a session's lines carry ``conversation_id`` and
+    ``agent_id``. ``serve`` and ``demo`` call it for ``--log-format json`` and
+    hand uvicorn the matching logging configuration.
+    """
+    import logging
+
+    import structlog
+
+    structlog.configure(
+        processors=[*_json_processors(), structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _uvicorn_json_config(level: str) -> dict[str, Any]:
+    """uvicorn's ``log_config``: its server and access lines as JSON on stdout too."""
+    import structlog
+
+    formatter = {
+        "()": structlog.stdlib.ProcessorFormatter,
+        "foreign_pre_chain": [structlog.stdlib.add_logger_name, *_json_processors()],
+        "processors": [
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.JSONRenderer(),
+        ],
+    }
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
+    logger = {"handlers": ["json"], "level": level.upper(), "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": formatter},
+        "handlers": {"json": handler},
+        "loggers": {name: logger for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+    }
+
+
 async def _run(
     router: Any,
     store: StateStore,
@@ -214,6 +279,7 @@ async def _run(
     args: argparse.Namespace,
     banner: str,
 ) -> None:
+    import structlog
     import uvicorn
 
     from .http import close_event_streams, create_app
@@ -225,7 +291,10 @@ async def _run(
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
-                print(banner, flush=True)
+                if args.log_format == "json":
+                    structlog.get_logger("sessionvisor").info("serving", detail=banner)
+                else:
+                    print(banner, flush=True)
 
         async def shutdown(self, sockets: Any = None) -> None:
             # uvicorn waits for open responses, and event streams never end by themselves.
@@ -258,6 +327,9 @@ async def _run(
         )
         await stack.enter_async_context(supervisor)
         app = create_app(supervisor, scope_from_request=scope_from_request)
+        logging_options: dict[str, Any] = {}
+        if args.log_format == "json":
+            logging_options["log_config"] = _uvicorn_json_config(args.log_level)
         config = uvicorn.Config(
             app,
             host=args.host,
@@ -265,6 +337,7 @@ async def _run(
             log_level=args.log_level,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            **logging_options,
         )
         await Server(config).serve()
 
