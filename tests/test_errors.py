@@ -26,6 +26,7 @@ TREE = [
     (sv.InvalidStatus, RuntimeError),
     (sv.QueueFull, RuntimeError),
     (sv.MessageRejected, ValueError),
+    (sv.InvalidAnswer, ValueError),
     (sv.SessionFailedError, RuntimeError),
     (sv.AccessDenied, PermissionError),
     (sv.CorruptStateError, ValueError),
@@ -53,3 +54,15 @@ def test_invalid_status_carries_the_status_and_route_validation_the_errors() -> 
     assert sv.InvalidStatus("cannot cancel 'c-1': status is idle", "idle").status == "idle"
     err = sv.RouteValidationError("bad", [{"loc": ["persona"], "msg": "missing"}])
     assert err.errors == [{"loc": ["persona"], "msg": "missing"}]
+
+
+def test_the_pydantic_ai_adapter_raises_the_tree_s_invalid_answer() -> None:
+    """A refused answer is a ``SessionvisorError`` and still the ``ValueError`` it was."""
+    from sessionvisor.agents.pydantic_ai import InvalidAnswer, answer_to_results
+
+    assert InvalidAnswer is sv.InvalidAnswer
+    call = {"tool_call_id": "a", "tool_name": "pay", "args": {}, "kind": "approval"}
+    with pytest.raises(sv.SessionvisorError, match="expected True/False") as caught:
+        answer_to_results([call], "maybe")
+    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, sv.InvalidAnswer)

@@ -17,6 +17,7 @@ ValueError`` keeps working. The tree::
     ├── InvalidStatus                (RuntimeError)     the call does not fit the status
     ├── QueueFull                    (RuntimeError)     too many queued messages
     ├── MessageRejected              (ValueError)       the message preprocessor refused
+    ├── InvalidAnswer                (ValueError)       a resume answer does not fit the agent
     ├── SessionFailedError           (RuntimeError)     the session gave up restarting
     ├── AccessDenied                 (PermissionError)  scope does not own the conversation
     ├── CorruptStateError            (ValueError)       stored snapshot cannot be read
@@ -35,6 +36,7 @@ __all__ = [
     "FactoryError",
     "FactoryPermissionError",
     "FactoryValidationError",
+    "InvalidAnswer",
     "InvalidStatus",
     "MessageRejected",
     "NoRouteError",
@@ -113,6 +115,10 @@ class QueueFull(SessionvisorError, RuntimeError):
 
 class MessageRejected(SessionvisorError, ValueError):
     """The message preprocessor refused the message; nothing was stored."""
+
+
+class InvalidAnswer(SessionvisorError, ValueError):
+    """The answer given to ``resume`` does not fit what the agent asked (its tool calls)."""
 
 
 class SessionFailedError(SessionvisorError, RuntimeError):

@@ -56,6 +56,7 @@ from pydantic_ai.tools import ToolDenied as _ToolDenied
 from pydantic_ai.usage import UsageLimits
 from pydantic_core import to_jsonable_python
 
+from .._errors import InvalidAnswer
 from ..state import Message, PendingInterrupt, State
 from ._agent import Done, Interrupt, Outcome, Turn
 
@@ -85,10 +86,6 @@ MOVED_ON_MESSAGE = "The user sent a new message instead of answering; this tool 
 _USAGE_FIELDS = ("requests", "tool_calls", "input_tokens", "output_tokens")
 
 DepsFactory = Callable[[Turn], Any]
-
-
-class InvalidAnswer(ValueError):
-    """An answer given to ``resume`` does not fit the pending tool calls."""
 
 
 def load_history(state: State) -> list[ModelMessage]:
