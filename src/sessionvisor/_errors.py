@@ -22,6 +22,8 @@ ValueError`` keeps working. The tree::
     ├── AccessDenied                 (PermissionError)  scope does not own the conversation
     ├── CorruptStateError            (ValueError)       stored snapshot cannot be read
     ├── StaleWriteError              (RuntimeError)     someone else wrote first
+    ├── StoreClosed                  (RuntimeError)     the store was closed
+    ├── NothingStored                (LookupError)      quarantine found no row
     └── SubscriberOverflow           (RuntimeError)     a subscriber fell too far behind
 """
 
@@ -41,6 +43,7 @@ __all__ = [
     "MessageRejected",
     "NoRouteError",
     "NotRunning",
+    "NothingStored",
     "QueueFull",
     "RegistryUnavailable",
     "RouteChangedError",
@@ -49,6 +52,7 @@ __all__ = [
     "SessionFailedError",
     "SessionvisorError",
     "StaleWriteError",
+    "StoreClosed",
     "SubscriberOverflow",
 ]
 
@@ -135,6 +139,14 @@ class CorruptStateError(SessionvisorError, ValueError):
 
 class StaleWriteError(SessionvisorError, RuntimeError):
     """The stored version moved on: another writer owns the conversation now."""
+
+
+class StoreClosed(SessionvisorError, RuntimeError):
+    """The store was closed (``aclose``) and refuses further calls."""
+
+
+class NothingStored(SessionvisorError, LookupError):
+    """The store holds nothing for the conversation the call names."""
 
 
 class SubscriberOverflow(SessionvisorError, RuntimeError):

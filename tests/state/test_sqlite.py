@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sessionvisor._errors import CorruptStateError
+from sessionvisor._errors import CorruptStateError, StoreClosed
 from sessionvisor.state import Message, SQLiteStore, State, StoredConversation, dump_state
 
 pytestmark = pytest.mark.anyio
@@ -200,3 +200,29 @@ async def test_synchronous_is_applied_and_checked(anyio_backend: str, tmp_path: 
         .fetchone()[0]
         == 1
     )
+
+
+async def test_a_closed_store_raises_store_closed(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.aclose()
+
+    with pytest.raises(StoreClosed, match="closed"):
+        await store.unanswered()
+
+
+async def test_unanswered_reads_the_partial_index(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path) as store:
+        await store.save("c-1", record("hi"), expected_version=None, lifecycle="queued")
+
+    conn = sqlite3.connect(path)
+    try:
+        plan = " ".join(
+            str(row[-1])
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM conversations WHERE unanswered = 1 LIMIT -1"
+            )
+        )
+    finally:
+        conn.close()
+    assert "conversations_unanswered" in plan

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sessionvisor._errors import CorruptStateError, StaleWriteError
+from sessionvisor._errors import CorruptStateError, NothingStored, StaleWriteError
 from sessionvisor.state import (
     SCHEMA_VERSION,
     Message,
@@ -423,3 +423,65 @@ async def test_a_loaded_state_is_validated_once_yet_never_shared(backend: Backen
     assert [m.text() for m in second.messages] == ["a", "b"]
     assert second is not first
     assert loaded.state == dump_state(second)
+
+
+async def test_unanswered_lists_the_conversations_with_work_left(backend: Backend) -> None:
+    store = await backend.open()
+    pending = State(queued=[Message(role="user", content="still waiting")])
+    saves: list[tuple[str, State, str]] = [
+        ("c-turn", make_state("mid-turn"), "turn_start"),
+        ("c-queued", make_state("hi"), "queued"),
+        ("c-held", pending, "completion"),
+        ("c-done", make_state("hi", "hello"), "completion"),
+        ("c-asked", make_state("refund?"), "interrupt"),
+    ]
+    for cid, state, lifecycle in saves:
+        await store.save(cid, record_of(state), expected_version=None, lifecycle=lifecycle)
+
+    assert sorted(await store.unanswered()) == ["c-held", "c-queued", "c-turn"]
+    assert len(await store.unanswered(limit=2)) == 2
+    assert await store.unanswered(limit=0) == []
+
+
+async def test_unanswered_follows_each_save_delete_and_quarantine(backend: Backend) -> None:
+    store = await backend.open()
+    for cid in ("c-a", "c-b", "c-c"):
+        await store.save(
+            cid, record_of(make_state("hi")), expected_version=None, lifecycle="turn_start"
+        )
+
+    # Answered: leaves the index; a new message: back in it.
+    await store.save(
+        "c-a", record_of(make_state("hi", "ok")), expected_version=1, lifecycle="completion"
+    )
+    assert sorted(await store.unanswered()) == ["c-b", "c-c"]
+    await store.save(
+        "c-a", record_of(make_state("hi", "ok")), expected_version=2, lifecycle="queued"
+    )
+    await store.delete("c-b")
+    await store.quarantine("c-c")
+
+    assert await store.unanswered() == ["c-a"]
+    # A stale write changes nothing, the index included.
+    with pytest.raises(StaleWriteError):
+        await store.save(
+            "c-a", record_of(make_state("x")), expected_version=1, lifecycle="completion"
+        )
+    assert await store.unanswered() == ["c-a"]
+
+
+@pytest.mark.parametrize("limit", [-1, 1.5, True])
+async def test_unanswered_refuses_a_bad_limit(backend: Backend, limit: Any) -> None:
+    store = await backend.open()
+
+    with pytest.raises(ValueError, match="limit"):
+        await store.unanswered(limit=limit)
+
+
+async def test_quarantine_of_nothing_is_a_typed_lookup_error(backend: Backend) -> None:
+    store = await backend.open()
+
+    with pytest.raises(NothingStored, match=r"'c-none'.*nothing is stored") as caught:
+        await store.quarantine("c-none")
+
+    assert isinstance(caught.value, LookupError)

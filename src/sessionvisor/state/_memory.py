@@ -14,7 +14,14 @@ from anyio.lowlevel import checkpoint
 from .._clock import utcnow
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
-from ._writes import check_lifecycle, nothing_to_quarantine, quarantine_key, stale_write
+from ._writes import (
+    check_lifecycle,
+    check_limit,
+    is_unanswered,
+    nothing_to_quarantine,
+    quarantine_key,
+    stale_write,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -42,6 +49,8 @@ class MemoryStore:
     def __init__(self, *, migrations: MigrationRegistry | None = None) -> None:
         self._records: dict[str, _Row] = {}
         self._quarantined: dict[str, _Row] = {}
+        # The index behind ``unanswered``: kept on every save, delete and quarantine.
+        self._unanswered: dict[str, None] = {}
         self._migrations = migrations
 
     async def __aenter__(self) -> MemoryStore:
@@ -67,6 +76,25 @@ class MemoryStore:
     def ids(self) -> list[str]:
         """Return the ids of the stored conversations, quarantined ones excluded."""
         return list(self._records)
+
+    async def unanswered(self, limit: int | None = None) -> list[str]:
+        """Return the ids of the conversations with work the agent has not answered.
+
+        Those whose last save had the lifecycle ``turn_start`` or ``queued``, or
+        whose state holds queued messages; read from an index, not from the rows.
+
+        Args:
+            limit: at most this many ids (None: all of them).
+
+        Raises:
+            ValueError: ``limit`` is negative.
+        """
+        check_limit(limit)
+        await checkpoint()
+        ids = iter(self._unanswered)
+        if limit is None:
+            return list(ids)
+        return [cid for cid, _ in zip(ids, range(limit), strict=False)]
 
     async def load(self, conversation_id: str) -> StoredConversation | None:
         """Return the stored conversation, or None when there is none.
@@ -135,12 +163,17 @@ class MemoryStore:
             current.record = head
         else:
             self._records[conversation_id] = _Row.pack(head, record.state)
+        if is_unanswered(lifecycle, record.state):
+            self._unanswered[conversation_id] = None
+        else:
+            self._unanswered.pop(conversation_id, None)
         return new_version
 
     async def delete(self, conversation_id: str) -> None:
         """Remove the conversation; a missing one is not an error."""
         await checkpoint()
         self._records.pop(conversation_id, None)
+        self._unanswered.pop(conversation_id, None)
 
     async def quarantine(self, conversation_id: str) -> str:
         """Move the conversation's record aside, unchanged, and return its new key.
@@ -158,6 +191,7 @@ class MemoryStore:
         record = self._records.pop(conversation_id, None)
         if record is None:
             raise nothing_to_quarantine(conversation_id)
+        self._unanswered.pop(conversation_id, None)
         n = 1
         while quarantine_key(conversation_id, n) in self._quarantined:
             n += 1

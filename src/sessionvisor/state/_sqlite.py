@@ -26,7 +26,15 @@ from .._clock import utcnow
 from .._errors import CorruptStateError
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
-from ._writes import check_lifecycle, nothing_to_quarantine, quarantine_key, stale_write
+from ._writes import (
+    check_lifecycle,
+    check_limit,
+    closed,
+    is_unanswered,
+    nothing_to_quarantine,
+    quarantine_key,
+    stale_write,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -45,7 +53,8 @@ _SCHEMA = (
         request_opts TEXT,
         last_seq INTEGER,
         updated_at TEXT,
-        lifecycle TEXT
+        lifecycle TEXT,
+        unanswered INTEGER NOT NULL DEFAULT 0
     )
     """,
     # Quarantined rows keep their columns as they were (no decoding on the
@@ -156,7 +165,7 @@ class SQLiteStore:
             CorruptStateError: the row cannot be read (garbled or truncated
                 JSON, a state ``load_state`` refuses, a malformed column); the
                 row is left untouched.
-            RuntimeError: the store is closed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
         """
         row = await self._run(lambda conn: self._fetch(conn, conversation_id))
         if row is None:
@@ -187,7 +196,7 @@ class SQLiteStore:
             ValueError: ``lifecycle`` is not one of ``LIFECYCLES``.
             TypeError: the state or request options hold a value JSON cannot encode.
             sqlite3.Error: the database failed (e.g. locked beyond the busy timeout).
-            RuntimeError: the store is closed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
         """
         check_lifecycle(conversation_id, lifecycle)
 
@@ -198,6 +207,7 @@ class SQLiteStore:
             state_text = _dumps(record.state)
             values = (record.owner, record.route_key, _dumps(record.request_opts), record.last_seq)
             updated_at = utcnow().isoformat()
+            unanswered = int(is_unanswered(lifecycle, record.state))
             # IMMEDIATE takes the write lock before the read, so no other
             # connection can commit between our version check and our write.
             conn.execute("BEGIN IMMEDIATE")
@@ -211,17 +221,33 @@ class SQLiteStore:
                 if actual is None:
                     new_version = 1
                     conn.execute(
-                        f"INSERT INTO conversations (id, {_COLUMNS}) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (conversation_id, state_text, new_version, *values, updated_at, lifecycle),
+                        f"INSERT INTO conversations (id, {_COLUMNS}, unanswered) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            conversation_id,
+                            state_text,
+                            new_version,
+                            *values,
+                            updated_at,
+                            lifecycle,
+                            unanswered,
+                        ),
                     )
                 else:
                     new_version = actual + 1
                     conn.execute(
                         "UPDATE conversations SET state = ?, version = ?, owner = ?, "
                         "route_key = ?, request_opts = ?, last_seq = ?, updated_at = ?, "
-                        "lifecycle = ? WHERE id = ?",
-                        (state_text, new_version, *values, updated_at, lifecycle, conversation_id),
+                        "lifecycle = ?, unanswered = ? WHERE id = ?",
+                        (
+                            state_text,
+                            new_version,
+                            *values,
+                            updated_at,
+                            lifecycle,
+                            unanswered,
+                            conversation_id,
+                        ),
                     )
                 conn.execute("COMMIT")
             except BaseException:
@@ -231,12 +257,36 @@ class SQLiteStore:
 
         return await self._run(write)
 
+    async def unanswered(self, limit: int | None = None) -> list[str]:
+        """Return the ids of the conversations with work the agent has not answered.
+
+        Those whose last save had the lifecycle ``turn_start`` or ``queued``, or
+        whose state holds queued messages. Each save keeps a flag column, and a
+        partial index holds only the flagged rows, so this reads that index,
+        never every row.
+
+        Args:
+            limit: at most this many ids (None: all of them).
+
+        Raises:
+            ValueError: ``limit`` is negative.
+            sqlite3.Error: the database failed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
+        """
+        check_limit(limit)
+        query = "SELECT id FROM conversations WHERE unanswered = 1 LIMIT ?"
+
+        def select(conn: sqlite3.Connection) -> list[str]:
+            return [row[0] for row in conn.execute(query, (-1 if limit is None else limit,))]
+
+        return await self._run(select)
+
     async def delete(self, conversation_id: str) -> None:
         """Remove the conversation; a missing one is not an error.
 
         Raises:
             sqlite3.Error: the database failed.
-            RuntimeError: the store is closed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
         """
 
         def remove(conn: sqlite3.Connection) -> None:
@@ -254,9 +304,9 @@ class SQLiteStore:
             The quarantine key.
 
         Raises:
-            LookupError: no row is stored for the conversation.
+            NothingStored: no row is stored for the conversation (a ``LookupError``).
             sqlite3.Error: the database failed.
-            RuntimeError: the store is closed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
         """
 
         def move(conn: sqlite3.Connection) -> str:
@@ -297,7 +347,7 @@ class SQLiteStore:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
+            raise closed(self)
         return await anyio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
 
     def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -306,7 +356,7 @@ class SQLiteStore:
         conn = self._conn
         if conn is None:
             if self._closed:
-                raise RuntimeError(f"{self!r} is closed")
+                raise closed(self)
             conn = self._conn = self._connect()
         return fn(conn)
 
@@ -325,6 +375,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")  # checked in __init__
             for statement in _SCHEMA:
                 conn.execute(statement)
+            _add_unanswered_column(conn)
+            conn.execute(_UNANSWERED_INDEX)
         except BaseException:
             conn.close()
             raise
@@ -376,6 +428,37 @@ class SQLiteStore:
             updated_at=updated_at,
             lifecycle=lifecycle,
         )
+
+
+_UNANSWERED_INDEX = (
+    "CREATE INDEX IF NOT EXISTS conversations_unanswered ON conversations (id) "
+    "WHERE unanswered = 1"
+)
+
+
+def _add_unanswered_column(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
+    if "unanswered" in columns:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
+        if "unanswered" not in columns:  # another connection may have done it meanwhile
+            conn.execute(
+                "ALTER TABLE conversations ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0"
+            )
+            rows = conn.execute("SELECT id, lifecycle, state FROM conversations").fetchall()
+            for cid, lifecycle, state in rows:
+                try:
+                    data = json.loads(state) if state is not None else None
+                except ValueError:
+                    data = None
+                if is_unanswered(lifecycle or "", data):
+                    conn.execute("UPDATE conversations SET unanswered = 1 WHERE id = ?", (cid,))
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -56,6 +56,17 @@ class StateStore(Protocol):
 
     The version check in ``save`` is the only guard against two writers: a
     writer that lost the race gets ``StaleWriteError`` and must stop writing.
+
+    Optional method (not part of this protocol's checked body, so a store
+    without it is still a ``StateStore``; callers look it up with ``getattr``):
+
+    ``async def unanswered(self, limit: int | None = None) -> list[str]``
+        The ids of the conversations with work the agent has not answered:
+        the last save's lifecycle was ``turn_start`` or ``queued``, or the
+        stored ``state["queued"]`` is not empty. Quarantined rows are never
+        listed. The stores of this package answer from an index kept on every
+        save and delete, never by reading every row; ``limit`` caps the
+        number of ids (None: all), in no particular order.
     """
 
     async def load(self, conversation_id: str) -> StoredConversation | None:

@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
-from .._errors import StaleWriteError
+from collections.abc import Mapping
+from typing import Any
+
+from .._errors import NothingStored, StaleWriteError, StoreClosed
 from ._store import LIFECYCLES
 
-__all__ = ["check_lifecycle", "nothing_to_quarantine", "quarantine_key", "stale_write"]
+__all__ = [
+    "UNANSWERED_LIFECYCLES",
+    "check_lifecycle",
+    "check_limit",
+    "closed",
+    "is_unanswered",
+    "nothing_to_quarantine",
+    "quarantine_key",
+    "stale_write",
+]
+
+#: A save with one of these lifecycles leaves work the agent has not answered yet.
+UNANSWERED_LIFECYCLES = frozenset({"turn_start", "queued"})
+
+
+def is_unanswered(lifecycle: str, state: Any) -> bool:
+    """Return True when a conversation saved like this still has work to answer.
+
+    That is: it was saved at the start of a turn or with a queued message, or its
+    state holds queued messages. A state that is not a mapping counts by its
+    lifecycle only.
+    """
+    if lifecycle in UNANSWERED_LIFECYCLES:
+        return True
+    queued = state.get("queued") if isinstance(state, Mapping) else None
+    return bool(queued)
+
+
+def check_limit(limit: int | None) -> None:
+    """Raise ValueError unless ``limit`` (of ``unanswered``) is None or an int >= 0."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"unanswered(limit=...) must be None or an int >= 0, got {limit!r}")
+
+
+def closed(store: object) -> StoreClosed:
+    """Build the error a closed store raises."""
+    return StoreClosed(f"{store!r} is closed")
 
 
 def check_lifecycle(conversation_id: str, lifecycle: str) -> None:
@@ -40,6 +79,6 @@ def quarantine_key(conversation_id: str, n: int) -> str:
     return f"{conversation_id}#quarantine-{n}"
 
 
-def nothing_to_quarantine(conversation_id: str) -> LookupError:
+def nothing_to_quarantine(conversation_id: str) -> NothingStored:
     """Build the error for quarantining a conversation no store row holds."""
-    return LookupError(f"cannot quarantine conversation {conversation_id!r}: nothing is stored")
+    return NothingStored(f"cannot quarantine conversation {conversation_id!r}: nothing is stored")

@@ -26,7 +26,15 @@ import anyio.to_thread
 from .._errors import CorruptStateError
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
-from ._writes import check_lifecycle, nothing_to_quarantine, quarantine_key, stale_write
+from ._writes import (
+    check_lifecycle,
+    check_limit,
+    closed,
+    is_unanswered,
+    nothing_to_quarantine,
+    quarantine_key,
+    stale_write,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -50,13 +58,14 @@ class _Queries:
         self.load = compose(f"SELECT {_COLUMNS} FROM {{t}} WHERE id = %s")
         self.version = compose("SELECT version FROM {t} WHERE id = %s")
         self.insert = compose(
-            f"INSERT INTO {{t}} (id, {_COLUMNS}) "
-            "VALUES (%s, %s, 1, %s, %s, %s, %s, now(), %s) "
+            f"INSERT INTO {{t}} (id, {_COLUMNS}, unanswered) "
+            "VALUES (%s, %s, 1, %s, %s, %s, %s, now(), %s, %s) "
             "ON CONFLICT (id) DO NOTHING RETURNING version"
         )
         self.update = compose(
             "UPDATE {t} SET state = %s, version = version + 1, owner = %s, route_key = %s, "
-            "request_opts = %s, last_seq = %s, updated_at = now(), lifecycle = %s "
+            "request_opts = %s, last_seq = %s, updated_at = now(), lifecycle = %s, "
+            "unanswered = %s "
             "WHERE id = %s AND version = %s RETURNING version"
         )
         self.delete = compose("DELETE FROM {t} WHERE id = %s")
@@ -71,8 +80,27 @@ class _Queries:
             "CREATE TABLE IF NOT EXISTS {t} ("
             "id TEXT PRIMARY KEY, state JSONB, version BIGINT NOT NULL, owner TEXT, "
             "route_key TEXT, request_opts JSONB, last_seq BIGINT, "
-            "updated_at TIMESTAMPTZ, lifecycle TEXT)"
+            "updated_at TIMESTAMPTZ, lifecycle TEXT, "
+            "unanswered BOOLEAN NOT NULL DEFAULT false)"
         )
+        # Tables made by releases before the index get the column, filled in once.
+        self.add_unanswered = compose(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS unanswered BOOLEAN NOT NULL DEFAULT false"
+        )
+        self.fill_unanswered = compose(
+            "UPDATE {t} SET unanswered = true WHERE NOT unanswered AND "
+            "(lifecycle IN ('turn_start', 'queued') OR (jsonb_typeof(state) = 'object' "
+            "AND jsonb_typeof(state -> 'queued') = 'array' "
+            "AND jsonb_array_length(state -> 'queued') > 0))"
+        )
+        self.index_unanswered = compose(
+            "CREATE INDEX IF NOT EXISTS {i} ON {t} (id) WHERE unanswered"
+        )
+        self.has_unanswered = (
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = "
+            "coalesce(%s, current_schema()) AND table_name = %s AND column_name = 'unanswered'"
+        )
+        self.unanswered = compose("SELECT id FROM {t} WHERE unanswered LIMIT %s")
         self.create_quarantine = compose(
             "CREATE TABLE IF NOT EXISTS {q} ("
             "key TEXT PRIMARY KEY, conversation_id TEXT NOT NULL, state JSONB, "
@@ -140,6 +168,8 @@ class PostgresStore:
         self._migrations = migrations
         self._table = sql.Identifier(*schema, name)
         self._quarantine = sql.Identifier(*schema, f"{name}_quarantine")
+        self._index = sql.Identifier(f"{name}_unanswered")
+        self._schema_and_name = (schema[0] if schema else None, name)
         self._q = _Queries(self._sql)
         self._limiter = anyio.CapacityLimiter(max_connections)
         # Guards the idle list and the flags; held only for list operations,
@@ -196,7 +226,7 @@ class PostgresStore:
                 JSON object or that ``load_state`` refuses, a malformed
                 column); the row is left untouched.
             psycopg.Error: the database failed.
-            RuntimeError: the store is closed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
         """
         query = self._q.load
 
@@ -231,7 +261,7 @@ class PostgresStore:
             ValueError: ``lifecycle`` is not one of ``LIFECYCLES``.
             TypeError: the state or request options hold a value JSON cannot encode.
             psycopg.Error: the database failed.
-            RuntimeError: the store is closed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
         """
         check_lifecycle(conversation_id, lifecycle)
         from psycopg.types.json import Jsonb
@@ -243,10 +273,11 @@ class PostgresStore:
             # Jsonb encodes when the query is sent: here, on the worker thread.
             state, opts = Jsonb(record.state), Jsonb(record.request_opts)
             common = (record.owner, record.route_key, opts, record.last_seq)
+            flag = is_unanswered(lifecycle, record.state)
             if expected_version is None:
-                params: tuple[Any, ...] = (conversation_id, state, *common, lifecycle)
+                params: tuple[Any, ...] = (conversation_id, state, *common, lifecycle, flag)
             else:
-                params = (state, *common, lifecycle, conversation_id, expected_version)
+                params = (state, *common, lifecycle, flag, conversation_id, expected_version)
             row = conn.execute(query, params).fetchone()
             if row is not None:
                 return int(row[0])
@@ -258,12 +289,35 @@ class PostgresStore:
 
         return await self._run(write)
 
+    async def unanswered(self, limit: int | None = None) -> list[str]:
+        """Return the ids of the conversations with work the agent has not answered.
+
+        Those whose last save had the lifecycle ``turn_start`` or ``queued``, or
+        whose state holds queued messages: each save keeps a boolean column and
+        a partial index holds only the flagged rows, so this reads that index.
+
+        Args:
+            limit: at most this many ids (None: all of them).
+
+        Raises:
+            ValueError: ``limit`` is negative.
+            psycopg.Error: the database failed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
+        """
+        check_limit(limit)
+        query = self._q.unanswered
+
+        def select(conn: psycopg.Connection[tuple[Any, ...]]) -> list[str]:
+            return [row[0] for row in conn.execute(query, (limit,)).fetchall()]
+
+        return await self._run(select)
+
     async def delete(self, conversation_id: str) -> None:
         """Remove the conversation; a missing one is not an error.
 
         Raises:
             psycopg.Error: the database failed.
-            RuntimeError: the store is closed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
         """
         query = self._q.delete
 
@@ -282,9 +336,9 @@ class PostgresStore:
             The quarantine key.
 
         Raises:
-            LookupError: no row is stored for the conversation.
+            NothingStored: no row is stored for the conversation (a ``LookupError``).
             psycopg.Error: the database failed.
-            RuntimeError: the store is closed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
         """
         q = self._q
 
@@ -310,11 +364,11 @@ class PostgresStore:
     def _sql(self, template: str) -> sql.Composed:
         from psycopg import sql
 
-        return sql.SQL(template).format(t=self._table, q=self._quarantine)
+        return sql.SQL(template).format(t=self._table, q=self._quarantine, i=self._index)
 
     async def _run(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], _T]) -> _T:
         if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
+            raise closed(self)
         return await anyio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
 
     def _call(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], _T]) -> _T:
@@ -332,7 +386,7 @@ class PostgresStore:
     def _checkout(self) -> psycopg.Connection[tuple[Any, ...]]:
         with self._lock:
             if self._closed:
-                raise RuntimeError(f"{self!r} is closed")
+                raise closed(self)
             if self._idle:
                 return self._idle.pop()
             ready = self._ready
@@ -368,6 +422,11 @@ class PostgresStore:
             )
             conn.execute(self._q.create_table)
             conn.execute(self._q.create_quarantine)
+            schema, name = self._schema_and_name
+            if conn.execute(self._q.has_unanswered, (schema, name)).fetchone() is None:
+                conn.execute(self._q.add_unanswered)
+                conn.execute(self._q.fill_unanswered)
+            conn.execute(self._q.index_unanswered)
 
     def _decode_row(self, conversation_id: str, row: tuple[Any, ...]) -> StoredConversation:
         state_raw, version, owner, route_key, opts_raw, last_seq, updated_at, lifecycle = row

@@ -18,6 +18,9 @@ class FlakyStore:
     ``fail_saves = True`` (or a count) makes saves raise ``StoreUnavailable``;
     ``fail_loads`` likewise for loads; ``save_delay`` sleeps on ``clock`` (or
     anyio) before each save. ``saves`` records ``(conversation_id, lifecycle)``.
+    Any other attribute (``unanswered``, ``aclose``, ...) is the inner store's,
+    so ``getattr(flaky, "unanswered", None)`` finds it exactly when the inner
+    store has it.
     """
 
     def __init__(self, inner: StateStore, *, clock: Clock | None = None) -> None:

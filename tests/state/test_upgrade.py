@@ -1,0 +1,194 @@
+"""Databases written by the single-row layout (before the unanswered index and the
+append-only history) open, read and write with this release, upgraded in place."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessionvisor.state import (
+    Message,
+    SQLiteStore,
+    State,
+    StoredConversation,
+    dump_state,
+    load_state,
+)
+from tests.conftest import require_server
+
+from .conftest import POSTGRES_DSN
+
+pytestmark = pytest.mark.anyio
+
+# The DDL the single-row layout created, verbatim.
+OLD_SQLITE_DDL = (
+    """
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY, state TEXT, version INTEGER, owner TEXT, route_key TEXT,
+        request_opts TEXT, last_seq INTEGER, updated_at TEXT, lifecycle TEXT
+    )
+    """,
+    """
+    CREATE TABLE quarantined_conversations (
+        key TEXT PRIMARY KEY, conversation_id TEXT NOT NULL, state TEXT, version INTEGER,
+        owner TEXT, route_key TEXT, request_opts TEXT, last_seq INTEGER, updated_at TEXT,
+        lifecycle TEXT, quarantined_at TEXT NOT NULL
+    )
+    """,
+)
+OLD_PG_DDL = (
+    "CREATE TABLE {t} (id TEXT PRIMARY KEY, state JSONB, version BIGINT NOT NULL, owner TEXT, "
+    "route_key TEXT, request_opts JSONB, last_seq BIGINT, updated_at TIMESTAMPTZ, lifecycle TEXT)",
+    "CREATE TABLE {q} (key TEXT PRIMARY KEY, conversation_id TEXT NOT NULL, state JSONB, "
+    "version BIGINT, owner TEXT, route_key TEXT, request_opts JSONB, last_seq BIGINT, "
+    "updated_at TIMESTAMPTZ, lifecycle TEXT, quarantined_at TIMESTAMPTZ NOT NULL)",
+)
+
+
+def state_of(*texts: str, queued: tuple[str, ...] = ()) -> dict[str, Any]:
+    return dump_state(
+        State(
+            messages=[Message(role="user", content=t) for t in texts],
+            queued=[Message(role="user", content=t) for t in queued],
+            metadata={"k": "v"},
+        )
+    )
+
+
+#: (id, state, version, lifecycle) rows as the old code wrote them.
+OLD_ROWS: list[tuple[str, Any, int, str]] = [
+    ("c-done", state_of("a", "b", "c"), 4, "completion"),
+    ("c-turn", state_of("x"), 2, "turn_start"),
+    ("c-held", state_of("y", queued=("later",)), 3, "interrupt"),
+]
+
+
+def texts(record: StoredConversation | None) -> list[str]:
+    assert record is not None
+    return [m.text() for m in load_state(record.state).messages]
+
+
+def write_old_sqlite(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for ddl in OLD_SQLITE_DDL:
+            conn.execute(ddl)
+        for cid, state, version, lifecycle in OLD_ROWS:
+            conn.execute(
+                "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cid,
+                    json.dumps(state),
+                    version,
+                    "owner-1",
+                    "r",
+                    "{}",
+                    7,
+                    "2026-01-01T00:00:00+00:00",
+                    lifecycle,
+                ),
+            )
+        conn.execute(
+            "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ("c-broken", '{"messages": [', 1, None, None, "{}", 0, "2026-01-01", "queued"),
+        )
+    finally:
+        conn.close()
+
+
+async def test_an_old_sqlite_file_is_upgraded_on_first_open(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "old.db"
+    write_old_sqlite(path)
+
+    async with SQLiteStore(path) as store:
+        assert sorted(await store.unanswered()) == ["c-broken", "c-held", "c-turn"]
+        done = await store.load("c-done")
+        assert texts(done) == ["a", "b", "c"]
+        assert done is not None and (done.version, done.owner, done.last_seq) == (4, "owner-1", 7)
+        # It keeps working: a save on top of an old row, a new conversation.
+        new_state = state_of("a", "b", "c", "d")
+        assert (
+            await store.save(
+                "c-done",
+                StoredConversation(state=new_state),
+                expected_version=4,
+                lifecycle="completion",
+            )
+            == 5
+        )
+        assert texts(await store.load("c-done")) == ["a", "b", "c", "d"]
+        await store.save(
+            "c-new",
+            StoredConversation(state=state_of("n")),
+            expected_version=None,
+            lifecycle="completion",
+        )
+        assert texts(await store.load("c-new")) == ["n"]
+        # A damaged old row stays damaged and readable as such, never replaced.
+        from sessionvisor._errors import CorruptStateError
+
+        with pytest.raises(CorruptStateError, match="'c-broken'"):
+            await store.load("c-broken")
+        assert await store.quarantine("c-broken") == "c-broken#quarantine-1"
+
+    # A second open finds nothing left to upgrade and reads the same.
+    async with SQLiteStore(path) as store:
+        assert texts(await store.load("c-held")) == ["y"]
+        assert sorted(await store.unanswered()) == ["c-held", "c-turn"]
+
+
+@pytest.fixture
+def old_pg_table() -> Iterator[str]:
+    require_server("PostgreSQL", 5432)
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    table = f"sv_old_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        for ddl in OLD_PG_DDL:
+            conn.execute(ddl.format(t=table, q=f"{table}_quarantine"))  # type: ignore[arg-type]
+        for cid, state, version, lifecycle in OLD_ROWS:
+            conn.execute(
+                f"INSERT INTO {table} VALUES (%s, %s, %s, 'owner-1', 'r', '{{}}', 7, now(), %s)",  # type: ignore[arg-type]
+                (cid, Jsonb(state), version, lifecycle),
+            )
+    yield table
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_quarantine CASCADE")  # type: ignore[arg-type]
+        conn.execute(f"DROP TABLE IF EXISTS {table}_messages, {table}_quarantine_messages CASCADE")  # type: ignore[arg-type]
+
+
+@pytest.mark.postgres
+async def test_an_old_postgres_table_is_upgraded_on_first_open(
+    anyio_backend: str, old_pg_table: str
+) -> None:
+    from sessionvisor.state.postgres import PostgresStore
+
+    async with PostgresStore(POSTGRES_DSN, table=old_pg_table) as store:
+        assert sorted(await store.unanswered()) == ["c-held", "c-turn"]
+        done = await store.load("c-done")
+        assert texts(done) == ["a", "b", "c"]
+        assert done is not None and (done.version, done.owner, done.last_seq) == (4, "owner-1", 7)
+        new_state = state_of("a", "b", "c", "d")
+        assert (
+            await store.save(
+                "c-done",
+                StoredConversation(state=new_state),
+                expected_version=4,
+                lifecycle="completion",
+            )
+            == 5
+        )
+        assert texts(await store.load("c-done")) == ["a", "b", "c", "d"]
+
+    async with PostgresStore(POSTGRES_DSN, table=old_pg_table) as store:
+        assert texts(await store.load("c-held")) == ["y"]
+        assert texts(await store.load("c-done")) == ["a", "b", "c", "d"]
