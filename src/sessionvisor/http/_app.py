@@ -25,6 +25,7 @@ from ._bodies import (
     read_body,
 )
 from ._errors import HTTPError, error_response, not_found, response_for
+from ._openapi import openapi_document
 from ._scope import ScopeFunction, header_scope
 from ._sse import EventStream, StreamRegistry
 
@@ -45,6 +46,7 @@ def create_app(
     heartbeat: float | None = DEFAULT_HEARTBEAT,
     max_body_bytes: int | None = None,
     page: bool = True,
+    admin: bool = True,
 ) -> Starlette:
     """Return a Starlette app serving ``supervisor`` over HTTP and Server-Sent Events.
 
@@ -52,7 +54,9 @@ def create_app(
     design: ``POST /conversations/{cid}/messages``, ``GET
     /conversations/{cid}/events`` (SSE), ``POST .../resume``, ``.../dismiss``,
     ``.../cancel``, ``GET`` and ``DELETE /conversations/{cid}``, ``GET
-    /sessions``, ``GET /healthz``, ``GET /readyz`` and the demo page at ``GET /``.
+    /sessions``, ``GET /healthz``, ``GET /readyz``, the demo page at ``GET /``,
+    the admin page at ``GET /admin`` and this API's OpenAPI document at ``GET
+    /openapi.json``.
     Errors answer ``{"error", "detail"}``; a conversation that does not exist
     and one owned by another scope get the same 404.
 
@@ -72,6 +76,9 @@ def create_app(
         max_body_bytes: the largest request body; default the supervisor's
             ``max_message_bytes`` plus 64 KiB for the rest of the body.
         page: serve the demo chat page at ``GET /``.
+        admin: serve the admin page at ``GET /admin`` (the caller's live sessions
+            with status, restarts, queue length and last activity, from ``GET
+            /admin/sessions``), behind the same ``scope_from_request``.
 
     Returns:
         The Starlette app.
@@ -106,6 +113,10 @@ def create_app(
     ]
     if page:
         routes.append(Route("/", api.page, methods=["GET"]))
+    if admin:
+        routes.append(Route("/admin", api.admin_page, methods=["GET"]))
+        routes.append(Route("/admin/sessions", api.wrap(api.admin_sessions), methods=["GET"]))
+    routes.append(Route("/openapi.json", api.openapi, methods=["GET"]))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -133,11 +144,15 @@ def create_app(
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     names = {404: "NotFound", 405: "MethodNotAllowed"}
-    return error_response(
+    response = error_response(
         exc.status_code,
         names.get(exc.status_code, "HTTPError"),
         str(exc.detail),
     )
+    # A 405 must say which methods the path allows (RFC 9110); Starlette puts it here.
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
 
 
 class _Api:
@@ -156,7 +171,8 @@ class _Api:
         self.heartbeat = heartbeat
         self.body_limit = body_limit
         self.streams = StreamRegistry()
-        self._page: str | None = None
+        self._pages: dict[str, str] = {}
+        self._openapi: dict[str, Any] | None = None
 
     def wrap(self, endpoint: _Endpoint) -> _Endpoint:
         """Answer every exception the endpoint raises with its JSON error."""
@@ -314,16 +330,47 @@ class _Api:
         return error_response(503, "RegistryUnavailable", detail)
 
     async def page(self, request: Request) -> Response:
-        if self._page is None:
-            self._page = (
+        return self._static_page(request, "index.html")
+
+    async def admin_page(self, request: Request) -> Response:
+        return self._static_page(request, "admin.html")
+
+    def _static_page(self, request: Request, name: str) -> Response:
+        template = self._pages.get(name)
+        if template is None:
+            template = self._pages[name] = (
                 resources.files("sessionvisor.http")
-                .joinpath("static", "index.html")
+                .joinpath("static", name)
                 .read_text(encoding="utf-8")
             )
         # Mounted under a prefix, the page's relative calls need to know it.
         base = request.scope.get("root_path", "").rstrip("/")
-        html = self._page.replace("__SESSIONVISOR_BASE__", _js_string(base))
+        html = template.replace("__SESSIONVISOR_BASE__", _js_string(base))
         return HTMLResponse(html, headers={"cache-control": "no-store"})
+
+    async def admin_sessions(self, request: Request) -> Response:
+        """``GET /sessions`` plus each session's queue length, for the admin page."""
+        scope = await self.scope(request)
+        out = []
+        for summary in await self.supervisor.list_running(scope=scope):
+            row = _summary_json(summary)
+            # The public API has no queue count: a snapshot of the live state has it.
+            handle = self.supervisor.get(summary.conversation_id, scope=scope)
+            row["queued"] = len(handle.snapshot().queued) if handle is not None else 0
+            out.append(row)
+        return JSONResponse({"sessions": out})
+
+    async def openapi(self, request: Request) -> Response:
+        if self._openapi is None:
+            from .. import __version__
+
+            app = request.app
+            self._openapi = openapi_document(
+                app.routes,
+                version=__version__,
+                server_url=request.scope.get("root_path", "") or "/",
+            )
+        return JSONResponse(self._openapi)
 
 
 def _after(request: Request) -> int | None:
