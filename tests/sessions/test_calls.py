@@ -21,18 +21,16 @@ from sessionvisor import (
     Status,
     StatusChanged,
 )
+from sessionvisor.testing import collect_until, wait_for_status, wait_until_settled
 
-from ._helpers_a import (
+from ._support import (
     WAIT,
     Backend,
     ends_in,
-    settle,
-    stored,
+    stored_record,
     stored_state,
     supervisor,
     texts,
-    until,
-    wait_status,
 )
 
 # -- cancel --------------------------------------------------------------------
@@ -52,15 +50,15 @@ async def test_cancel_of_a_slow_turn_returns_promptly_with_cancelled(anyio_backe
             await _slow_turn(sup, backend)
             with anyio.fail_after(1):
                 status = await sup.cancel("c-1")
-            seen = await until(events, ends_in(Status.CANCELLED))
+            seen = await collect_until(events, ends_in(Status.CANCELLED))
 
         assert status is Status.CANCELLED
         assert await sup.status("c-1") is Status.CANCELLED
         assert seen[-1].seq == seen[-2].seq + 1
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None
         assert record.lifecycle == "cancel"
-        assert texts(await stored_state(sup, "c-1")) == ["slow"]
+        assert texts(await stored_state(sup.store, "c-1")) == ["slow"]
 
 
 @pytest.mark.anyio
@@ -78,14 +76,14 @@ async def test_cancel_holds_the_queue_and_the_next_message_is_answered(
         for _ in range(5):
             await anyio.sleep(0.002)
         assert await sup.status("c-1") is Status.CANCELLED
-        assert [m.content for m in (await stored_state(sup, "c-1")).queued] == ["q1"]
+        assert [m.content for m in (await stored_state(sup.store, "c-1")).queued] == ["q1"]
 
         delivery = await sup.send("c-1", "q2")
 
         assert delivery.queued is False
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert backend.agent.turns[-1] == ["slow", "q1", "q2"]
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert texts(state) == ["slow", "q1", "q2", "re: q2"]
         assert state.queued == []
 
@@ -111,7 +109,7 @@ async def test_cancel_without_a_running_turn_raises_invalid_status(
             await sup.start("c-1")
         elif status == "interrupted":
             await sup.send("c-1", "ask")
-            await wait_status(sup, "c-1", Status.INTERRUPTED)
+            await wait_for_status(sup, "c-1", Status.INTERRUPTED)
         else:
             await _slow_turn(sup, backend)
             await sup.cancel("c-1")
@@ -137,7 +135,7 @@ async def test_cancel_of_a_conversation_that_is_not_running_raises_not_running(
         assert backend.router_calls == []
 
         await sup.send("c-2", "hi")
-        await settle(sup, "c-2")
+        await wait_until_settled(sup, "c-2")
         await sup.stop("c-2")
         with pytest.raises(InvalidStatus) as caught:
             await sup.cancel("c-2")
@@ -153,10 +151,10 @@ async def test_stop_persists_stops_and_announces_shutdown(anyio_backend: str) ->
     backend = Backend()
     async with supervisor(backend) as sup:
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
         async with sup.subscribe("c-1") as events:
             assert await sup.stop("c-1") == "stopped"
-            seen = await until(events, lambda e: isinstance(e, Shutdown))
+            seen = await collect_until(events, lambda e: isinstance(e, Shutdown))
 
         shutdown = seen[-1]
         assert isinstance(shutdown, Shutdown)
@@ -167,7 +165,7 @@ async def test_stop_persists_stops_and_announces_shutdown(anyio_backend: str) ->
         assert await sup.running("c-1") is False
         assert await sup.status("c-1") is Status.NOT_RUNNING
         assert sup.get("c-1") is None
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None
         assert record.lifecycle == "shutdown"
         assert record.last_seq == shutdown.seq
@@ -192,7 +190,7 @@ async def test_stop_during_a_turn_cancels_it_and_persists(anyio_backend: str) ->
         with anyio.fail_after(1):
             assert await sup.stop("c-1") == "stopped"
         assert await sup.running("c-1") is False
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         # The cut turn hands its message back: the next wake answers both, in order.
         assert texts(state) == []
         assert [m.content for m in state.queued] == ["slow", "q1"]
@@ -212,7 +210,7 @@ async def test_queries_describe_live_sessions(anyio_backend: str) -> None:
 
         info = await sup.start("c-1")
         await sup.send("c-2", "ask")
-        await wait_status(sup, "c-2", Status.INTERRUPTED)
+        await wait_for_status(sup, "c-2", Status.INTERRUPTED)
 
         assert await sup.running("c-1") is True
         assert await sup.status("c-1") is Status.IDLE
@@ -237,7 +235,7 @@ async def test_queries_describe_live_sessions(anyio_backend: str) -> None:
 async def test_handle_snapshot_is_a_deep_copy(anyio_backend: str) -> None:
     async with supervisor(Backend()) as sup:
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
         handle = sup.get("c-1")
         assert handle is not None
         snapshot = handle.snapshot()
@@ -309,7 +307,7 @@ async def test_every_call_after_leaving_raises_registry_unavailable(
     backend = Backend()
     async with supervisor(backend) as sup:
         await sup.send("c-1", "ask")
-        await wait_status(sup, "c-1", Status.INTERRUPTED)
+        await wait_for_status(sup, "c-1", Status.INTERRUPTED)
     router_calls = len(backend.router_calls)
     record = await sup.store.load("c-1")
 
@@ -330,7 +328,7 @@ async def test_leaving_persists_every_live_session(anyio_backend: str) -> None:
     async with supervisor(backend) as sup:
         await sup.start("quiet")
         await sup.send("talked", "hello")
-        await settle(sup, "talked")
+        await wait_until_settled(sup, "talked")
     quiet = await sup.store.load("quiet")
     talked = await sup.store.load("talked")
     assert quiet is not None and quiet.lifecycle == "shutdown"
@@ -370,13 +368,13 @@ async def test_supervisor_calls_wake_the_conversation_after_stop(anyio_backend: 
     async with supervisor(backend) as sup:
         old = (await sup.start("c-1")).handle
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
         await sup.stop("c-1")
 
         delivery = await sup.send("c-1", "again")
 
         assert delivery.started is True
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         new = sup.get("c-1")
         assert new is not None and new is not old
         assert old.status is Status.NOT_RUNNING
@@ -497,7 +495,7 @@ async def test_bad_content_to_a_live_session_stores_nothing(anyio_backend: str) 
 async def test_content_of_exactly_max_message_bytes_is_accepted(anyio_backend: str) -> None:
     async with supervisor(Backend(), supervisor_opts={"max_message_bytes": 100}) as sup:
         await sup.send("c-1", "x" * 98)  # 100 bytes as JSON, quotes included
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
 
 
 BAD_OPTS: list[Any] = [
@@ -545,18 +543,18 @@ async def test_event_seq_counts_from_one_and_continues_across_stop_and_wake(
             assert (first.status, first.seq) == (Status.NOT_RUNNING, 0)
 
             await sup.send("c-1", "hello")
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
             await sup.stop("c-1")
-            seen += await until(events, lambda e: isinstance(e, Shutdown))
+            seen += await collect_until(events, lambda e: isinstance(e, Shutdown))
             await sup.send("c-1", "again")
-            seen += await until(events, ends_in(Status.IDLE))
+            seen += await collect_until(events, ends_in(Status.IDLE))
 
         seqs = [e.seq for e in seen]
         assert seqs == list(range(1, len(seen) + 1))
         last = seqs[-1]
 
         await sup.stop("c-1")
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None
         shutdown_seq = last + 1
         assert record.last_seq == shutdown_seq
@@ -567,7 +565,7 @@ async def test_event_seq_counts_from_one_and_continues_across_stop_and_wake(
             assert snapshot.status is Status.NOT_RUNNING
             assert snapshot.seq == shutdown_seq
             await sup.send("c-1", "third")
-            woke = await until(events, ends_in(Status.IDLE))
+            woke = await collect_until(events, ends_in(Status.IDLE))
         assert [e.seq for e in woke] == list(range(shutdown_seq + 1, shutdown_seq + 1 + len(woke)))
 
 
@@ -576,7 +574,7 @@ async def test_event_seq_continues_in_a_new_process(anyio_backend: str, tmp_path
     path = tmp_path / "chat.db"
     async with SQLiteStore(path) as store, supervisor(Backend(), store=store) as sup:
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
     async with SQLiteStore(path) as store:
         record = await store.load("c-1")
     assert record is not None and record.last_seq > 0
@@ -586,7 +584,7 @@ async def test_event_seq_continues_in_a_new_process(anyio_backend: str, tmp_path
             snapshot = await anext(events)
             assert snapshot.seq == record.last_seq
             await sup.send("c-1", "again")
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
         assert [e.seq for e in seen] == list(
             range(record.last_seq + 1, record.last_seq + 1 + len(seen))
         )
@@ -618,7 +616,7 @@ async def test_calls_while_draining_raise_registry_unavailable_and_the_turn_fini
     not_refused = {k: v for k, v in refused.items() if not isinstance(v, RegistryUnavailable)}
     assert not_refused == {}
     # The running turn was allowed to finish and its reply persisted.
-    state = await stored_state(sup, "c-1")
+    state = await stored_state(sup.store, "c-1")
     assert texts(state) == ["slow", "re: slow"]
 
 
@@ -635,13 +633,13 @@ async def test_send_racing_stop_is_not_lost(anyio_backend: str) -> None:
                 tg.start_soon(sup.send, "c-1", "after")
 
         with anyio.fail_after(WAIT):
-            while "re: after" not in texts(await stored_state(sup, "c-1")):
+            while "re: after" not in texts(await stored_state(sup.store, "c-1")):
                 if await sup.running("c-1"):
-                    await settle(sup, "c-1")
+                    await wait_until_settled(sup, "c-1")
                 else:
                     await sup.start("c-1")
                 await anyio.sleep(0.001)
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert texts(state).count("after") == 1
         assert state.queued == []
 
@@ -653,7 +651,7 @@ async def test_handle_stop_stops_the_session(anyio_backend: str) -> None:
         assert await handle.stop() == "stopped"
         assert handle.status is Status.NOT_RUNNING
         assert await sup.running("c-1") is False
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None and record.lifecycle == "shutdown"
 
 
@@ -676,8 +674,8 @@ async def test_a_larger_per_session_message_limit_is_honoured(anyio_backend: str
         await sup.start("c-1")
         delivery = await sup.send("c-1", "x" * 5000)
         assert delivery.queued is False
-        assert await settle(sup, "c-1") is Status.IDLE
-        assert texts(await stored_state(sup, "c-1"))[0] == "x" * 5000
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
+        assert texts(await stored_state(sup.store, "c-1"))[0] == "x" * 5000
 
 
 @pytest.mark.anyio
@@ -693,12 +691,12 @@ async def test_cancel_right_after_send_cancels_that_turn(anyio_backend: str) -> 
         for _ in range(5):
             await anyio.sleep(0.002)
         assert await sup.status("c-1") is Status.CANCELLED
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert texts(state) == ["hello"]
 
         await sup.send("c-1", "again")
-        assert await settle(sup, "c-1") is Status.IDLE
-        assert texts(await stored_state(sup, "c-1")) == ["hello", "again", "re: again"]
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
+        assert texts(await stored_state(sup.store, "c-1")) == ["hello", "again", "re: again"]
 
 
 @pytest.mark.anyio
@@ -707,26 +705,26 @@ async def test_stop_of_an_interrupted_session_says_the_interrupt_is_restorable(
 ) -> None:
     async with supervisor(Backend()) as sup:
         await sup.send("c-1", "ask")
-        await wait_status(sup, "c-1", Status.INTERRUPTED)
+        await wait_for_status(sup, "c-1", Status.INTERRUPTED)
         async with sup.subscribe("c-1") as events:
             assert await sup.stop("c-1") == "stopped"
-            seen = await until(events, lambda e: isinstance(e, Shutdown))
+            seen = await collect_until(events, lambda e: isinstance(e, Shutdown))
         shutdown = seen[-1]
         assert isinstance(shutdown, Shutdown)
         assert shutdown.status is Status.INTERRUPTED
         assert shutdown.interrupt_restorable is True
-        assert (await stored_state(sup, "c-1")).interrupt is not None
+        assert (await stored_state(sup.store, "c-1")).interrupt is not None
 
 
 @pytest.mark.anyio
 async def test_each_conversation_counts_its_own_seq(anyio_backend: str) -> None:
     async with supervisor(Backend()) as sup:
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
         await sup.send("c-1", "again")
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
         async with sup.subscribe("c-2") as events:
             assert (await anext(events)).seq == 0
             await sup.send("c-2", "hello")
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
         assert [e.seq for e in seen] == list(range(1, len(seen) + 1))

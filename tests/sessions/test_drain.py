@@ -15,18 +15,15 @@ from sessionvisor import (
     StateStore,
     Status,
 )
-from sessionvisor.testing import ManualClock, wait_for_status
+from sessionvisor.testing import EventRecorder, ManualClock, wait_for_status, wait_until
 
-from ._helpers_b import (
+from ._support import (
     CountingFactory,
-    CueAgent,
     Cues,
-    Recorder,
+    SharedCueAgent,
     assistant_texts,
-    eventually,
-    pump,
-    stored,
-    supervisor,
+    counted_supervisor,
+    stored_state,
     user_texts,
 )
 
@@ -52,7 +49,7 @@ async def fill(sup: object, cues: Cues) -> None:
 
 
 async def check_drained(
-    store: StateStore, recorders: dict[str, Recorder], cut: frozenset[str] = frozenset()
+    store: StateStore, recorders: dict[str, EventRecorder], cut: frozenset[str] = frozenset()
 ) -> None:
     for cid, rec in recorders.items():
         shutdowns = rec.of(Shutdown)
@@ -65,10 +62,10 @@ async def check_drained(
         assert record.lifecycle == ("queued" if cid in cut else "shutdown"), cid
         assert record.last_seq == shutdowns[0].seq
     for cid in DONE:
-        state = await stored(store, cid)
+        state = await stored_state(store, cid)
         assert (user_texts(state), assistant_texts(state)) == (["hello"], ["ok: hello"])
     for cid in FRESH:
-        state = await stored(store, cid)
+        state = await stored_state(store, cid)
         assert state.messages == [] and state.queued == []
 
 
@@ -78,18 +75,18 @@ async def test_drain_lets_running_turns_finish_persists_every_session_and_refuse
 ) -> None:
     cues = Cues()
     store = SQLiteStore(tmp_path / "chat.db")
-    sup, _, _ = supervisor(CountingFactory(lambda: CueAgent(cues)), store=store)
-    recorders = {cid: Recorder() for cid in ALL}
+    sup, _, _ = counted_supervisor(CountingFactory(lambda: SharedCueAgent(cues)), store=store)
+    recorders = {cid: EventRecorder() for cid in ALL}
     refused: list[str] = []
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             async with sup:
                 for cid in ALL:
-                    await tg.start(pump, sup, cid, recorders[cid])
+                    await tg.start(recorders[cid].record, sup, cid)
                 await fill(sup, cues)
 
                 async def meanwhile() -> None:
-                    await eventually(lambda: sup.draining)
+                    await wait_until(lambda: sup.draining)
                     with pytest.raises(RegistryUnavailable):
                         await sup.start("latecomer")
                     refused.append("start")
@@ -110,7 +107,7 @@ async def test_drain_lets_running_turns_finish_persists_every_session_and_refuse
         await sup.running("slow-0")
     await check_drained(store, recorders)
     for cid in SLOW:
-        state = await stored(store, cid)
+        state = await stored_state(store, cid)
         assert (user_texts(state), assistant_texts(state)) == (["slow"], ["ok: slow"])
     assert await store.load("latecomer") is None
 
@@ -122,19 +119,19 @@ async def test_drain_cancels_turns_that_outlast_shutdown_timeout_and_keeps_their
     clock = ManualClock()
     cues = Cues()
     store = MemoryStore()
-    sup, _, _ = supervisor(
-        CountingFactory(lambda: CueAgent(cues)),
+    sup, _, _ = counted_supervisor(
+        CountingFactory(lambda: SharedCueAgent(cues)),
         store=store,
         clock=clock,
         supervisor_opts={"shutdown_timeout": 10.0},
     )
-    recorders = {cid: Recorder() for cid in ALL}
+    recorders = {cid: EventRecorder() for cid in ALL}
     drained = anyio.Event()
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
 
             async def tick() -> None:
-                await eventually(lambda: sup.draining)
+                await wait_until(lambda: sup.draining)
                 await anyio.sleep(0.05)
                 # within the timeout nothing is cut short
                 assert not any(recorders[cid].of(Shutdown) for cid in SLOW)
@@ -144,7 +141,7 @@ async def test_drain_cancels_turns_that_outlast_shutdown_timeout_and_keeps_their
 
             async with sup:
                 for cid in ALL:
-                    await tg.start(pump, sup, cid, recorders[cid])
+                    await tg.start(recorders[cid].record, sup, cid)
                 await fill(sup, cues)
                 started_at = clock.now()
                 tg.start_soon(tick)
@@ -153,7 +150,7 @@ async def test_drain_cancels_turns_that_outlast_shutdown_timeout_and_keeps_their
     assert clock.now() - started_at >= 10.0
     await check_drained(store, recorders, cut=frozenset(SLOW))
     for cid in SLOW:
-        state = await stored(store, cid)
+        state = await stored_state(store, cid)
         assert (user_texts(state), assistant_texts(state)) == ([], [])
         assert [m.text() for m in state.queued] == ["slow"]
     assert cues.gate.is_set() is False  # nobody released them: the timeout did
@@ -161,7 +158,7 @@ async def test_drain_cancels_turns_that_outlast_shutdown_timeout_and_keeps_their
 
 @pytest.mark.anyio
 async def test_calls_after_the_drain_raise_registry_unavailable(anyio_backend: str) -> None:
-    sup, _, _ = supervisor()
+    sup, _, _ = counted_supervisor()
     async with sup:
         await sup.send("c", "hello")
         await wait_for_status(sup, "c", Status.IDLE)

@@ -19,11 +19,11 @@ from sessionvisor import (
     SQLiteStore,
     Status,
 )
+from sessionvisor.testing import wait_until_settled
 
-from ._helpers_a import (
+from ._support import (
     Backend,
     CueAgent,
-    settle,
     stored_state,
     supervisor,
     texts,
@@ -58,7 +58,7 @@ def _corrupt(path: Path, cid: str, garbage: str = '{"messages": [tru') -> None:
 async def _make_conversation(path: Path, cid: str = "c-1", **kwargs: Any) -> None:
     async with SQLiteStore(path) as store, supervisor(Backend(), store=store) as sup:
         await sup.send(cid, "hello", **kwargs)
-        await settle(sup, cid, scope=kwargs.get("scope"))
+        await wait_until_settled(sup, cid, scope=kwargs.get("scope"))
 
 
 # -- fresh vs restored -------------------------------------------------------------
@@ -74,8 +74,8 @@ async def test_fresh_state_attrs_seed_a_new_conversation(anyio_backend: str) -> 
         assert [(m.role, m.content) for m in state.messages] == [("system", "You are a pirate.")]
 
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
-        stored = await stored_state(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
+        stored = await stored_state(sup.store, "c-1")
         assert texts(stored) == ["You are a pirate.", "hello", "re: hello"]
         assert stored.metadata == {"persona": "pirate"}
 
@@ -87,7 +87,7 @@ async def test_fresh_state_attrs_are_ignored_once_the_store_has_the_conversation
     backend = Backend()
     async with supervisor(backend) as sup:
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
         await sup.stop("c-1")
 
         backend.fresh_state_attrs = SEED
@@ -107,7 +107,7 @@ async def test_restored_state_wins_over_fresh_state_attrs_in_a_new_process(
     first = Backend(fresh_state_attrs={"metadata": {"generation": 1}})
     async with SQLiteStore(path) as store, supervisor(first, store=store) as sup:
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
 
     second = Backend(fresh_state_attrs={"metadata": {"generation": 2}, **_no_messages()})
     async with SQLiteStore(path) as store, supervisor(second, store=store) as sup:
@@ -117,8 +117,8 @@ async def test_restored_state_wins_over_fresh_state_attrs_in_a_new_process(
         assert texts(state) == ["hello", "re: hello"]
 
         await sup.send("c-2", "hi")
-        await settle(sup, "c-2")
-        assert (await stored_state(sup, "c-2")).metadata == {"generation": 2}
+        await wait_until_settled(sup, "c-2")
+        assert (await stored_state(sup.store, "c-2")).metadata == {"generation": 2}
 
 
 def _no_messages() -> dict[str, Any]:
@@ -184,8 +184,8 @@ async def test_corrupt_snapshot_is_quarantined_and_started_fresh_when_asked(
         assert info.started is True
         assert texts(info.handle.snapshot()) == ["You are a pirate."]
         await sup.send("c-1", "hello again")
-        await settle(sup, "c-1")
-        assert texts(await stored_state(sup, "c-1")) == [
+        await wait_until_settled(sup, "c-1")
+        assert texts(await stored_state(sup.store, "c-1")) == [
             "You are a pirate.",
             "hello again",
             "re: hello again",
@@ -242,13 +242,13 @@ async def test_new_process_brings_a_conversation_back_on_its_recorded_route(
     first = Personas()
     async with SQLiteStore(path) as store, supervisor(first.router, store=store) as sup:
         await sup.send("c-1", "hello", request_opts={"persona": "writer", "lang": "fr"})
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
     assert len(first.writer.configs) == 1
 
     second = Personas()
     async with SQLiteStore(path) as store, supervisor(second.router, store=store) as sup:
         await sup.send("c-1", "again")  # the request names no persona this time
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
 
         assert second.seen == [{"persona": "writer", "lang": "fr"}]
         assert len(second.writer.configs) == 1
@@ -268,7 +268,7 @@ async def test_router_that_now_picks_another_route_fails_the_start(
     first = Personas()
     async with SQLiteStore(path) as store, supervisor(first.router, store=store) as sup:
         await sup.send("c-1", "hello", request_opts={"persona": "writer"})
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
     before = _row(path, "c-1")
 
     changed = Personas(fixed="analyst")
@@ -305,19 +305,19 @@ async def test_request_for_another_persona_after_a_wake_is_a_route_change(
     personas = Personas()
     async with supervisor(personas.router) as sup:
         await sup.send("c-1", "hello", request_opts={"persona": "writer"})
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
         await sup.stop("c-1")
 
         with pytest.raises(RouteChangedError, match="c-1"):
             await sup.send("c-1", "now analyse", request_opts={"persona": "analyst"})
         assert await sup.running("c-1") is False
-        assert texts(await stored_state(sup, "c-1")) == ["hello", "re: hello"]
+        assert texts(await stored_state(sup.store, "c-1")) == ["hello", "re: hello"]
 
         delivery = await sup.send(
             "c-1", "now analyse", request_opts={"persona": "analyst"}, reroute=True
         )
         assert delivery.started is True
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert len(personas.analyst.configs) == 1
 
 
@@ -380,6 +380,6 @@ async def test_selector_naming_no_route_fails_the_start_and_leaves_nothing(
         assert personas.analyst.configs == []
 
         await sup.send("c-1", "hello", request_opts={"persona": "analyst"})
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         record = await sup.store.load("c-1")
         assert record is not None and record.route_key == "analyst"

@@ -18,26 +18,31 @@ from sessionvisor import (
     Status,
     StatusChanged,
 )
-from sessionvisor.testing import FlakyStore, ManualClock, ScriptedAgent, wait_for_status
+from sessionvisor.testing import (
+    EventRecorder,
+    FlakyStore,
+    ManualClock,
+    ScriptedAgent,
+    record_events,
+    wait_for_status,
+    wait_until,
+)
 
-from ._helpers_b import (
+from ._support import (
     WAIT,
     CountingFactory,
-    CueAgent,
     Cues,
-    Recorder,
-    eventually,
-    recording,
+    SharedCueAgent,
+    counted_supervisor,
     saved_as,
-    stored,
-    supervisor,
+    stored_state,
     user_texts,
 )
 
 SETTLE = 0.02  # real seconds given to the runtime before asserting that nothing happened
 
 
-async def nothing_happens(rec: Recorder, cls: type = Shutdown) -> None:
+async def nothing_happens(rec: EventRecorder, cls: type = Shutdown) -> None:
     await anyio.sleep(SETTLE)
     assert rec.of(cls) == []
 
@@ -52,9 +57,11 @@ async def test_an_idle_session_persists_then_stops_once_after_inactivity_timeout
 ) -> None:
     clock = ManualClock()
     store = FlakyStore(MemoryStore(), clock=clock)
-    sup, _, _ = supervisor(store=store, clock=clock, supervisor_opts={"inactivity_timeout": 60})
+    sup, _, _ = counted_supervisor(
+        store=store, clock=clock, supervisor_opts={"inactivity_timeout": 60}
+    )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "hello")
             await wait_for_status(sup, "c", Status.IDLE)
 
@@ -64,7 +71,7 @@ async def test_an_idle_session_persists_then_stops_once_after_inactivity_timeout
 
             store.save_delay = 5.0  # the shutdown save takes 5 s: no Shutdown before it lands
             clock.advance(0.1)
-            await eventually(lambda: clock.sleepers >= 1)  # the shutdown save is under way
+            await wait_until(lambda: clock.sleepers >= 1)  # the shutdown save is under way
             await nothing_happens(rec)
             clock.advance(5.0)
             (shutdown,) = await rec.wait_for(lambda e: isinstance(e, Shutdown))
@@ -81,7 +88,7 @@ async def test_an_idle_session_persists_then_stops_once_after_inactivity_timeout
             assert record is not None
             assert record.lifecycle == "shutdown"
             assert record.last_seq == shutdown.seq  # the saved seq covers the Shutdown itself
-            assert user_texts(await stored(store.inner, "c")) == ["hello"]
+            assert user_texts(await stored_state(store.inner, "c")) == ["hello"]
 
             clock.advance(1000)
             await anyio.sleep(SETTLE)
@@ -94,13 +101,13 @@ async def test_a_turn_longer_than_the_timeout_runs_to_the_end_and_idles_out_afte
 ) -> None:
     clock = ManualClock()
     cues = Cues()
-    sup, _, _ = supervisor(
-        CountingFactory(lambda: CueAgent(cues)),
+    sup, _, _ = counted_supervisor(
+        CountingFactory(lambda: SharedCueAgent(cues)),
         clock=clock,
         supervisor_opts={"inactivity_timeout": 60},
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "slow")
             await cues.started_slow.wait()
             clock.advance(120)
@@ -122,9 +129,9 @@ async def test_a_turn_longer_than_the_timeout_runs_to_the_end_and_idles_out_afte
 @pytest.mark.anyio
 async def test_inactivity_timeout_none_never_stops_an_idle_session(anyio_backend: str) -> None:
     clock = ManualClock()
-    sup, _, _ = supervisor(clock=clock, supervisor_opts={"inactivity_timeout": None})
+    sup, _, _ = counted_supervisor(clock=clock, supervisor_opts={"inactivity_timeout": None})
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "hello")
             await wait_for_status(sup, "c", Status.IDLE)
             clock.advance(10**7)
@@ -139,14 +146,14 @@ async def test_an_interrupted_session_that_idles_out_comes_back_interrupted(
     clock = ManualClock()
     store = SQLiteStore(tmp_path / "chat.db")
     agent = ScriptedAgent()
-    sup, _, factory = supervisor(
+    sup, _, factory = counted_supervisor(
         CountingFactory(lambda: agent),
         store=store,
         clock=clock,
         supervisor_opts={"inactivity_timeout": 60},
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "interrupt me")
             await wait_for_status(sup, "c", Status.INTERRUPTED)
             await saved_as(store, "c", "interrupt")
@@ -155,7 +162,7 @@ async def test_an_interrupted_session_that_idles_out_comes_back_interrupted(
 
             assert shutdown.status is Status.INTERRUPTED
             assert shutdown.interrupt_restorable is True
-            kept = await stored(store, "c")
+            kept = await stored_state(store, "c")
             assert kept.interrupt is not None
             assert kept.interrupt.data == {"question": "approve 'interrupt me'?"}
 
@@ -165,7 +172,7 @@ async def test_an_interrupted_session_that_idles_out_comes_back_interrupted(
             await sup.resume("c", "yes")
             await wait_for_status(sup, "c", Status.IDLE)
             assert agent.answers == ["yes"]
-            assert (await stored(store, "c")).interrupt is None
+            assert (await stored_state(store, "c")).interrupt is None
 
 
 @pytest.mark.anyio
@@ -179,14 +186,14 @@ async def test_shutdown_says_when_the_agent_cannot_restore_its_interrupt(
         return Interrupt(turn.state, {"tool": "transfer"})
 
     agent = FunctionAgent(ask, restorable=lambda interrupt: False)
-    sup, _, _ = supervisor(
+    sup, _, _ = counted_supervisor(
         CountingFactory(lambda: agent),
         store=store,
         clock=clock,
         supervisor_opts={"inactivity_timeout": 60},
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "pay")
             await wait_for_status(sup, "c", Status.INTERRUPTED)
             await saved_as(store, "c", "interrupt")
@@ -195,16 +202,16 @@ async def test_shutdown_says_when_the_agent_cannot_restore_its_interrupt(
 
             assert shutdown.status is Status.INTERRUPTED
             assert shutdown.interrupt_restorable is False
-            kept = await stored(store, "c")
+            kept = await stored_state(store, "c")
             assert kept.interrupt is not None and kept.interrupt.data == {"tool": "transfer"}
 
 
 @pytest.mark.anyio
 async def test_touch_postpones_the_inactivity_timeout(anyio_backend: str) -> None:
     clock = ManualClock()
-    sup, _, _ = supervisor(clock=clock, supervisor_opts={"inactivity_timeout": 60})
+    sup, _, _ = counted_supervisor(clock=clock, supervisor_opts={"inactivity_timeout": 60})
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             handle = (await sup.start("c")).handle
             clock.advance(50)
             handle.touch()
@@ -219,9 +226,9 @@ async def test_touch_postpones_the_inactivity_timeout(anyio_backend: str) -> Non
 @pytest.mark.anyio
 async def test_a_viewed_session_outlives_the_inactivity_timeout(anyio_backend: str) -> None:
     clock = ManualClock()
-    sup, _, _ = supervisor(clock=clock, supervisor_opts={"inactivity_timeout": 60})
+    sup, _, _ = counted_supervisor(clock=clock, supervisor_opts={"inactivity_timeout": 60})
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "hello")
             await wait_for_status(sup, "c", Status.IDLE)
             async with sup.viewing("c"):
@@ -242,13 +249,13 @@ async def test_the_last_viewer_leaving_stops_the_session_after_viewer_grace(
 ) -> None:
     clock = ManualClock()
     store = MemoryStore()
-    sup, _, _ = supervisor(
+    sup, _, _ = counted_supervisor(
         store=store,
         clock=clock,
         supervisor_opts={"inactivity_timeout": inactivity_timeout, "viewer_grace": 2.0},
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "hello")
             await wait_for_status(sup, "c", Status.IDLE)
             async with sup.viewing("c"):
@@ -266,7 +273,7 @@ async def test_the_last_viewer_leaving_stops_the_session_after_viewer_grace(
             assert shutdown.reason == "no_viewers"
             assert shutdown.status is Status.IDLE
             assert not await sup.running("c")
-            assert user_texts(await stored(store, "c")) == ["hello"]
+            assert user_texts(await stored_state(store, "c")) == ["hello"]
 
 
 @pytest.mark.anyio
@@ -275,11 +282,11 @@ async def test_a_viewer_back_within_viewer_grace_keeps_a_long_viewed_session(
 ) -> None:
     """A page reload after reading longer than the inactivity timeout does not stop it."""
     clock = ManualClock()
-    sup, _, _ = supervisor(
+    sup, _, _ = counted_supervisor(
         clock=clock, supervisor_opts={"inactivity_timeout": 60, "viewer_grace": 2.0}
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "hello")
             await wait_for_status(sup, "c", Status.IDLE)
             async with sup.viewing("c"):
@@ -298,13 +305,13 @@ async def test_the_last_viewer_leaving_a_running_session_lets_the_turn_finish(
 ) -> None:
     clock = ManualClock()
     cues = Cues()
-    sup, _, _ = supervisor(
-        CountingFactory(lambda: CueAgent(cues)),
+    sup, _, _ = counted_supervisor(
+        CountingFactory(lambda: SharedCueAgent(cues)),
         clock=clock,
         supervisor_opts={"inactivity_timeout": None, "viewer_grace": 1.0},
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             async with sup.viewing("c"):
                 await sup.send("c", "slow")
                 await cues.started_slow.wait()
@@ -324,11 +331,11 @@ async def test_a_viewer_that_arrived_before_the_start_counts_once_it_starts(
     anyio_backend: str,
 ) -> None:
     clock = ManualClock()
-    sup, _, _ = supervisor(
+    sup, _, _ = counted_supervisor(
         clock=clock, supervisor_opts={"inactivity_timeout": 60, "viewer_grace": 1.0}
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             async with sup.viewing("c"):
                 assert not await sup.running("c")
                 await sup.send("c", "hello")
@@ -345,7 +352,7 @@ async def test_a_viewer_that_arrived_before_the_start_counts_once_it_starts(
 async def test_viewing_does_not_wake_a_stopped_session(anyio_backend: str) -> None:
     clock = ManualClock()
     store = MemoryStore()
-    sup, router, factory = supervisor(store=store, clock=clock)
+    sup, router, factory = counted_supervisor(store=store, clock=clock)
     with anyio.fail_after(WAIT):
         async with sup:
             await sup.send("c", "hello")
@@ -362,4 +369,4 @@ async def test_viewing_does_not_wake_a_stopped_session(anyio_backend: str) -> No
             assert isinstance(snapshot, StatusChanged)
             assert snapshot.status is Status.NOT_RUNNING
             assert (router.calls_for("c"), factory.calls_for("c")) == (1, 1)
-            assert user_texts(await stored(store, "c")) == ["hello"]
+            assert user_texts(await stored_state(store, "c")) == ["hello"]

@@ -18,24 +18,22 @@ from sessionvisor import (
     StatusChanged,
     StoredConversation,
 )
+from sessionvisor.testing import collect_until, wait_for_status, wait_until_settled
 
-from ._helpers_a import (
+from ._support import (
     WAIT,
     Backend,
     ends_in,
-    settle,
-    stored,
+    stored_record,
     stored_state,
     supervisor,
     texts,
-    until,
-    wait_status,
 )
 
 
 async def _interrupted(sup: Any, cid: str = "c-1", cue: str = "ask me") -> None:
     await sup.send(cid, cue)
-    await wait_status(sup, cid, Status.INTERRUPTED)
+    await wait_for_status(sup, cid, Status.INTERRUPTED)
 
 
 # -- resume --------------------------------------------------------------------
@@ -46,20 +44,20 @@ async def test_resume_answers_the_live_interrupt(anyio_backend: str) -> None:
     backend = Backend()
     async with supervisor(backend) as sup:
         await _interrupted(sup)
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None and record.lifecycle == "interrupt"
         assert record.state["interrupt"] == {"kind": "question", "data": {"question": "ask me"}}
 
         async with sup.subscribe("c-1") as events:
             status = await sup.resume("c-1", "yes")
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
 
         assert status is Status.RUNNING
         assert backend.agent.answers == ["yes"]
         assert statuses_of(seen) == ["interrupted", "running", "idle"]
         running = [e for e in seen if isinstance(e, StatusChanged)][1]
         assert running.interrupt is None
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert state.interrupt is None
         assert texts(state) == ["ask me", "answered yes"]
 
@@ -79,7 +77,7 @@ async def test_resume_wakes_a_stopped_session_and_applies_the_answer_first(
 
         async with sup.subscribe("c-1") as events:
             status = await sup.resume("c-1", "yes")
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
 
         assert status is Status.RUNNING
         # The subscriber never saw the already-answered interrupt.
@@ -87,7 +85,7 @@ async def test_resume_wakes_a_stopped_session_and_applies_the_answer_first(
         assert all(e.interrupt is None for e in seen if isinstance(e, StatusChanged))
         assert backend.agent.answers == ["yes"]
         assert len(backend.factory_calls) == 2
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert state.interrupt is None
         assert texts(state) == ["ask me", "answered yes"]
 
@@ -104,7 +102,7 @@ async def test_resume_in_a_new_process_never_shows_the_answered_interrupt(
     async with SQLiteStore(path) as store, supervisor(backend, store=store) as sup:
         async with sup.subscribe("c-1") as events:
             assert await sup.resume("c-1", {"approve": True}) is Status.RUNNING
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
 
         assert statuses_of(seen) == ["not_running", "running", "idle"]
         assert backend.agent.answers == [{"approve": True}]
@@ -138,12 +136,12 @@ async def test_resume_wake_keeps_the_interrupt_stored_until_the_answer_is_done(
         with anyio.fail_after(WAIT):
             await backend.agent.slow_started.wait()
         assert await sup.status("c-1") is Status.RUNNING
-        during = await stored_state(sup, "c-1")
+        during = await stored_state(sup.store, "c-1")
         assert during.interrupt is not None
         assert during.interrupt.data == {"question": "ask me"}
         backend.agent.release()
-        assert await settle(sup, "c-1") is Status.IDLE
-        assert (await stored_state(sup, "c-1")).interrupt is None
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
+        assert (await stored_state(sup.store, "c-1")).interrupt is None
 
 
 class _WakeDuringLoad:
@@ -187,14 +185,14 @@ async def test_resume_reaches_a_session_someone_else_woke_meanwhile(anyio_backen
         store.hook = someone_else_wakes_it
         async with sup.subscribe("c-1") as events:
             status = await sup.resume("c-1", "yes")
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
 
         assert woken == [True]
         assert status is Status.RUNNING
         assert backend.agent.answers == ["yes"]
         assert len(backend.factory_calls) == factory_calls + 1
         assert "running" in statuses_of(seen)
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert state.interrupt is None
         assert texts(state) == ["ask me", "answered yes"]
 
@@ -223,7 +221,7 @@ async def test_concurrent_resume_and_start_of_a_stopped_session_answer_once(
 
         assert Status.RUNNING in results
         assert len(backend.factory_calls) == factory_calls + 1
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert backend.agent.answers == ["yes"]
 
 
@@ -242,7 +240,7 @@ async def test_resume_of_a_live_session_that_is_not_interrupted_raises_invalid_s
                 await backend.agent.slow_started.wait()
         else:
             await sup.send("c-1", "pause")
-            await wait_status(sup, "c-1", Status.PAUSED)
+            await wait_for_status(sup, "c-1", Status.PAUSED)
         factory_calls = len(backend.factory_calls)
 
         with pytest.raises(InvalidStatus) as caught:
@@ -263,9 +261,9 @@ async def test_resume_of_a_woken_session_without_stored_interrupt_drops_the_answ
     backend = Backend()
     async with supervisor(backend) as sup:
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
         await sup.stop("c-1")
-        before = await stored_state(sup, "c-1")
+        before = await stored_state(sup.store, "c-1")
 
         with pytest.raises(InvalidStatus) as caught:
             await sup.resume("c-1", "yes")
@@ -275,7 +273,7 @@ async def test_resume_of_a_woken_session_without_stored_interrupt_drops_the_answ
         assert backend.agent.answers == []
         for _ in range(5):
             await anyio.sleep(0.002)
-        after = await stored_state(sup, "c-1")
+        after = await stored_state(sup.store, "c-1")
         assert texts(after) == texts(before) == ["hello", "re: hello"]
         assert after.interrupt is None
         assert len(backend.agent.turns) == 1
@@ -305,7 +303,7 @@ async def test_handle_resume_answers_the_interrupt(anyio_backend: str) -> None:
         info = await sup.start("c-1")
         await _interrupted(sup)
         assert await info.handle.resume("ok") is Status.RUNNING
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert backend.agent.answers == ["ok"]
         with pytest.raises(InvalidStatus, match="c-1"):
             await info.handle.resume("again")
@@ -329,7 +327,7 @@ async def test_resume_without_a_resume_hook_hands_the_answer_over_as_a_message(
     async with supervisor(backend) as sup:
         await _interrupted(sup, cue="pick")
         await sup.resume("c-1", "blue")
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert seen[-1] == ["pick", "blue"]
 
 
@@ -345,12 +343,12 @@ async def test_dismiss_clears_a_notice_and_runs_the_held_queue(anyio_backend: st
             await backend.agent.slow_started.wait()
         await sup.send("c-1", "q1")
         backend.agent.release()
-        await wait_status(sup, "c-1", Status.INTERRUPTED)
-        assert [m.content for m in (await stored_state(sup, "c-1")).queued] == ["q1"]
+        await wait_for_status(sup, "c-1", Status.INTERRUPTED)
+        assert [m.content for m in (await stored_state(sup.store, "c-1")).queued] == ["q1"]
 
         async with sup.subscribe("c-1") as events:
             status = await sup.dismiss("c-1")
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
 
         assert status in (Status.IDLE, Status.RUNNING)
         assert statuses_of(seen)[:2] == ["interrupted", "idle"]
@@ -360,7 +358,7 @@ async def test_dismiss_clears_a_notice_and_runs_the_held_queue(anyio_backend: st
         ]
         assert len(backend.agent.turns) == 2
         assert backend.agent.turns[-1][-1] == "q1"
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert state.interrupt is None
         assert state.queued == []
 
@@ -374,7 +372,7 @@ async def test_dismiss_of_a_live_notice_leaves_the_session_idle(anyio_backend: s
         assert await sup.dismiss("c-1") is Status.IDLE
 
         assert await sup.status("c-1") is Status.IDLE
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None
         assert record.lifecycle == "dismiss"
         assert record.state["interrupt"] is None
@@ -390,7 +388,7 @@ async def test_dismiss_wakes_a_stopped_session_with_a_notice(anyio_backend: str)
         assert await sup.dismiss("c-1") is Status.IDLE
 
         assert await sup.running("c-1") is True
-        assert (await stored_state(sup, "c-1")).interrupt is None
+        assert (await stored_state(sup.store, "c-1")).interrupt is None
 
 
 @pytest.mark.anyio
@@ -405,7 +403,7 @@ async def test_dismiss_of_a_question_raises_invalid_status(anyio_backend: str) -
         assert caught.value.status == "interrupted"
         assert "c-1" in str(caught.value)
         assert await sup.status("c-1") is Status.INTERRUPTED
-        assert (await stored_state(sup, "c-1")).interrupt is not None
+        assert (await stored_state(sup.store, "c-1")).interrupt is not None
 
 
 @pytest.mark.anyio
@@ -415,14 +413,14 @@ async def test_dismiss_of_a_stored_question_raises_and_wakes_nothing(anyio_backe
         await _interrupted(sup, cue="ask me")
         await sup.stop("c-1")
         factory_calls = len(backend.factory_calls)
-        before = await stored(sup, "c-1")
+        before = await stored_record(sup.store, "c-1")
 
         with pytest.raises(InvalidStatus, match="c-1"):
             await sup.dismiss("c-1")
 
         assert await sup.running("c-1") is False
         assert len(backend.factory_calls) == factory_calls
-        after = await stored(sup, "c-1")
+        after = await stored_record(sup.store, "c-1")
         assert after is not None and before is not None
         assert after.version == before.version
 
@@ -438,7 +436,7 @@ async def test_dismiss_without_an_interrupt_raises_invalid_status(anyio_backend:
         assert "c-1" in str(caught.value)
 
         await sup.send("c-2", "hello")
-        await settle(sup, "c-2")
+        await wait_until_settled(sup, "c-2")
         await sup.stop("c-2")
         with pytest.raises(InvalidStatus, match="c-2"):
             await sup.dismiss("c-2")
@@ -480,12 +478,12 @@ async def test_two_concurrent_resumes_of_a_stopped_session_answer_once(
                 tg.start_soon(answer, "yes")
                 tg.start_soon(answer, "no")
 
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert len(backend.agent.answers) == 1
         assert outcomes.count(Status.RUNNING) == 1
         refused = [o for o in outcomes if isinstance(o, InvalidStatus)]
         assert len(refused) == 1 and "c-1" in str(refused[0])
-        assert texts(await stored_state(sup, "c-1")) == [
+        assert texts(await stored_state(sup.store, "c-1")) == [
             "ask me",
             f"answered {backend.agent.answers[0]}",
         ]
@@ -513,7 +511,7 @@ async def test_two_concurrent_resumes_of_a_live_session_answer_once(anyio_backen
         refused = [o for o in outcomes if isinstance(o, InvalidStatus)]
         assert len(refused) == 1
         assert refused[0].status != "interrupted"
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert len(backend.agent.answers) == 1
 
 
@@ -526,7 +524,7 @@ async def test_start_with_pending_resume_wakes_and_answers(anyio_backend: str) -
 
         async with sup.subscribe("c-1") as events:
             info = await sup.start("c-1", pending_resume="yes")
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
 
         assert info.started is True
         assert "interrupted" not in statuses_of(seen)
@@ -542,15 +540,15 @@ async def test_send_while_interrupted_runs_the_held_queue_first(anyio_backend: s
             await backend.agent.slow_started.wait()
         await sup.send("c-1", "q1")
         backend.agent.release()
-        await wait_status(sup, "c-1", Status.INTERRUPTED)
+        await wait_for_status(sup, "c-1", Status.INTERRUPTED)
         turns = len(backend.agent.turns)
 
         await sup.send("c-1", "q2")
 
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert len(backend.agent.turns) == turns + 1
         assert backend.agent.turns[-1][-2:] == ["q1", "q2"]
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert state.interrupt is None
         assert state.queued == []
         assert [i["kind"] for i in state.metadata["abandoned_interrupts"]] == ["question"]

@@ -12,18 +12,16 @@ import structlog
 
 from sessionvisor import MemoryStore, SessionFailed, Shutdown, Status, StoredConversation
 from sessionvisor.state import dump_state
-from sessionvisor.testing import FlakyStore, ManualClock, wait_for_status
+from sessionvisor.testing import FlakyStore, ManualClock, record_events, wait_for_status, wait_until
 
-from ._helpers_b import (
+from ._support import (
     WAIT,
     CountingFactory,
-    CueAgent,
     Cues,
-    eventually,
-    recording,
+    SharedCueAgent,
+    counted_supervisor,
     saved_as,
-    stored,
-    supervisor,
+    stored_state,
 )
 
 #: Lines about the supervisor as a whole, not about one session.
@@ -45,7 +43,7 @@ def assert_every_session_line_names_it(logs: list[dict[str, Any]]) -> None:
 
 @pytest.mark.anyio
 async def test_a_start_is_logged_with_started_and_route_key(anyio_backend: str) -> None:
-    sup, _, _ = supervisor()
+    sup, _, _ = counted_supervisor()
     with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
         async with sup:
             await sup.start("c")
@@ -62,15 +60,15 @@ async def test_a_start_is_logged_with_started_and_route_key(anyio_backend: str) 
 @pytest.mark.anyio
 async def test_restarts_and_giving_up_are_logged_with_the_error(anyio_backend: str) -> None:
     cues = Cues()
-    sup, _, _ = supervisor(
-        CountingFactory(lambda: CueAgent(cues)), supervisor_opts={"restart_on_error": True}
+    sup, _, _ = counted_supervisor(
+        CountingFactory(lambda: SharedCueAgent(cues)), supervisor_opts={"restart_on_error": True}
     )
     with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             for n in range(4):
                 await sup.send("c", f"crash {n}")
-                await eventually(lambda n=n: cues.crashes == n + 1)
-                await eventually(
+                await wait_until(lambda n=n: cues.crashes == n + 1)
+                await wait_until(
                     lambda: sup.get("c") is None or sup.get("c").status is Status.IDLE  # type: ignore[union-attr]
                 )
             await rec.wait_for(lambda e: isinstance(e, SessionFailed))
@@ -93,7 +91,7 @@ async def test_restarts_and_giving_up_are_logged_with_the_error(anyio_backend: s
 @pytest.mark.anyio
 async def test_a_start_that_gives_up_is_logged_as_a_failure(anyio_backend: str) -> None:
     cues = Cues(crash_on_start=10)
-    sup, _, _ = supervisor(CountingFactory(lambda: CueAgent(cues)))
+    sup, _, _ = counted_supervisor(CountingFactory(lambda: SharedCueAgent(cues)))
     with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
         async with sup:
             with pytest.raises(Exception, match="could not start"):
@@ -109,14 +107,14 @@ async def test_shutdowns_are_logged_with_their_reason_and_drains_are_logged(
     anyio_backend: str,
 ) -> None:
     clock = ManualClock()
-    sup, _, _ = supervisor(
+    sup, _, _ = counted_supervisor(
         clock=clock, supervisor_opts={"inactivity_timeout": 60, "viewer_grace": 1.0}
     )
     with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
         async with (
             sup,
-            recording(sup, "idle") as idle,
-            recording(sup, "viewed") as viewed,
+            record_events(sup, "idle") as idle,
+            record_events(sup, "viewed") as viewed,
             contextlib.AsyncExitStack() as stack,
         ):
             await sup.start("idle")
@@ -155,8 +153,8 @@ async def test_every_runtime_line_about_a_session_has_conversation_id_and_agent_
     cues = Cues()
     memory = MemoryStore()
     store = FlakyStore(memory, clock=clock)
-    sup, _, _ = supervisor(
-        CountingFactory(lambda: CueAgent(cues)),
+    sup, _, _ = counted_supervisor(
+        CountingFactory(lambda: SharedCueAgent(cues)),
         store=store,
         clock=clock,
         on_corrupt="quarantine",
@@ -185,14 +183,14 @@ async def test_every_runtime_line_about_a_session_has_conversation_id_and_agent_
             await wait_for_status(sup, "b", Status.IDLE)
             clock.advance(1.0)
             clock.advance(2.0)
-            await eventually(lambda: any(e["event"] == "store_save_recovered" for e in logs))
+            await wait_until(lambda: any(e["event"] == "store_save_recovered" for e in logs))
 
             # another writer takes "b" over
             record = await memory.load("b")
             assert record is not None
             await memory.save(
                 "b",
-                attrs.evolve(record, state=dump_state(await stored(memory, "b"))),
+                attrs.evolve(record, state=dump_state(await stored_state(memory, "b"))),
                 expected_version=record.version,
                 lifecycle="completion",
             )
@@ -203,7 +201,7 @@ async def test_every_runtime_line_about_a_session_has_conversation_id_and_agent_
 
             await sup.start("broken")  # quarantined, then a fresh start
             clock.advance(60)  # everything idle times out
-            await eventually(lambda: len(lines(logs, "session_shutdown")) >= 3)
+            await wait_until(lambda: len(lines(logs, "session_shutdown")) >= 3)
 
     seen = {e["event"] for e in logs}
     assert {

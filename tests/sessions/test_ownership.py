@@ -15,8 +15,15 @@ from sessionvisor import (
     SQLiteStore,
     Status,
 )
+from sessionvisor.testing import wait_for_status, wait_until_settled
 
-from ._helpers_a import Backend, settle, stored, stored_state, supervisor, texts, wait_status
+from ._support import (
+    Backend,
+    stored_record,
+    stored_state,
+    supervisor,
+    texts,
+)
 
 ALICE = {"owner": "alice"}
 STRANGERS = [
@@ -61,7 +68,7 @@ STORED_CALLS = ["start", "send", "resume", "dismiss", "subscribe"]
 
 async def _alice_interrupted(sup: SessionSupervisor) -> None:
     await sup.send("c-1", "ask me", scope=ALICE)
-    await wait_status(sup, "c-1", Status.INTERRUPTED, scope=ALICE)
+    await wait_for_status(sup, "c-1", Status.INTERRUPTED, scope=ALICE)
 
 
 @pytest.mark.anyio
@@ -75,7 +82,7 @@ async def test_live_owned_conversation_refuses_other_scopes_before_anything_happ
         await _alice_interrupted(sup)
         handle = sup.get("c-1", scope=ALICE)
         assert handle is not None
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
 
         with pytest.raises(AccessDenied) as caught:
             await _calls(sup, scope)[call]()
@@ -86,7 +93,7 @@ async def test_live_owned_conversation_refuses_other_scopes_before_anything_happ
         assert handle.status is Status.INTERRUPTED
         assert backend.agent.answers == []
         assert len(backend.router_calls) == 1
-        after = await stored(sup, "c-1")
+        after = await stored_record(sup.store, "c-1")
         assert record is not None and after is not None
         assert after.version == record.version
 
@@ -101,7 +108,7 @@ async def test_stored_owned_conversation_refuses_other_scopes_without_waking(
     async with supervisor(backend) as sup:
         await _alice_interrupted(sup)
         await sup.stop("c-1", scope=ALICE)
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
 
         with pytest.raises(AccessDenied, match="c-1"):
             await _calls(sup, scope)[call]()
@@ -109,7 +116,7 @@ async def test_stored_owned_conversation_refuses_other_scopes_without_waking(
         assert await sup.running("c-1", scope=ALICE) is False
         assert len(backend.router_calls) == 1
         assert backend.agent.answers == []
-        after = await stored(sup, "c-1")
+        after = await stored_record(sup.store, "c-1")
         assert record is not None and after is not None
         assert after.version == record.version
 
@@ -120,15 +127,15 @@ async def test_owner_keeps_full_access(anyio_backend: str) -> None:
     async with supervisor(backend) as sup:
         await _alice_interrupted(sup)
         assert await sup.resume("c-1", "yes", scope=ALICE) is Status.RUNNING
-        await settle(sup, "c-1", scope=ALICE)
+        await wait_until_settled(sup, "c-1", scope=ALICE)
         await sup.stop("c-1", scope=ALICE)
         # Another scope object with the same owner key is the same owner.
         same_owner = SimpleNamespace(owner="alice", session="other-tab")
         delivery = await sup.send("c-1", "back", scope=same_owner)
         assert delivery.started is True
-        assert await settle(sup, "c-1", scope="alice") is Status.IDLE
-        assert texts(await stored_state(sup, "c-1"))[-2:] == ["back", "re: back"]
-        record = await stored(sup, "c-1")
+        assert await wait_until_settled(sup, "c-1", scope="alice") is Status.IDLE
+        assert texts(await stored_state(sup.store, "c-1"))[-2:] == ["back", "re: back"]
+        record = await stored_record(sup.store, "c-1")
         assert record is not None and record.owner == "alice"
 
 
@@ -138,15 +145,15 @@ async def test_unowned_conversation_is_open_to_every_scope(anyio_backend: str, s
     backend = Backend()
     async with supervisor(backend) as sup:
         await sup.send("c-1", "ask me")  # created without a scope: unowned
-        await wait_status(sup, "c-1", Status.INTERRUPTED)
+        await wait_for_status(sup, "c-1", Status.INTERRUPTED)
 
         assert await sup.status("c-1", scope=scope) is Status.INTERRUPTED
         assert await sup.resume("c-1", "yes", scope=scope) is Status.RUNNING
-        await settle(sup, "c-1", scope=scope)
+        await wait_until_settled(sup, "c-1", scope=scope)
         await sup.send("c-1", "more", scope=scope)
-        await settle(sup, "c-1", scope=scope)
+        await wait_until_settled(sup, "c-1", scope=scope)
         assert await sup.stop("c-1", scope=scope) == "stopped"
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None and record.owner is None
         assert (await sup.start("c-1", scope=scope)).started is True
 
@@ -156,16 +163,16 @@ async def test_request_opts_cannot_claim_ownership(anyio_backend: str) -> None:
     backend = Backend()
     async with supervisor(backend) as sup:
         await sup.send("c-1", "hello", scope=ALICE)
-        await settle(sup, "c-1", scope=ALICE)
+        await wait_until_settled(sup, "c-1", scope=ALICE)
         with pytest.raises(AccessDenied, match="c-1"):
             await sup.send("c-1", "hi", request_opts={"owner": "alice"})
         with pytest.raises(AccessDenied, match="c-1"):
             await sup.send("c-1", "hi", scope={"owner": "bob"}, request_opts={"owner": "alice"})
-        assert texts(await stored_state(sup, "c-1")) == ["hello", "re: hello"]
+        assert texts(await stored_state(sup.store, "c-1")) == ["hello", "re: hello"]
 
         await sup.send("c-2", "hello", request_opts={"owner": "alice"})
-        await settle(sup, "c-2")
-        record = await stored(sup, "c-2")
+        await wait_until_settled(sup, "c-2")
+        record = await stored_record(sup.store, "c-2")
         assert record is not None and record.owner is None
 
 
@@ -174,7 +181,7 @@ async def test_ownership_survives_a_new_process(anyio_backend: str, tmp_path: Pa
     path = tmp_path / "chat.db"
     async with SQLiteStore(path) as store, supervisor(Backend(), store=store) as sup:
         await sup.send("c-1", "hello", scope=ALICE)
-        await settle(sup, "c-1", scope=ALICE)
+        await wait_until_settled(sup, "c-1", scope=ALICE)
 
     backend = Backend()
     async with SQLiteStore(path) as store, supervisor(backend, store=store) as sup:
@@ -206,12 +213,12 @@ async def test_custom_owner_of_decides_who_owns(anyio_backend: str) -> None:
     backend = Backend()
     async with supervisor(backend, owner_of=tenant) as sup:
         await sup.send("c-1", "hello", scope={"tenant": "acme", "user": "ann"})
-        await settle(sup, "c-1", scope={"tenant": "acme"})
+        await wait_until_settled(sup, "c-1", scope={"tenant": "acme"})
         # Another user of the same tenant is the same owner.
         await sup.send("c-1", "hi", scope={"tenant": "acme", "user": "bea"})
         with pytest.raises(AccessDenied, match="c-1"):
             await sup.send("c-1", "hi", scope={"tenant": "globex", "user": "ann"})
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None and record.owner == "acme"
 
 
@@ -221,7 +228,7 @@ async def test_handle_obtained_by_the_owner_checks_no_scope(anyio_backend: str) 
         handle = (await sup.start("c-1", scope=ALICE)).handle
         delivery = await handle.send("from a trusted caller")
         assert delivery.queued is False
-        assert await settle(sup, "c-1", scope=ALICE) is Status.IDLE
+        assert await wait_until_settled(sup, "c-1", scope=ALICE) is Status.IDLE
 
 
 @pytest.mark.anyio
@@ -232,7 +239,7 @@ async def test_load_delete_and_check_access_refuse_other_scopes(
 ) -> None:
     async with supervisor(Backend()) as sup:
         await sup.send("c-1", "hello", scope=ALICE)
-        await settle(sup, "c-1", scope=ALICE)
+        await wait_until_settled(sup, "c-1", scope=ALICE)
         if not live:
             await sup.stop("c-1", scope=ALICE)
 
@@ -241,7 +248,7 @@ async def test_load_delete_and_check_access_refuse_other_scopes(
                 await call("c-1", scope=scope)
 
         assert await sup.running("c-1", scope=ALICE) is live
-        assert texts(await stored_state(sup, "c-1")) == ["hello", "re: hello"]
+        assert texts(await stored_state(sup.store, "c-1")) == ["hello", "re: hello"]
         assert await sup.check_access("c-1", scope=ALICE) is True
         loaded = await sup.load("c-1", scope=ALICE)
         assert loaded is not None and texts(loaded) == ["hello", "re: hello"]
@@ -255,7 +262,7 @@ async def test_viewing_a_stored_owned_conversation_is_refused(
     # A stranger's viewer would otherwise keep the owner's session from stopping.
     async with supervisor(Backend()) as sup:
         await sup.send("c-1", "hello", scope=ALICE)
-        await settle(sup, "c-1", scope=ALICE)
+        await wait_until_settled(sup, "c-1", scope=ALICE)
         await sup.stop("c-1", scope=ALICE)
 
         with pytest.raises(AccessDenied, match="c-1"):

@@ -16,15 +16,14 @@ from sessionvisor import (
 )
 from sessionvisor.sessions import PreprocessContext
 from sessionvisor.state import Message
+from sessionvisor.testing import collect_until, wait_until_settled
 
-from ._helpers_a import (
+from ._support import (
     WAIT,
     Backend,
     ends_in,
-    settle,
     stored_state,
     supervisor,
-    until,
 )
 
 
@@ -45,14 +44,14 @@ async def test_display_copy_is_shown_and_model_copy_is_stored(anyio_backend: str
     sup, backend = _sup(redact)
     async with sup, sup.subscribe("c-1") as events:
         await sup.send("c-1", "pay with 4111")
-        seen = await until(events, ends_in(Status.IDLE))
+        seen = await collect_until(events, ends_in(Status.IDLE))
 
         appended = [e.message for e in seen if isinstance(e, MessageAppended)]
         assert appended[0].role == "user"
         assert appended[0].content == "pay with 4111"
         assert appended[1].content == "re: pay with [card] (from web)"
 
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         user = state.messages[0]
         assert user.content == "pay with [card] (from web)"
         assert user.metadata["display"]["content"] == "pay with 4111"
@@ -70,14 +69,14 @@ async def test_queued_message_is_announced_with_its_display_copy(anyio_backend: 
         async with sup.subscribe("c-1") as events:
             assert (await sup.send("c-1", "card 4111")).queued is True
             backend.agent.release()
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
 
         queued = [e.message for e in seen if isinstance(e, MessageQueued)]
         assert [m.content for m in queued] == ["card 4111"]
         appended = [e.message.content for e in seen if isinstance(e, MessageAppended)]
         assert "card 4111" in appended
         assert "card [card] (from web)" not in appended
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert state.messages[2].content == "card [card] (from web)"
 
 
@@ -89,11 +88,11 @@ async def test_single_message_result_replaces_the_message(anyio_backend: str) ->
     sup, _ = _sup(shout)
     async with sup, sup.subscribe("c-1") as events:
         await sup.send("c-1", "hello")
-        seen = await until(events, ends_in(Status.IDLE))
+        seen = await collect_until(events, ends_in(Status.IDLE))
 
     appended = [e.message.content for e in seen if isinstance(e, MessageAppended)]
     assert appended == ["HELLO", "re: HELLO"]
-    assert "display" not in (await stored_state(sup, "c-1")).messages[0].metadata
+    assert "display" not in (await stored_state(sup.store, "c-1")).messages[0].metadata
 
 
 @pytest.mark.anyio
@@ -111,10 +110,10 @@ async def test_async_preprocessor_sees_the_conversation_in_its_context(
     sup, _ = _sup(note)
     async with sup:
         await sup.send("c-1", "one", scope={"owner": "alice"})
-        await settle(sup, "c-1", scope={"owner": "alice"})
+        await wait_until_settled(sup, "c-1", scope={"owner": "alice"})
         await sup.send("c-1", "two", scope={"owner": "alice"})
-        await settle(sup, "c-1", scope={"owner": "alice"})
-        state = await stored_state(sup, "c-1")
+        await wait_until_settled(sup, "c-1", scope={"owner": "alice"})
+        state = await stored_state(sup.store, "c-1")
 
     assert contexts == [
         ("c-1", "conversation-c-1", {"owner": "alice"}, 0),
@@ -150,8 +149,8 @@ async def test_raising_preprocessor_rejects_the_message_and_stores_nothing(
         assert not any(isinstance(e, MessageAppended | MessageQueued) for e in waiting)
 
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
-        assert [m.content for m in (await stored_state(sup, "c-1")).messages] == [
+        await wait_until_settled(sup, "c-1")
+        assert [m.content for m in (await stored_state(sup.store, "c-1")).messages] == [
             "hello",
             "re: hello",
         ]
@@ -179,7 +178,7 @@ async def test_rejected_message_mid_turn_is_not_queued(anyio_backend: str) -> No
         assert record.version == version
         assert record.state["queued"] == []
         backend.agent.release()
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
         assert backend.agent.turns == [["slow"]]
 
 
@@ -190,14 +189,14 @@ async def test_preprocessor_from_the_factory_applies_to_its_session_only(
     shouted = Backend(supervisor_opts={"message_preprocessor": _upper})
     async with supervisor(shouted) as sup:
         await sup.send("c-1", "hi")
-        await settle(sup, "c-1")
-        assert (await stored_state(sup, "c-1")).messages[0].content == "HI"
+        await wait_until_settled(sup, "c-1")
+        assert (await stored_state(sup.store, "c-1")).messages[0].content == "HI"
 
     plain = Backend()
     async with supervisor(plain) as sup:
         await sup.send("c-1", "hi")
-        await settle(sup, "c-1")
-        assert (await stored_state(sup, "c-1")).messages[0].content == "hi"
+        await wait_until_settled(sup, "c-1")
+        assert (await stored_state(sup.store, "c-1")).messages[0].content == "hi"
 
 
 def _upper(message: Message, ctx: PreprocessContext) -> Message:
@@ -218,7 +217,7 @@ async def test_handle_send_goes_through_the_preprocessor(anyio_backend: str) -> 
     async with sup, sup.subscribe("c-1") as events:
         handle = (await sup.start("c-1")).handle
         await handle.send("card 4111")
-        seen = await until(events, ends_in(Status.IDLE))
+        seen = await collect_until(events, ends_in(Status.IDLE))
 
     appended = [e.message.content for e in seen if isinstance(e, MessageAppended)]
     assert appended[0] == "card 4111"

@@ -19,18 +19,22 @@ from sessionvisor import (
     StatusChanged,
 )
 from sessionvisor.state import dump_state
-from sessionvisor.testing import ManualClock, ScriptedAgent, wait_for_status
+from sessionvisor.testing import (
+    ManualClock,
+    ScriptedAgent,
+    record_events,
+    wait_for_status,
+    wait_until,
+)
 
-from ._helpers_b import (
+from ._support import (
     WAIT,
     CountingFactory,
-    CueAgent,
     Cues,
+    SharedCueAgent,
     assistant_texts,
-    eventually,
-    recording,
-    stored,
-    supervisor,
+    counted_supervisor,
+    stored_state,
     user_texts,
 )
 
@@ -38,7 +42,7 @@ RESTARTING = {"restart_on_error": True}
 
 
 def cue_factory(cues: Cues, **opts: Any) -> CountingFactory:
-    return CountingFactory(lambda: CueAgent(cues), supervisor_opts=opts or None)
+    return CountingFactory(lambda: SharedCueAgent(cues), supervisor_opts=opts or None)
 
 
 async def lifecycle(store: Any, cid: str) -> str | None:
@@ -53,17 +57,19 @@ async def test_crash_every_third_message_keeps_every_user_message_once_in_order(
     cues = Cues()
     factory = cue_factory(cues, restart_on_error=True, max_restarts=1000, max_queued=1000)
     store = SQLiteStore(tmp_path / "chat.db")
-    sup, _, _ = supervisor(factory, store=store, supervisor_opts={"subscriber_buffer": 100_000})
+    sup, _, _ = counted_supervisor(
+        factory, store=store, supervisor_opts={"subscriber_buffer": 100_000}
+    )
     sent = [f"m{i}" + (" crash" if i % 3 == 0 else "") for i in range(1, 301)]
     with anyio.fail_after(60):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             for text in sent:
                 await sup.send("c", text)
-            await eventually(lambda: any(sent[-1] in texts for texts in cues.turns), timeout=20)
+            await wait_until(lambda: any(sent[-1] in texts for texts in cues.turns), timeout=20)
             await wait_for_status(sup, "c", Status.IDLE)
             assert await sup.stop("c") == "stopped"
 
-            state = await stored(store, "c")
+            state = await stored_state(store, "c")
             assert user_texts(state) == sent
             assert state.queued == []
             assert cues.crashes > 0
@@ -81,9 +87,9 @@ async def test_crash_emits_restarted_with_attempt_and_error_and_comes_back_idle(
     anyio_backend: str,
 ) -> None:
     cues = Cues()
-    sup, _, _ = supervisor(cue_factory(cues, **RESTARTING))
+    sup, _, _ = counted_supervisor(cue_factory(cues, **RESTARTING))
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "please crash")
             (restarted,) = await rec.wait_for(lambda e: isinstance(e, Restarted))
             await wait_for_status(sup, "c", Status.IDLE)
@@ -104,9 +110,9 @@ async def test_restart_consults_router_and_factory_again_and_builds_a_new_agent(
     anyio_backend: str,
 ) -> None:
     cues = Cues()
-    sup, router, factory = supervisor(cue_factory(cues, **RESTARTING))
+    sup, router, factory = counted_supervisor(cue_factory(cues, **RESTARTING))
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.start("c")
             assert (router.calls_for("c"), factory.calls_for("c")) == (1, 1)
             first = factory.agent
@@ -131,21 +137,21 @@ async def test_restart_reloads_state_from_the_store_not_from_memory(
     clock = ManualClock()
     cues = Cues()
     store = SQLiteStore(tmp_path / "chat.db")
-    sup, _, _ = supervisor(
+    sup, _, _ = counted_supervisor(
         cue_factory(cues, restart_on_error=True, restart_backoff=1.0), store=store, clock=clock
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "first")
             await wait_for_status(sup, "c", Status.IDLE)
             await sup.send("c", "then crash")
-            await eventually(lambda: _is(lifecycle(store, "c"), "error"))
+            await wait_until(lambda: _is(lifecycle(store, "c"), "error"))
             assert rec.of(Restarted) == []  # waiting out the backoff
 
             # Someone edits the stored conversation while the actor is down.
             record = await store.load("c")
             assert record is not None
-            state = await stored(store, "c")
+            state = await stored_state(store, "c")
             state.metadata["edited"] = "by an operator"
             await store.save(
                 "c",
@@ -163,10 +169,10 @@ async def test_restart_reloads_state_from_the_store_not_from_memory(
 
             # and the reloaded session goes on saving on top of the edit
             await sup.send("c", "after")
-            await eventually(lambda: _has_user(store, "c", "after"))
+            await wait_until(lambda: _has_user(store, "c", "after"))
             await wait_for_status(sup, "c", Status.IDLE)
             assert sup.get("c") is handle
-            final = await stored(store, "c")
+            final = await stored_state(store, "c")
             assert final.metadata["edited"] == "by an operator"
             assert user_texts(final) == ["first", "then crash", "after"]
 
@@ -177,16 +183,16 @@ async def _is(awaitable: Any, value: Any) -> bool:
 
 async def _has_user(store: Any, cid: str, text: str) -> bool:
     record = await store.load(cid)
-    return record is not None and text in user_texts(await stored(store, cid))
+    return record is not None and text in user_texts(await stored_state(store, cid))
 
 
 @pytest.mark.anyio
 async def test_messages_queued_before_a_crash_run_as_the_next_turn(anyio_backend: str) -> None:
     cues = Cues()
     store = MemoryStore()
-    sup, _, _ = supervisor(cue_factory(cues, **RESTARTING), store=store)
+    sup, _, _ = counted_supervisor(cue_factory(cues, **RESTARTING), store=store)
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "slow crash")
             await cues.started_slow.wait()
             assert (await sup.send("c", "queued one")).queued
@@ -194,11 +200,11 @@ async def test_messages_queued_before_a_crash_run_as_the_next_turn(anyio_backend
             cues.release()
 
             await rec.wait_for(lambda e: isinstance(e, Restarted))
-            await eventually(lambda: len(cues.turns) == 2)
+            await wait_until(lambda: len(cues.turns) == 2)
             await wait_for_status(sup, "c", Status.IDLE)
 
     assert cues.turns == [["slow crash"], ["slow crash", "queued one", "queued two"]]
-    state = await stored(store, "c")
+    state = await stored_state(store, "c")
     assert user_texts(state) == ["slow crash", "queued one", "queued two"]
     assert state.queued == []
     assert assistant_texts(state) == ["ok: slow crash | queued one | queued two"]
@@ -208,9 +214,9 @@ async def test_messages_queued_before_a_crash_run_as_the_next_turn(anyio_backend
 async def test_on_start_hook_that_raises_is_a_crash_and_restarts(anyio_backend: str) -> None:
     agent = ScriptedAgent(crash_on_start=1)
     factory = CountingFactory(lambda: agent)
-    sup, router, _ = supervisor(factory)
+    sup, router, _ = counted_supervisor(factory)
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             info = await sup.start("c")
 
             assert info.started
@@ -220,7 +226,7 @@ async def test_on_start_hook_that_raises_is_a_crash_and_restarts(anyio_backend: 
             assert (router.calls_for("c"), factory.calls_for("c")) == (2, 2)
             assert info.handle.status is Status.IDLE
             await sup.send("c", "hello")
-            await eventually(lambda: agent.turns == ["hello"])
+            await wait_until(lambda: agent.turns == ["hello"])
 
 
 @pytest.mark.anyio
@@ -229,9 +235,9 @@ async def test_on_start_that_keeps_raising_fails_the_start_and_registers_nothing
 ) -> None:
     cues = Cues(crash_on_start=4)
     store = MemoryStore()
-    sup, _, _ = supervisor(cue_factory(cues), store=store)
+    sup, _, _ = counted_supervisor(cue_factory(cues), store=store)
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             with pytest.raises(SessionFailedError, match="'c'"):
                 await sup.start("c")
 
@@ -249,9 +255,11 @@ async def test_fourth_crash_within_max_seconds_fails_the_session(anyio_backend: 
     clock = ManualClock()
     cues = Cues()
     store = MemoryStore()
-    sup, router, factory = supervisor(cue_factory(cues, **RESTARTING), store=store, clock=clock)
+    sup, router, factory = counted_supervisor(
+        cue_factory(cues, **RESTARTING), store=store, clock=clock
+    )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             handle = (await sup.start("c")).handle
             for n in range(1, 4):
                 await sup.send("c", f"crash {n}")
@@ -271,7 +279,7 @@ async def test_fourth_crash_within_max_seconds_fails_the_session(anyio_backend: 
             with pytest.raises(SessionFailedError):
                 await handle.stop()
 
-            state = await stored(store, "c")
+            state = await stored_state(store, "c")
             assert user_texts(state) == ["crash 1", "crash 2", "crash 3", "crash 4"]
 
             # The subscription outlives the failure and sees the fresh start.
@@ -302,9 +310,9 @@ async def test_fourth_crash_within_max_seconds_fails_the_session(anyio_backend: 
 async def test_crashes_spaced_beyond_max_seconds_keep_restarting(anyio_backend: str) -> None:
     clock = ManualClock()
     cues = Cues()
-    sup, _, _ = supervisor(cue_factory(cues, **RESTARTING), clock=clock)
+    sup, _, _ = counted_supervisor(cue_factory(cues, **RESTARTING), clock=clock)
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             for n in range(1, 7):
                 await sup.send("c", f"crash {n}")
                 await rec.wait_for(lambda e: isinstance(e, Restarted), count=n)
@@ -322,11 +330,11 @@ async def test_crashes_spaced_beyond_max_seconds_keep_restarting(anyio_backend: 
 async def test_temporary_policy_gives_up_on_the_first_crash(anyio_backend: str) -> None:
     cues = Cues()
     store = MemoryStore()
-    sup, _, factory = supervisor(
+    sup, _, factory = counted_supervisor(
         cue_factory(cues, restart_on_error=True, restart="temporary"), store=store
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             handle = (await sup.start("c")).handle
             await sup.send("c", "crash")
             await rec.wait_for(lambda e: isinstance(e, SessionFailed))
@@ -336,7 +344,7 @@ async def test_temporary_policy_gives_up_on_the_first_crash(anyio_backend: str) 
             assert not await sup.running("c")
             with pytest.raises(SessionFailedError):
                 await handle.send("hi")
-            assert user_texts(await stored(store, "c")) == ["crash"]
+            assert user_texts(await stored_state(store, "c")) == ["crash"]
 
 
 @pytest.mark.anyio
@@ -344,18 +352,18 @@ async def test_restart_backoff_delays_each_restart_and_doubles(anyio_backend: st
     clock = ManualClock()
     cues = Cues()
     store = MemoryStore()
-    sup, _, factory = supervisor(
+    sup, _, factory = counted_supervisor(
         cue_factory(cues, restart_on_error=True, restart_backoff=1.0, max_seconds=60.0),
         store=store,
         clock=clock,
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.start("c")
             for n, backoff in ((1, 1.0), (2, 2.0), (3, 4.0)):
                 sleepers = clock.sleepers
                 await sup.send("c", f"crash {n}")
-                await eventually(lambda s=sleepers: clock.sleepers > s)  # the restart waits
+                await wait_until(lambda s=sleepers: clock.sleepers > s)  # the restart waits
                 await anyio.sleep(0.02)
                 assert len(rec.of(Restarted)) == n - 1
                 assert factory.calls_for("c") == n
@@ -376,9 +384,9 @@ async def test_a_neighbouring_session_keeps_serving_while_another_crashes(
 ) -> None:
     cues = Cues()
     store = MemoryStore()
-    sup, _, _ = supervisor(cue_factory(cues, **RESTARTING), store=store)
+    sup, _, _ = counted_supervisor(cue_factory(cues, **RESTARTING), store=store)
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "sick") as sick, recording(sup, "well") as well:
+        async with sup, record_events(sup, "sick") as sick, record_events(sup, "well") as well:
             for n in range(1, 6):
                 await sup.send("sick", f"crash {n}")
                 await sup.send("well", f"hello {n}")
@@ -387,13 +395,13 @@ async def test_a_neighbouring_session_keeps_serving_while_another_crashes(
                     count=n + 1,
                 )
                 # each crash ends in a restart or, the fourth time, in giving up
-                await eventually(
+                await wait_until(
                     lambda n=n: len(sick.of(Restarted)) + len(sick.of(SessionFailed)) >= n
                 )
 
             assert len(sick.of(SessionFailed)) == 1
             assert len(sick.of(Restarted)) == 4
-            state = await stored(store, "well")
+            state = await stored_state(store, "well")
             assert user_texts(state) == [f"hello {n}" for n in range(1, 6)]
             assert assistant_texts(state) == [f"ok: hello {n}" for n in range(1, 6)]
             assert well.of(Restarted) == [] and well.of(SessionFailed) == []
@@ -406,9 +414,9 @@ async def test_failed_turn_without_restart_on_error_keeps_the_actor_in_error(
 ) -> None:
     cues = Cues()
     store = SQLiteStore(tmp_path / "chat.db")
-    sup, router, factory = supervisor(cue_factory(cues), store=store)
+    sup, router, factory = counted_supervisor(cue_factory(cues), store=store)
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             handle = (await sup.start("c")).handle
             await sup.send("c", "crash please")
             (failed,) = await rec.wait_for(
@@ -420,7 +428,7 @@ async def test_failed_turn_without_restart_on_error_keeps_the_actor_in_error(
             assert sup.get("c") is handle
             assert rec.of(Restarted) == []
             assert (router.calls_for("c"), factory.calls_for("c")) == (1, 1)
-            state = await stored(store, "c")
+            state = await stored_state(store, "c")
             assert user_texts(state) == ["crash please"]
             assert assistant_texts(state) == []
 

@@ -14,22 +14,19 @@ from sessionvisor import (
     Status,
     StatusChanged,
 )
-from sessionvisor.testing import FlakyStore
+from sessionvisor.testing import FlakyStore, collect_until, wait_for_status, wait_until_settled
 
-from ._helpers_a import (
+from ._support import (
     WAIT,
     AbandoningAgent,
     Backend,
     CueAgent,
     ends_in,
-    settle,
     statuses,
-    stored,
+    stored_record,
     stored_state,
     supervisor,
     texts,
-    until,
-    wait_status,
 )
 
 
@@ -40,8 +37,8 @@ async def test_send_wakes_a_new_conversation_and_runs_a_turn(anyio_backend: str)
         delivery = await sup.send("c-1", "hello")
 
         assert delivery == Delivery(queued=False, started=True)
-        assert await settle(sup, "c-1") is Status.IDLE
-        assert texts(await stored_state(sup, "c-1")) == ["hello", "re: hello"]
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
+        assert texts(await stored_state(sup.store, "c-1")) == ["hello", "re: hello"]
         assert backend.agent.turns == [["hello"]]
 
 
@@ -56,10 +53,10 @@ async def test_send_returns_before_the_reply_is_done(anyio_backend: str) -> None
         assert delivery == Delivery(queued=False, started=True)
         assert await sup.status("c-1") is Status.RUNNING
         # The user message is persisted before send returns.
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert texts(state) == ["slow one"]
         backend.agent.release()
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
 
 
 @pytest.mark.anyio
@@ -86,14 +83,14 @@ async def test_mid_turn_sends_are_queued_persisted_and_answered_by_one_next_turn
 
         assert second == Delivery(queued=True, started=False)
         assert third == Delivery(queued=True, started=False)
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None
         assert record.lifecycle == "queued"
         assert [m["content"] for m in record.state["queued"]] == ["second", "third"]
         assert store.saves[-1] == ("c-1", "queued")
 
         backend.agent.release()
-        seen = await until(events, ends_in(Status.IDLE))
+        seen = await collect_until(events, ends_in(Status.IDLE))
 
     queued = [e.message.content for e in seen if isinstance(e, MessageQueued)]
     appended = [e.message.content for e in seen if isinstance(e, MessageAppended)]
@@ -102,7 +99,7 @@ async def test_mid_turn_sends_are_queued_persisted_and_answered_by_one_next_turn
     # One running stretch for both turns: no `idle` between them.
     assert statuses(seen) == ["not_running", "idle", "running", "idle"]
     assert backend.agent.turns == [["slow first"], ["second", "third"]]
-    state = await stored_state(sup, "c-1")
+    state = await stored_state(sup.store, "c-1")
     assert state.queued == []
     assert texts(state) == ["slow first", "re: slow first", "second", "third", "re: third"]
 
@@ -124,10 +121,10 @@ async def test_send_past_max_queued_raises_queue_full(anyio_backend: str) -> Non
 
         assert "c-1" in str(caught.value)
         assert "max_queued=2" in str(caught.value)
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert [m.content for m in state.queued] == ["q1", "q2"]
         backend.agent.release()
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert backend.agent.turns[-1] == ["q1", "q2"]
 
 
@@ -159,7 +156,7 @@ async def _hold(sup: object, backend: Backend, how: str) -> None:
         assert await sup.cancel("c-1") is Status.CANCELLED
     else:
         agent.release()
-    await wait_status(sup, "c-1", how)
+    await wait_for_status(sup, "c-1", how)
 
 
 @pytest.mark.anyio
@@ -175,18 +172,18 @@ async def test_queue_is_held_then_drained_by_the_next_send(anyio_backend: str, h
             await anyio.sleep(0.002)
         assert await sup.status("c-1") == held
         assert len(backend.agent.turns) == turns
-        assert [m.content for m in (await stored_state(sup, "c-1")).queued] == ["q1"]
+        assert [m.content for m in (await stored_state(sup.store, "c-1")).queued] == ["q1"]
 
         async with sup.subscribe("c-1") as events:
             delivery = await sup.send("c-1", "q2")
-            seen = await until(events, ends_in(Status.IDLE))
+            seen = await collect_until(events, ends_in(Status.IDLE))
 
         assert delivery == Delivery(queued=False, started=False)
         assert len(backend.agent.turns) == turns + 1
         assert backend.agent.turns[-1][-2:] == ["q1", "q2"]
         appended = [e.message.content for e in seen if isinstance(e, MessageAppended)]
         assert appended == ["q1", "q2", "re: q2"]
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert state.queued == []
         assert texts(state)[-3:] == ["q1", "q2", "re: q2"]
 
@@ -198,14 +195,14 @@ async def test_failed_turn_keeps_the_user_message_and_reports_the_error(
     backend = Backend()
     async with supervisor(backend) as sup, sup.subscribe("c-1") as events:
         await sup.send("c-1", "crash now")
-        seen = await until(events, ends_in(Status.ERROR))
+        seen = await collect_until(events, ends_in(Status.ERROR))
 
         error = seen[-1]
         assert isinstance(error, StatusChanged)
         assert error.error is not None and "crashed on cue" in error.error
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert texts(state) == ["crash now"]
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None and record.lifecycle == "error"
         assert await sup.running("c-1") is True
 
@@ -218,13 +215,13 @@ async def test_send_while_interrupted_abandons_the_interrupt(
     backend = Backend(agent_cls())
     async with supervisor(backend) as sup:
         await sup.send("c-1", "ask me")
-        await wait_status(sup, "c-1", Status.INTERRUPTED)
+        await wait_for_status(sup, "c-1", Status.INTERRUPTED)
 
         delivery = await sup.send("c-1", "never mind")
         assert delivery.queued is False
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
 
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert state.interrupt is None
         assert texts(state)[-2:] == ["never mind", "re: never mind"]
         abandoned = {"kind": "question", "data": {"question": "ask me"}}
@@ -246,18 +243,18 @@ async def test_queue_held_by_an_interrupt_is_drained_after_resume(anyio_backend:
             await backend.agent.slow_started.wait()
         await sup.send("c-1", "q1")
         backend.agent.release()
-        await wait_status(sup, "c-1", Status.INTERRUPTED)
+        await wait_for_status(sup, "c-1", Status.INTERRUPTED)
         for _ in range(5):
             await anyio.sleep(0.002)
         assert await sup.status("c-1") is Status.INTERRUPTED
-        assert [m.content for m in (await stored_state(sup, "c-1")).queued] == ["q1"]
+        assert [m.content for m in (await stored_state(sup.store, "c-1")).queued] == ["q1"]
 
         assert await sup.resume("c-1", "yes") is Status.RUNNING
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
 
         assert backend.agent.answers == ["yes"]
         assert backend.agent.turns[-1] == ["q1"]
-        state = await stored_state(sup, "c-1")
+        state = await stored_state(sup.store, "c-1")
         assert state.queued == []
         assert state.interrupt is None
         assert texts(state)[-3:] == ["answered yes", "q1", "re: q1"]
@@ -272,15 +269,15 @@ async def test_queued_messages_survive_stop_and_run_on_wake(anyio_backend: str) 
             await backend.agent.slow_started.wait()
         await sup.send("c-1", "q1")
         backend.agent.release()
-        await wait_status(sup, "c-1", Status.PAUSED)
+        await wait_for_status(sup, "c-1", Status.PAUSED)
         assert await sup.stop("c-1") == "stopped"
-        assert [m.content for m in (await stored_state(sup, "c-1")).queued] == ["q1"]
+        assert [m.content for m in (await stored_state(sup.store, "c-1")).queued] == ["q1"]
 
         delivery = await sup.send("c-1", "q2")
 
         assert delivery.started is True
-        assert await settle(sup, "c-1") is Status.IDLE
-        state = await stored_state(sup, "c-1")
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
+        state = await stored_state(sup.store, "c-1")
         assert state.queued == []
         assert texts(state)[-3:] == ["q1", "q2", "re: q2"]
 
@@ -291,8 +288,8 @@ async def test_list_content_parts_are_accepted(anyio_backend: str) -> None:
     parts = [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]
     async with supervisor(backend) as sup:
         await sup.send("c-1", parts)
-        assert await settle(sup, "c-1") is Status.IDLE
-        state = await stored_state(sup, "c-1")
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
+        state = await stored_state(sup.store, "c-1")
         assert state.messages[0].content == parts
         assert backend.agent.turns == [["hi there"]]
 
@@ -316,9 +313,9 @@ async def test_held_queue_stays_held_across_stop_and_a_plain_start(
             await anyio.sleep(0.002)
         assert len(backend.agent.turns) == turns
         assert [m.content for m in info.handle.snapshot().queued] == ["q1"]
-        assert [m.content for m in (await stored_state(sup, "c-1")).queued] == ["q1"]
+        assert [m.content for m in (await stored_state(sup.store, "c-1")).queued] == ["q1"]
 
         await sup.send("c-1", "q2")
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert backend.agent.turns[-1][-2:] == ["q1", "q2"]
         assert len(backend.agent.turns) == turns + 1

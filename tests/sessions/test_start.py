@@ -14,18 +14,16 @@ from sessionvisor import (
     SessionSupervisor,
     Status,
 )
-from sessionvisor.testing import FlakyStore, StoreUnavailable
+from sessionvisor.testing import FlakyStore, StoreUnavailable, wait_for_status, wait_until_settled
 
-from ._helpers_a import (
+from ._support import (
     WAIT,
     Backend,
     FactoryDown,
     RouterDown,
-    settle,
-    stored,
+    stored_record,
     supervisor,
     texts,
-    wait_status,
 )
 
 
@@ -125,7 +123,7 @@ async def test_thousand_concurrent_starts_and_sends_make_one_session(anyio_backe
         assert [info.started for info in infos].count(True) + started_by_send.count(True) == 1
         assert len(await sup.list_running()) == 1
 
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         user_texts = texts(handle.snapshot(), "user")
         assert sorted(user_texts) == sorted(sent)
         assert handle.snapshot().queued == []
@@ -170,7 +168,7 @@ async def test_failed_start_leaves_nothing_and_next_call_tries_again(
         assert await sup.running("c-1") is True
         delivery = await sup.send("c-1", "hello")
         assert delivery.started is False
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         assert texts(info.handle.snapshot()) == ["hello", "re: hello"]
 
 
@@ -192,7 +190,7 @@ async def test_failed_send_on_a_new_conversation_stores_nothing(
         assert backend.agent.turns == []
         delivery = await sup.send("c-1", "again")
         assert delivery.started is True
-        assert await settle(sup, "c-1") is Status.IDLE
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
         state = sup.get("c-1")
         assert state is not None
         assert texts(state.snapshot()) == ["again", "re: again"]
@@ -241,7 +239,7 @@ async def test_start_of_a_live_session_does_not_apply_its_options(anyio_backend:
         assert [opts for _, _, opts in backend.router_calls] == [{"persona": "analyst"}]
         assert [config for _, config in backend.factory_calls] == [{"persona": "analyst"}]
         assert await sup.stop("c-1") == "stopped"
-        record = await stored(sup, "c-1")
+        record = await stored_record(sup.store, "c-1")
         assert record is not None
         assert record.request_opts == {"persona": "analyst"}
 
@@ -251,7 +249,7 @@ async def test_start_of_a_live_session_ignores_its_pending_resume(anyio_backend:
     backend = Backend()
     async with supervisor(backend) as sup:
         await sup.send("c-1", "ask me")
-        await wait_status(sup, "c-1", Status.INTERRUPTED)
+        await wait_for_status(sup, "c-1", Status.INTERRUPTED)
 
         again = await sup.start("c-1", pending_resume="yes")
 
@@ -282,7 +280,7 @@ async def test_start_after_a_restart_of_the_process_restores_the_conversation(
     path = tmp_path / "chat.db"
     async with SQLiteStore(path) as store, supervisor(Backend(), store=store) as sup:
         await sup.send("c-1", "hello")
-        await settle(sup, "c-1")
+        await wait_until_settled(sup, "c-1")
 
     backend = Backend()
     async with SQLiteStore(path) as store, supervisor(backend, store=store) as sup:

@@ -33,7 +33,10 @@ from sessionvisor import InvalidStatus, MemoryStore, SessionSupervisor, SingleRo
 from sessionvisor.state import load_state
 from sessionvisor.testing import ManualClock
 
-from ._helpers_b import CueAgent, Cues
+from ._support import (
+    Cues,
+    SharedCueAgent,
+)
 
 CIDS = ("a", "b")
 CUES = ("plain", "slow", "interrupt")  # and "crash", which has a rule of its own
@@ -74,7 +77,7 @@ class SessionLives(RuleBasedStateMachine):
         self.cues: Cues = self.portal.call(Cues)
         self.store = MemoryStore()
         self.sup = SessionSupervisor(
-            SingleRouter(lambda agent_id, config: CueAgent(self.cues)),
+            SingleRouter(lambda agent_id, config: SharedCueAgent(self.cues)),
             store=self.store,
             clock=self.clock,
             supervisor_opts={

@@ -11,19 +11,17 @@ import structlog
 
 from sessionvisor import AgentEvent, MemoryStore, NotRunning, Shutdown, SQLiteStore, Status
 from sessionvisor.state import dump_state
-from sessionvisor.testing import FlakyStore, ManualClock, wait_for_status
+from sessionvisor.testing import FlakyStore, ManualClock, record_events, wait_for_status, wait_until
 
-from ._helpers_b import (
+from ._support import (
     WAIT,
     CountingFactory,
-    CueAgent,
     Cues,
+    SharedCueAgent,
     assistant_texts,
-    eventually,
-    recording,
-    stored,
-    stored_or_none,
-    supervisor,
+    counted_supervisor,
+    stored_state,
+    stored_state_or_none,
     user_texts,
 )
 
@@ -39,9 +37,9 @@ async def test_failing_saves_keep_the_conversation_in_memory_and_report_store_er
     clock = ManualClock()
     store = FlakyStore(MemoryStore(), clock=clock)
     store.fail_saves = True
-    sup, _, _ = supervisor(store=store, clock=clock)
+    sup, _, _ = counted_supervisor(store=store, clock=clock)
     with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "one")
             await wait_for_status(sup, "c", Status.IDLE)
             await sup.send("c", "two")
@@ -52,7 +50,7 @@ async def test_failing_saves_keep_the_conversation_in_memory_and_report_store_er
             snapshot = handle.snapshot()
             assert user_texts(snapshot) == ["one", "two"]
             assert assistant_texts(snapshot) == ["echo: one", "echo: two"]
-            assert await stored_or_none(store.inner, "c") is None
+            assert await stored_state_or_none(store.inner, "c") is None
             assert store.failed_saves >= 2
 
             errors = await rec.wait_for(is_store_error)
@@ -71,7 +69,7 @@ async def test_after_the_store_heals_the_next_save_carries_everything(
 ) -> None:
     clock = ManualClock()
     store = FlakyStore(MemoryStore(), clock=clock)
-    sup, _, _ = supervisor(store=store, clock=clock)
+    sup, _, _ = counted_supervisor(store=store, clock=clock)
     with anyio.fail_after(WAIT):
         async with sup:
             await sup.send("c", "one")
@@ -81,13 +79,13 @@ async def test_after_the_store_heals_the_next_save_carries_everything(
             await wait_for_status(sup, "c", Status.IDLE)
             await sup.send("c", "three")
             await wait_for_status(sup, "c", Status.IDLE)
-            assert user_texts(await stored(store.inner, "c")) == ["one"]
+            assert user_texts(await stored_state(store.inner, "c")) == ["one"]
 
             store.heal()
             await sup.send("c", "four")
             await wait_for_status(sup, "c", Status.IDLE)
 
-            state = await stored(store.inner, "c")
+            state = await stored_state(store.inner, "c")
             assert user_texts(state) == ["one", "two", "three", "four"]
             assert assistant_texts(state) == [
                 "echo: one",
@@ -104,9 +102,11 @@ async def test_a_failed_save_is_retried_after_the_backoff_which_doubles(
     clock = ManualClock()
     store = FlakyStore(MemoryStore(), clock=clock)
     store.fail_saves = True
-    sup, _, _ = supervisor(store=store, clock=clock, supervisor_opts={"save_retry_backoff": 1.0})
+    sup, _, _ = counted_supervisor(
+        store=store, clock=clock, supervisor_opts={"save_retry_backoff": 1.0}
+    )
     with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "one")
             await wait_for_status(sup, "c", Status.IDLE)
             await rec.wait_for(is_store_error)
@@ -117,17 +117,17 @@ async def test_a_failed_save_is_retried_after_the_backoff_which_doubles(
             await anyio.sleep(0.02)
             assert store.failed_saves == failed
             clock.advance(0.1)
-            await eventually(lambda: store.failed_saves == failed + 1)
+            await wait_until(lambda: store.failed_saves == failed + 1)
 
             # the next one waits twice as long, and succeeds
             store.heal()
             clock.advance(1.9)
             await anyio.sleep(0.02)
-            assert await stored_or_none(store.inner, "c") is None
+            assert await stored_state_or_none(store.inner, "c") is None
             clock.advance(0.1)
-            await eventually(lambda: bool(store.saves))
+            await wait_until(lambda: bool(store.saves))
 
-            state = await stored(store.inner, "c")
+            state = await stored_state(store.inner, "c")
             assert user_texts(state) == ["one"]
             assert assistant_texts(state) == ["echo: one"]
             assert any(
@@ -141,9 +141,11 @@ async def test_an_idle_session_whose_store_is_down_does_not_stop_and_lose_its_me
 ) -> None:
     clock = ManualClock()
     store = FlakyStore(MemoryStore(), clock=clock)
-    sup, _, _ = supervisor(store=store, clock=clock, supervisor_opts={"inactivity_timeout": 60})
+    sup, _, _ = counted_supervisor(
+        store=store, clock=clock, supervisor_opts={"inactivity_timeout": 60}
+    )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "one")
             await wait_for_status(sup, "c", Status.IDLE)
             store.fail_saves = True
@@ -152,7 +154,7 @@ async def test_an_idle_session_whose_store_is_down_does_not_stop_and_lose_its_me
 
             failed = store.failed_saves
             clock.advance(61)
-            await eventually(lambda: store.failed_saves > failed)  # the shutdown save
+            await wait_until(lambda: store.failed_saves > failed)  # the shutdown save
             await anyio.sleep(0.02)
             assert rec.of(Shutdown) == []
             handle = sup.get("c")
@@ -162,9 +164,9 @@ async def test_an_idle_session_whose_store_is_down_does_not_stop_and_lose_its_me
             store.heal()
             clock.advance(60)  # the retry lands, and the session idles out for real
             (shutdown,) = await rec.wait_for(lambda e: isinstance(e, Shutdown))
-            await eventually(lambda: sup.get("c") is None)
+            await wait_until(lambda: sup.get("c") is None)
             assert shutdown.reason == "inactivity"
-            assert user_texts(await stored(store.inner, "c")) == ["one", "two"]
+            assert user_texts(await stored_state(store.inner, "c")) == ["one", "two"]
 
 
 @pytest.mark.anyio
@@ -174,9 +176,9 @@ async def test_a_stale_write_stops_the_session_as_superseded_and_it_writes_nothi
     inner = SQLiteStore(tmp_path / "chat.db")
     store = FlakyStore(inner)
     cues = Cues()
-    sup, _, _ = supervisor(CountingFactory(lambda: CueAgent(cues)), store=store)
+    sup, _, _ = counted_supervisor(CountingFactory(lambda: SharedCueAgent(cues)), store=store)
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "one")
             await wait_for_status(sup, "c", Status.IDLE)
             handle = sup.get("c")
@@ -185,7 +187,7 @@ async def test_a_stale_write_stops_the_session_as_superseded_and_it_writes_nothi
             # Another writer (another process) takes the conversation over.
             record = await inner.load("c")
             assert record is not None
-            theirs = await stored(inner, "c")
+            theirs = await stored_state(inner, "c")
             theirs.metadata["owner"] = "the other process"
             await inner.save(
                 "c",
@@ -200,7 +202,7 @@ async def test_a_stale_write_stops_the_session_as_superseded_and_it_writes_nothi
                 await handle.send("two")
             (shutdown,) = await rec.wait_for(lambda e: isinstance(e, Shutdown))
             assert shutdown.reason == "superseded"
-            await eventually(lambda: sup.get("c") is None)
+            await wait_until(lambda: sup.get("c") is None)
             assert not await sup.running("c")
             assert handle.status is Status.NOT_RUNNING
 
@@ -210,13 +212,13 @@ async def test_a_stale_write_stops_the_session_as_superseded_and_it_writes_nothi
             assert now is not None and after_takeover is not None
             assert now.version == after_takeover.version
             assert now.state == after_takeover.state
-            assert user_texts(await stored(inner, "c")) == ["one"]
+            assert user_texts(await stored_state(inner, "c")) == ["one"]
 
             # The next request starts from what the other writer stored.
             delivery = await sup.send("c", "three")
             assert delivery.started
             await wait_for_status(sup, "c", Status.IDLE)
-            state = await stored(inner, "c")
+            state = await stored_state(inner, "c")
             assert state.metadata["owner"] == "the other process"
             assert user_texts(state) == ["one", "three"]
 
@@ -226,14 +228,14 @@ async def test_a_send_that_meets_a_stale_write_is_delivered_on_top_of_the_other_
     anyio_backend: str,
 ) -> None:
     store = MemoryStore()
-    sup, _, _ = supervisor(store=store)
+    sup, _, _ = counted_supervisor(store=store)
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "one")
             await wait_for_status(sup, "c", Status.IDLE)
             record = await store.load("c")
             assert record is not None
-            theirs = await stored(store, "c")
+            theirs = await stored_state(store, "c")
             theirs.metadata["owner"] = "the other process"
             await store.save(
                 "c",
@@ -247,8 +249,8 @@ async def test_a_send_that_meets_a_stale_write_is_delivered_on_top_of_the_other_
             assert delivery.started  # the superseded session gave way to a fresh one
             await rec.wait_for(lambda e: isinstance(e, Shutdown) and e.reason == "superseded")
             await wait_for_status(sup, "c", Status.IDLE)
-            await eventually(lambda: _answered(sup, "two"))
-            state = await stored(store, "c")
+            await wait_until(lambda: _answered(sup, "two"))
+            state = await stored_state(store, "c")
             assert state.metadata["owner"] == "the other process"
             assert user_texts(state) == ["one", "two"]
 

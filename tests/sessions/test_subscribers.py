@@ -14,16 +14,14 @@ from sessionvisor import (
     StatusChanged,
     SubscriberOverflow,
 )
-from sessionvisor.testing import ManualClock, wait_for_status
+from sessionvisor.testing import ManualClock, record_events, wait_for_status, wait_until
 
-from ._helpers_b import (
+from ._support import (
     WAIT,
     CountingFactory,
-    CueAgent,
     Cues,
-    eventually,
-    recording,
-    supervisor,
+    SharedCueAgent,
+    counted_supervisor,
 )
 
 
@@ -53,7 +51,7 @@ async def take(events: object, n: int) -> list[Event]:
 async def test_a_subscription_opened_before_start_gets_a_not_running_snapshot_then_live_events(
     anyio_backend: str,
 ) -> None:
-    sup, _, _ = supervisor()
+    sup, _, _ = counted_supervisor()
     with anyio.fail_after(WAIT):
         async with sup, sup.subscribe("c") as events:
             await sup.send("c", "hello")
@@ -79,19 +77,19 @@ async def test_a_subscription_stays_open_across_restart_idle_shutdown_and_wake(
 ) -> None:
     clock = ManualClock()
     cues = Cues()
-    sup, _, _ = supervisor(
-        CountingFactory(lambda: CueAgent(cues)),
+    sup, _, _ = counted_supervisor(
+        CountingFactory(lambda: SharedCueAgent(cues)),
         clock=clock,
         supervisor_opts={"restart_on_error": True, "inactivity_timeout": 60},
     )
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as rec:
+        async with sup, record_events(sup, "c") as rec:
             await sup.send("c", "crash")
             await rec.wait_for(lambda e: isinstance(e, Restarted))
             await wait_for_status(sup, "c", Status.IDLE)
             clock.advance(60)
             await rec.wait_for(lambda e: isinstance(e, Shutdown))
-            await eventually(lambda: sup.get("c") is None)
+            await wait_until(lambda: sup.get("c") is None)
 
             await sup.send("c", "back again")
             await rec.wait_for(
@@ -112,9 +110,9 @@ async def test_a_subscription_stays_open_across_restart_idle_shutdown_and_wake(
 
 @pytest.mark.anyio
 async def test_after_replays_the_buffered_events_then_live_ones(anyio_backend: str) -> None:
-    sup, _, _ = supervisor()
+    sup, _, _ = counted_supervisor()
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as everything:
+        async with sup, record_events(sup, "c") as everything:
             for text in ("one", "two"):
                 await sup.send("c", text)
                 await wait_for_status(sup, "c", Status.IDLE)
@@ -141,7 +139,7 @@ async def test_after_replays_the_buffered_events_then_live_ones(anyio_backend: s
 async def test_after_an_event_gone_from_the_replay_buffer_starts_with_a_gap_snapshot(
     anyio_backend: str,
 ) -> None:
-    sup, _, _ = supervisor(supervisor_opts={"replay_buffer": 4})
+    sup, _, _ = counted_supervisor(supervisor_opts={"replay_buffer": 4})
     with anyio.fail_after(WAIT):
         async with sup:
             for text in ("one", "two", "three"):
@@ -163,7 +161,7 @@ async def test_after_an_event_gone_from_the_replay_buffer_starts_with_a_gap_snap
 
 @pytest.mark.anyio
 async def test_after_the_last_seq_gives_only_live_events(anyio_backend: str) -> None:
-    sup, _, _ = supervisor()
+    sup, _, _ = counted_supervisor()
     with anyio.fail_after(WAIT):
         async with sup:
             await sup.send("c", "one")
@@ -178,9 +176,9 @@ async def test_after_the_last_seq_gives_only_live_events(anyio_backend: str) -> 
 async def test_a_subscriber_that_never_reads_is_cut_off_while_another_gets_every_event(
     anyio_backend: str,
 ) -> None:
-    sup, _, _ = supervisor(supervisor_opts={"subscriber_buffer": 8})
+    sup, _, _ = counted_supervisor(supervisor_opts={"subscriber_buffer": 8})
     with anyio.fail_after(WAIT):
-        async with sup, recording(sup, "c") as reader, sup.subscribe("c") as sleeper:
+        async with sup, record_events(sup, "c") as reader, sup.subscribe("c") as sleeper:
             for n in range(10):
                 await sup.send("c", f"m{n}")
                 await wait_for_status(sup, "c", Status.IDLE)
@@ -212,8 +210,8 @@ async def test_a_subscriber_that_never_reads_is_cut_off_while_another_gets_every
 @pytest.mark.anyio
 async def test_a_slow_subscriber_does_not_block_the_actor(anyio_backend: str) -> None:
     cues = Cues()
-    sup, _, _ = supervisor(
-        CountingFactory(lambda: CueAgent(cues)), supervisor_opts={"subscriber_buffer": 4}
+    sup, _, _ = counted_supervisor(
+        CountingFactory(lambda: SharedCueAgent(cues)), supervisor_opts={"subscriber_buffer": 4}
     )
     read: list[Event] = []
     with anyio.fail_after(WAIT):

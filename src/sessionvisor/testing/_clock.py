@@ -12,6 +12,8 @@ class ManualClock:
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
         self._sleepers: list[tuple[float, anyio.Event]] = []
+        # Created on first use, so a clock can be made outside an event loop.
+        self._new_sleeper: anyio.Event | None = None
 
     def now(self) -> float:
         return self._now
@@ -22,6 +24,9 @@ class ManualClock:
             return
         entry = (deadline, anyio.Event())
         self._sleepers.append(entry)
+        if self._new_sleeper is not None:
+            self._new_sleeper.set()
+            self._new_sleeper = None
         try:
             await entry[1].wait()
         finally:
@@ -42,3 +47,19 @@ class ManualClock:
     def sleepers(self) -> int:
         """How many tasks sleep on this clock (useful to wait until a timer is armed)."""
         return len(self._sleepers)
+
+    async def wait_for_sleepers(self, count: int = 1, *, timeout: float = 5.0) -> None:
+        """Return once at least ``count`` tasks sleep on this clock.
+
+        Use it to wait until a timer, a backoff or a slow save is armed before
+        calling ``advance``; it is woken by each new sleeper and never polls.
+
+        Raises:
+            TimeoutError: fewer than ``count`` tasks slept on the clock after
+                ``timeout`` real seconds.
+        """
+        with anyio.fail_after(timeout):
+            while len(self._sleepers) < count:
+                if self._new_sleeper is None:
+                    self._new_sleeper = anyio.Event()
+                await self._new_sleeper.wait()
