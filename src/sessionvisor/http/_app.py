@@ -105,8 +105,8 @@ def create_app(
         Route("/conversations/{cid}/resume", api.wrap(api.resume), methods=["POST"]),
         Route("/conversations/{cid}/dismiss", api.wrap(api.dismiss), methods=["POST"]),
         Route("/conversations/{cid}/cancel", api.wrap(api.cancel), methods=["POST"]),
-        Route("/conversations/{cid}", api.wrap(api.conversation), methods=["GET"]),
-        Route("/conversations/{cid}", api.wrap(api.delete), methods=["DELETE"]),
+        # One route for both methods, so a 405 on this path lists both in its Allow header.
+        Route("/conversations/{cid}", api.wrap(api.conversation), methods=["GET", "DELETE"]),
         Route("/sessions", api.wrap(api.sessions), methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
@@ -284,6 +284,8 @@ class _Api:
         return JSONResponse({"conversation_id": cid, "status": status.value})
 
     async def conversation(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            return await self.delete(request)
         cid, scope = await self._target(request)
         state = await self.supervisor.load(cid, scope=scope)
         if state is None:
