@@ -47,6 +47,8 @@ def create_app(
     max_body_bytes: int | None = None,
     page: bool = True,
     admin: bool = True,
+    ai_sdk: bool = True,
+    ag_ui: bool = True,
 ) -> Starlette:
     """Return a Starlette app serving ``supervisor`` over HTTP and Server-Sent Events.
 
@@ -79,6 +81,9 @@ def create_app(
         admin: serve the admin page at ``GET /admin`` (the caller's live sessions
             with status, restarts, queue length and last activity, from ``GET
             /admin/sessions``), behind the same ``scope_from_request``.
+        ai_sdk: serve the Vercel AI SDK's UI message stream protocol at ``POST
+            /ai-sdk/chat`` and ``GET /ai-sdk/chat/{id}/stream`` (for ``useChat``).
+        ag_ui: serve AG-UI at ``POST /ag-ui`` (for ``HttpAgent`` and CopilotKit).
 
     Returns:
         The Starlette app.
@@ -113,6 +118,14 @@ def create_app(
     ]
     if page:
         routes.append(Route("/", api.page, methods=["GET"]))
+    if ai_sdk:
+        from ._aisdk import ai_sdk_routes
+
+        routes.extend(ai_sdk_routes(api))
+    if ag_ui:
+        from ._agui import ag_ui_routes
+
+        routes.extend(ag_ui_routes(api))
     if admin:
         routes.append(Route("/admin", api.admin_page, methods=["GET"]))
         routes.append(Route("/admin/sessions", api.wrap(api.admin_sessions), methods=["GET"]))
@@ -182,12 +195,15 @@ class _Api:
                 return await endpoint(request)
             except Exception as exc:
                 cid = request.path_params.get("cid")
-                return response_for(
+                response = response_for(
                     exc,
                     conversation_id=cid if isinstance(cid, str) else None,
                     method=request.method,
                     path=request.url.path,
                 )
+                # e.g. WWW-Authenticate on a 401 from jwt_scope
+                response.headers.update(getattr(exc, "headers", None) or {})
+                return response
 
         handle.__name__ = endpoint.__name__
         handle.__doc__ = endpoint.__doc__
