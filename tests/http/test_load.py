@@ -229,7 +229,7 @@ async def _load(cids: list[str], clients: list[Client]) -> Run:
             sock.close()
         # Closing them ends their streams: they stop counting as viewers.
         with anyio.fail_after(10):
-            while env.sup._viewers.get(flood_cid, 0) > CLIENTS_PER_CONVERSATION:
+            while env.sup.viewer_count(flood_cid) > CLIENTS_PER_CONVERSATION:
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
     return run

@@ -290,9 +290,9 @@ async def test_the_lifespan_enters_and_leaves_a_supervisor_nobody_entered() -> N
     sup = SessionSupervisor(scripted_router(agent))
     app = create_app(sup)
     async with app.router.lifespan_context(app):
-        assert sup._phase == "open"
+        assert sup.phase == "open"
         assert app.state.supervisor is sup
-    assert sup._phase == "closed"
+    assert sup.phase == "closed"
 
 
 async def test_the_lifespan_leaves_an_entered_supervisor_alone() -> None:
@@ -301,7 +301,7 @@ async def test_the_lifespan_leaves_an_entered_supervisor_alone() -> None:
     async with sup:
         async with app.router.lifespan_context(app):
             pass
-        assert sup._phase == "open"
+        assert sup.phase == "open"
 
 
 async def test_the_app_mounts_inside_fastapi() -> None:
@@ -322,7 +322,7 @@ async def test_the_app_mounts_inside_fastapi() -> None:
         client = await stack.enter_async_context(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=parent), base_url="http://t")
         )
-        assert sup._phase == "open"
+        assert sup.phase == "open"
         assert (await client.get("/api/hello")).json() == {"hello": "world"}
         sent = await client.post(
             "/chat/conversations/c-1/messages", json={"content": "hi"}, headers=ALICE
@@ -338,7 +338,7 @@ async def test_the_app_mounts_inside_fastapi() -> None:
         missing = await client.get("/chat/conversations/nope", headers=ALICE)
         assert missing.status_code == 404
         assert missing.json()["error"] == "NotFound"
-    assert sup._phase == "closed"
+    assert sup.phase == "closed"
 
 
 async def test_an_async_scope_function_is_awaited() -> None:
@@ -364,7 +364,7 @@ async def test_head_on_the_event_stream_checks_access_and_sends_no_stream() -> N
         assert response.headers["content-type"].startswith("text/event-stream")
         other = await env.client.head("/conversations/c-1/events", headers=BOB)
         assert other.status_code == 404
-        assert env.sup._viewers == {}
+        assert env.sup.viewer_count("c-1") == 0
 
 
 async def test_a_null_answer_is_an_answer_too() -> None:

@@ -75,10 +75,10 @@ async def test_a_closed_connection_is_unsubscribed_at_once() -> None:
         async with http_stream(client, "/conversations/c-1/events") as stream:
             await stream.event()
             assert len(topic.subscribers) == 1
-            assert env.sup._viewers == {"c-1": 1}
+            assert env.sup.viewer_count("c-1") == 1
         started = time.monotonic()
         with anyio.fail_after(2):
-            while topic.subscribers or env.sup._viewers:
+            while topic.subscribers or env.sup.viewer_count("c-1"):
                 await anyio.sleep(0.005)
         assert time.monotonic() - started < 1.0
 
@@ -103,7 +103,7 @@ async def test_the_server_lifespan_enters_the_supervisor_and_shutdown_ends_strea
     sup = SessionSupervisor(scripted_router(ScriptedAgent(stream=True)))
     app = create_app(sup, heartbeat=None)
     async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
-        assert sup._phase == "open"
+        assert sup.phase == "open"
         assert (await client.get("/readyz")).status_code == 200
         async with http_stream(client, "/conversations/c-1/events") as stream:
             await stream.event()
@@ -111,7 +111,7 @@ async def test_the_server_lifespan_enters_the_supervisor_and_shutdown_ends_strea
             await stream.until(is_idle)
             started = time.monotonic()
     # Leaving `serve` closed the streams, shut uvicorn down and drained the supervisor.
-    assert sup._phase == "closed"
+    assert sup.phase == "closed"
     assert time.monotonic() - started < 5.0
 
 
@@ -132,4 +132,4 @@ async def test_mounted_in_fastapi_the_stream_and_the_page_work() -> None:
             assert frames[-2].data["message"]["content"] == "echo: hi"
         page = await client.get("/chat/")
         assert 'const BASE = "/chat";' in page.text
-    assert sup._phase == "closed"
+    assert sup.phase == "closed"

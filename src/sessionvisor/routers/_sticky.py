@@ -99,7 +99,9 @@ async def resolve_sticky(
     Returns:
         ``(route, opts_to_record)``: for a new conversation ``request_opts``;
         after a reroute to another key, this call's ``request_opts`` alone
-        (they replace the recorded ones); otherwise the merged options.
+        (they replace the recorded ones); with ``reroute`` and the same key, the
+        merged options; otherwise the recorded options, unchanged (a later
+        call's options apply to that call only).
 
     Raises:
         TypeError: ``request_opts`` is not a JSON-serializable mapping (before
@@ -116,7 +118,9 @@ async def resolve_sticky(
     route = await _call_router(router, scope, conversation_id, merged)
     old_key = recorded.route_key
     if old_key is None or route.key == old_key:
-        return route, merged
+        # The record stays what made the conversation: this call's options were
+        # for this call's router only, unless the caller asked to reroute.
+        return route, merged if reroute else dict(recorded.request_opts)
     if not reroute:
         raise RouteChangedError(
             f"conversation {conversation_id!r} was made with route {old_key!r}, but router "

@@ -1,6 +1,6 @@
 """The local event bus: how events reach subscribers.
 
-One ``_Topic`` per conversation carries the sequence counter, a bounded replay
+One ``Topic`` per conversation carries the sequence counter, a bounded replay
 buffer and the subscribers. A topic belongs to the conversation, not to an
 actor, so subscriptions survive restarts, idle shutdown and wake. A cluster
 implementation would replace this module behind the same small surface.
@@ -39,7 +39,7 @@ class Subscription:
         "owner",
     )
 
-    def __init__(self, topic: _Topic, capacity: int, owner: str | None = None) -> None:
+    def __init__(self, topic: Topic, capacity: int, owner: str | None = None) -> None:
         self._topic = topic
         self._capacity = capacity
         self.owner = owner
@@ -105,7 +105,7 @@ class Subscription:
 _NO_SUBSCRIBERS: list[Subscription] = []  # never appended to: see LocalBus.subscribe
 
 
-class _Topic:
+class Topic:
     __slots__ = (
         "_delivered",
         "agent_id",
@@ -157,8 +157,7 @@ class _Topic:
         """Cut off subscribers whose owner is not the conversation's."""
         for sub in [sub for sub in self.subscribers if sub.owner != owner]:
             sub._deny(
-                f"access to conversation {conversation_id!r} denied: "
-                "it belongs to another owner"
+                f"access to conversation {conversation_id!r} denied: it belongs to another owner"
             )
             self.subscribers.remove(sub)
 
@@ -186,12 +185,12 @@ class LocalBus:
     """Topics by conversation id; a topic lives while an actor or a subscriber holds it."""
 
     def __init__(self) -> None:
-        self._topics: dict[str, _Topic] = {}
+        self._topics: dict[str, Topic] = {}
 
-    def topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> _Topic:
+    def topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
         topic = self._topics.get(conversation_id)
         if topic is None:
-            topic = self._topics[conversation_id] = _Topic(
+            topic = self._topics[conversation_id] = Topic(
                 conversation_id, agent_id, last_seq, replay
             )
         else:
@@ -204,7 +203,7 @@ class LocalBus:
                     topic.replay = deque(topic.replay, maxlen=replay)
         return topic
 
-    def existing(self, conversation_id: str) -> _Topic | None:
+    def existing(self, conversation_id: str) -> Topic | None:
         return self._topics.get(conversation_id)
 
     def release(self, conversation_id: str, still_live: Callable[[str], bool]) -> None:
@@ -215,7 +214,7 @@ class LocalBus:
 
     def subscribe(
         self,
-        topic: _Topic,
+        topic: Topic,
         *,
         owner: str | None = None,
         capacity: int,

@@ -17,10 +17,12 @@ __all__ = ["Delivery", "SessionHandle", "SessionInfo", "SessionSummary"]
 
 @attrs.frozen
 class Delivery:
-    """What ``send`` did: ``queued`` behind a running turn; ``started`` the session."""
+    """What ``send`` did: ``queued`` behind a running turn; ``started`` the session;
+    ``duplicate``: the client message id was already accepted, nothing was applied again."""
 
     queued: bool
     started: bool
+    duplicate: bool = False
 
 
 @attrs.frozen
@@ -84,8 +86,8 @@ class SessionHandle:
         from ._validation import check_content
 
         check_content(content, self._actor.opts.max_message_bytes, self.conversation_id)
-        queued = await self._actor.send(content, None)
-        return Delivery(queued=queued, started=False)
+        queued, duplicate = await self._actor.send(content, None)
+        return Delivery(queued=queued, started=False, duplicate=duplicate)
 
     async def resume(self, answer: Any) -> Status:
         """Answer the pending interrupt. Raises ``InvalidStatus`` when there is none."""
@@ -102,7 +104,7 @@ class SessionHandle:
     async def stop(self) -> str:
         """Persist and stop the session; returns ``"stopped"``."""
         self._actor.check_open()
-        await self._actor.stop("stopped")
+        await self._actor.stop()
         return "stopped"
 
     def snapshot(self) -> State:

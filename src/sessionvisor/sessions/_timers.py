@@ -24,9 +24,9 @@ _log = structlog.get_logger("sessionvisor")
 
 
 class _Timed(Protocol):
-    _timer_at: float | None
+    timer_at: float | None
 
-    def _timer_fired(self, now: float) -> None: ...
+    def timer_fired(self, now: float) -> None: ...
 
 
 class Deadlines:
@@ -40,10 +40,10 @@ class Deadlines:
 
     def schedule(self, item: _Timed, deadline: float) -> None:
         """Make sure ``item`` is looked at no later than ``deadline``."""
-        current = item._timer_at
+        current = item.timer_at
         if current is not None and current <= deadline:
             return  # an earlier entry exists; it will recompute when it fires
-        item._timer_at = deadline
+        item.timer_at = deadline
         heapq.heappush(self._heap, (deadline, next(self._counter), item))
         if self._changed is not None:
             self._changed.set()
@@ -71,11 +71,11 @@ class Deadlines:
             now = self._clock.now()
             while heap and heap[0][0] <= now:
                 at, _, item = heapq.heappop(heap)
-                if item._timer_at != at:
+                if item.timer_at != at:
                     continue  # superseded by an earlier entry
-                item._timer_at = None
+                item.timer_at = None
                 try:
-                    item._timer_fired(now)
+                    item.timer_fired(now)
                 except Exception:  # one session's timer must not stop everyone's
                     _log.exception("session_timer_failed")
             await anyio.lowlevel.checkpoint()

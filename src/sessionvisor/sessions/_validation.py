@@ -16,9 +16,7 @@ MAX_ID_LENGTH = 256
 def check_conversation_id(conversation_id: Any) -> str:
     """Return the id, or raise TypeError/ValueError naming ``conversation_id``."""
     if not isinstance(conversation_id, str):
-        raise TypeError(
-            f"conversation_id must be a str, got {type(conversation_id).__name__}"
-        )
+        raise TypeError(f"conversation_id must be a str, got {type(conversation_id).__name__}")
     if not conversation_id:
         raise ValueError("conversation_id must not be empty")
     if len(conversation_id) > MAX_ID_LENGTH:
@@ -42,9 +40,7 @@ def check_content(content: Any, max_bytes: int | None, conversation_id: str | No
                     f"content[{i}] must be a mapping with a str 'type' key, got {part!r:.80}"
                 )
     else:
-        raise TypeError(
-            f"content must be a str or a list of parts, got {type(content).__name__}"
-        )
+        raise TypeError(f"content must be a str or a list of parts, got {type(content).__name__}")
     if max_bytes is not None and not content_size_ok(content, max_bytes):
         where = "" if conversation_id is None else f" for conversation {conversation_id!r}"
         raise ValueError(
@@ -60,3 +56,30 @@ def content_size_ok(content: Any, max_bytes: int) -> bool:
     except (TypeError, ValueError) as exc:
         raise TypeError(f"content is not JSON-serializable: {exc}") from exc
     return size <= max_bytes
+
+
+MAX_MESSAGE_ID_LENGTH = 128
+
+
+def check_message_id(message_id: Any, conversation_id: str) -> str | None:
+    """Return a client message id (or None), or raise TypeError/ValueError naming it."""
+    if message_id is None:
+        return None
+    if not isinstance(message_id, str):
+        raise TypeError(
+            f"message_id for conversation {conversation_id!r} must be a str or None, "
+            f"got {type(message_id).__name__}"
+        )
+    if not message_id:
+        raise ValueError(f"message_id for conversation {conversation_id!r} must not be empty")
+    if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        raise ValueError(
+            f"message_id for conversation {conversation_id!r} is {len(message_id)} characters "
+            f"long; the limit is {MAX_MESSAGE_ID_LENGTH}"
+        )
+    if _CONTROL.search(message_id):
+        raise ValueError(
+            f"message_id {message_id!r} for conversation {conversation_id!r} contains a "
+            "control character"
+        )
+    return message_id

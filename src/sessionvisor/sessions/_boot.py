@@ -1,0 +1,202 @@
+"""The start pipeline: store, router and factory make an actor; and make it again.
+
+``build`` loads what the store holds (an unreadable row fails the start or is
+quarantined, never silently replaced), resolves the route (sticky: the recorded
+route and request options win unless ``reroute``), calls the factory, seeds or
+restores the State and makes the actor. ``rebuild`` does the same for a crashed
+actor, always from the store, never from the crashed copy in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .._errors import (
+    AccessDenied,
+    CorruptStateError,
+    InvalidStatus,
+    NotRunning,
+    RegistryUnavailable,
+)
+from .._options import SupervisorOpts
+from ..factories import SessionOpts, invoke_factory
+from ..routers import resolve_sticky
+from ..state import State, StateStore, StoredConversation, load_state
+from ._actor import Actor
+from ._host import Rebuilt
+
+if TYPE_CHECKING:
+    from ._host import ActorHost
+    from ._seams import Bus
+
+__all__: list[str] = ["NO_RESUME", "Starter", "check_owner"]
+
+_log = structlog.get_logger("sessionvisor")
+
+NO_RESUME: Any = object()  # None is a valid answer, so "no pending resume" needs its own value
+# One shared empty mapping for the many sessions with no request options or extra;
+# nothing in the runtime mutates either.
+_EMPTY: dict[str, Any] = {}
+
+
+def check_owner(
+    owner_of: Callable[[Any], str | None], owner: str | None, scope: Any, conversation_id: str
+) -> None:
+    """Raise AccessDenied when ``scope`` may not touch a conversation owned by ``owner``."""
+    if owner is not None and owner_of(scope) != owner:
+        raise AccessDenied(
+            f"access to conversation {conversation_id!r} denied: it belongs to another owner"
+        )
+
+
+class Starter:
+    """Makes actors; owned by one supervisor."""
+
+    def __init__(
+        self,
+        *,
+        router: Any,
+        store: StateStore,
+        agent_id: Callable[[str], str],
+        owner_of: Callable[[Any], str | None],
+        defaults: SupervisorOpts,
+        on_corrupt: str,
+        bus: Bus,
+        host: ActorHost,
+        is_open: Callable[[], bool],
+    ) -> None:
+        self._router = router
+        self._store = store
+        self._agent_id = agent_id
+        self._owner_of = owner_of
+        self._defaults = defaults
+        self._on_corrupt = on_corrupt
+        self._bus = bus
+        self._host = host
+        self._is_open = is_open
+
+    async def load(self, conversation_id: str) -> StoredConversation | None:
+        """Load a conversation, quarantining an unreadable row if so configured."""
+        try:
+            return await self._store.load(conversation_id)
+        except CorruptStateError:
+            if self._on_corrupt != "quarantine":
+                raise
+            key = await self._store.quarantine(conversation_id)
+            _log.warning(
+                "corrupt_state_quarantined",
+                conversation_id=conversation_id,
+                agent_id=self._agent_id(conversation_id),
+                quarantine_key=key,
+            )
+            return None
+
+    async def build(
+        self,
+        cid: str,
+        scope: Any,
+        request_opts: dict[str, Any],
+        reroute: bool,
+        pending_resume: Any,
+        still_live: Callable[[str], bool],
+        *,
+        check_access: bool = True,
+    ) -> tuple[Actor, Exception | None]:
+        """Make the conversation's actor and bring it live.
+
+        Returns:
+            The actor, and the error a pending resume met (no interrupt stored).
+        """
+        stored = await self.load(cid)
+        if stored is not None:
+            if check_access:
+                check_owner(self._owner_of, stored.owner, scope, cid)
+            owner = stored.owner
+        elif not check_access:
+            # The runtime's own wake (recovery) never creates a conversation.
+            raise NotRunning(f"conversation {cid!r}: nothing is stored to recover")
+        else:
+            owner = self._owner_of(scope)
+        route, recorded_opts = await resolve_sticky(
+            self._router, scope, cid, request_opts, recorded=stored, reroute=reroute
+        )
+        agent_id = self._agent_id(cid)
+        agent, session_opts = await invoke_factory(route.factory, agent_id, route.config)
+        state = load_state(stored.state, cid) if stored is not None else _fresh(session_opts)
+        opts = self._defaults.merged(session_opts.supervisor_opts)
+        last_seq = stored.last_seq if stored is not None else 0
+        topic = self._bus.topic(cid, agent_id, last_seq, opts.replay_buffer)
+        actor = Actor(
+            self._host,
+            cid,
+            agent_id,
+            owner=owner,
+            route_key=route.key,
+            request_opts=recorded_opts or _EMPTY,
+            scope=scope,
+            agent=agent,
+            opts=opts,
+            extra=session_opts.extra or _EMPTY,
+            state=state,
+            version=stored.version if stored is not None else None,
+            topic=topic,
+        )
+        if owner is not None:
+            # Subscribers that came before the conversation existed may not be its owner.
+            topic.deny_others(owner, cid)
+        if stored is not None and (
+            stored.route_key != route.key or stored.request_opts != recorded_opts
+        ):
+            actor.record_changed()  # the next save records the new route
+        await actor.run_on_start()
+        if not self._is_open():
+            self._bus.release(cid, still_live)
+            raise RegistryUnavailable("the session supervisor is draining")
+        resume_error: Exception | None = None
+        if pending_resume is not NO_RESUME:
+            if actor.state.interrupt is None:
+                resume_error = InvalidStatus(
+                    f"cannot resume conversation {cid!r}: its stored state holds no "
+                    "interrupt; the answer was dropped",
+                    actor.status.value,
+                )
+            else:
+                actor.prepare_resume(pending_resume)
+        actor.log().info(
+            "session_started", started=True, route_key=route.key, restored=stored is not None
+        )
+        actor.go_live(
+            stored_lifecycle=stored.lifecycle if stored is not None else None,
+            restored=stored is not None,
+        )
+        return actor, resume_error
+
+    async def rebuild(self, actor: Actor) -> Rebuilt:
+        """Consult router and factory again and reload the State from the store."""
+        cid = actor.conversation_id
+        stored = await self.load(cid)
+        recorded = stored or StoredConversation(
+            state={}, route_key=actor.route_key, request_opts=actor.request_opts
+        )
+        route, _ = await resolve_sticky(
+            self._router, actor.scope, cid, {}, recorded=recorded, reroute=False
+        )
+        agent, session_opts = await invoke_factory(route.factory, actor.agent_id, route.config)
+        state = load_state(stored.state, cid) if stored is not None else _fresh(session_opts)
+        on_start: Callable[[State], Awaitable[State]] | None = getattr(agent, "on_start", None)
+        if on_start is not None:
+            state = await on_start(state)
+        return Rebuilt(
+            agent=agent,
+            opts=self._defaults.merged(session_opts.supervisor_opts),
+            extra=session_opts.extra or _EMPTY,
+            state=state,
+            version=stored.version if stored is not None else None,
+        )
+
+
+def _fresh(session_opts: SessionOpts) -> State:
+    return State.model_validate(dict(session_opts.fresh_state_attrs))

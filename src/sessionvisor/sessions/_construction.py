@@ -1,0 +1,71 @@
+"""Checks of ``SessionSupervisor``'s arguments, so that a mistake fails at once.
+
+A wrong argument accepted at construction fails much later and obscurely (the
+first message of the first user); each check here names the argument and what
+was given instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__: list[str] = ["check_constructor_args"]
+
+_STORE_METHODS = ("load", "save", "delete", "quarantine")
+
+
+def _given(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def check_constructor_args(
+    *,
+    router: Any,
+    store: Any,
+    agent_id: Any,
+    owner_of: Any,
+    clock: Any,
+    on_corrupt: Any,
+    recover: Any,
+    cluster: Any,
+) -> None:
+    """Raise TypeError/ValueError naming the first bad argument."""
+    if router is None or not (callable(router) or callable(getattr(router, "resolve", None))):
+        raise TypeError(
+            "SessionSupervisor(router=...) must be a FactoryRouter (an object with a resolve "
+            f"method) or a callable (scope, conversation_id, request_opts) -> Route; "
+            f"got {_given(router)}"
+        )
+    if store is not None:
+        missing = [name for name in _STORE_METHODS if not callable(getattr(store, name, None))]
+        if missing:
+            raise TypeError(
+                "SessionSupervisor(store=...) must be a StateStore (async load, save, delete "
+                f"and quarantine); got {_given(store)}, which lacks {', '.join(missing)}"
+            )
+    for name, value in (("agent_id", agent_id), ("owner_of", owner_of)):
+        if value is not None and not callable(value):
+            raise TypeError(
+                f"SessionSupervisor({name}=...) must be callable or None; got {_given(value)}"
+            )
+    if clock is not None:
+        missing = [
+            name for name in ("now", "sleep_until") if not callable(getattr(clock, name, None))
+        ]
+        if missing:
+            raise TypeError(
+                "SessionSupervisor(clock=...) must be a Clock (now() -> float and async "
+                f"sleep_until(deadline)); got {_given(clock)}, which lacks {', '.join(missing)}"
+            )
+    if on_corrupt not in ("fail", "quarantine"):
+        raise ValueError(f"on_corrupt must be 'fail' or 'quarantine', got {on_corrupt!r}")
+    if not isinstance(recover, bool):
+        raise TypeError(f"SessionSupervisor(recover=...) must be a bool; got {_given(recover)}")
+    if cluster is not None:
+        raise ValueError(
+            "SessionSupervisor(cluster=...) is not available yet in this version; "
+            "pass None (single-process mode)"
+        )

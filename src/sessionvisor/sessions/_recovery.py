@@ -1,0 +1,73 @@
+"""Recovery after a crash of the process.
+
+A process that died mid-turn, or with messages still queued, leaves unanswered
+work in the store: the last save's lifecycle is ``turn_start`` or ``queued``,
+or ``State.queued`` is not empty. A supervisor that starts asks the store for
+those conversations (through the store's index, see ``StateStore.unanswered``)
+and wakes each one, so the pending messages are answered without a new request.
+A turn is at-least-once: the agent sees an interrupted turn's user messages
+again.
+
+Recovered conversations wake with no scope (the scope is never stored), so
+their router and agent see ``scope=None`` for that wake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+
+from ..state import StoredConversation
+
+__all__: list[str] = ["has_unanswered_work", "recover_unanswered"]
+
+_log = structlog.get_logger("sessionvisor")
+_AT_ONCE = 16  # conversations woken concurrently
+
+
+def has_unanswered_work(stored: StoredConversation) -> bool:
+    """True when the record was saved mid-turn or with messages waiting."""
+    return stored.lifecycle in ("turn_start", "queued") or bool(stored.state.get("queued"))
+
+
+async def recover_unanswered(store: Any, wake: Callable[[str], Awaitable[bool]]) -> None:
+    """Wake every conversation the store lists as having unanswered work.
+
+    A store without ``unanswered`` is skipped (logged once); a conversation
+    that fails to wake is logged and left for its next request.
+    """
+    finder = getattr(store, "unanswered", None)
+    if finder is None:
+        _log.info("recovery_skipped", reason=f"{type(store).__name__} has no unanswered()")
+        return
+    try:
+        found: list[str] = list(await finder())
+    except Exception as exc:
+        _log.error("recovery_failed", error=f"{type(exc).__name__}: {exc}")
+        return
+    if not found:
+        return
+    _log.info("recovery_started", conversations=len(found))
+    pending = iter(found)
+    woken = 0
+
+    async def waker() -> None:
+        nonlocal woken
+        for cid in pending:
+            try:
+                if await wake(cid):
+                    woken += 1
+            except Exception as exc:  # one bad conversation must not stop the others
+                _log.warning(
+                    "recovery_wake_failed",
+                    conversation_id=cid,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(_AT_ONCE, len(found))):
+            tg.start_soon(waker)
+    _log.info("recovery_finished", conversations=len(found), woken=woken)

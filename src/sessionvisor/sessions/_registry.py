@@ -1,0 +1,99 @@
+"""The local registry: the live actors of this process, starts in flight, viewers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from ._actor import Actor
+
+__all__: list[str] = ["LocalRegistry"]
+
+
+class _Flight:
+    """A start in progress; concurrent callers for the same conversation wait on it."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: Exception | None = None
+
+
+class LocalRegistry:
+    """Implements ``Registry`` for one process (see ``_seams.Registry``)."""
+
+    def __init__(self) -> None:
+        self._actors: dict[str, Actor] = {}
+        self._flights: dict[str, _Flight] = {}
+        self._viewers: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._actors)
+
+    def __contains__(self, conversation_id: object) -> bool:
+        return conversation_id in self._actors
+
+    def live(self, conversation_id: str) -> Actor | None:
+        actor = self._actors.get(conversation_id)
+        if actor is None or actor.closed:
+            return None
+        return actor
+
+    def entry(self, conversation_id: str) -> Actor | None:
+        return self._actors.get(conversation_id)
+
+    def actors(self) -> list[Actor]:
+        return list(self._actors.values())
+
+    async def ensure(
+        self, conversation_id: str, start: Callable[[], Awaitable[Actor]]
+    ) -> tuple[Actor, bool]:
+        while True:
+            actor = self._actors.get(conversation_id)
+            if actor is not None:
+                if actor.closed:
+                    await actor.wait_stopped()  # its final save must land before a new start
+                    continue
+                return actor, False
+            flight = self._flights.get(conversation_id)
+            if flight is not None:
+                await flight.done.wait()
+                if flight.error is not None:
+                    raise flight.error
+                continue
+            flight = self._flights[conversation_id] = _Flight()
+            try:
+                actor = await start()
+                self._actors[conversation_id] = actor
+            except Exception as exc:
+                flight.error = exc
+                raise
+            finally:
+                del self._flights[conversation_id]
+                flight.done.set()
+            return actor, True
+
+    def forget(self, actor: Actor) -> None:
+        cid = actor.conversation_id
+        if self._actors.get(cid) is actor:
+            del self._actors[cid]
+
+    async def wait_starts(self) -> None:
+        while self._flights:
+            await next(iter(self._flights.values())).done.wait()
+
+    def add_viewer(self, conversation_id: str) -> None:
+        self._viewers[conversation_id] = self._viewers.get(conversation_id, 0) + 1
+
+    def remove_viewer(self, conversation_id: str) -> int:
+        left = self._viewers[conversation_id] - 1
+        if left:
+            self._viewers[conversation_id] = left
+        else:
+            del self._viewers[conversation_id]
+        return left
+
+    def viewer_count(self, conversation_id: str) -> int:
+        return self._viewers.get(conversation_id, 0)

@@ -1,0 +1,156 @@
+"""The three seams of the runtime: registry, mailbox and event bus.
+
+The supervisor talks to these Protocols only. Each has one local
+implementation (``_registry.LocalRegistry``, ``_mailbox.LocalMailbox``,
+``_bus.LocalBus``), chosen in one place (``SessionSupervisor.__init__``), so a
+second implementation - several processes sharing a database, for example - can
+be plugged in without touching the actor or the turn logic. The docstrings say
+what any implementation must guarantee.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ._actor import Actor
+    from ._bus import Subscription, Topic
+    from ._events import Status
+    from ._handle import Delivery
+
+__all__: list[str] = ["Bus", "Mailbox", "Registry"]
+
+
+class Registry(Protocol):
+    """Who holds each conversation, and how to reach its live session.
+
+    Guarantees:
+        - Single owner: at most one live actor per conversation at any time.
+        - Single flight: concurrent ``ensure`` calls for one conversation run
+          ``start`` once; every caller gets that one actor (or its error), and a
+          failed start leaves nothing registered.
+        - A conversation whose actor is stopping is not started again until the
+          old actor's final save has landed.
+    """
+
+    def live(self, conversation_id: str) -> Actor | None:
+        """The serving actor of the conversation, or None."""
+        ...
+
+    def entry(self, conversation_id: str) -> Actor | None:
+        """The registered actor, serving or stopping, or None."""
+        ...
+
+    def actors(self) -> list[Actor]:
+        """Every registered actor."""
+        ...
+
+    async def ensure(
+        self, conversation_id: str, start: Callable[[], Awaitable[Actor]]
+    ) -> tuple[Actor, bool]:
+        """Return the live actor, running ``start`` (once) when there is none.
+
+        Returns:
+            The actor, and True when this call started it.
+        """
+        ...
+
+    def forget(self, actor: Actor) -> None:
+        """Drop an actor that ended (only if it still is the registered one)."""
+        ...
+
+    async def wait_starts(self) -> None:
+        """Wait until no start is in flight (used by the drain)."""
+        ...
+
+    def add_viewer(self, conversation_id: str) -> None: ...
+
+    def remove_viewer(self, conversation_id: str) -> int:
+        """Remove one viewer; return how many remain."""
+        ...
+
+    def viewer_count(self, conversation_id: str) -> int: ...
+
+
+class Mailbox(Protocol):
+    """How a command reaches the session that owns the conversation.
+
+    Guarantees:
+        - Accepted means stored: ``send`` returns only once the message is
+          persisted (queued or as the start of a turn).
+        - Per-conversation order: commands accepted one after another are
+          applied in that order.
+        - Once: a send carrying a client message id the conversation already
+          holds is acknowledged again and not applied twice.
+        - Bounded: a conversation holds at most ``max_queued`` waiting messages;
+          one more is refused with ``QueueFull``, never buffered.
+    """
+
+    async def send(
+        self,
+        conversation_id: str,
+        content: Any,
+        *,
+        scope: Any,
+        request_opts: dict[str, Any],
+        reroute: bool,
+        message_id: str | None,
+    ) -> Delivery: ...
+
+    async def resume(
+        self, conversation_id: str, answer: Any, *, scope: Any, request_opts: dict[str, Any]
+    ) -> Status: ...
+
+    async def dismiss(
+        self, conversation_id: str, *, scope: Any, request_opts: dict[str, Any]
+    ) -> Status: ...
+
+    async def cancel(self, conversation_id: str, *, scope: Any) -> Status: ...
+
+    async def stop(self, conversation_id: str, *, scope: Any) -> str: ...
+
+
+class Bus(Protocol):
+    """How events reach subscribers.
+
+    Guarantees:
+        - Seq continuity: a conversation's events are numbered 1, 2, 3, ... with
+          no gap and no repeat, across restarts, idle stops and wakes (a topic
+          starts from the ``last_seq`` the store kept).
+        - Order: every subscriber sees a conversation's events in seq order.
+        - Bounded buffers: each subscriber buffers at most its ``capacity``
+          events and is cut off (``SubscriberOverflow``) past that, never
+          slowing the actor or the other subscribers; the replay buffer keeps
+          at most ``replay`` events, and a subscriber asking for older ones gets
+          a snapshot marked ``gap=True``.
+        - A subscription belongs to the conversation, not to one actor: it
+          outlives restarts, idle stops and wakes.
+    """
+
+    def topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
+        """The conversation's topic, made when missing."""
+        ...
+
+    def existing(self, conversation_id: str) -> Topic | None: ...
+
+    def subscribe(
+        self,
+        topic: Topic,
+        *,
+        owner: str | None,
+        capacity: int,
+        after: int | None,
+        status: Status,
+        interrupt: Any,
+    ) -> Subscription: ...
+
+    def unsubscribe(self, sub: Subscription) -> None: ...
+
+    def release(self, conversation_id: str, still_live: Callable[[str], bool]) -> None:
+        """Forget a topic that neither a subscriber nor a live actor holds."""
+        ...
+
+    def close_all(self) -> None:
+        """End every subscription (the supervisor drained)."""
+        ...

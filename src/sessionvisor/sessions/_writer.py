@@ -1,0 +1,182 @@
+"""The coalescing single writer of one conversation.
+
+Every change to a session's State bumps a generation counter; ``persist`` saves
+until the store holds the generation current at the call. At most one save of a
+conversation is in flight: a caller that finds one waits for it and then saves
+once for everyone who changed something meanwhile, so versions advance one at a
+time and the store sees exactly one writer. A save that fails because the store
+is down is retried with backoff by the same path; a save refused as stale
+(``StaleWriteError``) means another owner took the conversation, and the session
+stops as ``superseded`` without writing again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from .._errors import StaleWriteError
+
+if TYPE_CHECKING:
+    from .._clock import Clock
+    from ..state import Lifecycle, StateStore, StoredConversation
+
+__all__: list[str] = ["Writer"]
+
+
+class WriterOwner(Protocol):
+    """What the writer needs from the session it writes for."""
+
+    conversation_id: str
+
+    def record(self, lifecycle: Lifecycle, reserve: int) -> StoredConversation:
+        """The record to save now (built at the moment of the save)."""
+        ...
+
+    def write_refused(self) -> bool:
+        """True once writing must stop (superseded, or gave up)."""
+        ...
+
+    def restart_in_progress(self) -> anyio.Event | None:
+        """Set when a restart rebuilds the State: the in-memory copy is the crashed one."""
+        ...
+
+    def superseded(self, error: StaleWriteError) -> None: ...
+
+    def store_failed(self, error: Exception, lifecycle: str) -> None: ...
+
+    def retry_lifecycle(self) -> Lifecycle: ...
+
+    def retry_backoff(self) -> float: ...
+
+    def log(self) -> Any: ...
+
+
+class Writer:
+    """Saves one conversation; see the module docstring."""
+
+    __slots__ = ("_done", "_owner", "_retrying", "_saving", "gen", "saved_gen", "version")
+
+    def __init__(self, owner: WriterOwner, version: int | None) -> None:
+        self._owner = owner
+        self.version = version  # the stored version this writer expects (None: not stored)
+        self.gen = 0  # bumped on every change that a save must carry
+        self.saved_gen = 0  # the generation the store holds
+        self._saving = False
+        self._done: anyio.Event | None = None  # made only when someone waits
+        self._retrying = False
+
+    def changed(self) -> None:
+        """Record that the State changed (the next save must carry it)."""
+        self.gen += 1
+
+    def reset(self, version: int | None) -> None:
+        """After a reload from the store: what it holds is now what we hold."""
+        self.version = version
+        self.saved_gen = self.gen
+
+    async def persist(
+        self,
+        store: StateStore,
+        lifecycle: Lifecycle,
+        *,
+        reserve: int = 0,
+        shield: bool = True,
+        spawn: Callable[[Callable[[], Coroutine[Any, Any, Any]]], None],
+        clock: Clock,
+    ) -> bool:
+        """Save until the store holds the generation current at this call.
+
+        Returns False when the save failed (the session keeps serving from memory
+        and a retry is scheduled) or the session was superseded.
+        """
+        owner = self._owner
+        target = self.gen
+        while self.saved_gen < target:
+            if owner.write_refused():
+                return False
+            restarting = owner.restart_in_progress()
+            if restarting is not None:
+                # The in-memory state is the crashed copy: save what the restart rebuilds.
+                await restarting.wait()
+                target = self.gen
+                continue
+            if self._saving:
+                await self._wait()
+                continue
+            try:
+                await self._write(store, lifecycle, reserve, shield)
+            except StaleWriteError:
+                return False
+            except Exception as exc:
+                owner.store_failed(exc, lifecycle)
+                if not self._retrying:
+                    self._retrying = True
+                    spawn(lambda: self._retry(store, clock))
+                return False
+        return True
+
+    async def _write(
+        self, store: StateStore, lifecycle: Lifecycle, reserve: int, shield: bool
+    ) -> None:
+        """One save of the current generation; the only place that calls ``store.save``."""
+        owner = self._owner
+        self._saving = True
+        gen = self.gen
+        try:
+            save = store.save(
+                owner.conversation_id,
+                owner.record(lifecycle, reserve),
+                expected_version=self.version,
+                lifecycle=lifecycle,
+            )
+            if shield:
+                # A caller that goes away must not leave a save half-done (the store
+                # would move on while we keep the old version). The worker is only
+                # cancelled after the drain, so it skips the cost.
+                with anyio.CancelScope(shield=True):
+                    self.version = await save
+            else:
+                self.version = await save
+            self.saved_gen = gen
+        except StaleWriteError as exc:
+            owner.log().warning("session_superseded", error=str(exc))
+            owner.superseded(exc)
+            raise
+        finally:
+            self._saving = False
+            done = self._done
+            if done is not None:
+                self._done = None
+                done.set()
+
+    async def _wait(self) -> None:
+        done = self._done
+        if done is None:
+            done = self._done = anyio.Event()
+        await done.wait()
+
+    async def _retry(self, store: StateStore, clock: Clock) -> None:
+        owner = self._owner
+        delay = max(owner.retry_backoff(), 0.01)
+        try:
+            while self.saved_gen < self.gen and not owner.write_refused():
+                await clock.sleep_until(clock.now() + delay)
+                delay = min(delay * 2, 30.0)
+                if self._saving or owner.restart_in_progress() is not None:
+                    continue
+                if owner.write_refused():
+                    return
+                try:
+                    await self._write(store, owner.retry_lifecycle(), 0, True)
+                    owner.log().info("store_save_recovered")
+                except StaleWriteError:
+                    return
+                except Exception as exc:
+                    owner.log().warning(
+                        "store_save_retry_failed", error=f"{type(exc).__name__}: {exc}"
+                    )
+        finally:
+            self._retrying = False
