@@ -138,6 +138,10 @@ def _record_tuple(record: StoredConversation) -> tuple[Any, ...]:
 COLUMNS = "state, version, owner, route_key, request_opts, last_seq, updated_at, lifecycle"
 
 
+#: The header columns SQLiteStore keeps for a conversation and for a quarantined one.
+SQLITE_QUARANTINED = COLUMNS + ", head, message_count"
+
+
 class SQLiteBackend(Backend):
     kind = "sqlite"
 
@@ -148,22 +152,43 @@ class SQLiteBackend(Backend):
     def make(self, *, migrations: MigrationRegistry | None = None) -> SQLiteStore:
         return SQLiteStore(self.path, migrations=migrations)
 
-    def _query(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
         try:
-            row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
-            return row
+            return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
 
     def garble(self, conversation_id: str) -> None:
-        self._query("UPDATE conversations SET state = ? WHERE id = ?", (TRUNCATED, conversation_id))
+        # A message row cut short, as a torn write would leave it.
+        self._query(
+            "UPDATE messages SET body = ? WHERE conversation_id = ? AND position = 0",
+            (TRUNCATED, conversation_id),
+        )
 
     def raw_row(self, conversation_id: str) -> tuple[Any, ...] | None:
-        return self._query(f"SELECT {COLUMNS} FROM conversations WHERE id = ?", (conversation_id,))
+        header = self._query(
+            f"SELECT {SQLITE_QUARANTINED} FROM conversations WHERE id = ?", (conversation_id,)
+        )
+        if not header:
+            return None
+        bodies = self._query(
+            "SELECT position, body FROM messages WHERE conversation_id = ? ORDER BY position",
+            (conversation_id,),
+        )
+        return (*header[0], tuple(bodies))
 
     def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
-        return self._query(f"SELECT {COLUMNS} FROM quarantined_conversations WHERE key = ?", (key,))
+        header = self._query(
+            f"SELECT {SQLITE_QUARANTINED} FROM quarantined_conversations WHERE key = ?", (key,)
+        )
+        if not header:
+            return None
+        bodies = self._query(
+            "SELECT position, body FROM quarantined_messages WHERE key = ? ORDER BY position",
+            (key,),
+        )
+        return (*header[0], tuple(bodies))
 
 
 class PostgresBackend(Backend):
@@ -183,33 +208,61 @@ class PostgresBackend(Backend):
         import psycopg
 
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-            cur = conn.execute(sql.replace("{t}", f'"{self.table}"'), params)  # type: ignore[arg-type]
+            cur = conn.execute(
+                sql.replace('"{t}', '"' + self.table).replace("{t}", f'"{self.table}"'), params
+            )  # type: ignore[arg-type]
             return cur.fetchone() if cur.description else None
 
     # state::text gives the stored JSONB as text, so "byte-identical" is checked
     # on what the server holds, not on what psycopg parses it into.
-    _raw_columns = COLUMNS.replace("state,", "state::text,").replace(
-        "request_opts,", "request_opts::text,"
+    _raw_columns = (
+        COLUMNS.replace("state,", "state::text,").replace("request_opts,", "request_opts::text,")
+        + ", head, message_count"
     )
 
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            return conn.execute(sql.replace("{t}", self.table), params).fetchall()  # type: ignore[arg-type]
+
     def garble(self, conversation_id: str) -> None:
-        # JSONB cannot hold invalid JSON; the closest damage is valid JSON that
-        # is not an object: the truncated text stored as a JSON string.
+        # A message row cut short, as a torn write would leave it.
         self._query(
-            "UPDATE {t} SET state = to_jsonb(%s::text) WHERE id = %s", (TRUNCATED, conversation_id)
+            'UPDATE "{t}_messages" SET body = %s WHERE conversation_id = %s AND position = 0',
+            (TRUNCATED, conversation_id),
         )
 
     def raw_row(self, conversation_id: str) -> tuple[Any, ...] | None:
-        return self._query(
-            f"SELECT {self._raw_columns} FROM {{t}} WHERE id = %s", (conversation_id,)
+        header = self._query(
+            f'SELECT {self._raw_columns} FROM "{{t}}" WHERE id = %s AND version > 0',
+            (conversation_id,),
         )
+        if header is None:
+            return None
+        bodies = self._rows(
+            'SELECT position, body FROM "{t}_messages" WHERE conversation_id = %s '
+            "ORDER BY position",
+            (conversation_id,),
+        )
+        return (*header, tuple(bodies))
 
     def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
-        sql = f'SELECT {self._raw_columns} FROM "{self.table}_quarantine" WHERE key = %s'
-        return self._query(sql, (key,))
+        header = self._query(
+            f'SELECT {self._raw_columns} FROM "{{t}}_quarantine" WHERE key = %s', (key,)
+        )
+        if header is None:
+            return None
+        bodies = self._rows(
+            'SELECT position, body FROM "{t}_qmessages" WHERE key = %s ORDER BY position', (key,)
+        )
+        return (*header, tuple(bodies))
 
     def drop(self) -> None:
-        self._query('DROP TABLE IF EXISTS {t}, "' + self.table + '_quarantine"', ())
+        tables = ", ".join(
+            f'"{self.table}{suffix}"' for suffix in ("", "_quarantine", "_messages", "_qmessages")
+        )
+        self._query(f"DROP TABLE IF EXISTS {tables}", ())
 
 
 @pytest.fixture(

@@ -74,11 +74,16 @@ async def test_postgres_store_works_in_a_named_schema(anyio_backend: str, pg_sch
             "ORDER BY table_name",
             (pg_schema,),
         ).fetchall()
-    assert [row[0] for row in found] == ["convs", "convs_quarantine"]
+    assert [row[0] for row in found] == [
+        "convs",
+        "convs_messages",
+        "convs_qmessages",
+        "convs_quarantine",
+    ]
 
 
 @pytest.mark.postgres
-async def test_postgres_state_column_is_jsonb_and_a_non_object_is_corrupt(
+async def test_postgres_keeps_one_text_row_per_message_and_reads_damage_as_corrupt(
     anyio_backend: str, pg_schema: str
 ) -> None:
     import psycopg
@@ -87,17 +92,51 @@ async def test_postgres_state_column_is_jsonb_and_a_non_object_is_corrupt(
 
     table = f"{pg_schema}.convs"
     async with PostgresStore(POSTGRES_DSN, table=table) as store:
-        await store.save("c-1", record("hi"), expected_version=None, lifecycle="queued")
+        # U+0000 cannot live in JSONB; the TEXT rows keep it.
+        await store.save("c-1", record("hi\u0000there"), expected_version=None, lifecycle="queued")
+        loaded = await store.load("c-1")
+        assert loaded is not None
+        assert loaded.state["messages"][0]["content"] == "hi\u0000there"
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-            (kind,) = conn.execute(  # type: ignore[misc]
-                "SELECT jsonb_typeof(state) FROM " + table  # type: ignore[operator]
-            ).fetchone()
-            conn.execute(f"UPDATE {table} SET state = '[1, 2]'::jsonb")  # type: ignore[arg-type]
+            rows = conn.execute(
+                f"SELECT position, body FROM {table}_messages"  # type: ignore[arg-type]
+            ).fetchall()
+            conn.execute(f"UPDATE {table} SET head = '[1, 2]'")  # type: ignore[arg-type]
 
-        with pytest.raises(CorruptStateError, match=r"'c-1'.*state is a JSON list"):
+        with pytest.raises(CorruptStateError, match=r"'c-1'.*head is a JSON list"):
             await store.load("c-1")
 
-    assert kind == "object"
+    assert [position for position, _ in rows] == [0]
+    assert '"hi\\u0000there"' in rows[0][1]
+
+
+@pytest.mark.postgres
+async def test_a_missing_or_garbled_message_row_is_corrupt_and_left_alone(
+    anyio_backend: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    from sessionvisor.state.postgres import PostgresStore
+
+    table = f"{pg_schema}.convs"
+    state = dump_state(State(messages=[Message(role="user", content=t) for t in "abc"]))
+    async with PostgresStore(POSTGRES_DSN, table=table) as store:
+        await store.save(
+            "c-1", StoredConversation(state=state), expected_version=None, lifecycle="queued"
+        )
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f"DELETE FROM {table}_messages WHERE position = 1")  # type: ignore[arg-type]
+            with pytest.raises(CorruptStateError, match=r"'c-1'.*position 1 is missing"):
+                await store.load("c-1")
+            conn.execute(
+                f"INSERT INTO {table}_messages VALUES ('c-1', 1, '{{\"role\": ')"  # type: ignore[arg-type]
+            )
+            with pytest.raises(CorruptStateError, match=r"'c-1'.*position 1 is not valid JSON"):
+                await store.load("c-1")
+            (body,) = conn.execute(  # type: ignore[misc]
+                f"SELECT body FROM {table}_messages WHERE position = 1"  # type: ignore[arg-type]
+            ).fetchone()
+    assert body == '{"role": '
 
 
 @pytest.mark.postgres

@@ -70,7 +70,7 @@ async def test_a_closed_store_refuses_calls(tmp_path: Path) -> None:
         await store.load("c-1")
 
 
-async def test_the_state_is_stored_as_json_text(tmp_path: Path) -> None:
+async def test_the_history_is_stored_as_one_json_row_per_message(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with SQLiteStore(path) as store:
         await store.save(
@@ -79,39 +79,180 @@ async def test_the_state_is_stored_as_json_text(tmp_path: Path) -> None:
 
     conn = sqlite3.connect(path)
     try:
-        state, opts = conn.execute("SELECT state, request_opts FROM conversations").fetchone()
+        head, count, opts, state = conn.execute(
+            "SELECT head, message_count, request_opts, state FROM conversations"
+        ).fetchone()
+        bodies = conn.execute("SELECT position, body FROM messages").fetchall()
     finally:
         conn.close()
-    assert json.loads(state)["messages"][0]["content"] == "héllo"
+    assert "messages" not in json.loads(head)
+    assert json.loads(head)["queued"] == []
+    assert count == 1
+    assert state is None
+    assert [(p, json.loads(b)["content"]) for p, b in bodies] == [(0, "héllo")]
     assert json.loads(opts) == {"k": 1}
 
 
+class History(list[dict[str, object]]):
+    """A weakly-referenceable list, as the runtime hands its history over."""
+
+    __slots__ = ("__weakref__",)
+
+
+def bodies_of(path: Path, cid: str) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT position, body FROM messages WHERE conversation_id = ? ORDER BY position",
+            (cid,),
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def count_row_writes(path: Path) -> None:
+    """Log every write to the message rows, through triggers."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE row_writes (what TEXT)")
+        for op, ref in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
+            conn.execute(
+                f"CREATE TRIGGER log_{op} AFTER {op} ON messages BEGIN "
+                f"INSERT INTO row_writes VALUES ('{op.lower()} ' || {ref}.position); END"
+            )
+    finally:
+        conn.close()
+
+
+def row_writes(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[0] for row in conn.execute("SELECT what FROM row_writes ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+def message(text: str) -> dict[str, object]:
+    return Message(role="user", content=text).model_dump(mode="json")
+
+
+async def test_a_growing_history_writes_only_its_new_messages(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "s.db"
+    history = History([message("a")])
+    base = dump_state(State())
+    async with SQLiteStore(path) as store:
+        version = await store.save(
+            "c-1",
+            StoredConversation(state={**base, "messages": history}),
+            expected_version=None,
+            lifecycle="queued",
+        )
+        written = bodies_of(path, "c-1")
+        count_row_writes(path)
+        history.extend([message("b"), message("c")])
+        version = await store.save(
+            "c-1",
+            StoredConversation(state={**base, "messages": history}),
+            expected_version=version,
+            lifecycle="completion",
+        )
+        # Only the tail was written: two inserts, nothing deleted or updated.
+        assert row_writes(path) == ["insert 1", "insert 2"]
+        after = bodies_of(path, "c-1")
+        assert after[:1] == written
+        assert [json.loads(b)["content"] for _, b in after] == ["a", "b", "c"]
+
+        # A different (shorter) list is a rewrite: the rows match it exactly.
+        rewritten = History([message("z")])
+        version = await store.save(
+            "c-1",
+            StoredConversation(state={**base, "messages": rewritten}),
+            expected_version=version,
+            lifecycle="completion",
+        )
+        assert [json.loads(b)["content"] for _, b in bodies_of(path, "c-1")] == ["z"]
+        # A plain list (no weak reference possible) is always written whole.
+        plain = [message("p"), message("q")]
+        await store.save(
+            "c-1",
+            StoredConversation(state={**base, "messages": plain}),
+            expected_version=version,
+            lifecycle="completion",
+        )
+        loaded = await store.load("c-1")
+
+    assert loaded is not None
+    assert [m["content"] for m in loaded.state["messages"]] == ["p", "q"]
+
+
+async def test_a_history_rewritten_by_another_writer_is_not_appended_to(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "s.db"
+    history = History([message("a"), message("b")])
+    base = dump_state(State())
+    async with SQLiteStore(path) as mine, SQLiteStore(path) as other:
+        await mine.save(
+            "c-1",
+            StoredConversation(state={**base, "messages": history}),
+            expected_version=None,
+            lifecycle="queued",
+        )
+        # Another store deletes and re-creates the conversation at the same version.
+        await other.delete("c-1")
+        await other.save(
+            "c-1",
+            StoredConversation(state={**base, "messages": [message("x")]}),
+            expected_version=None,
+            lifecycle="queued",
+        )
+        history.append(message("c"))
+        await mine.save(
+            "c-1",
+            StoredConversation(state={**base, "messages": history}),
+            expected_version=1,
+            lifecycle="completion",
+        )
+        loaded = await other.load("c-1")
+
+    assert loaded is not None
+    assert [m["content"] for m in loaded.state["messages"]] == ["a", "b", "c"]
+
+
 @pytest.mark.parametrize(
-    ("column", "value", "problem"),
+    ("sql", "value", "problem"),
     [
-        ("state", "[1, 2]", "JSON list, not an object"),
-        ("state", None, "state is NULL"),
-        ("state", '{"version": 1, "messages": [{"role": "robot"}]}', "messages.0.role"),
-        ("request_opts", "{oops", "request_opts are not valid JSON"),
-        ("updated_at", "yesterday", "updated_at is 'yesterday'"),
-        ("version", "three", "version is 'three'"),
+        ("UPDATE conversations SET head = ?", "[1, 2]", "head is a JSON list, not an object"),
+        ("UPDATE conversations SET head = ?", "{oops", "head is not valid JSON"),
+        ("UPDATE conversations SET head = NULL, state = ?", None, "state is NULL"),
+        ("UPDATE messages SET body = ?", '{"role": "robot"}', "messages.0.role"),
+        ("UPDATE messages SET body = ?", '{"role": "us', "message at position 0 is not valid JSON"),
+        ("UPDATE messages SET body = ?", None, "message at position 0 is not valid JSON"),
+        ("DELETE FROM messages WHERE ? IS NULL", None, "message at position 0 is missing"),
+        ("UPDATE conversations SET request_opts = ?", "{oops", "request_opts are not valid JSON"),
+        ("UPDATE conversations SET updated_at = ?", "yesterday", "updated_at is 'yesterday'"),
+        ("UPDATE conversations SET version = ?", "three", "version is 'three'"),
     ],
 )
-async def test_a_damaged_column_is_reported_and_left_untouched(
-    tmp_path: Path, column: str, value: str | None, problem: str
+async def test_a_damaged_row_is_reported_and_left_untouched(
+    anyio_backend: str, tmp_path: Path, sql: str, value: str | None, problem: str
 ) -> None:
     path = tmp_path / "s.db"
     async with SQLiteStore(path) as store:
         await store.save("c-9", record("hi"), expected_version=None, lifecycle="queued")
         conn = sqlite3.connect(path, isolation_level=None)
         try:
-            conn.execute(f"UPDATE conversations SET {column} = ? WHERE id = 'c-9'", (value,))
+            conn.execute(sql, (value,))
             before = conn.execute("SELECT * FROM conversations").fetchall()
+            before_messages = conn.execute("SELECT * FROM messages").fetchall()
 
             with pytest.raises(CorruptStateError) as caught:
                 await store.load("c-9")
 
             assert conn.execute("SELECT * FROM conversations").fetchall() == before
+            assert conn.execute("SELECT * FROM messages").fetchall() == before_messages
         finally:
             conn.close()
 

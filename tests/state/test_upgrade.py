@@ -139,6 +139,20 @@ async def test_an_old_sqlite_file_is_upgraded_on_first_open(
             await store.load("c-broken")
         assert await store.quarantine("c-broken") == "c-broken#quarantine-1"
 
+    # The readable rows were cut into message rows; the damaged one was quarantined as it was.
+    conn = sqlite3.connect(path)
+    try:
+        legacy = conn.execute("SELECT id FROM conversations WHERE state IS NOT NULL").fetchall()
+        rows = conn.execute(
+            "SELECT position FROM messages WHERE conversation_id = 'c-held'"
+        ).fetchall()
+        kept = conn.execute("SELECT state FROM quarantined_conversations").fetchall()
+    finally:
+        conn.close()
+    assert legacy == []
+    assert rows == [(0,)]
+    assert kept == [('{"messages": [',)]
+
     # A second open finds nothing left to upgrade and reads the same.
     async with SQLiteStore(path) as store:
         assert texts(await store.load("c-held")) == ["y"]
@@ -163,7 +177,7 @@ def old_pg_table() -> Iterator[str]:
     yield table
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_quarantine CASCADE")  # type: ignore[arg-type]
-        conn.execute(f"DROP TABLE IF EXISTS {table}_messages, {table}_quarantine_messages CASCADE")  # type: ignore[arg-type]
+        conn.execute(f"DROP TABLE IF EXISTS {table}_messages, {table}_qmessages CASCADE")  # type: ignore[arg-type]
 
 
 @pytest.mark.postgres
@@ -188,6 +202,19 @@ async def test_an_old_postgres_table_is_upgraded_on_first_open(
             == 5
         )
         assert texts(await store.load("c-done")) == ["a", "b", "c", "d"]
+
+    import psycopg
+
+    with psycopg.connect(POSTGRES_DSN) as conn:
+        legacy = conn.execute(
+            f"SELECT count(*) FROM {old_pg_table} WHERE state IS NOT NULL"  # type: ignore[arg-type]
+        ).fetchone()
+        rows = conn.execute(
+            f"SELECT conversation_id, count(*) FROM {old_pg_table}_messages "  # type: ignore[arg-type]
+            "GROUP BY conversation_id ORDER BY conversation_id"
+        ).fetchall()
+    assert legacy == (0,)
+    assert rows == [("c-done", 4), ("c-held", 1), ("c-turn", 1)]
 
     async with PostgresStore(POSTGRES_DSN, table=old_pg_table) as store:
         assert texts(await store.load("c-held")) == ["y"]

@@ -1,12 +1,18 @@
 """``SQLiteStore``: conversations in one SQLite file, through the stdlib ``sqlite3``.
 
+The layout is append-only (see ``_layout``): a ``conversations`` header row per
+conversation and one ``messages`` row per message, so a save writes what the
+turn added, not the whole history.
+
 ``sqlite3`` blocks, so every call runs on a worker thread
 (``anyio.to_thread``), which works the same on asyncio and trio. One
 connection serves the store and a ``CapacityLimiter(1)`` lets one thread at a
-time use it: SQLite has one writer per file anyway. Separate store instances
-(other connections, other processes) on the same file are kept apart by
-SQLite's own locking: each check-and-set runs in a ``BEGIN IMMEDIATE``
-transaction, and the busy timeout makes a second writer wait instead of fail.
+time use it. Saves go through group commit (``_batch``): the saves that queue
+up while a commit is in flight are written by the next one in a single
+``BEGIN IMMEDIATE`` transaction, each under its own savepoint, so many
+conversations pay one fsync between them. Separate store instances (other
+connections, other processes) on the same file are kept apart by SQLite's own
+locking; the busy timeout makes a second writer wait instead of fail.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import anyio.to_thread
 
 from .._clock import utcnow
 from .._errors import CorruptStateError
+from ._batch import GroupCommit, Write
+from ._layout import HistoryTracker, assemble, dumps, split
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
 from ._writes import (
@@ -40,7 +48,14 @@ __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
 
-_COLUMNS = "state, version, owner, route_key, request_opts, last_seq, updated_at, lifecycle"
+#: The header columns, in the order ``_decode_row`` reads them. ``state``, when
+#: not NULL, holds the whole JSON state instead of head + messages: a row of the
+#: single-row layout that could not be converted (it is unreadable). Every row
+#: this release writes keeps it NULL.
+_COLUMNS = (
+    "state, head, message_count, version, owner, route_key, request_opts, "
+    "last_seq, updated_at, lifecycle"
+)
 
 _SCHEMA = (
     """
@@ -54,8 +69,18 @@ _SCHEMA = (
         last_seq INTEGER,
         updated_at TEXT,
         lifecycle TEXT,
-        unanswered INTEGER NOT NULL DEFAULT 0
+        unanswered INTEGER NOT NULL DEFAULT 0,
+        head TEXT,
+        message_count INTEGER
     )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS messages (
+        conversation_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        body TEXT,
+        PRIMARY KEY (conversation_id, position)
+    ) WITHOUT ROWID
     """,
     # Quarantined rows keep their columns as they were (no decoding on the
     # way), so the bytes someone needs to inspect or repair are preserved.
@@ -71,23 +96,46 @@ _SCHEMA = (
         last_seq INTEGER,
         updated_at TEXT,
         lifecycle TEXT,
-        quarantined_at TEXT NOT NULL
+        quarantined_at TEXT NOT NULL,
+        head TEXT,
+        message_count INTEGER
     )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS quarantined_messages (
+        key TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        body TEXT,
+        PRIMARY KEY (key, position)
+    ) WITHOUT ROWID
     """,
 )
 
+_UNANSWERED_INDEX = (
+    "CREATE INDEX IF NOT EXISTS conversations_unanswered ON conversations (id) WHERE unanswered = 1"
+)
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+_INSERT = (
+    "INSERT INTO conversations (id, state, head, message_count, version, owner, route_key, "
+    "request_opts, last_seq, updated_at, lifecycle, unanswered) "
+    "VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE = (
+    "UPDATE conversations SET state = NULL, head = ?, message_count = ?, version = ?, "
+    "owner = ?, route_key = ?, request_opts = ?, last_seq = ?, updated_at = ?, "
+    "lifecycle = ?, unanswered = ? WHERE id = ?"
+)
+_APPEND = "INSERT INTO messages (conversation_id, position, body) VALUES (?, ?, ?)"
 
 
 class SQLiteStore:
     """A ``StateStore`` backed by one SQLite database file.
 
     The file is opened on first use (or on ``async with``), switched to WAL
-    and given the ``conversations`` and ``quarantined_conversations`` tables
-    when they are missing. Close it with ``aclose()`` or by leaving
-    ``async with``; a closed store refuses further calls.
+    and given its tables when they are missing; a file written by the
+    single-row layout of earlier releases is upgraded in place then (see
+    ``docs/storage.md``). Close it with ``aclose()`` or by leaving
+    ``async with``; a closed store refuses further calls with ``StoreClosed``.
 
     Args:
         path: the database file (str or path), or ``":memory:"`` for a private
@@ -99,7 +147,7 @@ class SQLiteStore:
         synchronous: SQLite's ``synchronous`` setting. ``"FULL"`` (the default)
             makes every save survive a power cut; ``"NORMAL"`` (safe against a
             crash of the process, not of the machine, in WAL mode) skips the
-            fsync per save and is several times faster under load.
+            fsync per commit.
 
     Raises:
         ValueError: ``synchronous`` is not ``"FULL"``, ``"NORMAL"`` or ``"EXTRA"``.
@@ -124,6 +172,8 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
         self._closed = False
+        self._history = HistoryTracker()
+        self._commits = GroupCommit(self._flush, self._limiter, self._check_open)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._path!r})"
@@ -153,27 +203,28 @@ class SQLiteStore:
     async def load(self, conversation_id: str) -> StoredConversation | None:
         """Return the stored conversation, or None when there is none.
 
-        The state is checked with ``load_state`` (and upgraded when it was
-        written with an older schema; the row itself is not rewritten).
-        The first ``load_state`` of the returned state reuses that check
-        instead of validating the history again.
+        The header and the message rows are read in one transaction (a
+        consistent snapshot), the state is rebuilt in order and checked with
+        ``load_state`` (and upgraded when it was written with an older schema;
+        the rows themselves are not rewritten). The first ``load_state`` of the
+        returned state reuses that check instead of validating the history again.
 
         Returns:
             The record, or None.
 
         Raises:
-            CorruptStateError: the row cannot be read (garbled or truncated
-                JSON, a state ``load_state`` refuses, a malformed column); the
-                row is left untouched.
+            CorruptStateError: a row cannot be read (garbled JSON in the head or
+                in a message row, a missing message row, a state ``load_state``
+                refuses, a malformed column); the rows are left untouched.
             StoreClosed: the store is closed (a ``RuntimeError``).
         """
-        row = await self._run(lambda conn: self._fetch(conn, conversation_id))
-        if row is None:
+        found = await self._run(lambda conn: _fetch(conn, conversation_id))
+        if found is None:
             return None
-        # Validating a long history is pure CPU: do it on a worker thread but
-        # outside the store's limiter, so the event loop stays responsive and
-        # other conversations' saves can use the connection meanwhile.
-        return await anyio.to_thread.run_sync(self._decode_row, conversation_id, row)
+        # Decoding and validating a long history is pure CPU: do it on a worker
+        # thread but outside the store's limiter, so the event loop stays
+        # responsive and other conversations' saves can use the connection.
+        return await anyio.to_thread.run_sync(self._decode_row, conversation_id, *found)
 
     async def save(
         self,
@@ -187,6 +238,11 @@ class SQLiteStore:
 
         ``expected_version=None`` means the conversation must not exist yet.
         The record's ``version``, ``updated_at`` and ``lifecycle`` are replaced.
+        When ``record.state["messages"]`` is the very list this store wrote at
+        ``expected_version``, grown since (the runtime hands its history over
+        that way), only the new messages are written; any other list is
+        written whole. The call returns once the write is committed, possibly
+        in one transaction with other conversations' saves.
 
         Returns:
             The new version (1 for a new conversation).
@@ -199,63 +255,9 @@ class SQLiteStore:
             StoreClosed: the store is closed (a ``RuntimeError``).
         """
         check_lifecycle(conversation_id, lifecycle)
-
-        def write(conn: sqlite3.Connection) -> int:
-            # Encoded here, on the worker thread and before taking the write
-            # lock: a long history costs milliseconds the event loop and the
-            # other connections should not wait for.
-            state_text = _dumps(record.state)
-            values = (record.owner, record.route_key, _dumps(record.request_opts), record.last_seq)
-            updated_at = utcnow().isoformat()
-            unanswered = int(is_unanswered(lifecycle, record.state))
-            # IMMEDIATE takes the write lock before the read, so no other
-            # connection can commit between our version check and our write.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(
-                    "SELECT version FROM conversations WHERE id = ?", (conversation_id,)
-                ).fetchone()
-                actual = None if row is None else row[0]
-                if actual != expected_version:
-                    raise stale_write(conversation_id, expected_version, actual)
-                if actual is None:
-                    new_version = 1
-                    conn.execute(
-                        f"INSERT INTO conversations (id, {_COLUMNS}, unanswered) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            conversation_id,
-                            state_text,
-                            new_version,
-                            *values,
-                            updated_at,
-                            lifecycle,
-                            unanswered,
-                        ),
-                    )
-                else:
-                    new_version = actual + 1
-                    conn.execute(
-                        "UPDATE conversations SET state = ?, version = ?, owner = ?, "
-                        "route_key = ?, request_opts = ?, last_seq = ?, updated_at = ?, "
-                        "lifecycle = ?, unanswered = ? WHERE id = ?",
-                        (
-                            state_text,
-                            new_version,
-                            *values,
-                            updated_at,
-                            lifecycle,
-                            unanswered,
-                            conversation_id,
-                        ),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-            return new_version
-
-        return await self._run(write)
+        return await self._commits.submit(
+            Write(conversation_id, record, expected_version, lifecycle)
+        )
 
     async def unanswered(self, limit: int | None = None) -> list[str]:
         """Return the ids of the conversations with work the agent has not answered.
@@ -282,7 +284,7 @@ class SQLiteStore:
         return await self._run(select)
 
     async def delete(self, conversation_id: str) -> None:
-        """Remove the conversation; a missing one is not an error.
+        """Remove the conversation and its messages; a missing one is not an error.
 
         Raises:
             sqlite3.Error: the database failed.
@@ -290,15 +292,19 @@ class SQLiteStore:
         """
 
         def remove(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+            self._history.forget(conversation_id)
+            with _transaction(conn):
+                conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+                conn.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
 
         await self._run(remove)
 
     async def quarantine(self, conversation_id: str) -> str:
-        """Move the conversation's row, byte for byte, to ``quarantined_conversations``.
+        """Move the conversation's rows, byte for byte, to the quarantine tables.
 
-        The row gets the key ``"<id>#quarantine-<n>"``; afterwards
-        ``load(conversation_id)`` returns None.
+        The header goes to ``quarantined_conversations`` and the message rows to
+        ``quarantined_messages``, under the key ``"<id>#quarantine-<n>"``;
+        afterwards ``load(conversation_id)`` returns None.
 
         Returns:
             The quarantine key.
@@ -310,8 +316,8 @@ class SQLiteStore:
         """
 
         def move(conn: sqlite3.Connection) -> str:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            self._history.forget(conversation_id)
+            with _transaction(conn):
                 exists = conn.execute(
                     "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
                 ).fetchone()
@@ -334,31 +340,116 @@ class SQLiteStore:
                     f"SELECT ?, id, {_COLUMNS}, ? FROM conversations WHERE id = ?",
                     (key, utcnow().isoformat(), conversation_id),
                 )
+                conn.execute(
+                    "INSERT INTO quarantined_messages (key, position, body) "
+                    "SELECT ?, position, body FROM messages WHERE conversation_id = ?",
+                    (key, conversation_id),
+                )
                 conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
+                conn.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
             return key
 
         return await self._run(move)
 
+    # -- group commit --------------------------------------------------------
+
+    def _flush(self, batch: list[Write]) -> None:
+        # On a worker thread, holding the limiter: one transaction for the batch,
+        # a savepoint per write so one write's failure leaves the others in.
+        conn = self._connection()
+        history = self._history
+        updated_at = utcnow().isoformat()
+        remembered: list[tuple[Write, list[Any] | None]] = []
+        try:
+            with _transaction(conn):
+                for write in batch:
+                    conn.execute("SAVEPOINT write")
+                    try:
+                        messages = self._write(conn, write, updated_at)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO write")
+                        conn.execute("RELEASE write")
+                        history.forget(write.conversation_id)
+                        write.fail(exc)
+                        continue
+                    conn.execute("RELEASE write")
+                    remembered.append((write, messages))
+        except BaseException as exc:
+            # The transaction (or its COMMIT) failed: nothing of the batch is stored.
+            for write, _ in remembered:
+                history.forget(write.conversation_id)
+                write.fail(exc)
+            raise
+        # Committed: only now is what was written known to be stored.
+        for write, messages in remembered:
+            if messages is None:
+                history.forget(write.conversation_id)
+            else:
+                history.remember(write.conversation_id, messages, write.version)
+
+    def _write(self, conn: sqlite3.Connection, write: Write, updated_at: str) -> list[Any] | None:
+        cid, record, expected = write.conversation_id, write.record, write.expected_version
+        row = conn.execute(
+            "SELECT version, state IS NULL AND head IS NOT NULL, message_count "
+            "FROM conversations WHERE id = ?",
+            (cid,),
+        ).fetchone()
+        actual = None if row is None else row[0]
+        if actual != expected:
+            raise stale_write(cid, expected, actual)
+        cut = split(record.state)
+        messages = cut.messages
+        header = (
+            cut.head,
+            None if messages is None else len(messages),
+            1 if actual is None else actual + 1,
+            record.owner,
+            record.route_key,
+            dumps(record.request_opts),
+            record.last_seq,
+            updated_at,
+            write.lifecycle,
+            int(is_unanswered(write.lifecycle, record.state)),
+        )
+        start = 0
+        if messages is not None and row is not None:
+            start = self._history.written(cid, messages, actual)
+            if start and not (row[1] and row[2] == start):
+                start = 0  # the rows are not what this store wrote: rewrite them
+        new_rows = [] if messages is None else [dumps(m) for m in messages[start:]]
+        if row is None:
+            conn.execute(_INSERT, (cid, *header))
+        else:
+            conn.execute(_UPDATE, (*header, cid))
+        if start == 0 and row is not None:
+            conn.execute("DELETE FROM messages WHERE conversation_id = ?", (cid,))
+        if new_rows:
+            conn.executemany(_APPEND, [(cid, start + i, body) for i, body in enumerate(new_rows)])
+        write.succeed(header[2])
+        return messages
+
     # -- machinery ---------------------------------------------------------
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _check_open(self) -> None:
         if self._closed:
             raise closed(self)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        self._check_open()
         return await anyio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
 
     def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         # Runs on a worker thread; the limiter guarantees one at a time, so
         # the connection is never used by two threads at once.
+        return fn(self._connection())
+
+    def _connection(self) -> sqlite3.Connection:
         conn = self._conn
         if conn is None:
             if self._closed:
                 raise closed(self)
             conn = self._conn = self._connect()
-        return fn(conn)
+        return conn
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; the writes open
@@ -373,10 +464,7 @@ class SQLiteStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")  # checked in __init__
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            _add_unanswered_column(conn)
-            conn.execute(_UNANSWERED_INDEX)
+            _upgrade(conn)
         except BaseException:
             conn.close()
             raise
@@ -387,19 +475,31 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
 
-    @staticmethod
-    def _fetch(conn: sqlite3.Connection, conversation_id: str) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = conn.execute(
-            f"SELECT {_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
-        ).fetchone()
-        return row
-
-    def _decode_row(self, conversation_id: str, row: tuple[Any, ...]) -> StoredConversation:
-        state_raw, version, owner, route_key, opts_raw, last_seq, updated_raw, lifecycle = row
+    def _decode_row(
+        self, conversation_id: str, row: tuple[Any, ...], bodies: list[str | None] | None
+    ) -> StoredConversation:
+        (
+            state_raw,
+            head,
+            _count,
+            version,
+            owner,
+            route_key,
+            opts_raw,
+            last_seq,
+            updated_raw,
+            lifecycle,
+        ) = row
         where = f"the stored row of conversation {conversation_id!r}"
-        if state_raw is None:
+        # A non-NULL ``state`` is the whole state (a row of the single-row
+        # layout, or one edited by hand): it wins over the head.
+        if state_raw is not None:
+            state: Any = state_raw
+        elif head is not None:
+            state = assemble(conversation_id, head, bodies)
+        else:
             raise CorruptStateError(f"cannot read {where}: its state is NULL")
-        upgraded, validated = decode_state(state_raw, conversation_id, migrations=self._migrations)
+        upgraded, validated = decode_state(state, conversation_id, migrations=self._migrations)
         if isinstance(version, bool) or not isinstance(version, int):
             raise CorruptStateError(f"cannot read {where}: its version is {version!r}")
         if isinstance(last_seq, bool) or not isinstance(last_seq, int):
@@ -430,35 +530,118 @@ class SQLiteStore:
         )
 
 
-_UNANSWERED_INDEX = (
-    "CREATE INDEX IF NOT EXISTS conversations_unanswered ON conversations (id) "
-    "WHERE unanswered = 1"
-)
+def _fetch(
+    conn: sqlite3.Connection, conversation_id: str
+) -> tuple[tuple[Any, ...], list[str | None] | None] | None:
+    # A read transaction: the header and its messages come from one snapshot,
+    # even while another connection commits.
+    with _transaction(conn, "BEGIN"):
+        row: tuple[Any, ...] | None = conn.execute(
+            f"SELECT {_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        state, head, count = row[0], row[1], row[2]
+        if state is not None or head is None or count is None:
+            return row, None
+        found = conn.execute(
+            "SELECT position, body FROM messages WHERE conversation_id = ? AND position < ? "
+            "ORDER BY position",
+            (conversation_id, count),
+        ).fetchall()
+    if not isinstance(count, int) or len(found) != count or (found and found[-1][0] != count - 1):
+        present = {position for position, _ in found}
+        missing = next((p for p in range(count) if p not in present), count)
+        raise CorruptStateError(
+            f"cannot read the stored row of conversation {conversation_id!r}: its message "
+            f"at position {missing} is missing ({len(found)} of {count} rows found)"
+        )
+    return row, [body for _, body in found]
 
 
-def _add_unanswered_column(conn: sqlite3.Connection) -> None:
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
-    if "unanswered" in columns:
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
-        if "unanswered" not in columns:  # another connection may have done it meanwhile
+class _transaction:
+    """``with _transaction(conn):`` BEGIN IMMEDIATE ... COMMIT, rolled back on error."""
+
+    __slots__ = ("_begin", "_conn")
+
+    def __init__(self, conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> None:
+        self._conn = conn
+        self._begin = begin
+
+    def __enter__(self) -> None:
+        self._conn.execute(self._begin)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        else:
+            _rollback(self._conn)
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Create the tables, or bring a file of an earlier layout up to this one.
+
+    Runs in one write transaction, so two processes opening an old file at once
+    upgrade it once. Rows of the single-row layout are cut into a header and
+    message rows; a row whose state cannot be read stays as it was (its
+    ``state`` column), so ``load`` still reports it and ``quarantine`` keeps it.
+    """
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= _LAYOUT:
+        return  # already this layout: nothing to read or write
+    with _transaction(conn):
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= _LAYOUT:
+            return  # another connection upgraded it meanwhile
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        _add_columns(conn, "conversations", ("unanswered", "head", "message_count"))
+        _add_columns(conn, "quarantined_conversations", ("head", "message_count"))
+        conn.execute(_UNANSWERED_INDEX)
+        old = conn.execute(
+            "SELECT id, state, lifecycle FROM conversations "
+            "WHERE head IS NULL AND state IS NOT NULL"
+        ).fetchall()
+        for cid, state_text, lifecycle in old:
+            try:
+                state = json.loads(state_text)
+            except (TypeError, ValueError):
+                # Unreadable: left for load to report, flagged by its lifecycle alone.
+                state = None
+            if state is None:
+                flag = int(is_unanswered(lifecycle or "", None))
+                conn.execute("UPDATE conversations SET unanswered = ? WHERE id = ?", (flag, cid))
+                continue
+            cut = split(state)
+            count = None if cut.messages is None else len(cut.messages)
             conn.execute(
-                "ALTER TABLE conversations ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0"
+                "UPDATE conversations SET state = NULL, head = ?, message_count = ?, "
+                "unanswered = ? WHERE id = ?",
+                (cut.head, count, int(is_unanswered(lifecycle or "", state)), cid),
             )
-            rows = conn.execute("SELECT id, lifecycle, state FROM conversations").fetchall()
-            for cid, lifecycle, state in rows:
-                try:
-                    data = json.loads(state) if state is not None else None
-                except ValueError:
-                    data = None
-                if is_unanswered(lifecycle or "", data):
-                    conn.execute("UPDATE conversations SET unanswered = 1 WHERE id = ?", (cid,))
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
+            conn.execute("DELETE FROM messages WHERE conversation_id = ?", (cid,))
+            conn.executemany(
+                _APPEND,
+                [(cid, i, dumps(message)) for i, message in enumerate(cut.messages or ())],
+            )
+        conn.execute(f"PRAGMA user_version = {_LAYOUT}")
+
+
+#: The layout this release writes, kept in SQLite's ``user_version``: 0 for the
+#: single-row layout of earlier releases (and for a new file), 2 for this one.
+_LAYOUT = 2
+
+_ADDED = {"unanswered": "INTEGER NOT NULL DEFAULT 0", "head": "TEXT", "message_count": "INTEGER"}
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, names: tuple[str, ...]) -> None:
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name in names:
+        if name not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {_ADDED[name]}")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

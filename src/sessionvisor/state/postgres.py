@@ -1,15 +1,22 @@
-"""``PostgresStore``: conversations in a PostgreSQL table (extra ``postgres``).
+"""``PostgresStore``: conversations in PostgreSQL tables (extra ``postgres``).
 
-Install with ``pip install 'sessionvisor[postgres]'`` (psycopg 3). psycopg's
-async API needs asyncio and sessionvisor must also run on trio, so the store
-drives psycopg's synchronous API on worker threads (``anyio.to_thread``) over
-a small pool of connections, at most one thread per connection at a time.
+Install with ``pip install 'sessionvisor[postgres]'`` (psycopg 3 and
+psycopg_pool). psycopg's async API needs asyncio and sessionvisor must also run
+on trio, so the store drives psycopg's synchronous API on worker threads
+(``anyio.to_thread``) over a ``psycopg_pool.ConnectionPool``, at most one
+thread per pooled connection at a time.
 
-Writes are single conditional statements (``INSERT ... ON CONFLICT DO
-NOTHING`` to create, ``UPDATE ... WHERE version = %s`` to update): PostgreSQL
-re-checks the ``WHERE`` after waiting for a concurrent writer's row lock, so of
-two writers that expected the same version exactly one succeeds, on any
-number of machines.
+The layout is append-only (see ``docs/storage.md``): a header row per
+conversation in ``<table>`` and one row per message in ``<table>_messages``.
+Saves go through group commit: the saves queued while the pool's connections
+are busy are written by the next free one in a single transaction, one
+statement per save, sent together in pipeline mode. Each statement checks its
+own conversation's version (and epoch) in its ``WHERE``: PostgreSQL re-checks
+it after waiting for a concurrent writer's row lock, so of two writers that
+expected the same version exactly one succeeds, on any number of machines,
+and a write that loses changes nothing (its message rows are written only when
+its header row was). A batch locks its conversations in id order, so two
+batches never deadlock on each other.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from .._errors import CorruptStateError
+from .._errors import CorruptStateError, StaleWriteError
+from ._batch import GroupCommit, Write
+from ._layout import HistoryTracker, assemble, dumps, split
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
 from ._writes import (
@@ -38,6 +47,7 @@ from ._writes import (
 
 if TYPE_CHECKING:
     import psycopg
+    import psycopg_pool
     from psycopg import sql
 
 __all__ = ["PostgresStore"]
@@ -45,89 +55,196 @@ __all__ = ["PostgresStore"]
 _T = TypeVar("_T")
 
 # PostgreSQL truncates identifiers at 63 bytes; leave room for "_quarantine"
-# so the two tables never end up with the same (truncated) name.
+# so the tables never end up with the same (truncated) name.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,51}")
 
-_COLUMNS = "state, version, owner, route_key, request_opts, last_seq, updated_at, lifecycle"
+#: The header columns, in the order ``_decode_row`` reads them. ``state`` holds
+#: the whole JSONB state of a row of the single-row layout that could not be cut
+#: into messages (not an object, or no list of messages); every other row keeps
+#: it NULL.
+_COLUMNS = (
+    "state, head, message_count, version, owner, route_key, request_opts, "
+    "last_seq, updated_at, lifecycle"
+)
+
+#: Marks a table already in this layout (a table comment), so opening skips the upgrade.
+_LAYOUT_MARK = "sessionvisor layout 2"
+
+# The parts both save statements share: once the header row is written (``h``
+# returned a row), cut the message rows past the new count and write the new
+# ones; when it was not (stale), nothing else happens.
+_MESSAGE_CTES = """,
+cut AS (
+    DELETE FROM {m} WHERE conversation_id = %(id)s AND position >= %(keep)s
+    AND EXISTS (SELECT 1 FROM h)
+),
+ins AS (
+    INSERT INTO {m} (conversation_id, position, body)
+    SELECT %(id)s, p, b FROM unnest(%(positions)s::int[], %(bodies)s::text[]) AS x(p, b)
+    WHERE EXISTS (SELECT 1 FROM h)
+    ON CONFLICT (conversation_id, position) DO UPDATE SET body = EXCLUDED.body
+)
+SELECT version FROM h
+"""
+
+_UPDATE = (
+    """
+WITH h AS (
+    UPDATE {t} SET state = NULL, head = %(head)s, message_count = %(count)s,
+        version = version + 1, owner = %(owner)s, route_key = %(route_key)s,
+        request_opts = %(opts)s, last_seq = %(last_seq)s, updated_at = now(),
+        lifecycle = %(lifecycle)s, unanswered = %(unanswered)s,
+        epoch = GREATEST(epoch, COALESCE(%(epoch)s::bigint, epoch))
+    WHERE id = %(id)s AND version = %(expected)s
+        AND (%(epoch)s::bigint IS NULL OR epoch <= %(epoch)s::bigint)
+        AND (%(base)s = 0 OR (message_count = %(base)s AND state IS NULL))
+    RETURNING version
+)"""
+    + _MESSAGE_CTES
+)
+
+_CREATE = (
+    """
+WITH h AS (
+    INSERT INTO {t} AS t (id, state, head, message_count, version, owner, route_key,
+        request_opts, last_seq, updated_at, lifecycle, unanswered, epoch)
+    VALUES (%(id)s, NULL, %(head)s, %(count)s, 1, %(owner)s, %(route_key)s, %(opts)s,
+        %(last_seq)s, now(), %(lifecycle)s, %(unanswered)s, COALESCE(%(epoch)s::bigint, 0))
+    ON CONFLICT (id) DO UPDATE SET state = NULL, head = EXCLUDED.head,
+        message_count = EXCLUDED.message_count, version = 1, owner = EXCLUDED.owner,
+        route_key = EXCLUDED.route_key, request_opts = EXCLUDED.request_opts,
+        last_seq = EXCLUDED.last_seq, updated_at = now(), lifecycle = EXCLUDED.lifecycle,
+        unanswered = EXCLUDED.unanswered, epoch = GREATEST(t.epoch, EXCLUDED.epoch)
+    -- Only a fenced placeholder (version 0) may be taken over by a create.
+    WHERE t.version = 0 AND (%(epoch)s::bigint IS NULL OR t.epoch <= %(epoch)s::bigint)
+    RETURNING version
+)"""
+    + _MESSAGE_CTES
+)
 
 
 class _Queries:
     """Every statement of one store, composed once with its table names."""
 
     def __init__(self, compose: Callable[[str], sql.Composed]) -> None:
-        self.load = compose(f"SELECT {_COLUMNS} FROM {{t}} WHERE id = %s")
-        self.version = compose("SELECT version FROM {t} WHERE id = %s")
-        self.insert = compose(
-            f"INSERT INTO {{t}} (id, {_COLUMNS}, unanswered) "
-            "VALUES (%s, %s, 1, %s, %s, %s, %s, now(), %s, %s) "
-            "ON CONFLICT (id) DO NOTHING RETURNING version"
+        self.update = compose(_UPDATE)
+        self.create = compose(_CREATE)
+        self.load = compose(
+            f"SELECT {_COLUMNS}, x.positions, x.bodies FROM {{t}} t LEFT JOIN LATERAL ("
+            "SELECT array_agg(m.position ORDER BY m.position) AS positions, "
+            "array_agg(m.body ORDER BY m.position) AS bodies FROM {m} m "
+            "WHERE m.conversation_id = t.id AND m.position < t.message_count) x ON true "
+            "WHERE t.id = %s AND t.version > 0"
         )
-        self.update = compose(
-            "UPDATE {t} SET state = %s, version = version + 1, owner = %s, route_key = %s, "
-            "request_opts = %s, last_seq = %s, updated_at = now(), lifecycle = %s, "
-            "unanswered = %s "
-            "WHERE id = %s AND version = %s RETURNING version"
-        )
+        self.current = compose("SELECT version, epoch, message_count FROM {t} WHERE id = %s")
         self.delete = compose("DELETE FROM {t} WHERE id = %s")
-        self.lock = compose("SELECT 1 FROM {t} WHERE id = %s FOR UPDATE")
+        self.delete_messages = compose("DELETE FROM {m} WHERE conversation_id = %s")
+        self.lock = compose("SELECT 1 FROM {t} WHERE id = %s AND version > 0 FOR UPDATE")
         self.count_quarantined = compose("SELECT count(*) FROM {q} WHERE conversation_id = %s")
         self.key_taken = compose("SELECT 1 FROM {q} WHERE key = %s")
         self.move_aside = compose(
-            f"INSERT INTO {{q}} (key, conversation_id, {_COLUMNS}, quarantined_at) "
-            f"SELECT %s, id, {_COLUMNS}, now() FROM {{t}} WHERE id = %s"
+            f"INSERT INTO {{q}} (key, conversation_id, {_COLUMNS}, epoch, quarantined_at) "
+            f"SELECT %s, id, {_COLUMNS}, epoch, now() FROM {{t}} WHERE id = %s"
         )
-        self.create_table = compose(
-            "CREATE TABLE IF NOT EXISTS {t} ("
-            "id TEXT PRIMARY KEY, state JSONB, version BIGINT NOT NULL, owner TEXT, "
-            "route_key TEXT, request_opts JSONB, last_seq BIGINT, "
-            "updated_at TIMESTAMPTZ, lifecycle TEXT, "
-            "unanswered BOOLEAN NOT NULL DEFAULT false)"
-        )
-        # Tables made by releases before the index get the column, filled in once.
-        self.add_unanswered = compose(
-            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS unanswered BOOLEAN NOT NULL DEFAULT false"
-        )
-        self.fill_unanswered = compose(
-            "UPDATE {t} SET unanswered = true WHERE NOT unanswered AND "
-            "(lifecycle IN ('turn_start', 'queued') OR (jsonb_typeof(state) = 'object' "
-            "AND jsonb_typeof(state -> 'queued') = 'array' "
-            "AND jsonb_array_length(state -> 'queued') > 0))"
-        )
-        self.index_unanswered = compose(
-            "CREATE INDEX IF NOT EXISTS {i} ON {t} (id) WHERE unanswered"
-        )
-        self.has_unanswered = (
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = "
-            "coalesce(%s, current_schema()) AND table_name = %s AND column_name = 'unanswered'"
+        self.move_messages_aside = compose(
+            "INSERT INTO {qm} (key, position, body) "
+            "SELECT %s, position, body FROM {m} WHERE conversation_id = %s"
         )
         self.unanswered = compose("SELECT id FROM {t} WHERE unanswered LIMIT %s")
-        self.create_quarantine = compose(
-            "CREATE TABLE IF NOT EXISTS {q} ("
-            "key TEXT PRIMARY KEY, conversation_id TEXT NOT NULL, state JSONB, "
-            "version BIGINT, owner TEXT, route_key TEXT, request_opts JSONB, "
-            "last_seq BIGINT, updated_at TIMESTAMPTZ, lifecycle TEXT, "
-            "quarantined_at TIMESTAMPTZ NOT NULL)"
+        self.fence = compose(
+            "INSERT INTO {t} AS t (id, version, epoch) VALUES (%s, 0, %s) "
+            "ON CONFLICT (id) DO UPDATE SET epoch = GREATEST(t.epoch, EXCLUDED.epoch) "
+            "RETURNING epoch"
         )
+        self.layout = "SELECT obj_description(to_regclass(%s), 'pg_class')"
+        self.schema = [
+            compose(
+                "CREATE TABLE IF NOT EXISTS {t} ("
+                "id TEXT PRIMARY KEY, state JSONB, version BIGINT NOT NULL, owner TEXT, "
+                "route_key TEXT, request_opts JSONB, last_seq BIGINT, "
+                "updated_at TIMESTAMPTZ, lifecycle TEXT)"
+            ),
+            compose(
+                "CREATE TABLE IF NOT EXISTS {q} ("
+                "key TEXT PRIMARY KEY, conversation_id TEXT NOT NULL, state JSONB, "
+                "version BIGINT, owner TEXT, route_key TEXT, request_opts JSONB, "
+                "last_seq BIGINT, updated_at TIMESTAMPTZ, lifecycle TEXT, "
+                "quarantined_at TIMESTAMPTZ NOT NULL)"
+            ),
+            # Columns this layout added to the single-row one (no-ops on a new table).
+            compose(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS "
+                "unanswered BOOLEAN NOT NULL DEFAULT false, "
+                "ADD COLUMN IF NOT EXISTS head TEXT, "
+                "ADD COLUMN IF NOT EXISTS message_count INTEGER, "
+                "ADD COLUMN IF NOT EXISTS epoch BIGINT NOT NULL DEFAULT 0"
+            ),
+            compose(
+                "ALTER TABLE {q} ADD COLUMN IF NOT EXISTS head TEXT, "
+                "ADD COLUMN IF NOT EXISTS message_count INTEGER, "
+                "ADD COLUMN IF NOT EXISTS epoch BIGINT"
+            ),
+            compose(
+                "CREATE TABLE IF NOT EXISTS {m} (conversation_id TEXT NOT NULL, "
+                "position INTEGER NOT NULL, body TEXT, PRIMARY KEY (conversation_id, position))"
+            ),
+            compose(
+                "CREATE TABLE IF NOT EXISTS {qm} (key TEXT NOT NULL, "
+                "position INTEGER NOT NULL, body TEXT, PRIMARY KEY (key, position))"
+            ),
+            compose("CREATE INDEX IF NOT EXISTS {i} ON {t} (id) WHERE unanswered"),
+            # Rows of the single-row layout: flag their unanswered work, then cut
+            # every state that is an object with a list of messages into rows.
+            compose(
+                "UPDATE {t} SET unanswered = (lifecycle IN ('turn_start', 'queued') "
+                "OR (jsonb_typeof(state) = 'object' "
+                "AND jsonb_typeof(state -> 'queued') = 'array' "
+                "AND jsonb_array_length(state -> 'queued') > 0)) "
+                "WHERE head IS NULL AND version > 0"
+            ),
+            compose(
+                "INSERT INTO {m} (conversation_id, position, body) "
+                "SELECT t.id, e.ord - 1, e.value::text FROM {t} t, jsonb_array_elements("
+                "CASE WHEN jsonb_typeof(t.state -> 'messages') = 'array' "
+                "THEN t.state -> 'messages' ELSE '[]'::jsonb END) WITH ORDINALITY AS e(value, ord) "
+                "WHERE t.head IS NULL AND jsonb_typeof(t.state) = 'object' "
+                "ON CONFLICT DO NOTHING"
+            ),
+            compose(
+                "UPDATE {t} SET head = (state - 'messages')::text, "
+                "message_count = jsonb_array_length(state -> 'messages'), state = NULL "
+                "WHERE head IS NULL AND jsonb_typeof(state) = 'object' "
+                "AND jsonb_typeof(state -> 'messages') = 'array'"
+            ),
+            compose(f"COMMENT ON TABLE {{t}} IS '{_LAYOUT_MARK}'"),
+        ]
 
 
 def _import_psycopg() -> ModuleType:
     try:
         import psycopg
+        import psycopg_pool  # noqa: F401
     except ImportError as exc:
         raise ImportError(
-            "PostgresStore needs psycopg 3, which is not installed; "
-            "install it with: pip install 'sessionvisor[postgres]'"
+            "PostgresStore needs psycopg 3 and psycopg_pool, which are not installed; "
+            "install them with: pip install 'sessionvisor[postgres]'"
         ) from exc
     return psycopg
 
 
 class PostgresStore:
-    """A ``StateStore`` backed by a PostgreSQL table.
+    """A ``StateStore`` backed by PostgreSQL tables.
 
-    The table (and ``<table>_quarantine`` for rows moved aside) is created on
-    first use when missing. The state and the request options are ``JSONB``
-    columns; note that ``JSONB`` cannot hold the character U+0000, so a state
-    containing it fails to save with a psycopg error.
+    The tables are created on first use when missing: ``<table>`` (a header
+    row per conversation), ``<table>_messages`` (one row per message),
+    ``<table>_quarantine`` and ``<table>_qmessages`` (rows moved aside). A
+    table of the single-row layout of earlier releases is upgraded in place
+    then. Message rows, the head and the request options are stored as JSON;
+    the head and message rows as ``TEXT`` (so a state may hold U+0000).
+
+    For the cluster mode, every conversation carries an ``epoch`` (a fencing
+    token, see ``fence``): a save given ``epoch=`` is refused when the stored
+    epoch is higher, in the same statement that checks the version.
 
     Args:
         dsn: a libpq connection string or URL (``"postgresql://u@host/db"``).
@@ -139,7 +256,8 @@ class PostgresStore:
             one (``register_migration``) when None.
 
     Raises:
-        ImportError: psycopg is not installed (install ``sessionvisor[postgres]``).
+        ImportError: psycopg or psycopg_pool is not installed (install
+            ``sessionvisor[postgres]``).
         ValueError: ``table`` is not a plain (optionally schema-qualified) name.
     """
 
@@ -160,24 +278,30 @@ class PostgresStore:
                 f"PostgresStore table name {table!r} must be a name of letters, digits and "
                 "underscores (at most 52 characters), optionally prefixed by a schema"
             )
-        if max_connections < 1:
+        if isinstance(max_connections, bool) or max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         *schema, name = parts
         self._dsn = dsn
         self._table_name = table
+        self._max_connections = max_connections
         self._migrations = migrations
-        self._table = sql.Identifier(*schema, name)
-        self._quarantine = sql.Identifier(*schema, f"{name}_quarantine")
-        self._index = sql.Identifier(f"{name}_unanswered")
-        self._schema_and_name = (schema[0] if schema else None, name)
+        self._names = {
+            "t": sql.Identifier(*schema, name),
+            "m": sql.Identifier(*schema, f"{name}_messages"),
+            "q": sql.Identifier(*schema, f"{name}_quarantine"),
+            "qm": sql.Identifier(*schema, f"{name}_qmessages"),
+            "i": sql.Identifier(f"{name}_unanswered"),
+        }
         self._q = _Queries(self._sql)
         self._limiter = anyio.CapacityLimiter(max_connections)
-        # Guards the idle list and the flags; held only for list operations,
-        # never across a database call.
+        # Guards the pool's creation and the history tracker (flushes run on
+        # several threads at once); never held across a database call.
         self._lock = threading.Lock()
-        self._idle: list[psycopg.Connection[tuple[Any, ...]]] = []
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._ready = False
         self._closed = False
+        self._history = HistoryTracker()
+        self._commits = GroupCommit(self._flush, self._limiter, self._check_open)
 
     def __repr__(self) -> str:
         return f"PostgresStore(table={self._table_name!r})"
@@ -195,36 +319,43 @@ class PostgresStore:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the pooled connections; calls in flight finish first. Idempotent."""
+        """Close the pool; calls in flight finish first. Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            idle, self._idle = self._idle, []
-
-        def close_all() -> None:
-            for conn in idle:
-                conn.close()
-
-        # Shielded: a cancelled close would leak server connections.
+            pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # Shielded: a cancelled close would leak server connections. Taking every
+        # slot first lets the calls in flight finish on their connections.
+        slots = [object() for _ in range(self._max_connections)]
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(close_all)
+            for slot in slots:
+                await self._limiter.acquire_on_behalf_of(slot)
+            try:
+                await anyio.to_thread.run_sync(pool.close)
+            finally:
+                for slot in slots:
+                    self._limiter.release_on_behalf_of(slot)
 
     async def load(self, conversation_id: str) -> StoredConversation | None:
         """Return the stored conversation, or None when there is none.
 
-        The state is checked with ``load_state`` (and upgraded when it was
-        written with an older schema; the row itself is not rewritten).
-        The first ``load_state`` of the returned state reuses that check
-        instead of validating the history again.
+        The header and its message rows are read by one statement (one
+        snapshot), the state is rebuilt in order and checked with
+        ``load_state`` (and upgraded when it was written with an older schema;
+        the rows are not rewritten). The first ``load_state`` of the returned
+        state reuses that check instead of validating the history again.
 
         Returns:
             The record, or None.
 
         Raises:
-            CorruptStateError: the row cannot be read (a state that is not a
-                JSON object or that ``load_state`` refuses, a malformed
-                column); the row is left untouched.
+            CorruptStateError: a row cannot be read (the head or a message row
+                is not valid JSON, a message row is missing, a state that
+                ``load_state`` refuses, a malformed column); the rows are left
+                untouched.
             psycopg.Error: the database failed.
             StoreClosed: the store is closed (a ``RuntimeError``).
         """
@@ -236,7 +367,7 @@ class PostgresStore:
         row = await self._run(fetch)
         if row is None:
             return None
-        # Validating a long history is pure CPU: off the event loop, and
+        # Decoding a long history is pure CPU: off the event loop, and
         # without holding one of the pool's connections.
         return await anyio.to_thread.run_sync(self._decode_row, conversation_id, row)
 
@@ -247,47 +378,67 @@ class PostgresStore:
         *,
         expected_version: int | None,
         lifecycle: Lifecycle,
+        epoch: int | None = None,
     ) -> int:
         """Write ``record`` if the stored version is ``expected_version``.
 
         ``expected_version=None`` means the conversation must not exist yet.
         The record's ``version``, ``updated_at`` and ``lifecycle`` are replaced.
+        When ``record.state["messages"]`` is the very list this store wrote at
+        ``expected_version``, grown since, only the new messages are written.
+        The call returns once the write is committed, possibly in one
+        transaction with other conversations' saves.
+
+        Args:
+            epoch: the writer's fencing token (cluster mode). When given, the
+                write is refused unless the stored epoch is at most ``epoch``,
+                and the stored epoch becomes ``epoch``. None: not checked.
 
         Returns:
             The new version (1 for a new conversation).
 
         Raises:
-            StaleWriteError: the stored version is not ``expected_version``.
+            StaleWriteError: the stored version is not ``expected_version``,
+                or the stored epoch is above ``epoch``.
             ValueError: ``lifecycle`` is not one of ``LIFECYCLES``.
             TypeError: the state or request options hold a value JSON cannot encode.
             psycopg.Error: the database failed.
             StoreClosed: the store is closed (a ``RuntimeError``).
         """
         check_lifecycle(conversation_id, lifecycle)
-        from psycopg.types.json import Jsonb
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+            raise TypeError(f"epoch must be an int or None, got {epoch!r}")
+        return await self._commits.submit(
+            Write(conversation_id, record, expected_version, lifecycle, epoch)
+        )
 
-        query = self._q.insert if expected_version is None else self._q.update
-        current = self._q.version
+    async def fence(self, conversation_id: str, epoch: int) -> int:
+        """Raise the conversation's stored epoch to at least ``epoch``; return it.
 
-        def write(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
-            # Jsonb encodes when the query is sent: here, on the worker thread.
-            state, opts = Jsonb(record.state), Jsonb(record.request_opts)
-            common = (record.owner, record.route_key, opts, record.last_seq)
-            flag = is_unanswered(lifecycle, record.state)
-            if expected_version is None:
-                params: tuple[Any, ...] = (conversation_id, state, *common, lifecycle, flag)
-            else:
-                params = (state, *common, lifecycle, flag, conversation_id, expected_version)
-            row = conn.execute(query, params).fetchone()
-            if row is not None:
-                return int(row[0])
-            # Lost: read what is there now, only to name it in the error.
-            found = conn.execute(current, (conversation_id,)).fetchone()
-            raise stale_write(
-                conversation_id, expected_version, None if found is None else found[0]
-            )
+        The cluster's new owner of a conversation calls this with the epoch of
+        its lease before loading it: from then on a save with a lower epoch
+        (the previous owner's) fails with ``StaleWriteError``, and the load
+        that follows sees every write that got in before. A conversation with
+        nothing stored gets a placeholder row (version 0, invisible to
+        ``load`` and ``unanswered``) that only a create with a high enough
+        epoch can take. A returned epoch above ``epoch`` means a newer owner
+        fenced it already.
 
-        return await self._run(write)
+        Raises:
+            TypeError: ``epoch`` is not an int.
+            psycopg.Error: the database failed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise TypeError(f"epoch must be an int, got {epoch!r}")
+        query = self._q.fence
+
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+            row = conn.execute(query, (conversation_id, epoch)).fetchone()
+            assert row is not None  # INSERT ... ON CONFLICT DO UPDATE returns its row
+            return int(row[0])
+
+        return await self._run(run)
 
     async def unanswered(self, limit: int | None = None) -> list[str]:
         """Return the ids of the conversations with work the agent has not answered.
@@ -313,24 +464,28 @@ class PostgresStore:
         return await self._run(select)
 
     async def delete(self, conversation_id: str) -> None:
-        """Remove the conversation; a missing one is not an error.
+        """Remove the conversation and its messages; a missing one is not an error.
 
         Raises:
             psycopg.Error: the database failed.
             StoreClosed: the store is closed (a ``RuntimeError``).
         """
-        query = self._q.delete
+        q = self._q
 
         def remove(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-            conn.execute(query, (conversation_id,))
+            self._forget(conversation_id)
+            with conn.transaction():
+                conn.execute(q.delete, (conversation_id,))
+                conn.execute(q.delete_messages, (conversation_id,))
 
         await self._run(remove)
 
     async def quarantine(self, conversation_id: str) -> str:
-        """Move the conversation's row, unchanged, to ``<table>_quarantine``.
+        """Move the conversation's rows, unchanged, to the quarantine tables.
 
-        The row gets the key ``"<id>#quarantine-<n>"``; afterwards
-        ``load(conversation_id)`` returns None.
+        The header goes to ``<table>_quarantine`` and the messages to
+        ``<table>_qmessages``, under the key ``"<id>#quarantine-<n>"``;
+        afterwards ``load(conversation_id)`` returns None.
 
         Returns:
             The quarantine key.
@@ -343,6 +498,7 @@ class PostgresStore:
         q = self._q
 
         def run(conn: psycopg.Connection[tuple[Any, ...]]) -> str:
+            self._forget(conversation_id)
             with conn.transaction():
                 # The row lock makes a concurrent quarantine of the same
                 # conversation wait, then find the row gone.
@@ -354,89 +510,226 @@ class PostgresStore:
                     n += 1
                 key = quarantine_key(conversation_id, n)
                 conn.execute(q.move_aside, (key, conversation_id))
+                conn.execute(q.move_messages_aside, (key, conversation_id))
                 conn.execute(q.delete, (conversation_id,))
+                conn.execute(q.delete_messages, (conversation_id,))
             return key
 
         return await self._run(run)
+
+    # -- group commit --------------------------------------------------------
+
+    def _params(self, write: Write, base: int | None) -> tuple[Any, dict[str, Any], Any]:
+        """Encode one write: its statement, parameters and history (None: kept whole).
+
+        ``base`` None asks the tracker whether only the tail must be written; 0
+        forces a rewrite of every row.
+        """
+        from psycopg.types.json import Jsonb
+
+        record, cid = write.record, write.conversation_id
+        cut = split(record.state)
+        messages = cut.messages
+        if base is None:
+            with self._lock:
+                base = (
+                    0
+                    if messages is None
+                    else self._history.written(cid, messages, write.expected_version)
+                )
+        count = None if messages is None else len(messages)
+        tail = [] if messages is None else messages[base:]
+        params = {
+            "id": cid,
+            "head": cut.head,
+            "count": count,
+            "owner": record.owner,
+            "route_key": record.route_key,
+            "opts": Jsonb(record.request_opts, dumps=dumps),
+            "last_seq": record.last_seq,
+            "lifecycle": write.lifecycle,
+            "unanswered": is_unanswered(write.lifecycle, record.state),
+            "epoch": write.epoch,
+            "expected": write.expected_version,
+            "base": base,
+            "keep": count or 0,
+            "positions": list(range(base, base + len(tail))),
+            "bodies": [dumps(m) for m in tail],
+        }
+        query = self._q.create if write.expected_version is None else self._q.update
+        return query, params, messages
+
+    def _flush(self, batch: list[Write]) -> None:
+        # On a worker thread, holding a slot. Conversations in id order: every
+        # batch takes its row locks in the same order, so batches never deadlock.
+        items: list[tuple[Write, Any, dict[str, Any], Any]] = []
+        for write in sorted(batch, key=lambda w: w.conversation_id):
+            try:
+                items.append((write, *self._params(write, None)))
+            except Exception as exc:  # e.g. a value JSON cannot encode
+                write.fail(exc)
+        pool = self._get_pool()
+        with pool.connection() as conn:
+            while items:
+                items = self._commit(conn, items)
+
+    def _commit(
+        self,
+        conn: psycopg.Connection[tuple[Any, ...]],
+        items: list[tuple[Write, Any, dict[str, Any], Any]],
+    ) -> list[tuple[Write, Any, dict[str, Any], Any]]:
+        """Write ``items`` in one transaction; return those to try again as rewrites."""
+        psycopg = self._psycopg
+        try:
+            with conn.transaction():
+                with conn.pipeline():
+                    cursors = [conn.execute(query, params) for _, query, params, _ in items]
+                rows = [cursor.fetchone() for cursor in cursors]
+        except psycopg.Error as exc:
+            if len(items) == 1 or conn.broken:
+                for write, *_ in items:
+                    self._forget(write.conversation_id)
+                    write.fail(exc)
+                return []
+            # One statement failed and took the transaction with it: commit each
+            # write on its own, so only the one at fault reports the error.
+            retry: list[tuple[Write, Any, dict[str, Any], Any]] = []
+            for item in items:
+                retry.extend(self._commit(conn, [item]))
+            return retry
+        retry = []
+        for (write, _, params, messages), row in zip(items, rows, strict=True):
+            cid = write.conversation_id
+            if row is not None:
+                version = int(row[0])
+                with self._lock:
+                    if messages is None:
+                        self._history.forget(cid)
+                    else:
+                        self._history.remember(cid, messages, version)
+                write.succeed(version)
+                continue
+            self._forget(cid)
+            found = conn.execute(self._q.current, (cid,)).fetchone()
+            actual, epoch, count = (None, 0, None) if found is None else found
+            if actual == 0:
+                actual = None  # a fenced placeholder: nothing stored
+            if write.epoch is not None and epoch > write.epoch:
+                write.fail(
+                    StaleWriteError(
+                        f"cannot save conversation {cid!r}: its epoch is {epoch}, above "
+                        f"this writer's {write.epoch} (a newer owner took it over)"
+                    )
+                )
+            elif actual == write.expected_version and params["base"] and count != params["base"]:
+                # The rows are not what this store last wrote: write them all.
+                retry.append((write, *self._params(write, 0)))
+            else:
+                write.fail(stale_write(cid, write.expected_version, actual))
+        return retry
+
+    def _forget(self, conversation_id: str) -> None:
+        with self._lock:
+            self._history.forget(conversation_id)
 
     # -- machinery ---------------------------------------------------------
 
     def _sql(self, template: str) -> sql.Composed:
         from psycopg import sql
 
-        return sql.SQL(template).format(t=self._table, q=self._quarantine, i=self._index)
+        return sql.SQL(template).format(**self._names)
 
-    async def _run(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], _T]) -> _T:
+    def _check_open(self) -> None:
         if self._closed:
             raise closed(self)
+
+    async def _run(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], _T]) -> _T:
+        self._check_open()
         return await anyio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
 
     def _call(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], _T]) -> _T:
         # On a worker thread. The limiter caps the threads at max_connections,
-        # so the pool never holds more connections than that.
-        conn = self._checkout()
-        try:
-            result = fn(conn)
-        except BaseException:
-            self._checkin(conn)
-            raise
-        self._checkin(conn)
-        return result
+        # so no call ever waits for the pool.
+        with self._get_pool().connection() as conn:
+            return fn(conn)
 
-    def _checkout(self) -> psycopg.Connection[tuple[Any, ...]]:
+    def _get_pool(self) -> psycopg_pool.ConnectionPool[Any]:
         with self._lock:
             if self._closed:
                 raise closed(self)
-            if self._idle:
-                return self._idle.pop()
-            ready = self._ready
-        conn: psycopg.Connection[tuple[Any, ...]] = self._psycopg.connect(
-            self._dsn, autocommit=True
-        )
-        if not ready:
-            try:
-                self._create_tables(conn)
-            except BaseException:
-                conn.close()
-                raise
-            with self._lock:
-                self._ready = True
-        return conn
+            pool = self._pool
+        if pool is not None and self._ready:
+            return pool
+        import psycopg_pool
 
-    def _checkin(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        # A broken connection (server restart, network) is dropped so the
-        # next call opens a fresh one instead of failing again.
         with self._lock:
-            if not self._closed and not conn.closed and not conn.broken:
-                self._idle.append(conn)
-                return
-        conn.close()
+            if self._pool is None:
+                self._pool = psycopg_pool.ConnectionPool(
+                    self._dsn,
+                    min_size=1,
+                    max_size=self._max_connections,
+                    kwargs={"autocommit": True},
+                    open=False,
+                    name=repr(self),
+                )
+            pool = self._pool
+        pool.open(wait=True)
+        if not self._ready:
+            with pool.connection() as conn:
+                self._create_tables(conn)
+            self._ready = True
+        return pool
 
     def _create_tables(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
         with conn.transaction():
             # Two stores creating the same table at once can collide in the
             # catalog even with IF NOT EXISTS; the advisory lock lines them up.
             conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s))",
-                (f"sessionvisor:{self._table_name}",),
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sessionvisor:{self._table_name}",)
             )
-            conn.execute(self._q.create_table)
-            conn.execute(self._q.create_quarantine)
-            schema, name = self._schema_and_name
-            if conn.execute(self._q.has_unanswered, (schema, name)).fetchone() is None:
-                conn.execute(self._q.add_unanswered)
-                conn.execute(self._q.fill_unanswered)
-            conn.execute(self._q.index_unanswered)
+            found = conn.execute(self._q.layout, (self._names["t"].as_string(conn),)).fetchone()
+            if found is not None and found[0] == _LAYOUT_MARK:
+                return
+            for statement in self._q.schema:
+                conn.execute(statement)
 
     def _decode_row(self, conversation_id: str, row: tuple[Any, ...]) -> StoredConversation:
-        state_raw, version, owner, route_key, opts_raw, last_seq, updated_at, lifecycle = row
+        (
+            state_raw,
+            head,
+            count,
+            version,
+            owner,
+            route_key,
+            opts_raw,
+            last_seq,
+            updated_at,
+            lifecycle,
+            positions,
+            bodies,
+        ) = row
         where = f"the stored row of conversation {conversation_id!r}"
-        if not isinstance(state_raw, Mapping):
+        state: Any
+        if state_raw is None and head is not None:
+            if count is not None:
+                positions, bodies = positions or [], bodies or []
+                if positions != list(range(count)):
+                    missing = next(
+                        (p for p, found in enumerate(positions) if p != found), len(positions)
+                    )
+                    raise CorruptStateError(
+                        f"cannot read {where}: its message at position {missing} is missing "
+                        f"({len(positions)} of {count} rows found)"
+                    )
+            state = assemble(conversation_id, head, None if count is None else bodies)
+        elif not isinstance(state_raw, Mapping):
             # psycopg already parsed the JSONB; anything but an object (a JSON
             # string holding truncated text, say) is not a state.
             kind = "NULL" if state_raw is None else f"a JSON {type(state_raw).__name__}"
             raise CorruptStateError(f"cannot read {where}: its state is {kind}, not an object")
-        upgraded, validated = decode_state(state_raw, conversation_id, migrations=self._migrations)
+        else:
+            state = state_raw
+        upgraded, validated = decode_state(state, conversation_id, migrations=self._migrations)
         request_opts = {} if opts_raw is None else opts_raw
         if not isinstance(request_opts, dict):
             raise CorruptStateError(f"cannot read {where}: its request_opts are not an object")
