@@ -7,9 +7,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 
-from sessionvisor._errors import CorruptStateError
+from sessionvisor._errors import CorruptStateError, NothingStored, StaleWriteError
 from sessionvisor.state import Message, State, StoredConversation, dump_state
 from tests.conftest import require_server
 
@@ -168,3 +169,114 @@ async def test_postgres_store_reconnects_after_its_connection_dies(
     # At most the call that found the dead connection fails; the next works.
     assert len(failures) <= 1
     assert loaded is not None
+
+
+@pytest.fixture
+async def pg_store(anyio_backend: str, pg_schema: str) -> Any:
+    from sessionvisor.state.postgres import PostgresStore
+
+    async with PostgresStore(POSTGRES_DSN, table=f"{pg_schema}.convs") as store:
+        yield store
+
+
+@pytest.mark.postgres
+async def test_a_write_below_the_fenced_epoch_is_stale_and_changes_nothing(pg_store: Any) -> None:
+    store = pg_store
+    assert (
+        await store.save("c-1", record("a"), expected_version=None, lifecycle="queued", epoch=1)
+        == 1
+    )
+    # A new owner takes over with epoch 2 and fences the conversation.
+    assert await store.fence("c-1", 2) == 2
+
+    with pytest.raises(StaleWriteError, match=r"'c-1'.*epoch is 2, above this writer's 1"):
+        await store.save(
+            "c-1", record("old owner"), expected_version=1, lifecycle="completion", epoch=1
+        )
+
+    loaded = await store.load("c-1")
+    assert loaded is not None
+    assert (loaded.version, loaded.state["messages"][0]["content"]) == (1, "a")
+    # The new owner writes with its epoch; a lower fence never lowers it.
+    assert (
+        await store.save(
+            "c-1", record("new owner"), expected_version=1, lifecycle="completion", epoch=2
+        )
+        == 2
+    )
+    assert await store.fence("c-1", 1) == 2
+    assert (
+        await store.save("c-1", record("x"), expected_version=2, lifecycle="completion", epoch=3)
+        == 3
+    )
+    assert await store.fence("c-1", 2) == 3
+
+
+@pytest.mark.postgres
+async def test_fencing_a_conversation_with_nothing_stored_leaves_a_placeholder(
+    pg_store: Any,
+) -> None:
+    store = pg_store
+    assert await store.fence("c-new", 5) == 5
+
+    assert await store.load("c-new") is None
+    assert await store.unanswered() == []
+    with pytest.raises(NothingStored):
+        await store.quarantine("c-new")
+    with pytest.raises(StaleWriteError):
+        await store.save(
+            "c-new", record("late"), expected_version=None, lifecycle="queued", epoch=4
+        )
+    assert (
+        await store.save(
+            "c-new", record("mine"), expected_version=None, lifecycle="queued", epoch=5
+        )
+        == 1
+    )
+    # Without an epoch (single-node use) the placeholder is taken too.
+    assert await store.fence("c-free", 1) == 1
+    assert await store.save("c-free", record("hi"), expected_version=None, lifecycle="queued") == 1
+    assert sorted(await store.unanswered()) == ["c-free", "c-new"]
+
+
+@pytest.mark.postgres
+async def test_a_statement_failing_in_a_batch_fails_only_its_own_save(pg_store: Any) -> None:
+    import psycopg
+
+    store = pg_store
+    outcomes: dict[str, Any] = {}
+
+    async def save(cid: str, epoch: int | None) -> None:
+        try:
+            outcomes[cid] = await store.save(
+                cid, record(cid), expected_version=None, lifecycle="queued", epoch=epoch
+            )
+        except Exception as exc:
+            outcomes[cid] = exc
+
+    slots = [object() for _ in range(int(store._limiter.total_tokens))]
+    async with anyio.create_task_group() as tg:
+        for slot in slots:
+            await store._limiter.acquire_on_behalf_of(slot)
+        tg.start_soon(save, "c-a", None)
+        tg.start_soon(save, "c-huge", 2**70)  # out of bigint's range: the server refuses it
+        tg.start_soon(save, "c-b", 3)
+        await anyio.wait_all_tasks_blocked()
+        for slot in slots:
+            store._limiter.release_on_behalf_of(slot)
+
+    assert outcomes["c-a"] == 1
+    assert outcomes["c-b"] == 1
+    assert isinstance(outcomes["c-huge"], psycopg.Error)
+    assert await store.load("c-huge") is None
+    assert await store.load("c-a") is not None
+
+
+@pytest.mark.postgres
+async def test_epoch_must_be_an_int(pg_store: Any) -> None:
+    with pytest.raises(TypeError, match="epoch"):
+        await pg_store.save(
+            "c-1", record("a"), expected_version=None, lifecycle="queued", epoch="2"
+        )
+    with pytest.raises(TypeError, match="epoch"):
+        await pg_store.fence("c-1", 2.0)

@@ -1,0 +1,169 @@
+"""Group commit in the SQL stores: saves queued while a commit is in flight share
+the next transaction, and each still gets its own outcome."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from sessionvisor._errors import StaleWriteError
+from sessionvisor.state import Message, State, StoredConversation, dump_state
+
+from .conftest import Backend
+
+pytestmark = pytest.mark.anyio
+
+
+def record(text: str, **state: Any) -> StoredConversation:
+    return StoredConversation(
+        state={**dump_state(State(messages=[Message(role="user", content=text)])), **state}
+    )
+
+
+def sql_store(backend: Backend) -> None:
+    if backend.kind == "memory":
+        pytest.skip("MemoryStore has no commits to group")
+
+
+def spy_batches(store: Any) -> list[list[str]]:
+    """Record the conversation ids of each batch the store flushes."""
+    batches: list[list[str]] = []
+    flush: Callable[[list[Any]], None] = store._flush
+
+    def recording(batch: list[Any]) -> None:
+        batches.append([write.conversation_id for write in batch])
+        flush(batch)
+
+    store._flush = recording
+    store._commits._flush = recording
+    return batches
+
+
+@asynccontextmanager
+async def commits_held(store: Any) -> AsyncIterator[None]:
+    """Hold every commit slot: saves queue up until the block ends."""
+    slots = [object() for _ in range(int(store._limiter.total_tokens))]
+    for slot in slots:
+        await store._limiter.acquire_on_behalf_of(slot)
+    try:
+        yield
+    finally:
+        for slot in slots:
+            store._limiter.release_on_behalf_of(slot)
+
+
+async def test_saves_queued_during_a_commit_share_one_transaction(backend: Backend) -> None:
+    sql_store(backend)
+    store = await backend.open()
+    batches = spy_batches(store)
+    versions: dict[str, int] = {}
+
+    async def save(cid: str) -> None:
+        versions[cid] = await store.save(
+            cid, record(cid), expected_version=None, lifecycle="turn_start"
+        )
+
+    ids = [f"c-{i:03d}" for i in range(100)]
+    async with anyio.create_task_group() as tg, commits_held(store):
+        for cid in ids:
+            tg.start_soon(save, cid)
+        await anyio.wait_all_tasks_blocked()
+        assert versions == {}  # nothing returns before its commit
+
+    assert versions == dict.fromkeys(ids, 1)
+    assert [sorted(batch) for batch in batches] == [ids]
+    for cid in ids[::17]:
+        loaded = await store.load(cid)
+        assert loaded is not None
+        assert loaded.state["messages"][0]["content"] == cid
+    assert sorted(await store.unanswered()) == ids
+
+
+async def test_a_stale_or_bad_write_fails_alone_in_its_batch(backend: Backend) -> None:
+    sql_store(backend)
+    store = await backend.open()
+    await store.save("c-old", record("v1"), expected_version=None, lifecycle="completion")
+    batches = spy_batches(store)
+    outcomes: dict[str, Any] = {}
+
+    async def save(cid: str, rec: StoredConversation, expected: int | None) -> None:
+        try:
+            outcomes[cid] = await store.save(
+                cid, rec, expected_version=expected, lifecycle="completion"
+            )
+        except Exception as exc:
+            outcomes[cid] = exc
+
+    async with anyio.create_task_group() as tg, commits_held(store):
+        tg.start_soon(save, "c-a", record("a"), None)
+        tg.start_soon(save, "c-old", record("stale"), 7)
+        tg.start_soon(save, "c-bad", record("x", metadata={"obj": object()}), None)
+        tg.start_soon(save, "c-b", record("b"), None)
+        await anyio.wait_all_tasks_blocked()
+
+    assert len(batches) == 1
+    assert sorted(batches[0]) == ["c-a", "c-b", "c-bad", "c-old"]
+    assert outcomes["c-a"] == 1
+    assert outcomes["c-b"] == 1
+    assert isinstance(outcomes["c-old"], StaleWriteError)
+    assert "expected stored version 7 but it is 1" in str(outcomes["c-old"])
+    assert isinstance(outcomes["c-bad"], TypeError)
+    assert await store.load("c-bad") is None
+    old = await store.load("c-old")
+    assert old is not None
+    assert (old.version, old.state["messages"][0]["content"]) == (1, "v1")
+
+
+async def test_a_save_cancelled_before_its_commit_writes_nothing(backend: Backend) -> None:
+    sql_store(backend)
+    store = await backend.open()
+    saved: list[str] = []
+
+    async def save(cid: str) -> None:
+        await store.save(cid, record(cid), expected_version=None, lifecycle="queued")
+        saved.append(cid)
+
+    async with anyio.create_task_group() as tg, commits_held(store):
+        with anyio.CancelScope() as doomed:
+            tg.start_soon(save, "c-keep")
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(save, "c-drop")
+                await anyio.wait_all_tasks_blocked()
+                doomed.cancel()
+
+    assert saved == ["c-keep"]
+    assert await store.load("c-drop") is None
+    assert await store.load("c-keep") is not None
+
+
+async def test_saves_from_many_tasks_keep_each_conversations_order(backend: Backend) -> None:
+    sql_store(backend)
+    store = await backend.open()
+
+    async def converse(cid: str) -> None:
+        history: list[dict[str, Any]] = []
+        version = None
+        for turn in range(8):
+            history.append(Message(role="user", content=f"{cid}:{turn}").model_dump(mode="json"))
+            state = {**dump_state(State()), "messages": list(history)}
+            version = await store.save(
+                cid,
+                StoredConversation(state=state),
+                expected_version=version,
+                lifecycle="completion",
+            )
+
+    ids = [f"c-{i}" for i in range(40)]
+    async with anyio.create_task_group() as tg:
+        for cid in ids:
+            tg.start_soon(converse, cid)
+
+    for cid in ids:
+        loaded = await store.load(cid)
+        assert loaded is not None
+        assert loaded.version == 8
+        assert [m["content"] for m in loaded.state["messages"]] == [f"{cid}:{t}" for t in range(8)]
