@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .state import StateStore
 
-__all__ = ["configure_json_logs", "load_object", "main", "open_store"]
+__all__ = ["configure_json_logs", "jwt_scope_from_args", "load_object", "main", "open_store"]
 
 _HTTP_EXTRA = "the HTTP server needs the 'http' extra: pip install 'sessionvisor[http]'"
 
@@ -118,6 +118,30 @@ def _parser() -> argparse.ArgumentParser:
             help="console (default: for people) or json (one JSON object per line on "
             "stdout, uvicorn's lines included: for log collectors)",
         )
+        auth = sub.add_argument_group(
+            "authentication",
+            "verify a bearer JWT (Authorization header, or ?access_token= for EventSource); "
+            "its 'sub' claim owns the conversations",
+        )
+        keys = auth.add_mutually_exclusive_group()
+        keys.add_argument("--jwt-secret-file", metavar="F", help="HS256 secret (the file's text)")
+        keys.add_argument("--jwt-public-key-file", metavar="F", help="PEM public key (RS256/ES256)")
+        keys.add_argument("--jwt-jwks-file", metavar="F", help="JWKS key set (picked by kid)")
+        auth.add_argument("--jwt-audience", metavar="AUD", help="required 'aud' claim")
+        auth.add_argument("--jwt-issuer", metavar="ISS", help="required 'iss' claim")
+        auth.add_argument(
+            "--jwt-algorithm",
+            action="append",
+            metavar="ALG",
+            help="accepted algorithm (repeatable; default HS256 for a secret, "
+            "RS256/ES256 for a public key, the key's own for a JWKS)",
+        )
+        auth.add_argument(
+            "--jwt-leeway", type=float, default=0.0, metavar="S", help="clock slack for exp/nbf"
+        )
+        auth.add_argument(
+            "--jwt-owner-claim", default="sub", metavar="CLAIM", help="the claim naming the owner"
+        )
 
     demo = commands.add_parser(
         "demo",
@@ -189,6 +213,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m sessionvisor serve: {exc}", file=sys.stderr)
             return 2
         where = f"store {args.store}"
+    try:
+        verified = jwt_scope_from_args(args)
+    except ValueError as exc:
+        print(f"python -m sessionvisor {args.command}: {exc}", file=sys.stderr)
+        return 2
+    if verified is not None:
+        if getattr(args, "scope", None):
+            print(
+                f"python -m sessionvisor {args.command}: --scope and --jwt-* exclude each other",
+                file=sys.stderr,
+            )
+            return 2
+        scope_from_request = verified
     import anyio
 
     url = f"http://{_url_host(args.host)}:{args.port}/"
@@ -208,6 +245,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def jwt_scope_from_args(args: argparse.Namespace) -> Callable[..., Any] | None:
+    """The ``jwt_scope`` the ``--jwt-*`` options describe, or None when no key file is given.
+
+    Raises:
+        ValueError: a key file cannot be read or holds no usable key.
+    """
+    files = {
+        "secret_file": args.jwt_secret_file,
+        "public_key_file": args.jwt_public_key_file,
+        "jwks_file": args.jwt_jwks_file,
+    }
+    given = {k: v for k, v in files.items() if v}
+    if not given:
+        return None
+    from .http import jwt_scope
+
+    return jwt_scope(
+        **given,
+        audience=args.jwt_audience,
+        issuer=args.jwt_issuer,
+        algorithms=args.jwt_algorithm,
+        leeway=args.jwt_leeway,
+        owner_claim=args.jwt_owner_claim,
+    )
 
 
 def _url_host(host: str) -> str:

@@ -15,17 +15,25 @@ The routes::
     GET    /conversations/{cid}           status, history, interrupt
     DELETE /conversations/{cid}[?purge=true]
     GET    /sessions   GET /healthz   GET /readyz   GET / (the demo page)
+    POST   /ai-sdk/chat   GET /ai-sdk/chat/{id}/stream   the Vercel AI SDK (useChat)
+    POST   /ag-ui                                        AG-UI (HttpAgent, CopilotKit)
+
+``jwt_scope(...)`` verifies a bearer JWT (PyJWT) and is the production
+``scope_from_request``.
 """
 
 from ._app import DEFAULT_HEARTBEAT, create_app
+from ._jwt import AuthenticationFailed, jwt_scope
 from ._scope import ScopeFunction, header_or_query_scope, header_scope
 from ._sse import close_event_streams
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
+    "AuthenticationFailed",
     "ScopeFunction",
     "close_event_streams",
     "create_app",
     "header_or_query_scope",
     "header_scope",
+    "jwt_scope",
 ]

@@ -1,0 +1,212 @@
+"""``jwt_scope``: real tokens (HS256, RS256, ES256, a JWKS file) decide who owns what.
+
+Every token here is signed with PyJWT and keys made by ``cryptography``; the
+app is the real one, through the ASGI interface, on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from sessionvisor.http import jwt_scope
+
+from ._support import asgi_stream, open_app
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+AUDIENCE = "chat-api"
+ISSUER = "https://issuer.example"
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def pem(key: Any) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def claims(sub: str = "alice", **extra: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"sub": sub, "aud": AUDIENCE, "iss": ISSUER, "iat": now, "exp": now + 600, **extra}
+
+
+def hs(payload: dict[str, Any], secret: str = SECRET) -> str:
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def forge_hs256(payload: dict[str, Any], secret: bytes) -> str:
+    """An HS256 token keyed with a public key: the algorithm-confusion attack."""
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signed = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(json.dumps(payload).encode())
+    signature = hmac.new(secret, signed, hashlib.sha256).digest()
+    return (signed + b"." + b64(signature)).decode()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def hs_scope(**options: Any) -> Any:
+    return jwt_scope(secret=SECRET, audience=AUDIENCE, issuer=ISSUER, **options)
+
+
+async def send(env: Any, cid: str, headers: dict[str, str]) -> Any:
+    return await env.client.post(
+        f"/conversations/{cid}/messages", json={"content": "hi"}, headers=headers
+    )
+
+
+async def test_a_valid_token_names_the_owner_and_another_subject_gets_404() -> None:
+    async with open_app(scope_from_request=hs_scope()) as env:
+        sent = await send(env, "c-1", bearer(hs(claims("alice"))))
+        assert sent.status_code == 202, sent.text
+        own = await env.client.get("/conversations/c-1", headers=bearer(hs(claims("alice"))))
+        assert own.status_code == 200
+        other = await env.client.get("/conversations/c-1", headers=bearer(hs(claims("bob"))))
+        assert other.status_code == 404
+        assert other.json()["error"] == "NotFound"
+
+
+@pytest.mark.parametrize(
+    ("token", "error", "detail"),
+    [
+        (lambda: hs(claims(exp=int(time.time()) - 60)), "ExpiredToken", "expired"),
+        (lambda: hs(claims(), secret=SECRET[::-1]), "InvalidSignature", "signature"),
+        (lambda: hs(claims(aud="someone-else")), "InvalidAudience", "audience"),
+        (lambda: hs(claims(iss="https://evil.example")), "InvalidIssuer", "issuer"),
+        (lambda: hs(claims(nbf=int(time.time()) + 3600)), "TokenNotYetValid", "not valid yet"),
+        (lambda: hs({k: v for k, v in claims().items() if k != "exp"}), "InvalidToken", "'exp'"),
+        (lambda: hs({k: v for k, v in claims().items() if k != "sub"}), "InvalidToken", "'sub'"),
+        (lambda: "not.a.jwt", "InvalidToken", "well-formed"),
+        (lambda: jwt.encode(claims(), RSA_KEY, algorithm="RS256"), "InvalidToken", "algorithm"),
+    ],
+    ids=["expired", "bad-signature", "wrong-audience", "wrong-issuer", "not-yet-valid",
+         "no-exp", "no-sub", "malformed", "wrong-algorithm"],
+)  # fmt: skip
+async def test_a_bad_token_is_401_naming_the_problem(token: Any, error: str, detail: str) -> None:
+    async with open_app(scope_from_request=hs_scope()) as env:
+        answer = await send(env, "c-1", bearer(token()))
+        assert answer.status_code == 401
+        assert answer.json()["error"] == error
+        assert detail in answer.json()["detail"]
+        challenge = answer.headers["www-authenticate"]
+        assert challenge.startswith('Bearer realm="sessionvisor"')
+        assert 'error="invalid_token"' in challenge
+        # Nothing was created on the way.
+        assert await env.sup.load("c-1") is None
+
+
+async def test_a_missing_token_is_401_with_a_bare_challenge() -> None:
+    async with open_app(scope_from_request=hs_scope()) as env:
+        for headers in ({}, {"X-User": "alice"}):
+            answer = await send(env, "c-1", headers)
+            assert answer.status_code == 401
+            assert answer.json()["error"] == "MissingToken"
+            assert answer.headers["www-authenticate"] == 'Bearer realm="sessionvisor"'
+        basic = await send(env, "c-1", {"Authorization": "Basic YWxpY2U6cHc="})
+        assert basic.status_code == 401
+        assert basic.json()["error"] == "InvalidToken"
+        assert (await env.client.get("/sessions")).status_code == 401
+
+
+@pytest.mark.parametrize("key", [RSA_KEY, EC_KEY], ids=["RS256", "ES256"])
+async def test_public_key_tokens_verify(key: Any, tmp_path: Path) -> None:
+    algorithm = "RS256" if key is RSA_KEY else "ES256"
+    path = tmp_path / "public.pem"
+    path.write_bytes(pem(key))
+    scope = jwt_scope(public_key_file=path, audience=AUDIENCE)
+    async with open_app(scope_from_request=scope) as env:
+        good = await send(env, "c-1", bearer(jwt.encode(claims(), key, algorithm=algorithm)))
+        assert good.status_code == 202, good.text
+        # An HS256 token "signed" with the public key itself must not pass.
+        forged = await send(env, "c-1", bearer(forge_hs256(claims(), pem(key))))
+        assert forged.status_code == 401
+
+
+async def test_a_jwks_file_picks_the_key_by_kid(tmp_path: Path) -> None:
+    keys = []
+    for kid, key in (("rsa-1", RSA_KEY), ("ec-1", EC_KEY)):
+        jwk = json.loads(
+            jwt.algorithms.get_default_algorithms()["RS256" if key is RSA_KEY else "ES256"].to_jwk(
+                key.public_key()
+            )
+        )
+        jwk.update({"kid": kid, "use": "sig"})
+        keys.append(jwk)
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": keys}))
+    scope = jwt_scope(jwks_file=path, audience=AUDIENCE)
+    async with open_app(scope_from_request=scope) as env:
+        rsa_token = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
+        ec_token = jwt.encode(claims(), EC_KEY, algorithm="ES256", headers={"kid": "ec-1"})
+        assert (await send(env, "c-1", bearer(rsa_token))).status_code == 202
+        assert (await send(env, "c-1", bearer(ec_token))).status_code == 202
+        unknown = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "gone"})
+        answer = await send(env, "c-1", bearer(unknown))
+        assert answer.status_code == 401
+        assert answer.json()["error"] == "InvalidSignature"
+        # The right kid with the wrong key's signature.
+        swapped = jwt.encode(claims(), EC_KEY, algorithm="ES256", headers={"kid": "rsa-1"})
+        assert (await send(env, "c-1", bearer(swapped))).status_code == 401
+
+
+async def test_the_event_stream_takes_the_token_as_a_query_parameter() -> None:
+    async with open_app(scope_from_request=hs_scope()) as env:
+        token = hs(claims("alice"))
+        async with asgi_stream(
+            env.app, "/conversations/c-1/events", headers={}, query=f"access_token={token}"
+        ) as stream:
+            first = await stream.event()
+            assert first.data["status"] == "not_running"
+        async with asgi_stream(env.app, "/conversations/c-1/events", headers={}) as refused:
+            answer = await refused.json()
+            assert answer["error"] == "MissingToken"
+            assert refused.status == 401
+
+
+async def test_a_claims_hook_builds_the_scope() -> None:
+    def by_email(verified: dict[str, Any]) -> dict[str, Any]:
+        return {"owner": verified["email"], "roles": verified.get("roles", [])}
+
+    async with open_app(scope_from_request=hs_scope(claims_to_scope=by_email)) as env:
+        first = hs(claims("device-1", email="alice@example.com"))
+        second = hs(claims("device-2", email="alice@example.com"))
+        stranger = hs(claims("device-3", email="bob@example.com"))
+        assert (await send(env, "c-1", bearer(first))).status_code == 202
+        assert (
+            await env.client.get("/conversations/c-1", headers=bearer(second))
+        ).status_code == 200
+        assert (
+            await env.client.get("/conversations/c-1", headers=bearer(stranger))
+        ).status_code == 404
+
+
+def test_jwt_scope_needs_exactly_one_readable_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exactly one key"):
+        jwt_scope()
+    with pytest.raises(ValueError, match="exactly one key"):
+        jwt_scope(secret=SECRET, public_key=pem(RSA_KEY))
+    with pytest.raises(ValueError, match="cannot read"):
+        jwt_scope(secret_file=tmp_path / "missing")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="JWKS"):
+        jwt_scope(jwks_file=tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="leeway"):
+        jwt_scope(secret=SECRET, leeway=-1)
