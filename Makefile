@@ -26,7 +26,17 @@ typecheck: $(STAMP)
 
 LINTED := $(wildcard src tests examples bench)
 
-test: $(STAMP)
+# The real frontend clients (npm `ai`, `@ag-ui/client`) the tests in tests/frontend run
+# with Node; reinstalled from the committed lockfile whenever it changes.
+FRONTEND := tests/frontend
+$(FRONTEND)/node_modules/.installed: $(FRONTEND)/package.json $(FRONTEND)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(FRONTEND) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else \
+		echo "npm not found: the tests in $(FRONTEND) will skip (CI needs Node 20 and npm)"; \
+	fi
+
+test: $(STAMP) $(FRONTEND)/node_modules/.installed
 	bash scripts/test-services.sh
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/mypy src
