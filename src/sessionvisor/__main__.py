@@ -167,8 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     common(serve, 300.0)
     serve.add_argument(
         "--store",
-        default="memory",
-        help="memory (default), sqlite:///path.db or postgresql://user@host/db",
+        default="sqlite:///sessionvisor.db",
+        help="sqlite:///path.db (default sqlite:///sessionvisor.db), postgresql://user@host/db, "
+        "or memory (loses every conversation when the process stops)",
     )
     serve.add_argument(
         "--scope",
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         scope_from_request = verified
+    if scope_from_request is header_or_query_scope:
+        print(_UNAUTHENTICATED, file=sys.stderr, flush=True)
     import anyio
 
     url = f"http://{_url_host(args.host)}:{args.port}/"
@@ -245,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+_UNAUTHENTICATED = (
+    "WARNING: the scope (who owns a conversation) comes from the client's own X-User "
+    "header or ?user= parameter, which anyone can set: use it to try things out only. "
+    "In production pass --jwt-secret-file/--jwt-public-key-file/--jwt-jwks-file, or "
+    "--scope module:function with your own authentication."
+)
 
 
 def jwt_scope_from_args(args: argparse.Namespace) -> Callable[..., Any] | None:

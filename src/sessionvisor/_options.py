@@ -46,7 +46,7 @@ def _optional_callable(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> No
         raise TypeError(f"SupervisorOpts.{attr.name} must be callable or None, got {value!r}")
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, init=False)
 class SupervisorOpts:
     """How one session is supervised. Durations are in seconds.
 
@@ -92,13 +92,22 @@ class SupervisorOpts:
         default=None, validator=_optional_callable
     )
     viewer_grace: float = attrs.field(default=1.0, converter=_number, validator=_non_negative)
-    save_retry_backoff: float = attrs.field(
-        default=0.5, converter=_number, validator=_non_negative
-    )
+    save_retry_backoff: float = attrs.field(default=0.5, converter=_number, validator=_non_negative)
     hibernate_after: float | None = attrs.field(
         default=30.0, converter=_optional_number, validator=_non_negative
     )
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+
+    def __init__(self, **options: Any) -> None:
+        """Build options from keyword arguments.
+
+        Raises:
+            ValueError: a key is not an option (the message lists the valid ones),
+                or a value is out of range.
+            TypeError: a value has the wrong type.
+        """
+        _check_keys(options)
+        self.__attrs_init__(**options)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -132,11 +141,15 @@ class SupervisorOpts:
             raise TypeError(
                 f"supervisor_opts must be a mapping or SupervisorOpts, got {overrides!r}"
             )
-        valid = self.field_names()
-        unknown = sorted(str(k) for k in overrides if k not in valid)
-        if unknown:
-            raise ValueError(
-                f"unknown supervisor option(s) {', '.join(unknown)}; "
-                f"valid options are: {', '.join(valid)}"
-            )
+        _check_keys(overrides)
         return attrs.evolve(self, **dict(overrides))
+
+
+def _check_keys(options: Mapping[str, Any]) -> None:
+    valid = SupervisorOpts.field_names()
+    unknown = sorted(str(k) for k in options if k not in valid)
+    if unknown:
+        raise ValueError(
+            f"unknown supervisor option(s) {', '.join(unknown)}; "
+            f"valid options are: {', '.join(valid)}"
+        )

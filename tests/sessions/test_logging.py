@@ -25,7 +25,12 @@ from ._support import (
 )
 
 #: Lines about the supervisor as a whole, not about one session.
-SUPERVISOR_EVENTS = {"supervisor_draining", "supervisor_drained"}
+SUPERVISOR_EVENTS = {
+    "supervisor_draining",
+    "supervisor_drained",
+    "supervisor_recovery_started",
+    "supervisor_recovery_finished",
+}
 
 
 def lines(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:

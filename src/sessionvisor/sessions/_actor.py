@@ -313,10 +313,25 @@ class Actor:
         # The first broadcast: with a pending resume it is already `running`.
         self.set_status(self.status)
         self.queue.held_after_boot(self.state, stored_lifecycle, restored)
+        state = self.state
         if self.turn.resume is not None:
             self.queue.held = False
             self._claim_worker()
-        elif self.queue.ready(self.state):
+        elif (
+            stored_lifecycle in ("turn_start", "queued")
+            and state.interrupt is None
+            and state.messages
+            and state.messages[-1].role == "user"
+        ):
+            # The process died mid-turn (the last save was the turn's start, or a message
+            # queued behind it): the turn's user messages end the history unanswered.
+            # Run that turn again (a turn is at-least-once), then the queue.
+            self._worker = True
+            self.queue.taken = _trailing_user_messages(state.messages)
+            self.turn.active = True
+            self.set_status(Status.RUNNING)
+            self.host.spawn(functools.partial(self._work, begun=True))
+        elif self.queue.ready(state):
             self._claim_worker()
         else:
             self.arm()
@@ -613,6 +628,9 @@ class Actor:
                 await clock.sleep_until(now + decision.delay)
             if self.life.reason is not None:
                 return True  # stopped while waiting: the worker finishes the stop
+            # Announced as it is made, so a restart whose rebuild crashes again (an
+            # on_start hook that keeps raising) is seen too, not only the last one.
+            self.emit(Restarted, attempt=attempt, error=describe(error))
             try:
                 rebuilt = await self.host.rebuild(self)
             except Exception as exc:
@@ -620,7 +638,6 @@ class Actor:
                 continue
             self._adopt_rebuilt(rebuilt)
             self.queue.held = self.state.interrupt is not None  # queued messages run next
-            self.emit(Restarted, attempt=attempt, error=describe(error))
             self.status = Status.RUNNING  # so the next line announces the settled status
             self.set_status(Status.INTERRUPTED if self.state.interrupt else Status.IDLE)
             self.log().info("session_restarted", attempt=attempt)
@@ -745,3 +762,12 @@ class Actor:
     def viewers_left(self) -> None:
         self._viewers_left_at = self.host.clock.now()
         self.arm()
+
+
+def _trailing_user_messages(messages: list[Message]) -> int:
+    count = 0
+    for message in reversed(messages):
+        if message.role != "user":
+            break
+        count += 1
+    return count

@@ -36,38 +36,35 @@ def has_unanswered_work(stored: StoredConversation) -> bool:
 async def recover_unanswered(store: Any, wake: Callable[[str], Awaitable[bool]]) -> None:
     """Wake every conversation the store lists as having unanswered work.
 
-    A store without ``unanswered`` is skipped (logged once); a conversation
-    that fails to wake is logged and left for its next request.
+    A store without ``unanswered`` is skipped (logged once). ``wake`` returns
+    whether it woke the conversation and never raises: a conversation that fails
+    to wake is logged by it and left for its next request.
     """
     finder = getattr(store, "unanswered", None)
     if finder is None:
-        _log.info("recovery_skipped", reason=f"{type(store).__name__} has no unanswered()")
+        _log.info(
+            "supervisor_recovery_skipped", reason=f"{type(store).__name__} has no unanswered()"
+        )
         return
     try:
         found: list[str] = list(await finder())
     except Exception as exc:
-        _log.error("recovery_failed", error=f"{type(exc).__name__}: {exc}")
+        _log.error("supervisor_recovery_failed", error=f"{type(exc).__name__}: {exc}")
         return
     if not found:
         return
-    _log.info("recovery_started", conversations=len(found))
+    _log.info("supervisor_recovery_started", conversations=len(found))
     pending = iter(found)
     woken = 0
 
     async def waker() -> None:
         nonlocal woken
         for cid in pending:
-            try:
-                if await wake(cid):
-                    woken += 1
-            except Exception as exc:  # one bad conversation must not stop the others
-                _log.warning(
-                    "recovery_wake_failed",
-                    conversation_id=cid,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+            # ``wake`` logs its own failures: one bad conversation must not stop the others.
+            if await wake(cid):
+                woken += 1
 
     async with anyio.create_task_group() as tg:
         for _ in range(min(_AT_ONCE, len(found))):
             tg.start_soon(waker)
-    _log.info("recovery_finished", conversations=len(found), woken=woken)
+    _log.info("supervisor_recovery_finished", conversations=len(found), woken=woken)

@@ -252,15 +252,25 @@ class SessionSupervisor:
 
     async def _wake_for_recovery(self, conversation_id: str) -> bool:
         """Wake one conversation found with unanswered work; False when it was already live."""
-        if self._phase != "open" or self._registry.entry(conversation_id) is not None:
+        cid = conversation_id
+        try:
+            if self._phase != "open" or self._registry.entry(cid) is not None:
+                return False
+            stored = await self._starter.load(cid)
+            # Checked again now: since the store was asked, a user may have woken and
+            # stopped it, and nothing may be left to answer.
+            if stored is None or not has_unanswered_work(stored):
+                return False
+            _, started, _ = await self._mailbox.ensure(cid, None, {}, False, trusted=True)
+            return started
+        except Exception as exc:
+            _log.warning(
+                "recovery_wake_failed",
+                conversation_id=cid,
+                agent_id=self._agent_id(cid),
+                error=f"{type(exc).__name__}: {exc}",
+            )
             return False
-        stored = await self._starter.load(conversation_id)
-        # Checked again now: since the store was asked, a user may have woken and
-        # stopped it, and nothing may be left to answer.
-        if stored is None or not has_unanswered_work(stored):
-            return False
-        _, started, _ = await self._mailbox.ensure(conversation_id, None, {}, False, trusted=True)
-        return started
 
     # -- public calls ----------------------------------------------------------------
 
