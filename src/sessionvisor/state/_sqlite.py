@@ -111,6 +111,9 @@ _SCHEMA = (
     """,
 )
 
+#: Histories up to this many messages are decoded on the thread that read them.
+_DECODE_INLINE = 256
+
 _UNANSWERED_INDEX = (
     "CREATE INDEX IF NOT EXISTS conversations_unanswered ON conversations (id) WHERE unanswered = 1"
 )
@@ -218,9 +221,16 @@ class SQLiteStore:
                 refuses, a malformed column); the rows are left untouched.
             StoreClosed: the store is closed (a ``RuntimeError``).
         """
-        found = await self._run(lambda conn: _fetch(conn, conversation_id))
-        if found is None:
-            return None
+
+        def fetch(conn: sqlite3.Connection) -> Any:
+            found = _fetch(conn, conversation_id)
+            if found is None or len(found[1] or ()) > _DECODE_INLINE:
+                return found
+            return self._decode_row(conversation_id, *found)  # short: no second thread hop
+
+        found = await self._run(fetch)
+        if found is None or isinstance(found, StoredConversation):
+            return found
         # Decoding and validating a long history is pure CPU: do it on a worker
         # thread but outside the store's limiter, so the event loop stays
         # responsive and other conversations' saves can use the connection.

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import attrs
 
 from .._errors import CorruptStateError, StaleWriteError
 from ._batch import GroupCommit, Write
@@ -67,6 +68,9 @@ _COLUMNS = (
     "last_seq, updated_at, lifecycle"
 )
 
+#: Histories up to this many messages are decoded on the thread that read them.
+_DECODE_INLINE = 256
+
 #: Marks a table already in this layout (a table comment), so opening skips the upgrade.
 _LAYOUT_MARK = "sessionvisor layout 2"
 
@@ -80,7 +84,7 @@ cut AS (
 ),
 ins AS (
     INSERT INTO {m} (conversation_id, position, body)
-    SELECT %(id)s, p, b FROM unnest(%(positions)s::int[], %(bodies)s::text[]) AS x(p, b)
+    SELECT %(id)s, p, b FROM unnest(%(positions)b::int4[], %(bodies)b::text[]) AS x(p, b)
     WHERE EXISTS (SELECT 1 FROM h)
     ON CONFLICT (conversation_id, position) DO UPDATE SET body = EXCLUDED.body
 )
@@ -92,7 +96,7 @@ _UPDATE = (
 WITH h AS (
     UPDATE {t} SET state = NULL, head = %(head)s, message_count = %(count)s,
         version = version + 1, owner = %(owner)s, route_key = %(route_key)s,
-        request_opts = %(opts)s, last_seq = %(last_seq)s, updated_at = now(),
+        request_opts = %(opts)s::jsonb, last_seq = %(last_seq)s, updated_at = now(),
         lifecycle = %(lifecycle)s, unanswered = %(unanswered)s,
         epoch = GREATEST(epoch, COALESCE(%(epoch)s::bigint, epoch))
     WHERE id = %(id)s AND version = %(expected)s
@@ -108,7 +112,7 @@ _CREATE = (
 WITH h AS (
     INSERT INTO {t} AS t (id, state, head, message_count, version, owner, route_key,
         request_opts, last_seq, updated_at, lifecycle, unanswered, epoch)
-    VALUES (%(id)s, NULL, %(head)s, %(count)s, 1, %(owner)s, %(route_key)s, %(opts)s,
+    VALUES (%(id)s, NULL, %(head)s, %(count)s, 1, %(owner)s, %(route_key)s, %(opts)s::jsonb,
         %(last_seq)s, now(), %(lifecycle)s, %(unanswered)s, COALESCE(%(epoch)s::bigint, 0))
     ON CONFLICT (id) DO UPDATE SET state = NULL, head = EXCLUDED.head,
         message_count = EXCLUDED.message_count, version = 1, owner = EXCLUDED.owner,
@@ -123,10 +127,65 @@ WITH h AS (
 )
 
 
+# The fast path of a batch: every save of it in one statement. The saves come
+# as parallel arrays (at most one per conversation); ``up`` writes the headers
+# of updates whose version (and epoch, and stored message count when only the
+# tail is sent) still match, ``cr`` creates the new ones, and the message rows
+# are written for exactly the conversations one of them returned. A save whose
+# id is not returned changed nothing; the caller sorts out why.
+_BULK = """
+WITH i AS (
+    SELECT * FROM unnest(
+        %(ids)b::text[], %(heads)b::text[], %(counts)b::int4[], %(owners)b::text[],
+        %(route_keys)b::text[], %(opts)b::text[], %(last_seqs)b::int8[],
+        %(lifecycles)b::text[], %(flags)b::bool[], %(epochs)b::int8[],
+        %(expected)b::int8[], %(bases)b::int4[]
+    ) AS i(id, head, count, owner, route_key, opts, last_seq, lifecycle, unanswered,
+           epoch, expected, base)
+),
+up AS (
+    UPDATE {t} AS t SET state = NULL, head = i.head, message_count = NULLIF(i.count, -1),
+        version = t.version + 1, owner = i.owner, route_key = i.route_key,
+        request_opts = i.opts::jsonb, last_seq = i.last_seq, updated_at = now(),
+        lifecycle = i.lifecycle, unanswered = i.unanswered,
+        epoch = CASE WHEN i.epoch < 0 THEN t.epoch ELSE GREATEST(t.epoch, i.epoch) END
+    FROM i
+    WHERE t.id = i.id AND i.expected >= 0 AND t.version = i.expected
+        AND (i.epoch < 0 OR t.epoch <= i.epoch)
+        AND (i.base = 0 OR (t.message_count = i.base AND t.state IS NULL))
+    RETURNING t.id, t.version
+),
+cr AS (
+    INSERT INTO {t} (id, state, head, message_count, version, owner, route_key,
+        request_opts, last_seq, updated_at, lifecycle, unanswered, epoch)
+    SELECT i.id, NULL, i.head, NULLIF(i.count, -1), 1, i.owner, i.route_key, i.opts::jsonb,
+        i.last_seq, now(), i.lifecycle, i.unanswered, GREATEST(i.epoch, 0)
+    FROM i WHERE i.expected < 0
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, version
+),
+ok AS (SELECT id, version FROM up UNION ALL SELECT id, version FROM cr),
+cut AS (
+    DELETE FROM {m} AS m USING i, ok
+    WHERE ok.id = i.id AND m.conversation_id = i.id AND m.position >= GREATEST(i.count, 0)
+),
+ins AS (
+    INSERT INTO {m} (conversation_id, position, body)
+    SELECT r.id, r.position, r.body
+    FROM unnest(%(message_ids)b::text[], %(positions)b::int4[], %(bodies)b::text[])
+        AS r(id, position, body)
+    JOIN ok ON ok.id = r.id
+    ON CONFLICT (conversation_id, position) DO UPDATE SET body = EXCLUDED.body
+)
+SELECT id, version FROM ok
+"""
+
+
 class _Queries:
     """Every statement of one store, composed once with its table names."""
 
     def __init__(self, compose: Callable[[str], sql.Composed]) -> None:
+        self.bulk = compose(_BULK)
         self.update = compose(_UPDATE)
         self.create = compose(_CREATE)
         self.load = compose(
@@ -361,15 +420,18 @@ class PostgresStore:
         """
         query = self._q.load
 
-        def fetch(conn: psycopg.Connection[tuple[Any, ...]]) -> tuple[Any, ...] | None:
-            return conn.execute(query, (conversation_id,)).fetchone()
+        def fetch(conn: psycopg.Connection[tuple[Any, ...]]) -> Any:
+            row = conn.execute(query, (conversation_id,)).fetchone()
+            if row is None or (row[2] or 0) > _DECODE_INLINE:
+                return row
+            return self._decode_row(conversation_id, row)  # short: no second thread hop
 
-        row = await self._run(fetch)
-        if row is None:
-            return None
+        found = await self._run(fetch)
+        if found is None or isinstance(found, StoredConversation):
+            return found
         # Decoding a long history is pure CPU: off the event loop, and
         # without holding one of the pool's connections.
-        return await anyio.to_thread.run_sync(self._decode_row, conversation_id, row)
+        return await anyio.to_thread.run_sync(self._decode_row, conversation_id, found)
 
     async def save(
         self,
@@ -406,8 +468,8 @@ class PostgresStore:
             StoreClosed: the store is closed (a ``RuntimeError``).
         """
         check_lifecycle(conversation_id, lifecycle)
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
-            raise TypeError(f"epoch must be an int or None, got {epoch!r}")
+        if epoch is not None:
+            _check_epoch(epoch)
         return await self._commits.submit(
             Write(conversation_id, record, expected_version, lifecycle, epoch)
         )
@@ -429,8 +491,7 @@ class PostgresStore:
             psycopg.Error: the database failed.
             StoreClosed: the store is closed (a ``RuntimeError``).
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, int):
-            raise TypeError(f"epoch must be an int, got {epoch!r}")
+        _check_epoch(epoch)
         query = self._q.fence
 
         def run(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
@@ -519,14 +580,12 @@ class PostgresStore:
 
     # -- group commit --------------------------------------------------------
 
-    def _params(self, write: Write, base: int | None) -> tuple[Any, dict[str, Any], Any]:
-        """Encode one write: its statement, parameters and history (None: kept whole).
+    def _prepare(self, write: Write, base: int | None, single: bool = False) -> _Item:
+        """Encode one write (on the flushing thread).
 
         ``base`` None asks the tracker whether only the tail must be written; 0
         forces a rewrite of every row.
         """
-        from psycopg.types.json import Jsonb
-
         record, cid = write.record, write.conversation_id
         cut = split(record.state)
         messages = cut.messages
@@ -537,96 +596,144 @@ class PostgresStore:
                     if messages is None
                     else self._history.written(cid, messages, write.expected_version)
                 )
-        count = None if messages is None else len(messages)
         tail = [] if messages is None else messages[base:]
-        params = {
-            "id": cid,
-            "head": cut.head,
-            "count": count,
-            "owner": record.owner,
-            "route_key": record.route_key,
-            "opts": Jsonb(record.request_opts, dumps=dumps),
-            "last_seq": record.last_seq,
-            "lifecycle": write.lifecycle,
-            "unanswered": is_unanswered(write.lifecycle, record.state),
-            "epoch": write.epoch,
-            "expected": write.expected_version,
-            "base": base,
-            "keep": count or 0,
-            "positions": list(range(base, base + len(tail))),
-            "bodies": [dumps(m) for m in tail],
-        }
-        query = self._q.create if write.expected_version is None else self._q.update
-        return query, params, messages
+        return _Item(
+            write=write,
+            messages=messages,
+            head=cut.head,
+            count=None if messages is None else len(messages),
+            opts=dumps(record.request_opts),
+            unanswered=is_unanswered(write.lifecycle, record.state),
+            base=base,
+            bodies=[dumps(m) for m in tail],
+            single=single,
+        )
 
     def _flush(self, batch: list[Write]) -> None:
-        # On a worker thread, holding a slot. Conversations in id order: every
-        # batch takes its row locks in the same order, so batches never deadlock.
-        items: list[tuple[Write, Any, dict[str, Any], Any]] = []
-        for write in sorted(batch, key=lambda w: w.conversation_id):
+        # On a worker thread, holding a slot.
+        items: list[_Item] = []
+        for write in batch:
             try:
-                items.append((write, *self._params(write, None)))
+                items.append(self._prepare(write, None))
             except Exception as exc:  # e.g. a value JSON cannot encode
                 write.fail(exc)
         pool = self._get_pool()
         with pool.connection() as conn:
             while items:
-                items = self._commit(conn, items)
+                many = [item for item in items if not item.single]
+                items = self._commit_many(conn, many) if many else []
+                for item in items[:]:
+                    if item.single:
+                        items.remove(item)
+                        items.extend(self._commit_one(conn, item))
 
-    def _commit(
-        self,
-        conn: psycopg.Connection[tuple[Any, ...]],
-        items: list[tuple[Write, Any, dict[str, Any], Any]],
-    ) -> list[tuple[Write, Any, dict[str, Any], Any]]:
-        """Write ``items`` in one transaction; return those to try again as rewrites."""
-        psycopg = self._psycopg
+    def _commit_many(
+        self, conn: psycopg.Connection[tuple[Any, ...]], items: list[_Item]
+    ) -> list[_Item]:
+        """Write ``items`` in one transaction, one statement per round (a round holds
+        each conversation at most once); return the items to try again."""
+        rounds: list[list[_Item]] = []
+        seen: list[set[str]] = []
+        # In id order: concurrent batches then tend to lock rows in the same order;
+        # a deadlock the server still detects sends the batch down the one-by-one path.
+        for item in sorted(items, key=lambda item: item.write.conversation_id):
+            cid = item.write.conversation_id
+            for round_, ids in zip(rounds, seen, strict=True):
+                if cid not in ids:
+                    round_.append(item)
+                    ids.add(cid)
+                    break
+            else:
+                rounds.append([item])
+                seen.append({cid})
+        results: list[tuple[_Item, int | None]] = []
         try:
             with conn.transaction():
-                with conn.pipeline():
-                    cursors = [conn.execute(query, params) for _, query, params, _ in items]
-                rows = [cursor.fetchone() for cursor in cursors]
-        except psycopg.Error as exc:
-            if len(items) == 1 or conn.broken:
-                for write, *_ in items:
-                    self._forget(write.conversation_id)
-                    write.fail(exc)
-                return []
-            # One statement failed and took the transaction with it: commit each
-            # write on its own, so only the one at fault reports the error.
-            retry: list[tuple[Write, Any, dict[str, Any], Any]] = []
-            for item in items:
-                retry.extend(self._commit(conn, [item]))
-            return retry
-        retry = []
-        for (write, _, params, messages), row in zip(items, rows, strict=True):
-            cid = write.conversation_id
-            if row is not None:
-                version = int(row[0])
-                with self._lock:
-                    if messages is None:
-                        self._history.forget(cid)
-                    else:
-                        self._history.remember(cid, messages, version)
-                write.succeed(version)
-                continue
-            self._forget(cid)
-            found = conn.execute(self._q.current, (cid,)).fetchone()
-            actual, epoch, count = (None, 0, None) if found is None else found
-            if actual == 0:
-                actual = None  # a fenced placeholder: nothing stored
-            if write.epoch is not None and epoch > write.epoch:
-                write.fail(
-                    StaleWriteError(
-                        f"cannot save conversation {cid!r}: its epoch is {epoch}, above "
-                        f"this writer's {write.epoch} (a newer owner took it over)"
+                for round_ in rounds:
+                    written = dict(conn.execute(self._q.bulk, _arrays(round_)).fetchall())
+                    results.extend(
+                        (item, written.get(item.write.conversation_id)) for item in round_
                     )
-                )
-            elif actual == write.expected_version and params["base"] and count != params["base"]:
-                # The rows are not what this store last wrote: write them all.
-                retry.append((write, *self._params(write, 0)))
-            else:
-                write.fail(stale_write(cid, write.expected_version, actual))
+        except self._psycopg.Error as exc:
+            if conn.broken:
+                for item in items:
+                    self._forget(item.write.conversation_id)
+                    item.write.fail(exc)
+                return []
+            # Something in the statement failed and took the transaction with it:
+            # write each save on its own, so only the one at fault reports it.
+            for item in items:
+                item.single = True
+            return items
+        retry: list[_Item] = []
+        for item, version in results:
+            retry.extend(self._settle(conn, item, version))
         return retry
+
+    def _commit_one(self, conn: psycopg.Connection[tuple[Any, ...]], item: _Item) -> list[_Item]:
+        write = item.write
+        query = self._q.create if write.expected_version is None else self._q.update
+        params = {
+            "id": write.conversation_id,
+            "head": item.head,
+            "count": item.count,
+            "owner": write.record.owner,
+            "route_key": write.record.route_key,
+            "opts": item.opts,
+            "last_seq": write.record.last_seq,
+            "lifecycle": write.lifecycle,
+            "unanswered": item.unanswered,
+            "epoch": write.epoch,
+            "expected": write.expected_version,
+            "base": item.base,
+            "keep": item.count or 0,
+            "positions": list(range(item.base, item.base + len(item.bodies))),
+            "bodies": item.bodies,
+        }
+        try:
+            with conn.transaction():
+                row = conn.execute(query, params).fetchone()
+        except self._psycopg.Error as exc:
+            self._forget(write.conversation_id)
+            write.fail(exc)
+            return []
+        return self._settle(conn, item, None if row is None else int(row[0]))
+
+    def _settle(
+        self, conn: psycopg.Connection[tuple[Any, ...]], item: _Item, version: int | None
+    ) -> list[_Item]:
+        """Report a committed write, or find out why it wrote nothing."""
+        write, cid = item.write, item.write.conversation_id
+        if version is not None:
+            with self._lock:
+                if item.messages is None:
+                    self._history.forget(cid)
+                else:
+                    self._history.remember(cid, item.messages, version)
+            write.succeed(version)
+            return []
+        self._forget(cid)
+        found = conn.execute(self._q.current, (cid,)).fetchone()
+        actual, epoch, count = (None, 0, None) if found is None else found
+        if actual == 0 and write.expected_version is None and not item.single:
+            # A fenced placeholder: the one-by-one statement knows how to take it.
+            item.single = True
+            return [item]
+        if actual == 0:
+            actual = None  # a fenced placeholder: nothing stored
+        if write.epoch is not None and epoch > write.epoch:
+            write.fail(
+                StaleWriteError(
+                    f"cannot save conversation {cid!r}: its epoch is {epoch}, above "
+                    f"this writer's {write.epoch} (a newer owner took it over)"
+                )
+            )
+        elif actual == write.expected_version and item.base and count != item.base:
+            # The rows are not what this store last wrote: write them all.
+            return [self._prepare(write, 0, item.single)]
+        else:
+            write.fail(stale_write(cid, write.expected_version, actual))
+        return []
 
     def _forget(self, conversation_id: str) -> None:
         with self._lock:
@@ -745,3 +852,56 @@ class PostgresStore:
             updated_at=updated_at,
             lifecycle=lifecycle,
         )
+
+
+def _check_epoch(epoch: object) -> None:
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise TypeError(f"epoch must be an int, got {epoch!r}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+
+
+@attrs.define(slots=True)
+class _Item:
+    """One write of a batch, encoded."""
+
+    write: Write
+    messages: list[Any] | None
+    head: str
+    count: int | None
+    opts: str
+    unanswered: bool
+    base: int
+    bodies: list[str]
+    single: bool = False
+
+
+def _arrays(items: list[_Item]) -> dict[str, Any]:
+    """The parameters of the batch statement: one array per column (no NULL
+    integers: -1 stands for "none")."""
+    message_ids: list[str] = []
+    positions: list[int] = []
+    bodies: list[str] = []
+    for item in items:
+        cid = item.write.conversation_id
+        message_ids.extend([cid] * len(item.bodies))
+        positions.extend(range(item.base, item.base + len(item.bodies)))
+        bodies.extend(item.bodies)
+    writes = [item.write for item in items]
+    return {
+        "ids": [w.conversation_id for w in writes],
+        "heads": [item.head for item in items],
+        "counts": [-1 if item.count is None else item.count for item in items],
+        "owners": [w.record.owner for w in writes],
+        "route_keys": [w.record.route_key for w in writes],
+        "opts": [item.opts for item in items],
+        "last_seqs": [w.record.last_seq for w in writes],
+        "lifecycles": [w.lifecycle for w in writes],
+        "flags": [item.unanswered for item in items],
+        "epochs": [-1 if w.epoch is None else w.epoch for w in writes],
+        "expected": [-1 if w.expected_version is None else w.expected_version for w in writes],
+        "bases": [item.base for item in items],
+        "message_ids": message_ids,
+        "positions": positions,
+        "bodies": bodies,
+    }
