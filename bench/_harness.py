@@ -1,4 +1,4 @@
-"""The workloads of ``../shared/BENCHMARKS.md`` against sessionvisor, through its public API.
+"""The benchmark workloads W1-W6 (docs/performance.md) against sessionvisor, by its public API.
 
 Everything a benchmark process needs lives here: the sizes, the agent and the
 factory, a request/reply client built on a subscription, the six workloads, the
@@ -28,8 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,11 @@ import structlog
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
-STORES = ("memory", "sqlite")
+STORES = ("memory", "sqlite")  # what run.py runs unless told otherwise
+#: Every store a run can name; "postgres" needs the server of SVBENCH_POSTGRES_DSN.
+ALL_STORES = ("memory", "sqlite", "postgres")
+PEERS_DIR = BENCH_DIR / "peers"
+POSTGRES_DSN = os.environ.get("SVBENCH_POSTGRES_DSN", "postgresql://root@127.0.0.1:5432/test")
 
 
 # --------------------------------------------------------------------------- sizes
@@ -54,7 +58,7 @@ class Sizes:
     w2_calls: int = 5_000  # W2: turns per repetition, history kept bounded (BENCHMARKS: 100k)
     w2_reps: int = 3  # W2: repetitions (median reported)
     w2_keep: int = 8  # W2/W4: messages the bounded agent keeps
-    w2_growing_calls: int = 1_000  # W2 variant: turns with an unbounded, growing history
+    w2_growing_calls: int = 5_000  # W2 variant: turns with an unbounded history (10,000 messages)
     w3_sessions: int = 1_000  # W3: live sessions
     w3_msgs: int = 20  # W3: messages per session (BENCHMARKS.md: 100; see docs)
     w4_crashes: int = 1_000  # W4: crashes (median reported)
@@ -359,7 +363,7 @@ async def w2(sup: SessionSupervisor, store: Any, sizes: Sizes, stack: AsyncExitS
     c = await Client(sup, "grow-w2").open(stack)
     await c.request("warm")
     windows: list[dict] = []
-    size = max(1, g // 5)
+    size = max(1, g // 10)
     with measured():
         t0 = tw = now_ns()
         for i in range(g):
@@ -675,7 +679,35 @@ WORKLOAD_OPTS: dict[str, dict[str, Any]] = {
 
 async def run_workload(workload: str, store_kind: str, sizes: Sizes, db_dir: str) -> dict:
     """Run one workload on a fresh supervisor and store (call it in a fresh process)."""
+    if store_kind == "postgres":
+        async with postgres_database() as dsn:
+            from sessionvisor.state.postgres import PostgresStore
+
+            return await _run_workload(workload, PostgresStore(dsn), sizes)
     store: Any = MemoryStore() if store_kind == "memory" else SQLiteStore(Path(db_dir) / "b.db")
+    return await _run_workload(workload, store, sizes)
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """Create a database of its own on the bench's server, yield its DSN, drop it."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = f"svbench_{os.getpid()}_{time.time_ns() % 10**9}"
+
+    def admin(statement: str) -> None:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+    await anyio.to_thread.run_sync(admin, f"CREATE DATABASE {name}")
+    try:
+        yield make_conninfo(**{**conninfo_to_dict(POSTGRES_DSN), "dbname": name})
+    finally:
+        await anyio.to_thread.run_sync(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def _run_workload(workload: str, store: Any, sizes: Sizes) -> dict:
     opts = {**BASE_OPTS, **WORKLOAD_OPTS[workload]}
     factory = BenchFactory(keep=sizes.w2_keep)
     sup = SessionSupervisor(SingleRouter(factory), store=store, supervisor_opts=opts)
@@ -802,10 +834,10 @@ def spawn_worker(
 def run_peer_raw_anyio(
     peers_dir: Path, backend: str, sizes: Sizes, *, timeout: float, only: str = "w1,w2,w3,w4"
 ) -> dict:
-    """Run ``peer_raw_anyio.py`` (fresh process) with our sizes; return its JSON result."""
+    """Run ``raw_anyio.py`` (fresh process) with our sizes; return its JSON result."""
     cmd = [
         sys.executable,
-        str(peers_dir / "peer_raw_anyio.py"),
+        str(peers_dir / "raw_anyio.py"),
         "--backend",
         backend,
         "--n1",
@@ -825,7 +857,7 @@ def run_peer_raw_anyio(
     ]
     try:
         proc = subprocess.run(
-            cmd, stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=peers_dir, check=False
+            cmd, stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=REPO_DIR, check=False
         )
     except subprocess.TimeoutExpired:
         return {"error": f"peer timed out after {timeout:.0f} s"}

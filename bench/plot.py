@@ -2,7 +2,7 @@
 
 Runs W1 at each N (default 1k, 10k, 100k) in a fresh process per point, for
 sessionvisor (memory store, and SQLite unless ``--stores memory``) and for the
-raw-anyio peer when ``../shared/bench/peers`` is there, then writes the plot
+raw-anyio floor (``bench/peers/raw_anyio.py``), then writes the plot
 (matplotlib, Agg) and the numbers as JSON.
 
     .venv/bin/python bench/plot.py    # writes docs/scaling.png and bench/results/scaling.json
@@ -17,11 +17,19 @@ import sys
 import time
 from pathlib import Path
 
-from _harness import REPO_DIR, STORES, Sizes, env_line, log, run_peer_raw_anyio, spawn_workload
-from peers import DEFAULT_PEERS_DIR
+from _harness import (
+    PEERS_DIR,
+    REPO_DIR,
+    STORES,
+    Sizes,
+    env_line,
+    log,
+    run_peer_raw_anyio,
+    spawn_workload,
+)
 from run import parse_list
 
-# BEAM figure from ../shared/bench/peers/results.md (same machine kind), for reference.
+# An Erlang/OTP process's figure measured on the same machine kind, for reference.
 ERLANG_BYTES = 3_259
 
 
@@ -111,7 +119,7 @@ def main() -> int:
     ap.add_argument("--ns", default="1000,10000,100000", help="comma list of session counts")
     ap.add_argument("--stores", default=",".join(STORES))
     ap.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    ap.add_argument("--peers-dir", type=Path, default=DEFAULT_PEERS_DIR)
+    ap.add_argument("--peers-dir", type=Path, default=PEERS_DIR)
     ap.add_argument("--no-peer", action="store_true", help="leave the raw-anyio peer out")
     ap.add_argument("--png", type=Path, default=REPO_DIR / "docs" / "scaling.png")
     ap.add_argument("--json", type=Path, default=REPO_DIR / "bench" / "results" / "scaling.json")
@@ -128,7 +136,7 @@ def main() -> int:
     stores = parse_list(args.stores, STORES, "store")
     peers_dir: Path | None = None
     if not args.no_peer:
-        if (args.peers_dir / "peer_raw_anyio.py").is_file():
+        if (args.peers_dir / "raw_anyio.py").is_file():
             peers_dir = args.peers_dir
         else:
             log(f"[plot] no raw-anyio peer at {args.peers_dir}; plotting sessionvisor alone")

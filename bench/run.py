@@ -19,6 +19,7 @@ import sys
 import time
 
 from _harness import (
+    ALL_STORES,
     STORES,
     WORKLOADS,
     Sizes,
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="small sizes: the whole run < 60 s")
     ap.add_argument("--backend", choices=["asyncio", "trio", "both"], default="asyncio")
     ap.add_argument("--only", default=",".join(WORKLOADS), help="e.g. W1,W2 (default: all)")
-    ap.add_argument("--stores", default=",".join(STORES), help="memory,sqlite (default: both)")
+    ap.add_argument(
+        "--stores", default=",".join(STORES), help="memory,sqlite,postgres (default: memory,sqlite)"
+    )
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     ap.add_argument(
         "--timeout", type=float, default=None, help="seconds per workload (default 1800; quick 120)"
@@ -102,7 +105,7 @@ def main() -> int:
         return 0
     sizes = sizes_from_args(args)
     workloads = parse_list(args.only, WORKLOADS, "workload")
-    stores = parse_list(args.stores, STORES, "store")
+    stores = parse_list(args.stores, ALL_STORES, "store")
     timeout = args.timeout or (120.0 if args.quick else 1800.0)
     log(f"[bench] {env_line()}")
     log(f"[bench] sizes: {dataclasses.asdict(sizes)}")
