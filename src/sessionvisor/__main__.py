@@ -227,14 +227,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         scope_from_request = verified
+    if args.log_format == "json":
+        configure_json_logs(args.log_level)
     if scope_from_request is header_or_query_scope:
-        print(_UNAUTHENTICATED, file=sys.stderr, flush=True)
+        if args.log_format == "json":
+            import structlog
+
+            structlog.get_logger("sessionvisor").warning(
+                "unauthenticated_scope", detail=_UNAUTHENTICATED.removeprefix("WARNING: ")
+            )
+        else:
+            print(_UNAUTHENTICATED, file=sys.stderr, flush=True)
     import anyio
 
     url = f"http://{_url_host(args.host)}:{args.port}/"
     banner = f"sessionvisor {args.command}: open {url} in a browser ({where}); Ctrl+C stops"
-    if args.log_format == "json":
-        configure_json_logs(args.log_level)
     try:
         anyio.run(
             _run,

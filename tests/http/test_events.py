@@ -17,7 +17,13 @@ import pytest
 
 from sessionvisor import Event, Shutdown, Status
 from sessionvisor.http import close_event_streams
-from sessionvisor.testing import ManualClock, ScriptedAgent, wait_for_event, wait_for_status
+from sessionvisor.testing import (
+    ManualClock,
+    ScriptedAgent,
+    wait_for_event,
+    wait_for_status,
+    wait_until,
+)
 
 from ._support import ALICE, BOB, WAIT, Frame, asgi_stream, open_app
 
@@ -118,6 +124,8 @@ async def test_a_reconnect_with_last_event_id_gets_exactly_the_missed_events_the
 
                 await env.send("c-1", "four, live")
                 live = await second.until(is_status("idle"))
+                # The stream may deliver a burst before the witness task has read it.
+                await wait_until(lambda: bool(seen.events) and seen.events[-1].seq >= live[-1].id)
                 new = seen.after(missed[-1].seq)
                 assert_frames_match(live, new[: len(live)])
                 assert live[0].id == missed[-1].seq + 1

@@ -106,6 +106,8 @@ def test_json_log_format_prints_one_json_object_per_line_with_the_session_ids(
         assert record["timestamp"].endswith("Z"), record
     events = {r["event"]: r for r in records}
     assert "serving" in events
+    # The demo's trust-the-client scope is flagged, as a JSON warning too.
+    assert events["unauthenticated_scope"]["level"] == "warning"
     # The session's own lines name the conversation and the agent.
     for name in ("turn_failed", "session_restarting", "session_restarted"):
         assert name in events, sorted(events)

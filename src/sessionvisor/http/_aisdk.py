@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,6 +50,8 @@ from ..sessions import (
 )
 from ._bodies import check_content_size, check_conversation_id, read_body
 from ._errors import HTTPError, not_found
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # as send checks message ids
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
 from ._streaming import ChunkStream, Step, follow_turn, replay_then_follow, turn_start_index
 
@@ -111,9 +114,20 @@ def ai_sdk_routes(api: _Api, prefix: str = "/ai-sdk/chat") -> list[Route]:
 
 
 def send_kwargs(supervisor: SessionSupervisor, message_id: str | None) -> dict[str, Any]:
-    """``message_id=`` for ``send`` when this supervisor takes a client message id."""
+    """``message_id=`` for ``send`` when this supervisor takes a client message id.
+
+    Raises:
+        HTTPError: 400 when the id is one ``send`` would refuse (empty, over 128
+            characters, a control character), instead of a 500 from deeper down.
+    """
     if message_id is None:
         return {}
+    if not message_id or len(message_id) > 128 or _CONTROL_CHARACTER.search(message_id):
+        raise HTTPError(
+            400,
+            "ValidationError",
+            "a message id must be 1 to 128 characters long, without control characters",
+        )
     try:
         params = inspect.signature(supervisor.send).parameters
     except (TypeError, ValueError):

@@ -13,6 +13,7 @@ so a new route cannot ship without its description.
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -42,10 +43,11 @@ ERROR_STATUSES: Mapping[int, str] = {
     "unavailable, or the session gave up",
 }
 
-# Answers every operation may give: bad path parameters, the supervisor not open.
-_ALWAYS = (400, 503)
-_CONVERSATION = (400, 404, 503)
-_WITH_BODY = (400, 404, 413, 415, 503)
+# Answers of every route that asks the scope function who calls (401 when it
+# checks tokens, as jwt_scope does), bad path parameters, the supervisor not open.
+_ALWAYS = (400, 401, 503)
+_CONVERSATION = (*_ALWAYS, 404)
+_WITH_BODY = (*_CONVERSATION, 413, 415)
 
 
 def _json(schema: Mapping[str, Any], description: str) -> dict[str, Any]:
@@ -165,45 +167,6 @@ def _query(name: str, description: str, schema: Mapping[str, Any]) -> dict[str, 
     }
 
 
-_USE_CHAT_BODY: dict[str, Any] = {
-    "type": "object",
-    "required": ["id", "messages"],
-    "properties": {
-        "id": {"type": "string", "minLength": 1, "description": "The conversation id"},
-        "messages": {
-            "type": "array",
-            "description": "The UI messages of the chat; only the newest user message "
-            "(or the approval response) is sent into the conversation",
-            "items": {
-                "type": "object",
-                "required": ["role", "parts"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "role": {"type": "string", "enum": ["system", "user", "assistant"]},
-                    "parts": {"type": "array", "items": {"type": "object"}},
-                },
-            },
-        },
-        "trigger": {"type": "string", "enum": ["submit-message", "regenerate-message"]},
-        "messageId": {"type": "string"},
-    },
-}
-_AG_UI_BODY: dict[str, Any] = {
-    "type": "object",
-    "required": ["threadId", "messages"],
-    "properties": {
-        "threadId": {"type": "string", "minLength": 1, "description": "The conversation id"},
-        "runId": {"type": "string"},
-        "messages": {"type": "array", "items": {"type": "object"}},
-        "tools": {"type": "array", "items": {"type": "object"}},
-        "context": {"type": "array", "items": {"type": "object"}},
-        "state": {},
-        "forwardedProps": {},
-        "resume": {},
-    },
-}
-
-
 # (method, path) -> what the route table cannot tell: summary, answers, body, query.
 _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/conversations/{cid}/messages"): {
@@ -310,24 +273,26 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "errors": (),
     },
     ("POST", "/ai-sdk/chat"): {
-        "summary": "Vercel AI SDK (useChat): send the new message, stream the turn",
+        "summary": "Vercel AI SDK (useChat): send the newest message, stream the turn",
         "tags": ["frontend protocols"],
-        "body_schema": _USE_CHAT_BODY,
+        "body": ("sessionvisor.http._aisdk", "ChatBody"),
+        "conversation_field": "id",
         "answers": {200: _SSE_PROTOCOL},
-        "errors": (*_WITH_BODY, 401, 403, 409, 429),
+        "errors": (*_WITH_BODY, 403, 409, 429),
     },
-    ("GET", "/ai-sdk/chat/{id}/stream"): {
-        "summary": "Vercel AI SDK: resume the active turn's stream (204 when none runs)",
+    ("GET", "/ai-sdk/chat/{cid}/stream"): {
+        "summary": "Vercel AI SDK: resume the running turn's stream (204 when none runs)",
         "tags": ["frontend protocols"],
         "answers": {200: _SSE_PROTOCOL, 204: {"description": "No turn is running"}},
-        "errors": (*_CONVERSATION, 401),
+        "errors": _CONVERSATION,
     },
     ("POST", "/ag-ui"): {
         "summary": "AG-UI (HttpAgent): run a turn of threadId's conversation, stream it",
         "tags": ["frontend protocols"],
-        "body_schema": _AG_UI_BODY,
+        "body": ("ag_ui.core", "RunAgentInput"),
+        "conversation_field": "threadId",
         "answers": {200: _SSE_PROTOCOL},
-        "errors": (*_WITH_BODY, 401, 403, 409, 429),
+        "errors": (*_WITH_BODY, 403, 409, 429),
     },
 }
 
@@ -351,8 +316,17 @@ def undocumented_routes(routes: Iterable[BaseRoute]) -> list[tuple[str, str]]:
     return [op for op in route_operations(routes) if op not in _OPERATIONS]
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+def _body_schema(spec: Any, components: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of a body model; its nested definitions join ``components``.
+
+    ``spec`` is the model, or ``(module, name)`` for a model whose module needs
+    an optional package (imported only when the app serves that route).
+    """
+    found = getattr(importlib.import_module(spec[0]), spec[1]) if isinstance(spec, tuple) else spec
+    model: type[BaseModel] = found
+    schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    for name, definition in schema.pop("$defs", {}).items():
+        components.setdefault(name, definition)
     schema.pop("title", None)
     opts = schema.get("properties", {}).get("request_opts")
     if isinstance(opts, dict):
@@ -371,6 +345,15 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+# What check_conversation_id accepts: 1-256 characters, no control character.
+_CONVERSATION_ID = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 256,
+    "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$",
+}
+
+
 def _path_parameters(path: str) -> list[dict[str, Any]]:
     names = [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
     return [
@@ -379,19 +362,15 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "description": "The conversation id" if name in ("cid", "id") else name,
-            # What check_conversation_id accepts: 1-256 characters, no control character.
-            "schema": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 256,
-                "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$",
-            },
+            "schema": dict(_CONVERSATION_ID),
         }
         for name in names
     ]
 
 
-def _operation(method: str, path: str, spec: Mapping[str, Any] | None) -> dict[str, Any]:
+def _operation(
+    method: str, path: str, spec: Mapping[str, Any] | None, components: dict[str, Any]
+) -> dict[str, Any]:
     op_id = (method.lower() + path.replace("/", "_").replace("{", "").replace("}", "")).replace(
         ".", "_"
     )
@@ -416,9 +395,14 @@ def _operation(method: str, path: str, spec: Mapping[str, Any] | None) -> dict[s
     }
     if params:
         operation["parameters"] = params
-    schema = spec.get("body_schema")
+    schema = None
     if spec.get("body") is not None:
-        schema = _body_schema(spec["body"])
+        schema = _body_schema(spec["body"], components)
+        field = spec.get("conversation_field")
+        if field is not None:
+            # The body names the conversation; the same id rules as in a path apply.
+            described = schema["properties"][field]
+            schema["properties"][field] = {**described, **_CONVERSATION_ID}
     if schema is not None:
         operation["requestBody"] = {
             "required": not spec.get("body_optional", False),
@@ -454,9 +438,10 @@ def openapi_document(
         included with ``x-undocumented: true`` (see ``undocumented_routes``).
     """
     paths: dict[str, dict[str, Any]] = {}
+    components = copy.deepcopy(_COMPONENTS)
     for method, path in route_operations(routes):
         spec = _OPERATIONS.get((method, path))
-        paths.setdefault(path, {})[method.lower()] = _operation(method, path, spec)
+        paths.setdefault(path, {})[method.lower()] = _operation(method, path, spec, components)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -468,5 +453,5 @@ def openapi_document(
         },
         "servers": [{"url": server_url or "/"}],
         "paths": paths,
-        "components": {"schemas": copy.deepcopy(_COMPONENTS)},
+        "components": {"schemas": components},
     }

@@ -5,23 +5,40 @@
 (to unsubscribe and stop counting as a viewer), not at its next write: it
 listens for ``http.disconnect`` beside the writer and cancels the writer when
 it arrives. Everything is anyio, so it runs on asyncio and on trio.
+
+Streaming deltas to many clients is the hot path of a chat backend (workload
+W7, ``bench/stream.py``), so the writer does as little per event as it can:
+every event is encoded once, not once per subscriber (``EncodedEvents`` keeps
+the bytes of recent events, shared by all the streams of an app); the events
+waiting in a subscription when the writer wakes go out as one write, not one
+each; and heartbeats come from a sleeping helper task that looks at a write
+counter, instead of a timeout armed around every wait for the next event.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
+import attrs
 import structlog
 from starlette.types import Receive, Scope, Send
 
 from .._errors import AccessDenied, SubscriberOverflow
-from ..sessions import Event, SessionSupervisor, Subscription
+from ..sessions import Delta, Event, SessionSupervisor, Subscription
 
-__all__ = ["EventStream", "StreamRegistry", "close_event_streams", "format_event"]
+__all__ = [
+    "EncodedEvents",
+    "EventStream",
+    "StreamRegistry",
+    "close_event_streams",
+    "format_event",
+]
 
 _log = structlog.get_logger("sessionvisor.http")
 
@@ -35,12 +52,68 @@ _HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _PING = b": ping\n\n"
+# One write carries at most this many queued events (and about this many bytes),
+# so a subscriber far behind still lets the loop serve the other streams.
+_MAX_BATCH_EVENTS = 64
+_MAX_BATCH_BYTES = 64 * 1024
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# The Delta shortcut below writes these fields in this order; should Delta ever
+# change, the shortcut turns itself off rather than drop a field.
+_DELTA_SHORTCUT = tuple(f.name for f in attrs.fields(Delta)) == (
+    "seq",
+    "agent_id",
+    "conversation_id",
+    "at",
+    "text",
+)
 
 
 def format_event(event: Event) -> bytes:
-    """Return one SSE message: ``id:`` = seq, ``event:`` = class name, ``data:`` = JSON."""
-    data = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False)
+    """Return one SSE message: ``id:`` = seq, ``event:`` = class name, ``data:`` = JSON.
+
+    The JSON is ``event.to_json()``; a ``Delta`` (the bulk of a stream) takes a
+    shortcut that writes the same bytes without building the dict.
+    """
+    if _DELTA_SHORTCUT and type(event) is Delta:
+        data = (
+            f'{{"type":"Delta","seq":{event.seq},"agent_id":{_dumps(event.agent_id)},'
+            f'"conversation_id":{_dumps(event.conversation_id)},'
+            f'"at":"{event.at.isoformat()}","text":{_dumps(event.text)}}}'
+        )
+    else:
+        data = _dumps(event.to_json())
     return f"id: {event.seq}\nevent: {event.event_type}\ndata: {data}\n\n".encode()
+
+
+class EncodedEvents:
+    """The SSE bytes of recently sent events, so each event is encoded once.
+
+    Every subscriber of a conversation receives the same event objects, so the
+    first stream to send one encodes it and the others reuse the bytes. Keyed
+    by identity (an entry holds its event, so the id cannot be reused while it
+    is cached) and bounded: the oldest entries go first.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size!r}")
+        self._size = size
+        self._entries: OrderedDict[int, tuple[Event, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def encode(self, event: Event) -> bytes:
+        """Return ``format_event(event)``, computed at most once while it stays cached."""
+        entry = self._entries.get(id(event))
+        if entry is not None and entry[0] is event:
+            return entry[1]
+        data = format_event(event)
+        self._entries[id(event)] = (event, data)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return data
 
 
 class StreamRegistry:
@@ -53,6 +126,7 @@ class StreamRegistry:
     def __init__(self) -> None:
         self._scopes: set[anyio.CancelScope] = set()
         self.closing = False
+        self.encoded = EncodedEvents()
 
     def __len__(self) -> int:
         return len(self._scopes)
@@ -124,6 +198,9 @@ class EventStream:
         self._registry = registry
         self._cleanup = cleanup
         self._log = _log.bind(conversation_id=conversation_id)
+        # Bumped by every write; the heartbeat task pings when it stops moving.
+        self._writes = 0
+        self._ended = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         disconnected = anyio.Event()
@@ -133,7 +210,7 @@ class EventStream:
                 try:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(_watch_disconnect, receive, tg.cancel_scope, disconnected)
-                        await self._stream(send)
+                        await self._stream(send, tg)
                         tg.cancel_scope.cancel()
                 finally:
                     self._registry.discard(cancel_scope)
@@ -147,9 +224,11 @@ class EventStream:
             with anyio.CancelScope(shield=True):
                 await self._cleanup()
 
-    async def _stream(self, send: Send) -> None:
+    async def _stream(self, send: Send, tg: anyio.abc.TaskGroup) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         await _body(send, f"retry: {RETRY_MS}\n\n".encode())
+        if self._heartbeat != math.inf:
+            tg.start_soon(self._heartbeats, send)
         try:
             await self._forward(send)
         except SubscriberOverflow as exc:
@@ -163,25 +242,55 @@ class EventStream:
             self._log.error(
                 "event_stream_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc
             )
+        self._ended = True  # no ping may follow the end of the answer
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _forward(self, send: Send) -> None:
-        events = aiter(self._sub)
+        sub = self._sub
+        events = aiter(sub)
+        encode = self._registry.encoded.encode
         while True:
-            with anyio.move_on_after(self._heartbeat) as waited:
-                try:
-                    event = await anext(events)
-                except StopAsyncIteration:
-                    self._log.debug("event_stream_ended")
-                    return
-            if waited.cancelled_caught:
-                # Quiet for a while: a comment line keeps proxies from closing the stream.
-                await _body(send, _PING)
-                continue
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                self._log.debug("event_stream_ended")
+                return
             if not self._verified and not await self._still_allowed():
                 self._log.info("event_stream_denied")
                 return
-            await _body(send, format_event(event))
+            first = encode(event)
+            self._writes += 1
+            if not sub.pending():
+                await _body(send, first)
+                continue
+            # Events queued while this stream waited for its turn go out in one write.
+            batch = [first]
+            size = len(first)
+            while sub.pending() and len(batch) < _MAX_BATCH_EVENTS and size < _MAX_BATCH_BYTES:
+                data = encode(await anext(events))
+                batch.append(data)
+                size += len(data)
+            await _body(send, b"".join(batch))
+
+    async def _heartbeats(self, send: Send) -> None:
+        """Send a ``: ping`` comment after a heartbeat's worth of quiet.
+
+        It wakes every half heartbeat and pings once the write counter has not
+        moved for two wakes (between 1 and 1.5 heartbeats of quiet). Its write
+        may overlap the writer's only while the connection is paused for flow
+        control, and each write is whole, so a ping never splits an event.
+        """
+        period = self._heartbeat / 2
+        seen = [-1, -1]
+        while True:
+            await anyio.sleep(period)
+            now = self._writes
+            if now == seen[0] == seen[1] and not self._ended:
+                # Quiet for a while: a comment line keeps proxies from closing the stream.
+                self._writes += 1
+                now = self._writes
+                await _body(send, _PING)
+            seen = [seen[1], now]
 
     async def _still_allowed(self) -> bool:
         """Check ownership once the conversation exists.
