@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -648,7 +649,9 @@ class PostgresStore:
                 seen.append({cid})
         results: list[tuple[_Item, int | None]] = []
         try:
-            with conn.transaction():
+            # One statement is a transaction of its own (the connection is in
+            # autocommit): BEGIN and COMMIT would only add two round trips.
+            with conn.transaction() if len(rounds) > 1 else nullcontext():
                 for round_ in rounds:
                     written = dict(conn.execute(self._q.bulk, _arrays(round_)).fetchall())
                     results.extend(
@@ -691,8 +694,7 @@ class PostgresStore:
             "bodies": item.bodies,
         }
         try:
-            with conn.transaction():
-                row = conn.execute(query, params).fetchone()
+            row = conn.execute(query, params).fetchone()  # one statement: its own transaction
         except self._psycopg.Error as exc:
             self._forget(write.conversation_id)
             write.fail(exc)
