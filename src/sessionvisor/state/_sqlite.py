@@ -372,6 +372,16 @@ class SQLiteStore:
         remembered: list[tuple[Write, list[Any] | None]] = []
         try:
             with _transaction(conn):
+                if len(batch) == 1:
+                    # Alone in its transaction: a failure rolls the whole of it back
+                    # (the group commit reports the error to its caller).
+                    (write,) = batch
+                    try:
+                        remembered.append((write, self._write(conn, write, updated_at)))
+                    except Exception:
+                        history.forget(write.conversation_id)
+                        raise
+                    batch = []
                 for write in batch:
                     conn.execute("SAVEPOINT write")
                     try:
