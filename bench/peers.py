@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 from _harness import (
     ALL_STORES,
     PEERS_DIR,
+    REPO_DIR,
     add_size_flags,
     env_line,
     log,
@@ -239,6 +241,92 @@ def comparison_table(rows: list[dict], stores: list[str]) -> str:
     return "\n".join(lines)
 
 
+DURABLE = [
+    ("langgraph", "sqlite"),
+    ("langgraph", "postgres"),
+    ("agno", "sqlite"),
+    ("agno", "postgres"),
+]
+PEERS_VENV = REPO_DIR / ".venv-peers" / "bin" / "python"
+
+
+def run_durable_peers(args: Any, timeout: float) -> list[dict]:
+    """Run bench/peers/durable.py for each framework and store, in the peers' venv."""
+    if not PEERS_VENV.is_file():
+        log(
+            "[peers] no .venv-peers: durable peers skipped (python3 -m venv .venv-peers && "
+            ".venv-peers/bin/pip install -r bench/requirements-peers.txt)"
+        )
+        return []
+    results = []
+    for peer, store in DURABLE:
+        log(f"[peers] {peer} with {store} ...")
+        cmd = [
+            str(PEERS_VENV),
+            str(PEERS_DIR / "durable.py"),
+            "--peer",
+            peer,
+            "--store",
+            store,
+            "--w2-flat",
+            str(args.peer_w2_flat),
+            "--w2-growing",
+            str(args.peer_w2_growing),
+            "--w3-conversations",
+            str(args.peer_w3_conversations),
+            "--w3-msgs",
+            str(args.peer_w3_msgs),
+        ]
+        base = {"system": "durable_peer", "peer": peer, "store": store}
+        try:
+            proc = subprocess.run(
+                cmd, stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=REPO_DIR, check=False
+            )
+        except subprocess.TimeoutExpired:
+            results.append({**base, "error": f"timed out after {timeout:.0f} s"})
+            continue
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            results.append({**base, "error": f"exited with {proc.returncode} (see stderr)"})
+            continue
+        results.append({**base, **json.loads(lines[-1])})
+    return results
+
+
+def durable_table(peers: list[dict], ours: list[dict], backend: str) -> str:
+    """sessionvisor's SQLite and Postgres rows beside the durable peers'."""
+    by = {(r["workload"], r["store"]): r for r in ours if r.get("backend") == backend}
+    lines = [
+        "| system, store | W2 µs/turn, flat history | W2 µs/turn, growing (last window) "
+        "| W3 messages/s (conversations x messages) | W6 ms reopen → reply |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for store in ("sqlite", "postgres"):
+        w2, w3, w6 = (by.get((w, store), {}) for w in ("W2", "W3", "W6"))
+        if not (w2 or w3 or w6):
+            continue
+        windows = dig(w2, ("growing", "windows")) or [{}]
+        lines.append(
+            f"| sessionvisor, {store} | {fmt(w2.get('us_per_call'))} | "
+            f"{fmt(windows[-1].get('us_per_call'))} ({fmt(windows[-1].get('history_at_end'))} "
+            f"msgs) | {fmt(w3.get('msgs_per_s'))} ({w3.get('sessions')}x"
+            f"{w3.get('msgs_per_session')}) | {fmt(w6.get('ms_reply'))} |"
+        )
+    for r in peers:
+        if "error" in r:
+            lines.append(f"| {r['peer']}, {r['store']} | {r['error']} | | | |")
+            continue
+        windows = dig(r, ("w2", "growing", "windows")) or [{}]
+        w3 = r.get("w3", {})
+        lines.append(
+            f"| {r['peer']}, {r['store']} | {fmt(dig(r, ('w2', 'us_per_call')))} | "
+            f"{fmt(windows[-1].get('us_per_call'))} ({fmt(windows[-1].get('history_at_end'))} "
+            f"msgs) | {fmt(w3.get('msgs_per_s'))} ({w3.get('conversations')}x"
+            f"{w3.get('msgs_per_conversation')}) | {fmt(dig(r, ('w6', 'ms_reply')))} |"
+        )
+    return "\n".join(lines)
+
+
 def tables_for(
     backend: str, peer: dict, limits: dict, ours: list[dict], stores: list[str], n1: int
 ) -> tuple[list[dict], list[dict], str]:
@@ -279,10 +367,13 @@ def replay(path: Path, stores: list[str]) -> int:
     print(f"run saved in {path}; versions: {json.dumps(env)}")
     if sizes:
         print(f"sizes: {json.dumps(sizes)}")
+    durable = [r for r in lines if r.get("system") == "durable_peer"]
     for backend in dict.fromkeys(r["backend"] for r in ours):
         peer = peers.get(backend, {"error": "no peer figures in the file"})
         _, _, text = tables_for(backend, peer, limits.get(backend, {}), ours, stores, n1)
         print("\n" + text)
+        if durable and backend == "asyncio":
+            print("\n#### Durable peers (asyncio)\n\n" + durable_table(durable, ours, backend))
     print()
     print(results_table(ours))
     return 0
@@ -307,6 +398,13 @@ def main() -> int:
         default=None,
         help="print the tables of a run saved with --out, without running anything",
     )
+    ap.add_argument("--no-durable", action="store_true", help="leave LangGraph and Agno out")
+    ap.add_argument("--peer-w2-flat", type=int, default=300, help="durable peers: W2 flat turns")
+    ap.add_argument(
+        "--peer-w2-growing", type=int, default=500, help="durable peers: W2 growing turns"
+    )
+    ap.add_argument("--peer-w3-conversations", type=int, default=200)
+    ap.add_argument("--peer-w3-msgs", type=int, default=10)
     add_size_flags(ap)
     args = ap.parse_args()
     sizes = sizes_from_args(args)
@@ -350,6 +448,14 @@ def main() -> int:
         for row in rows + durable:
             emit(row)
         tables.append(text)
+        if backend == "asyncio" and not args.no_durable:
+            frameworks = run_durable_peers(args, timeout)
+            for r in frameworks:
+                emit(r)
+            if frameworks:
+                tables.append(
+                    "#### Durable peers (asyncio)\n\n" + durable_table(frameworks, ours, backend)
+                )
     print()
     print(f"sessionvisor beside its floors, {env_line()}, total {time.perf_counter() - t0:.0f} s")
     print(f"sizes: {json.dumps(dataclasses.asdict(sizes))}")
