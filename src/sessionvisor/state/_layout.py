@@ -97,26 +97,32 @@ def assemble(conversation_id: str, head: str, bodies: Sequence[str | None] | Non
     return data
 
 
-def _ref(messages: list[Any]) -> Any:
-    try:
-        return weakref.ref(messages)
-    except TypeError:  # a plain list: it cannot be recognised again, so never extended
-        return None
+class _Written(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to the history list a store last wrote, with what it wrote."""
+
+    __slots__ = ("conversation_id", "count", "version")
+
+    conversation_id: str
+    count: int
+    version: int
 
 
 class HistoryTracker:
     """Which history list each conversation's rows were last written from.
 
     Only weak references are kept, so an idle conversation's dicts are not held
-    alive; entries whose list is gone are swept as the table grows. Not
-    thread-safe: the store uses it from its flush only.
+    alive, and an entry leaves the table as soon as its list is gone (a parked
+    or stopped session costs the store nothing). A missing entry only means
+    the next save rewrites the rows, so the table may be read and changed from
+    several threads and from a reference's callback without a lock: each
+    operation is one atomic dict call.
     """
 
-    __slots__ = ("_known", "_sweep_at")
+    __slots__ = ("__weakref__", "_gone", "_known")
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[Any, int, int]] = {}
-        self._sweep_at = 1024
+        self._known: dict[str, _Written] = {}
+        self._gone = _gone_callback(self)  # one callback for every reference
 
     def written(self, conversation_id: str, messages: list[Any], version: int | None) -> int:
         """Return how many leading messages of ``messages`` are already stored.
@@ -126,24 +132,42 @@ class HistoryTracker:
         not shrunk; otherwise 0 (rewrite every row).
         """
         known = self._known.get(conversation_id)
-        if known is None or version is None:
+        if (
+            known is None
+            or version is None
+            or known.version != version
+            or known() is not messages
+            or known.count > len(messages)
+        ):
             return 0
-        ref, count, at = known
-        if at != version or ref is None or ref() is not messages or count > len(messages):
-            return 0
-        return count
+        return known.count
 
     def remember(self, conversation_id: str, messages: list[Any], version: int) -> None:
         """Record that ``messages`` is stored, whole, at ``version``."""
-        ref = _ref(messages)
-        if ref is None:
+        try:
+            ref = _Written(messages, self._gone)
+        except TypeError:  # a plain list: it cannot be recognised again, so never extended
             self._known.pop(conversation_id, None)
             return
-        self._known[conversation_id] = (ref, len(messages), version)
-        if len(self._known) >= self._sweep_at:
-            self._known = {k: v for k, v in self._known.items() if v[0]() is not None}
-            self._sweep_at = max(1024, 2 * len(self._known))
+        ref.conversation_id, ref.count, ref.version = conversation_id, len(messages), version
+        self._known[conversation_id] = ref
 
     def forget(self, conversation_id: str) -> None:
         """Drop what is known of the conversation (deleted, quarantined, failed)."""
         self._known.pop(conversation_id, None)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
+def _gone_callback(tracker: HistoryTracker) -> Any:
+    # The callback holds the tracker weakly too: a store that is gone leaves
+    # nothing behind in the lists it once wrote.
+    tracker_ref = weakref.ref(tracker)
+
+    def gone(ref: Any) -> None:
+        owner, key = tracker_ref(), ref.conversation_id
+        if owner is not None and owner._known.get(key) is ref:
+            owner._known.pop(key, None)
+
+    return gone

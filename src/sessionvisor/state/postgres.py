@@ -354,8 +354,8 @@ class PostgresStore:
         }
         self._q = _Queries(self._sql)
         self._limiter = anyio.CapacityLimiter(max_connections)
-        # Guards the pool's creation and the history tracker (flushes run on
-        # several threads at once); never held across a database call.
+        # Guards the pool's creation and the closed flag; never held across a
+        # database call.
         self._lock = threading.Lock()
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._ready = False
@@ -591,12 +591,11 @@ class PostgresStore:
         cut = split(record.state)
         messages = cut.messages
         if base is None:
-            with self._lock:
-                base = (
-                    0
-                    if messages is None
-                    else self._history.written(cid, messages, write.expected_version)
-                )
+            base = (
+                0
+                if messages is None
+                else self._history.written(cid, messages, write.expected_version)
+            )
         tail = [] if messages is None else messages[base:]
         return _Item(
             write=write,
@@ -707,11 +706,10 @@ class PostgresStore:
         """Report a committed write, or find out why it wrote nothing."""
         write, cid = item.write, item.write.conversation_id
         if version is not None:
-            with self._lock:
-                if item.messages is None:
-                    self._history.forget(cid)
-                else:
-                    self._history.remember(cid, item.messages, version)
+            if item.messages is None:
+                self._history.forget(cid)
+            else:
+                self._history.remember(cid, item.messages, version)
             write.succeed(version)
             return []
         self._forget(cid)
@@ -738,8 +736,7 @@ class PostgresStore:
         return []
 
     def _forget(self, conversation_id: str) -> None:
-        with self._lock:
-            self._history.forget(conversation_id)
+        self._history.forget(conversation_id)  # lock-free: see HistoryTracker
 
     # -- machinery ---------------------------------------------------------
 
