@@ -187,9 +187,18 @@ def floor_app(deltas: int, interval: float) -> Any:
 
 def serve(target: str, port: int, deltas: int, interval: float) -> None:
     """The server process: one target on uvicorn until stdin closes."""
+    import logging
+
+    import structlog
     import uvicorn
 
     raise_fd_limit()
+    # Logging costs both targets alike, and stdout is the pipe that says "ready":
+    # warnings and errors only, on stderr.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     app = (
         sessionvisor_app(deltas, interval)
         if target == "sessionvisor"
