@@ -153,3 +153,31 @@ async def test_the_vercel_ai_sdk_chat_client_works_unmodified(node: str, server:
 
 async def test_the_ag_ui_http_agent_works_unmodified(node: str, server: str) -> None:
     await _run_node(node, "ag_ui.test.mjs", server)
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("use_chat.mjs", "the tool call is now output-available"),
+        ("ag_ui_client.mjs", "pending interrupts: 0"),
+    ],
+)
+async def test_the_example_scripts_run_against_the_demo(
+    node: str, script: str, expected: str, tmp_path: Path
+) -> None:
+    from sessionvisor.http._demo import demo_router
+
+    # The example, beside the test's node_modules (the examples ship their own package.json).
+    source = HERE.parents[1] / "examples" / "frontends" / script
+    (tmp_path / script).write_text(source.read_text())
+    (tmp_path / "node_modules").symlink_to(HERE / "node_modules", target_is_directory=True)
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    app = create_app(SessionSupervisor(demo_router(word_delay=0)), heartbeat=None)
+    async with serve(app) as url:
+        env = {**os.environ, "SESSIONVISOR_URL": url.rstrip("/")}
+        with anyio.fail_after(NODE_TIMEOUT):
+            result = await anyio.run_process([node, script], cwd=tmp_path, env=env, check=False)
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    assert result.returncode == 0, output
+    assert "Approved: I ran delete_files" in output
+    assert expected in output
