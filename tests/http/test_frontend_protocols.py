@@ -392,6 +392,43 @@ async def test_pydantic_ai_tool_calls_and_approvals_are_the_sdks_tool_parts(
             args = next(e for e in ag if e["type"] == "TOOL_CALL_ARGS")["delta"]
             assert json.loads(args) == {"a": 4, "b": 5}
 
+            # A tool the client runs (pydantic-ai's external call): addToolOutput answers it.
+            _, fetched = await ai_chat(env, chat_body("c-3", user("fetch k-7")))
+            assert not of_type(fetched, "tool-approval-request")
+            [call] = of_type(fetched, "tool-input-available")
+            assert (call["toolName"], call["input"]) == ("fetch_record", {"key": "k-7"})
+            output = {
+                "id": "a",
+                "role": "assistant",
+                "parts": [
+                    {
+                        "type": "tool-fetch_record",
+                        "toolCallId": call["toolCallId"],
+                        "state": "output-available",
+                        "input": call["input"],
+                        "output": {"value": 42},
+                    }
+                ],
+            }
+            status, resumed = await ai_chat(env, chat_body("c-3", output))
+            assert status == 200
+            text = "".join(d["delta"] for d in of_type(resumed, "text-delta"))
+            assert text == "tool said: {'value': 42}"
+
+            # The same on AG-UI: the run ends on the call, a tool message answers it.
+            _, ag = await ag_run(env, run_input("c-4", ag_user("fetch k-9")))
+            [interrupt] = ag[-1]["outcome"]["interrupts"]
+            assert interrupt["reason"] == "tool_result"
+            answer = {
+                "id": "t-1",
+                "role": "tool",
+                "toolCallId": interrupt["toolCallId"],
+                "content": "found it",
+            }
+            _, ag = await ag_run(env, run_input("c-4", ag_user("fetch k-9"), answer))
+            text = "".join(e["delta"] for e in ag if e["type"] == "TEXT_MESSAGE_CONTENT")
+            assert text == "tool said: found it"
+
 
 # -- interrupts as tool calls ---------------------------------------------------------------
 

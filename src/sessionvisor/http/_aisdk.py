@@ -50,8 +50,6 @@ from ..sessions import (
 )
 from ._bodies import check_content_size, check_conversation_id, read_body
 from ._errors import HTTPError, not_found
-
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # as send checks message ids
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
 from ._streaming import ChunkStream, Step, follow_turn, replay_then_follow, turn_start_index
 
@@ -68,6 +66,7 @@ STREAM_HEADERS = [
     (b"x-vercel-ai-ui-message-stream", b"v1"),
 ]
 _DONE = b"data: [DONE]\n\n"
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # as send checks message ids
 _TRUSTED_KEYS = frozenset({"scope", "conversation_id"})
 _TOOL_STATES_ANSWERED = ("approval-responded", "output-available", "output-error")
 
