@@ -499,3 +499,23 @@ async def test_resume_stream_replays_the_running_turn_from_its_start_after_a_res
     ]  # fmt: skip
     assert of_type(chunks, "start")[0]["messageId"].startswith("turn-")
     assert "".join(d["delta"] for d in of_type(chunks, "text-delta")) == "echo: slow words"
+
+
+async def test_a_retried_send_is_answered_with_the_reply_it_already_got() -> None:
+    agent = ScriptedAgent(stream=False)
+    async with open_app(agent=agent) as env:
+        body = chat_body("c-1", user("hi"))
+        await ai_chat(env, body)
+        status, again = await ai_chat(env, body)  # the client lost the answer and retries
+        assert status == 200
+        assert "".join(d["delta"] for d in of_type(again, "text-delta")) == "echo: hi"
+        assert kinds(again)[-1] == "[DONE]"
+
+        await ag_run(env, run_input("t-1", ag_user("hey")))
+        status, events = await ag_run(env, run_input("t-1", ag_user("hey")))
+        assert status == 200
+        assert [e["type"] for e in events] == ["RUN_STARTED", "MESSAGES_SNAPSHOT", "RUN_FINISHED"]
+        assert [m["content"] for m in events[1]["messages"]] == ["hey", "echo: hey"]
+        chat = await env.sup.load("c-1", scope="alice")
+    assert agent.turns == ["hi", "hey"]  # each message was answered once
+    assert chat is not None and [m.text() for m in chat.messages] == ["hi", "echo: hi"]

@@ -473,7 +473,8 @@ class _AGUI:
             subscription = await stack.enter_async_context(self.sup.subscribe(cid, scope=scope))
             events = aiter(subscription)
             await anext(events)  # the snapshot: what comes next is new
-            mode: Literal["started", "queued"] = "started"
+            mode: Literal["started", "queued", "running"] = "started"
+            answered = False  # a retried send whose turn already ran
             if decisions is None:
                 await self.sup.start(cid, scope=scope, request_opts=request_opts)
                 delivery = await self.sup.send(
@@ -484,6 +485,10 @@ class _AGUI:
                     **send_kwargs(self.sup, newest.id if newest is not None else None),
                 )
                 mode = "queued" if delivery.queued else "started"
+                if getattr(delivery, "duplicate", False):
+                    # A retry of an accepted send: follow what still runs, if anything.
+                    running = await self.sup.status(cid, scope=scope) is Status.RUNNING
+                    mode, answered = "running", not running
             else:
                 await self.sup.resume(cid, answer, scope=scope, request_opts=request_opts)
             snapshot = await self.sup.load(cid, scope=scope) if exists else None
@@ -503,6 +508,11 @@ class _AGUI:
                     ).encode()
                 for opening in translator.start():
                     yield encoder.encode(opening).encode()
+                if answered:
+                    interrupt = snapshot.interrupt if snapshot is not None else None
+                    for out in translator._interrupted(interrupt):
+                        yield encoder.encode(out).encode()
+                    return
                 async for step, event in steps:
                     for out in translator.feed(step, event):
                         yield encoder.encode(out).encode()

@@ -509,6 +509,10 @@ class _AISDK:
                     request_opts=body.request_opts,
                     **send_kwargs(self.sup, newest.id),
                 )
+                if getattr(delivery, "duplicate", False):
+                    # A retry of a send that was accepted: nothing new will run for it.
+                    await stack.aclose()
+                    return await self._duplicate(cid, scope, newest.id)
                 mode = "queued" if delivery.queued else "started"
             else:
                 await self.sup.resume(cid, answer, scope=scope, request_opts=body.request_opts)
@@ -522,6 +526,34 @@ class _AISDK:
         )
         steps = follow_turn(events, mode=mode, queued_content=content)
         return self._respond(_encode(steps, translator), stack, cid)
+
+    async def _duplicate(self, cid: str, scope: Any, message_id: str) -> Response:
+        """The answer to a retried send: the running turn, or the reply it already got."""
+        if await self.sup.status(cid, scope=scope) is Status.RUNNING:
+            replay = await self._replay(cid, scope)
+            if replay.status_code != 204:
+                return replay
+        state = await self.sup.load(cid, scope=scope)
+        reply: list[str] = []
+        seen = False
+        for message in state.messages if state is not None else []:
+            if message.role == "user":
+                if seen:
+                    break
+                seen = message.id == message_id
+            elif seen and message.role == "assistant":
+                reply.append(message.text())
+        translator = _Translator(message_id=f"reply-{message_id}")
+        out = list(translator._start())
+        out.extend(translator._text(0, "\n\n".join(r for r in reply if r)))
+        out.extend(translator._finish("stop"))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in out:
+                yield _chunk(chunk)
+            yield _DONE
+
+        return self._respond(chunks(), AsyncExitStack(), cid)
 
     def streams_closing(self) -> bool:
         return self.api.streams.closing
@@ -538,6 +570,10 @@ class _AISDK:
             raise not_found(cid) from None
         if not exists or await self.sup.status(cid, scope=scope) is not Status.RUNNING:
             return Response(status_code=204)
+        return await self._replay(cid, scope)
+
+    async def _replay(self, cid: str, scope: Any) -> Response:
+        """Stream the running turn from its start (204 when it ended meanwhile)."""
         async with self.sup.subscribe(cid, scope=scope) as probe:
             snapshot = await anext(aiter(probe))
         assert isinstance(snapshot, StatusChanged)
