@@ -7,7 +7,6 @@ package uses ``routers``, ``factories``, ``state`` and ``agents``; none of them
 imports it.
 """
 
-from ._actor import PreprocessContext
 from ._bus import Subscription
 from ._events import (
     AgentEvent,
@@ -22,6 +21,7 @@ from ._events import (
     StatusChanged,
 )
 from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
+from ._intake import PreprocessContext
 from ._supervisor import SessionSupervisor, default_owner_of
 
 __all__ = [

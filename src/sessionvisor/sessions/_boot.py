@@ -20,13 +20,17 @@ from .._errors import (
     InvalidStatus,
     NotRunning,
     RegistryUnavailable,
+    SessionFailedError,
 )
 from .._options import SupervisorOpts
 from ..factories import SessionOpts, invoke_factory
 from ..routers import resolve_sticky
-from ..state import State, StateStore, StoredConversation, load_state
+from ..state import Message, State, StateStore, StoredConversation, load_state
 from ._actor import Actor
+from ._events import Status
 from ._host import Rebuilt
+from ._restarts import restart_by_policy
+from ._turns import describe
 
 if TYPE_CHECKING:
     from ._host import ActorHost
@@ -151,7 +155,7 @@ class Starter:
             stored.route_key != route.key or stored.request_opts != recorded_opts
         ):
             actor.record_changed()  # the next save records the new route
-        await actor.run_on_start()
+        await run_on_start(actor)
         if not self._is_open():
             self._bus.release(cid, still_live)
             raise RegistryUnavailable("the session supervisor is draining")
@@ -168,7 +172,8 @@ class Starter:
         actor.log().info(
             "session_started", started=True, route_key=route.key, restored=stored is not None
         )
-        actor.go_live(
+        go_live(
+            actor,
             stored_lifecycle=stored.lifecycle if stored is not None else None,
             restored=stored is not None,
         )
@@ -200,3 +205,58 @@ class Starter:
 
 def _fresh(session_opts: SessionOpts) -> State:
     return State.model_validate(dict(session_opts.fresh_state_attrs))
+
+
+async def run_on_start(actor: Actor) -> None:
+    """Run the agent's ``on_start`` hook, restarting by policy when it raises.
+
+    Raises:
+        SessionFailedError: the policy gave up.
+    """
+    on_start = getattr(actor.agent, "on_start", None)
+    if on_start is None:
+        return
+    try:
+        actor.state = await on_start(actor.state)
+    except Exception as exc:
+        if not await restart_by_policy(actor, exc):
+            raise SessionFailedError(
+                f"conversation {actor.conversation_id!r} could not start: {describe(exc)}"
+            ) from exc
+
+
+def go_live(actor: Actor, *, stored_lifecycle: str | None, restored: bool) -> None:
+    """Announce the first status and start whatever work was left waiting."""
+    # The first broadcast: with a pending resume it is already `running`.
+    actor.set_status(actor.status)
+    actor.queue.held_after_boot(actor.state, stored_lifecycle, restored)
+    state = actor.state
+    if actor.turn.resume is not None:
+        actor.queue.held = False
+        actor.claim_worker()
+    elif (
+        stored_lifecycle in ("turn_start", "queued")
+        and state.interrupt is None
+        and state.messages
+        and state.messages[-1].role == "user"
+    ):
+        # The process died mid-turn (the last save was the turn's start, or a message
+        # queued behind it): the turn's user messages end the history unanswered.
+        # Run that turn again (a turn is at-least-once), then the queue.
+        actor.queue.taken = _trailing_user_messages(state.messages)
+        actor.turn.active = True
+        actor.set_status(Status.RUNNING)
+        actor.claim_worker(begun=True)
+    elif actor.queue.ready(state):
+        actor.claim_worker()
+    else:
+        actor.arm()
+
+
+def _trailing_user_messages(messages: list[Message]) -> int:
+    count = 0
+    for message in reversed(messages):
+        if message.role != "user":
+            break
+        count += 1
+    return count

@@ -7,7 +7,7 @@ listed here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -19,8 +19,12 @@ if TYPE_CHECKING:
     from .._clock import Clock
     from ..state import StateStore
     from ._actor import Actor
+    from ._registry import LocalRegistry
+    from ._runners import Runners
+    from ._seams import Bus
+    from ._timers import Deadlines
 
-__all__: list[str] = ["ActorHost", "Rebuilt"]
+__all__: list[str] = ["ActorHost", "LocalHost", "Rebuilt"]
 
 
 @attrs.frozen
@@ -60,3 +64,52 @@ class ActorHost(Protocol):
     async def rebuild(self, actor: Actor) -> Rebuilt:
         """Consult router and factory again and reload the State from the store."""
         ...
+
+
+class LocalHost:
+    """``ActorHost`` for one process: the supervisor's pool, timer, registry and bus."""
+
+    __slots__ = ("_bus", "_clock", "_deadlines", "_registry", "_store", "rebuild_with", "runners")
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        store: StateStore,
+        registry: LocalRegistry,
+        bus: Bus,
+        deadlines: Deadlines,
+    ) -> None:
+        self._clock = clock
+        self._store = store
+        self._registry = registry
+        self._bus = bus
+        self._deadlines = deadlines
+        self.runners: Runners | None = None  # the supervisor's, once it is entered
+        self.rebuild_with: Callable[[Actor], Awaitable[Rebuilt]] | None = None
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def store(self) -> StateStore:
+        return self._store
+
+    def spawn(self, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        assert self.runners is not None, "sessions run only inside the supervisor"
+        self.runners.submit(work)
+
+    def schedule(self, actor: Actor, deadline: float) -> None:
+        self._deadlines.schedule(actor, deadline)
+
+    def viewer_count(self, conversation_id: str) -> int:
+        return self._registry.viewer_count(conversation_id)
+
+    def forget(self, actor: Actor) -> None:
+        self._registry.forget(actor)
+        self._bus.release(actor.conversation_id, self._registry.__contains__)
+
+    async def rebuild(self, actor: Actor) -> Rebuilt:
+        assert self.rebuild_with is not None
+        return await self.rebuild_with(actor)

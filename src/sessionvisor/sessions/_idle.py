@@ -9,10 +9,16 @@ again whenever an entry comes due.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from .._options import SupervisorOpts
+from ._events import Status
+from ._lifecycle import StopReason
 
-__all__: list[str] = ["IdleAction", "next_idle_action"]
+if TYPE_CHECKING:
+    from ._actor import Actor
+
+__all__: list[str] = ["IdleAction", "arm", "next_idle_action", "timer_fired"]
 
 
 class IdleAction(enum.StrEnum):
@@ -51,3 +57,45 @@ def next_idle_action(
     if fold is not None and can_fold:
         candidates.append((start + fold, IdleAction.HIBERNATE))
     return min(candidates) if candidates else None
+
+
+def _due(actor: Actor) -> tuple[float, IdleAction] | None:
+    if actor.busy or actor.closed or actor.status is Status.RUNNING:
+        return None
+    return next_idle_action(
+        opts=actor.opts,
+        last_activity=actor.last_activity,
+        viewers=actor.host.viewer_count(actor.conversation_id),
+        viewers_left_at=actor.viewers_left_at,
+        can_fold=not actor.folded.folded and not actor.topic.subscribers,
+    )
+
+
+def arm(actor: Actor) -> None:
+    due = _due(actor)
+    if due is not None:
+        actor.host.schedule(actor, due[0])
+
+
+def timer_fired(actor: Actor, now: float) -> None:
+    due = _due(actor)
+    if due is None:
+        return
+    deadline, action = due
+    if deadline > now:
+        actor.host.schedule(actor, deadline)
+        return
+    if action is IdleAction.HIBERNATE:
+        _hibernate(actor)
+        arm(actor)  # the inactivity deadline, if any, still stands
+        return
+    actor.claim_worker(idle_reason=StopReason(str(action)))
+
+
+def _hibernate(actor: Actor) -> None:
+    if actor.folded.folded or actor.busy or actor.closed or actor.topic.subscribers:
+        return
+    if actor.folded.fold():
+        actor.topic.drop_replay()
+    else:
+        actor.log().debug("hibernate_skipped")

@@ -9,7 +9,7 @@ start-up is ``_recovery``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from ._bus import LocalBus, Subscription, Topic
 from ._construction import check_constructor_args
 from ._events import Status
 from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
-from ._host import Rebuilt
+from ._host import LocalHost
 from ._lifecycle import StopReason
 from ._mailbox import LocalMailbox
 from ._recovery import has_unanswered_work, recover_unanswered
@@ -56,42 +56,6 @@ def default_owner_of(scope: Any) -> str | None:
 
 def _default_agent_id(conversation_id: str) -> str:
     return f"conversation-{conversation_id}"
-
-
-class _Host:
-    """The supervisor as its actors see it (``_host.ActorHost``)."""
-
-    __slots__ = ("_sup",)
-
-    def __init__(self, sup: SessionSupervisor) -> None:
-        self._sup = sup
-
-    @property
-    def clock(self) -> Clock:
-        return self._sup._clock
-
-    @property
-    def store(self) -> StateStore:
-        return self._sup._store
-
-    def spawn(self, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        runners = self._sup._runners
-        assert runners is not None
-        runners.submit(work)
-
-    def schedule(self, actor: Actor, deadline: float) -> None:
-        self._sup._deadlines.schedule(actor, deadline)
-
-    def viewer_count(self, conversation_id: str) -> int:
-        return self._sup._registry.viewer_count(conversation_id)
-
-    def forget(self, actor: Actor) -> None:
-        sup = self._sup
-        sup._registry.forget(actor)
-        sup._bus.release(actor.conversation_id, sup._registry.__contains__)
-
-    async def rebuild(self, actor: Actor) -> Rebuilt:
-        return await self._sup._starter.rebuild(actor)
 
 
 class SessionSupervisor:
@@ -151,6 +115,14 @@ class SessionSupervisor:
         # The three seams, chosen here and nowhere else.
         self._registry = LocalRegistry()
         self._bus = LocalBus()
+        self._deadlines = Deadlines(self._clock)
+        self._host = LocalHost(
+            clock=self._clock,
+            store=self._store,
+            registry=self._registry,
+            bus=self._bus,
+            deadlines=self._deadlines,
+        )
         self._starter = Starter(
             router=router,
             store=self._store,
@@ -159,7 +131,7 @@ class SessionSupervisor:
             defaults=self._defaults,
             on_corrupt=on_corrupt,
             bus=self._bus,
-            host=_Host(self),
+            host=self._host,
             is_open=lambda: self._phase == "open",
         )
         self._mailbox = LocalMailbox(
@@ -168,9 +140,8 @@ class SessionSupervisor:
             owner_of=self._owner_of,
             check_open=self._check_open,
         )
-        self._deadlines = Deadlines(self._clock)
+        self._host.rebuild_with = self._starter.rebuild
         self._tg: anyio.abc.TaskGroup | None = None
-        self._runners: Runners | None = None
         self._phase: Literal["new", "open", "draining", "closed"] = "new"
 
     @property
@@ -200,7 +171,7 @@ class SessionSupervisor:
             raise RuntimeError("a SessionSupervisor can be entered only once")
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._runners = Runners(self._tg)
+        self._host.runners = Runners(self._tg)
         self._tg.start_soon(self._deadlines.run)
         self._phase = "open"
         if self._recover:
