@@ -148,3 +148,56 @@ async def test_the_demo_page_chats_queues_asks_for_approval_and_keeps_the_histor
         "tool",
         "assistant",
     ]
+
+
+async def test_the_admin_page_lists_the_callers_live_sessions_and_keeps_them_current(
+    page: tuple[Any, str],
+) -> None:
+    import httpx
+    from playwright.async_api import expect
+
+    tab, url = page
+    expect.set_options(timeout=TIMEOUT_MS)
+    await tab.goto(f"{url}/admin?user=alice")
+    await expect(tab.locator("#empty")).to_be_visible()
+    await expect(tab.locator("#count-live")).to_have_text("0")
+
+    row = tab.locator('#rows tr[data-cid="c-admin"]')
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+        async def send(cid: str, text: str, user: str = "alice") -> None:
+            answer = await client.post(
+                f"/conversations/{cid}/messages", json={"content": text}, headers={"X-User": user}
+            )
+            assert answer.status_code == 202, answer.text
+
+        # Bob's session exists but is not alice's: her page never lists it.
+        await send("c-bob", "hello from bob", user="bob")
+        # A reply streams for a few seconds; two more messages queue behind it.
+        await send("c-admin", "hello there")
+        await send("c-admin", "second")
+        await send("c-admin", "third")
+        await expect(row.locator(".status .badge")).to_have_text("running")
+        await expect(row.locator("td.queued")).to_have_text("2")
+        await expect(tab.locator("#count-queued")).to_have_text("2")
+        await expect(tab.locator("#empty")).to_be_hidden()
+        # Without a reload, the page follows the session: the queue drains, the turn ends.
+        await expect(row.locator("td.queued")).to_have_text("0")
+        await expect(row.locator(".status .badge")).to_have_text("idle")
+        await expect(row.locator("td.last")).to_contain_text("s ago")
+        await expect(row.locator("td.restarts")).to_have_text("0")
+
+        # A crash restarts the session; the restart count follows.
+        await send("c-admin", "crash")
+        await expect(row.locator("td.restarts")).to_have_text("1")
+        await expect(tab.locator("#count-restarts")).to_have_text("1")
+
+    await expect(tab.locator("#rows tr")).to_have_count(1)
+    await expect(tab.locator("#count-live")).to_have_text("1")
+    assert await tab.locator('#rows tr[data-cid="c-bob"]').count() == 0
+    # Bob sees his own session, and only his.
+    await tab.fill("#user", "bob")
+    await tab.press("#user", "Enter")
+    await tab.locator("#user").dispatch_event("change")
+    await expect(tab.locator('#rows tr[data-cid="c-bob"]')).to_have_count(1)
+    await expect(tab.locator("#rows tr")).to_have_count(1)
