@@ -519,3 +519,15 @@ async def test_a_retried_send_is_answered_with_the_reply_it_already_got() -> Non
         chat = await env.sup.load("c-1", scope="alice")
     assert agent.turns == ["hi", "hey"]  # each message was answered once
     assert chat is not None and [m.text() for m in chat.messages] == ["hi", "echo: hi"]
+
+
+async def test_a_session_that_gives_up_ends_the_stream_instead_of_hanging() -> None:
+    opts = {"restart_on_error": True, "max_restarts": 1, "max_seconds": 60.0}
+    agent = ScriptedAgent(crash_on_start=100)
+    async with open_app(scripted_router(agent, supervisor_opts=opts), agent=None) as env:
+        with anyio.fail_after(5):
+            status, chunks = await ai_chat(env, chat_body("c-1", user("hello")))
+            ag_status, events = await ag_run(env, run_input("c-2", ag_user("hello")))
+    # The start fails, so the send does: a 503 saying to try again, never a hanging stream.
+    assert (status, chunks[0]["error"]) == (503, "SessionFailedError")
+    assert (ag_status, events[0]["error"]) == (503, "SessionFailedError")

@@ -75,6 +75,10 @@ async def follow_turn(
     replied = False
     async for event in events:
         if not in_turn:
+            if isinstance(event, SessionFailed):
+                # The session gave up before the turn began: no turn will come.
+                yield "end", event
+                return
             if waiting_for_queue:
                 if isinstance(event, MessageQueued) and event.message.content == queued_content:
                     waiting_for_queue = False
