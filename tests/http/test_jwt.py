@@ -210,3 +210,28 @@ def test_jwt_scope_needs_exactly_one_readable_key(tmp_path: Path) -> None:
         jwt_scope(jwks_file=tmp_path / "bad.json")
     with pytest.raises(ValueError, match="leeway"):
         jwt_scope(secret=SECRET, leeway=-1)
+
+
+async def test_the_frontend_routes_take_the_same_tokens() -> None:
+    chat = {
+        "id": "c-1",
+        "messages": [{"id": "m-1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+    }
+    run = {
+        "threadId": "c-2",
+        "runId": "r-1",
+        "messages": [{"id": "u", "role": "user", "content": "hi"}],
+    }
+    async with open_app(scope_from_request=hs_scope()) as env:
+        for path, body in (("/ai-sdk/chat", chat), ("/ag-ui", run)):
+            refused = await env.client.post(path, json=body)
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+            answer = await env.client.post(path, json=body, headers=bearer(hs(claims("alice"))))
+            assert answer.status_code == 200
+            assert answer.text.rstrip().endswith(
+                ("[DONE]", '"RUN_FINISHED","threadId":"c-2","runId":"r-1"}')
+            )
+        stream = await env.client.get("/ai-sdk/chat/c-1/stream", headers=bearer(hs(claims("bob"))))
+        assert stream.status_code == 404
+        assert (await env.client.get("/ai-sdk/chat/c-1/stream")).status_code == 401
