@@ -289,7 +289,12 @@ class EventStream:
                 # Quiet for a while: a comment line keeps proxies from closing the stream.
                 self._writes += 1
                 now = self._writes
-                await _body(send, _PING)
+                try:
+                    await _body(send, _PING)
+                except Exception:
+                    # Only if the answer ended while this write waited for the
+                    # client to drain: the connection is going, nothing to ping.
+                    return
             seen = [seen[1], now]
 
     async def _still_allowed(self) -> bool:
