@@ -424,7 +424,8 @@ async def run_target(args: argparse.Namespace, target: str) -> dict[str, Any]:
         line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
         if line.strip() != "ready":
             raise RuntimeError(f"the {target} server did not start: {line!r}")
-        wait = 60 + args.deltas * max(args.interval, 0.001) * 4
+        # Generous: a busy machine may stream for minutes; the run reports it if it timed out.
+        wait = 300 + args.deltas * args.interval * 4
         return await drive(
             target, port, proc.pid, args.clients, args.conversations, args.deltas, wait
         )
