@@ -85,9 +85,11 @@ async def test_mid_turn_sends_are_queued_persisted_and_answered_by_one_next_turn
         assert third == Delivery(queued=True, started=False)
         record = await stored_record(sup.store, "c-1")
         assert record is not None
-        assert record.lifecycle == "queued"
+        # Saved while the turn runs: the record says so, so that a crash now reruns
+        # the turn before answering the queue.
+        assert record.lifecycle == "turn_start"
         assert [m["content"] for m in record.state["queued"]] == ["second", "third"]
-        assert store.saves[-1] == ("c-1", "queued")
+        assert store.saves[-1] == ("c-1", "turn_start")
 
         backend.agent.release()
         seen = await collect_until(events, ends_in(Status.IDLE))
@@ -168,8 +170,7 @@ async def test_queue_is_held_then_drained_by_the_next_send(anyio_backend: str, h
         turns = len(backend.agent.turns)
 
         # Held: the queued message waits, in memory and in the store.
-        for _ in range(5):
-            await anyio.sleep(0.002)
+        await anyio.wait_all_tasks_blocked()  # a turn that wrongly took the queue would run
         assert await sup.status("c-1") == held
         assert len(backend.agent.turns) == turns
         assert [m.content for m in (await stored_state(sup.store, "c-1")).queued] == ["q1"]
@@ -244,8 +245,7 @@ async def test_queue_held_by_an_interrupt_is_drained_after_resume(anyio_backend:
         await sup.send("c-1", "q1")
         backend.agent.release()
         await wait_for_status(sup, "c-1", Status.INTERRUPTED)
-        for _ in range(5):
-            await anyio.sleep(0.002)
+        await anyio.wait_all_tasks_blocked()  # a turn that wrongly took the queue would run
         assert await sup.status("c-1") is Status.INTERRUPTED
         assert [m.content for m in (await stored_state(sup.store, "c-1")).queued] == ["q1"]
 
@@ -309,8 +309,7 @@ async def test_held_queue_stays_held_across_stop_and_a_plain_start(
         info = await sup.start("c-1")
 
         assert info.started is True
-        for _ in range(5):
-            await anyio.sleep(0.002)
+        await anyio.wait_all_tasks_blocked()  # a turn that wrongly took the queue would run
         assert len(backend.agent.turns) == turns
         assert [m.content for m in info.handle.snapshot().queued] == ["q1"]
         assert [m.content for m in (await stored_state(sup.store, "c-1")).queued] == ["q1"]

@@ -236,7 +236,10 @@ class Actor:
         )
 
     def retry_lifecycle(self) -> Lifecycle:
-        return "shutdown" if self.closed else "queued"
+        return "shutdown" if self.closed else self._mid_work_lifecycle()
+
+    def _mid_work_lifecycle(self) -> Lifecycle:
+        return "turn_start" if self.turn.active else "queued"
 
     def retry_backoff(self) -> float:
         return self.opts.save_retry_backoff
@@ -306,7 +309,9 @@ class Actor:
             # A send lifts a hold; a turn that is still running may set it again.
             self.queue.held = False
             self.emit(MessageQueued, message=display(message))
-            await self.persist("queued")
+            # Saved mid-turn, the record says a turn was running (``turn_start``): if the
+            # process dies now, recovery runs that turn again before the queue.
+            await self.persist(self._mid_work_lifecycle())
             self._check_superseded()
             return True, False
         # Nothing runs: this call starts the turn. The claim comes before any await, so

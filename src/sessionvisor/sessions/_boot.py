@@ -235,14 +235,15 @@ def go_live(actor: Actor, *, stored_lifecycle: str | None, restored: bool) -> No
         actor.queue.held = False
         actor.claim_worker()
     elif (
-        stored_lifecycle in ("turn_start", "queued")
+        stored_lifecycle == "turn_start"
         and state.interrupt is None
         and state.messages
         and state.messages[-1].role == "user"
     ):
-        # The process died mid-turn (the last save was the turn's start, or a message
-        # queued behind it): the turn's user messages end the history unanswered.
-        # Run that turn again (a turn is at-least-once), then the queue.
+        # The process died mid-turn (the last save was made while a turn ran: at its
+        # start, or for a message queued behind it): the turn's user messages end the
+        # history unanswered. Run that turn again (a turn is at-least-once), then the
+        # queue.
         actor.queue.taken = _trailing_user_messages(state.messages)
         actor.turn.active = True
         actor.set_status(Status.RUNNING)

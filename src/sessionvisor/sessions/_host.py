@@ -19,9 +19,8 @@ if TYPE_CHECKING:
     from .._clock import Clock
     from ..state import StateStore
     from ._actor import Actor
-    from ._registry import LocalRegistry
     from ._runners import Runners
-    from ._seams import Bus
+    from ._seams import Bus, Registry
     from ._timers import Deadlines
 
 __all__: list[str] = ["ActorHost", "LocalHost", "Rebuilt"]
@@ -76,7 +75,7 @@ class LocalHost:
         *,
         clock: Clock,
         store: StateStore,
-        registry: LocalRegistry,
+        registry: Registry,
         bus: Bus,
         deadlines: Deadlines,
     ) -> None:
@@ -108,7 +107,7 @@ class LocalHost:
 
     def forget(self, actor: Actor) -> None:
         self._registry.forget(actor)
-        self._bus.release(actor.conversation_id, self._registry.__contains__)
+        self._bus.release(actor.conversation_id, self._registry.holds)
 
     async def rebuild(self, actor: Actor) -> Rebuilt:
         assert self.rebuild_with is not None

@@ -17,7 +17,7 @@ from ._actor import Actor
 from ._boot import NO_RESUME, Starter, check_owner
 from ._events import Status
 from ._handle import Delivery
-from ._registry import LocalRegistry
+from ._seams import Registry
 
 __all__: list[str] = ["LocalMailbox"]
 
@@ -28,7 +28,7 @@ class LocalMailbox:
     def __init__(
         self,
         *,
-        registry: LocalRegistry,
+        registry: Registry,
         starter: Starter,
         owner_of: Callable[[Any], str | None],
         check_open: Callable[[str], None],
@@ -65,7 +65,7 @@ class LocalMailbox:
                 request_opts,
                 reroute,
                 pending_resume,
-                self._registry.__contains__,
+                self._registry.holds,
                 check_access=not trusted,
             )
             return actor

@@ -29,10 +29,7 @@ class LocalRegistry:
         self._flights: dict[str, _Flight] = {}
         self._viewers: dict[str, int] = {}
 
-    def __len__(self) -> int:
-        return len(self._actors)
-
-    def __contains__(self, conversation_id: object) -> bool:
+    def holds(self, conversation_id: str) -> bool:
         return conversation_id in self._actors
 
     def live(self, conversation_id: str) -> Actor | None:

@@ -42,6 +42,10 @@ class Registry(Protocol):
         """The registered actor, serving or stopping, or None."""
         ...
 
+    def holds(self, conversation_id: str) -> bool:
+        """True while an actor, serving or stopping, is registered for the conversation."""
+        ...
+
     def actors(self) -> list[Actor]:
         """Every registered actor."""
         ...
@@ -86,6 +90,25 @@ class Mailbox(Protocol):
         - Bounded: a conversation holds at most ``max_queued`` waiting messages;
           one more is refused with ``QueueFull``, never buffered.
     """
+
+    async def ensure(
+        self,
+        conversation_id: str,
+        scope: Any,
+        request_opts: dict[str, Any],
+        reroute: bool,
+        pending_resume: Any = ...,
+        *,
+        trusted: bool = False,
+    ) -> tuple[Actor, bool, Exception | None]:
+        """Reach the conversation's session, waking it when nothing holds it.
+
+        Returns:
+            The actor, True when this call started it, and the error a pending
+            resume met (its stored state held no interrupt). ``trusted`` skips
+            the ownership check (the runtime's own wake, for recovery).
+        """
+        ...
 
     async def send(
         self,

@@ -34,6 +34,7 @@ from ._mailbox import LocalMailbox
 from ._recovery import has_unanswered_work, recover_unanswered
 from ._registry import LocalRegistry
 from ._runners import Runners
+from ._seams import Bus, Mailbox, Registry
 from ._timers import Deadlines
 from ._validation import check_content, check_conversation_id, check_message_id
 
@@ -113,8 +114,8 @@ class SessionSupervisor:
         self._clock: Clock = clock or SystemClock()
         self._recover = recover
         # The three seams, chosen here and nowhere else.
-        self._registry = LocalRegistry()
-        self._bus = LocalBus()
+        self._registry: Registry = LocalRegistry()
+        self._bus: Bus = LocalBus()
         self._deadlines = Deadlines(self._clock)
         self._host = LocalHost(
             clock=self._clock,
@@ -134,7 +135,7 @@ class SessionSupervisor:
             host=self._host,
             is_open=lambda: self._phase == "open",
         )
-        self._mailbox = LocalMailbox(
+        self._mailbox: Mailbox = LocalMailbox(
             registry=self._registry,
             starter=self._starter,
             owner_of=self._owner_of,
@@ -181,7 +182,7 @@ class SessionSupervisor:
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         assert self._tg is not None
         self._phase = "draining"
-        log = _log.bind(sessions=len(self._registry))
+        log = _log.bind(sessions=len(self._registry.actors()))
         log.info("supervisor_draining")
         try:
             with anyio.CancelScope(shield=True):
@@ -501,7 +502,7 @@ class SessionSupervisor:
             yield sub
         finally:
             self._bus.unsubscribe(sub)
-            self._bus.release(cid, self._registry.__contains__)
+            self._bus.release(cid, self._registry.holds)
             live = self._registry.live(cid)
             if live is not None and not live.topic.subscribers:
                 live.arm()  # nobody listens any more: it may hibernate
