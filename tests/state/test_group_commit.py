@@ -46,14 +46,14 @@ def spy_batches(store: Any) -> list[list[str]]:
 @asynccontextmanager
 async def commits_held(store: Any) -> AsyncIterator[None]:
     """Hold every commit slot: saves queue up until the block ends."""
-    slots = [object() for _ in range(int(store._limiter.total_tokens))]
+    slots = [object() for _ in range(int(store._commit_limiter.total_tokens))]
     for slot in slots:
-        await store._limiter.acquire_on_behalf_of(slot)
+        await store._commit_limiter.acquire_on_behalf_of(slot)
     try:
         yield
     finally:
         for slot in slots:
-            store._limiter.release_on_behalf_of(slot)
+            store._commit_limiter.release_on_behalf_of(slot)
 
 
 async def test_saves_queued_during_a_commit_share_one_transaction(backend: Backend) -> None:

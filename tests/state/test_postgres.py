@@ -254,16 +254,16 @@ async def test_a_statement_failing_in_a_batch_fails_only_its_own_save(pg_store: 
         except Exception as exc:
             outcomes[cid] = exc
 
-    slots = [object() for _ in range(int(store._limiter.total_tokens))]
+    slots = [object() for _ in range(int(store._commit_limiter.total_tokens))]
     async with anyio.create_task_group() as tg:
         for slot in slots:
-            await store._limiter.acquire_on_behalf_of(slot)
+            await store._commit_limiter.acquire_on_behalf_of(slot)
         tg.start_soon(save, "c-a", None)
         tg.start_soon(save, "c-huge", 2**70)  # out of bigint's range: the server refuses it
         tg.start_soon(save, "c-b", 3)
         await anyio.wait_all_tasks_blocked()
         for slot in slots:
-            store._limiter.release_on_behalf_of(slot)
+            store._commit_limiter.release_on_behalf_of(slot)
 
     assert outcomes["c-a"] == 1
     assert outcomes["c-b"] == 1

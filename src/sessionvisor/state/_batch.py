@@ -6,8 +6,8 @@ pooled connection for Postgres) takes *every* queued write, hands them to the
 store's ``flush`` on a worker thread, and that flush commits them in one
 transaction: one fsync for all of them. Writes that were taken by somebody
 else's flush are done (or failing) by the time their own caller gets a slot, or
-their caller waits on the write's event, which the flushing thread sets through
-``anyio.from_thread`` once the transaction is over. Every caller returns only
+their caller waits on the write's event, which the caller that flushed it sets
+once its worker thread is back. Every caller returns only
 after its own write committed, or raises that write's own error: a flush reports
 an outcome per write, so one conversation's stale write or bad row never fails
 another's save.
@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 __all__ = ["GroupCommit", "Write"]
@@ -118,7 +117,11 @@ class GroupCommit:
             async with self._limiter:
                 if not write.taken:
                     self._withdraw_if_closed(write)
-                    await anyio.to_thread.run_sync(self._flush_pending)
+                    batch: list[Write] = []
+                    try:
+                        await anyio.to_thread.run_sync(self._flush_pending, batch)
+                    finally:
+                        self._finish(batch)
             event = self._event_to_wait_on(write)
             if event is not None:
                 await event.wait()
@@ -153,10 +156,11 @@ class GroupCommit:
                     raise
             # Taken by a flush that runs anyway; that flush reports the outcome.
 
-    def _flush_pending(self) -> None:
-        # On a worker thread, holding a slot.
+    def _flush_pending(self, batch: list[Write]) -> None:
+        # On a worker thread, holding a slot: takes every queued write into ``batch``.
         with self._mutex:
-            batch, self._pending = self._pending, []
+            batch += self._pending
+            self._pending = []
             for write in batch:
                 write.taken = True
         if not batch:
@@ -169,15 +173,14 @@ class GroupCommit:
                     write.fail(exc)
             if not isinstance(exc, Exception):
                 raise
-        finally:
-            with self._mutex:
-                for write in batch:
-                    write.done = True
-                waiting = [w.event for w in batch if w.event is not None]
-            if waiting:
-                anyio.from_thread.run_sync(_set_all, waiting)
 
-
-def _set_all(events: list[anyio.Event]) -> None:
-    for event in events:
-        event.set()
+    def _finish(self, batch: list[Write]) -> None:
+        # Back on the event loop, still holding the slot: the batch's outcomes are
+        # known; wake the callers that wait for them (no call from the worker
+        # thread into the loop, which would hold the slot until the loop is free).
+        with self._mutex:
+            for write in batch:
+                write.done = True
+            waiting = [w.event for w in batch if w.event is not None]
+        for event in waiting:
+            event.set()

@@ -174,9 +174,10 @@ class SQLiteStore:
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._commit_limiter = self._limiter  # one connection: its writer is everyone's
         self._closed = False
         self._history = HistoryTracker()
-        self._commits = GroupCommit(self._flush, self._limiter, self._check_open)
+        self._commits = GroupCommit(self._flush, self._commit_limiter, self._check_open)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._path!r})"
