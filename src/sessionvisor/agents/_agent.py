@@ -124,4 +124,3 @@ class Agent(Protocol):
     """
 
     async def run(self, turn: Turn) -> Outcome: ...
-

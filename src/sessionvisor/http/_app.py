@@ -39,6 +39,15 @@ _BODY_SLACK = 64 * 1024
 _Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+def metrics_available() -> bool:
+    """True when prometheus-client (the ``metrics`` extra) can be imported."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def create_app(
     supervisor: SessionSupervisor,
     *,
@@ -49,6 +58,7 @@ def create_app(
     admin: bool = True,
     ai_sdk: bool = True,
     ag_ui: bool = True,
+    metrics: bool = True,
 ) -> Starlette:
     """Return a Starlette app serving ``supervisor`` over HTTP and Server-Sent Events.
 
@@ -84,6 +94,8 @@ def create_app(
         ai_sdk: serve the Vercel AI SDK's UI message stream protocol at ``POST
             /ai-sdk/chat`` and ``GET /ai-sdk/chat/{id}/stream`` (for ``useChat``).
         ag_ui: serve AG-UI at ``POST /ag-ui`` (for ``HttpAgent`` and CopilotKit).
+        metrics: serve ``GET /metrics`` (Prometheus' text format) when the
+            ``metrics`` extra (prometheus-client) is installed.
 
     Returns:
         The Starlette app.
@@ -129,6 +141,12 @@ def create_app(
     if admin:
         routes.append(Route("/admin", api.admin_page, methods=["GET"]))
         routes.append(Route("/admin/sessions", api.wrap(api.admin_sessions), methods=["GET"]))
+    if metrics and metrics_available():
+        from ._metrics import metrics_endpoint
+
+        routes.append(
+            Route("/metrics", metrics_endpoint(supervisor, api.streams), methods=["GET"])
+        )
     routes.append(Route("/openapi.json", api.openapi, methods=["GET"]))
 
     @asynccontextmanager

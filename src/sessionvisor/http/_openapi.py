@@ -254,6 +254,18 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "answers": {200: _json(_ref("Health"), "Ready for traffic")},
         "errors": (503,),
     },
+    ("GET", "/metrics"): {
+        "summary": "Prometheus metrics (sessions, turns, restarts, events, saves, streams)",
+        "tags": ["operations"],
+        "answers": {
+            200: {
+                "description": "Prometheus' text exposition format; no label carries a "
+                "conversation id",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+        "errors": (),
+    },
     ("GET", "/openapi.json"): {
         "summary": "This document",
         "tags": ["operations"],

@@ -178,11 +178,12 @@ class ChunkStream:
         self._heartbeat = heartbeat if heartbeat else math.inf
         self._cleanup = cleanup
         self._log = _log.bind(**log_context)
+        self._protocol = str(log_context.get("protocol", "stream"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             with anyio.CancelScope() as cancel_scope:
-                self._registry.add(cancel_scope)
+                self._registry.add(cancel_scope, self._protocol)
                 try:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)

@@ -22,6 +22,7 @@ from ._events import (
 )
 from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
 from ._intake import PreprocessContext
+from ._stats import HistogramSnapshot, Metrics
 from ._supervisor import SessionSupervisor, default_owner_of
 
 __all__ = [
@@ -29,8 +30,10 @@ __all__ = [
     "Delivery",
     "Delta",
     "Event",
+    "HistogramSnapshot",
     "MessageAppended",
     "MessageQueued",
+    "Metrics",
     "PreprocessContext",
     "Restarted",
     "SessionFailed",

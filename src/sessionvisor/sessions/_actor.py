@@ -32,6 +32,7 @@ from .._errors import (
     StaleWriteError,
 )
 from .._options import SupervisorOpts
+from .._telemetry import capture_context
 from ..state import Content, State, StoredConversation
 from ._events import (
     AgentEvent,
@@ -308,6 +309,8 @@ class Actor:
             # A turn (or a restart) is under way: the message waits, durably, for the next turn.
             # A send lifts a hold; a turn that is still running may set it again.
             self.queue.held = False
+            if self.turn.next_context is None:
+                self.turn.next_context = capture_context()  # the next turn's parent span
             self.emit(MessageQueued, message=display(message))
             # Saved mid-turn, the record says a turn was running (``turn_start``): if the
             # process dies now, recovery runs that turn again before the queue.
@@ -317,6 +320,7 @@ class Actor:
         # Nothing runs: this call starts the turn. The claim comes before any await, so
         # a concurrent send finds the worker busy and queues behind this one.
         self._worker = True
+        self.turn.next_context = capture_context()
         if self.state.interrupt is not None:
             self._abandon_interrupt()
         self._begin_turn()
@@ -358,6 +362,7 @@ class Actor:
         if scope is not None:
             self.scope = scope
         self.prepare_resume(answer)
+        self.turn.next_context = capture_context()
         self.emit(StatusChanged, status=Status.RUNNING, interrupt=None, error=None)
         if not self._worker:
             self.claim_worker()
@@ -414,7 +419,11 @@ class Actor:
 
     def end(self, reason: StopReason | None = None) -> None:
         self.life.finish(reason)
+        self.host.stats.sessions_stopped[str(self.life.reason or StopReason.STOPPED)] += 1
         self.host.forget(self)
+
+    def save_took(self, seconds: float) -> None:
+        self.host.stats.save_seconds.observe(seconds)
 
     # -- the worker ----------------------------------------------------------------
 

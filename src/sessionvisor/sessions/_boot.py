@@ -23,6 +23,7 @@ from .._errors import (
     SessionFailedError,
 )
 from .._options import SupervisorOpts
+from .._telemetry import span
 from ..factories import SessionOpts, invoke_factory
 from ..routers import resolve_sticky
 from ..state import Message, State, StateStore, StoredConversation, load_state
@@ -124,11 +125,13 @@ class Starter:
             raise NotRunning(f"conversation {cid!r}: nothing is stored to recover")
         else:
             owner = self._owner_of(scope)
-        route, recorded_opts = await resolve_sticky(
-            self._router, scope, cid, request_opts, recorded=stored, reroute=reroute
-        )
         agent_id = self._agent_id(cid)
-        agent, session_opts = await invoke_factory(route.factory, agent_id, route.config)
+        with span("sessionvisor.router", cid, agent_id):
+            route, recorded_opts = await resolve_sticky(
+                self._router, scope, cid, request_opts, recorded=stored, reroute=reroute
+            )
+        with span("sessionvisor.factory", cid, agent_id, route_key=route.key):
+            agent, session_opts = await invoke_factory(route.factory, agent_id, route.config)
         state = load_state(stored.state, cid) if stored is not None else _fresh(session_opts)
         opts = self._defaults.merged(session_opts.supervisor_opts)
         last_seq = stored.last_seq if stored is not None else 0
@@ -169,6 +172,7 @@ class Starter:
                 )
             else:
                 actor.prepare_resume(pending_resume)
+        self._host.stats.sessions_started += 1
         actor.log().info(
             "session_started", started=True, route_key=route.key, restored=stored is not None
         )
@@ -186,10 +190,12 @@ class Starter:
         recorded = stored or StoredConversation(
             state={}, route_key=actor.route_key, request_opts=actor.request_opts
         )
-        route, _ = await resolve_sticky(
-            self._router, actor.scope, cid, {}, recorded=recorded, reroute=False
-        )
-        agent, session_opts = await invoke_factory(route.factory, actor.agent_id, route.config)
+        with span("sessionvisor.router", cid, actor.agent_id):
+            route, _ = await resolve_sticky(
+                self._router, actor.scope, cid, {}, recorded=recorded, reroute=False
+            )
+        with span("sessionvisor.factory", cid, actor.agent_id, route_key=route.key):
+            agent, session_opts = await invoke_factory(route.factory, actor.agent_id, route.config)
         state = load_state(stored.state, cid) if stored is not None else _fresh(session_opts)
         on_start: Callable[[State], Awaitable[State]] | None = getattr(agent, "on_start", None)
         if on_start is not None:

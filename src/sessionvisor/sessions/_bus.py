@@ -17,6 +17,7 @@ import anyio
 from .._clock import utcnow
 from .._errors import AccessDenied, SubscriberOverflow
 from ._events import Event, Status, StatusChanged
+from ._stats import RuntimeStats
 
 __all__: list[str] = []
 
@@ -108,6 +109,7 @@ _NO_SUBSCRIBERS: list[Subscription] = []  # never appended to: see LocalBus.subs
 class Topic:
     __slots__ = (
         "_delivered",
+        "_stats",
         "agent_id",
         "conversation_id",
         "last_seq",
@@ -116,7 +118,15 @@ class Topic:
         "subscribers",
     )
 
-    def __init__(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> None:
+    def __init__(
+        self,
+        conversation_id: str,
+        agent_id: str,
+        last_seq: int,
+        replay: int,
+        stats: RuntimeStats | None = None,
+    ) -> None:
+        self._stats = stats
         self.conversation_id = conversation_id
         self.agent_id = agent_id
         self.last_seq = last_seq
@@ -142,8 +152,14 @@ class Topic:
         if replay is None:
             replay = self.replay = deque(maxlen=self.replay_size)
         replay.append(event)
+        stats = self._stats
+        if stats is not None:
+            stats.events_published += 1
         if self.subscribers:
             cut = [sub for sub in self.subscribers if not sub._push(event)]
+            if cut and stats is not None:
+                stats.subscribers_dropped += len(cut)
+                stats.events_dropped += len(cut)
             for sub in cut:
                 # A slow subscriber is dropped instead of slowing the actor or the others.
                 if self._delivered is None:
@@ -184,14 +200,15 @@ class Topic:
 class LocalBus:
     """Topics by conversation id; a topic lives while an actor or a subscriber holds it."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: RuntimeStats | None = None) -> None:
         self._topics: dict[str, Topic] = {}
+        self._stats = stats
 
     def topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
         topic = self._topics.get(conversation_id)
         if topic is None:
             topic = self._topics[conversation_id] = Topic(
-                conversation_id, agent_id, last_seq, replay
+                conversation_id, agent_id, last_seq, replay, self._stats
             )
         else:
             # The store may know of later events than a topic that outlived its actor.

@@ -14,6 +14,7 @@ import attrs
 
 from .._options import SupervisorOpts
 from ..state import State
+from ._stats import RuntimeStats
 
 if TYPE_CHECKING:
     from .._clock import Clock
@@ -46,6 +47,11 @@ class ActorHost(Protocol):
     @property
     def store(self) -> StateStore: ...
 
+    @property
+    def stats(self) -> RuntimeStats:
+        """The supervisor's counters."""
+        ...
+
     def spawn(self, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``work`` on the supervisor's bounded pool of tasks."""
         ...
@@ -68,7 +74,16 @@ class ActorHost(Protocol):
 class LocalHost:
     """``ActorHost`` for one process: the supervisor's pool, timer, registry and bus."""
 
-    __slots__ = ("_bus", "_clock", "_deadlines", "_registry", "_store", "rebuild_with", "runners")
+    __slots__ = (
+        "_bus",
+        "_clock",
+        "_deadlines",
+        "_registry",
+        "_stats",
+        "_store",
+        "rebuild_with",
+        "runners",
+    )
 
     def __init__(
         self,
@@ -78,7 +93,9 @@ class LocalHost:
         registry: Registry,
         bus: Bus,
         deadlines: Deadlines,
+        stats: RuntimeStats,
     ) -> None:
+        self._stats = stats
         self._clock = clock
         self._store = store
         self._registry = registry
@@ -94,6 +111,10 @@ class LocalHost:
     @property
     def store(self) -> StateStore:
         return self._store
+
+    @property
+    def stats(self) -> RuntimeStats:
+        return self._stats
 
     def spawn(self, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         assert self.runners is not None, "sessions run only inside the supervisor"

@@ -68,6 +68,7 @@ async def _restart_loop(actor: Actor, error: BaseException) -> bool:
             return False
         actor.restart_times = decision.times
         actor.restarts += 1
+        actor.host.stats.restarts += 1
         attempt = decision.attempt
         actor.log().warning("session_restarting", attempt=attempt, error=describe(error))
         if decision.delay > 0:
@@ -110,6 +111,7 @@ def _adopt_rebuilt(actor: Actor, rebuilt: Rebuilt) -> None:
 
 
 def give_up(actor: Actor, error: BaseException) -> None:
+    actor.host.stats.give_ups += 1
     actor.life.fail(error)
     actor.status = Status.NOT_RUNNING
     actor.emit(SessionFailed, error=describe(error))

@@ -35,6 +35,7 @@ from ._recovery import has_unanswered_work, recover_unanswered
 from ._registry import LocalRegistry
 from ._runners import Runners
 from ._seams import Bus, Mailbox, Registry
+from ._stats import Metrics, RuntimeStats
 from ._timers import Deadlines
 from ._validation import check_content, check_conversation_id, check_message_id
 
@@ -114,8 +115,9 @@ class SessionSupervisor:
         self._clock: Clock = clock or SystemClock()
         self._recover = recover
         # The three seams, chosen here and nowhere else.
+        self._stats = RuntimeStats()
         self._registry: Registry = LocalRegistry()
-        self._bus: Bus = LocalBus()
+        self._bus: Bus = LocalBus(self._stats)
         self._deadlines = Deadlines(self._clock)
         self._host = LocalHost(
             clock=self._clock,
@@ -123,6 +125,7 @@ class SessionSupervisor:
             registry=self._registry,
             bus=self._bus,
             deadlines=self._deadlines,
+            stats=self._stats,
         )
         self._starter = Starter(
             router=router,
@@ -447,6 +450,43 @@ class SessionSupervisor:
             return False
         self._check_owner(stored.owner, scope, conversation_id)
         return True
+
+    def metrics(self) -> Metrics:
+        """A snapshot of this supervisor's figures: sessions, turns, restarts, events, saves.
+
+        Gauges (live, parked, running sessions, queued messages) are counted now;
+        the rest accumulate from the moment the supervisor was built. Parked
+        sessions' queues are not unfolded to be counted (they hold none that run).
+        """
+        live = parked = running = queued = 0
+        for actor in self._registry.actors():
+            if actor.closed:
+                continue
+            live += 1
+            if actor.folded.folded:
+                parked += 1
+            else:
+                queued += len(actor.state.queued)
+            if actor.status is Status.RUNNING:
+                running += 1
+        stats = self._stats
+        return Metrics(
+            live_sessions=live,
+            parked_sessions=parked,
+            running_sessions=running,
+            queued_messages=queued,
+            sessions_started=stats.sessions_started,
+            sessions_stopped=dict(stats.sessions_stopped),
+            turns_started=stats.turns_started,
+            turns_ended=dict(stats.turns_ended),
+            restarts=stats.restarts,
+            give_ups=stats.give_ups,
+            events_published=stats.events_published,
+            subscribers_dropped=stats.subscribers_dropped,
+            events_dropped=stats.events_dropped,
+            save_seconds=stats.save_seconds.snapshot(),
+            turn_seconds=stats.turn_seconds.snapshot(),
+        )
 
     def viewer_count(self, conversation_id: str) -> int:
         """How many ``viewing`` blocks are open for the conversation (this process)."""

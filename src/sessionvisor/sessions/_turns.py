@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._telemetry import span
 from ..agents import Done, Interrupt, Pause, Turn
 from ..state import Content, Message, PendingInterrupt, State
 from ._events import MessageAppended, Status
@@ -40,7 +42,7 @@ class Crash(Exception):
 class TurnControl:
     """The running turn's controls: its cancel scope, a pending resume, who waits for it."""
 
-    __slots__ = ("active", "cancel_requested", "resume", "scope", "waiter")
+    __slots__ = ("active", "cancel_requested", "next_context", "resume", "scope", "waiter")
 
     def __init__(self) -> None:
         self.scope: anyio.CancelScope | None = None
@@ -48,6 +50,8 @@ class TurnControl:
         self.cancel_requested = False
         self.resume: tuple[Any, PendingInterrupt] | None = None  # (answer, interrupt)
         self.waiter: anyio.Event | None = None  # made only when someone waits
+        # The trace context of the request that caused the next turn (None: untraced).
+        self.next_context: Any = None
 
     def cancel(self) -> None:
         self.cancel_requested = True
@@ -68,11 +72,32 @@ class TurnControl:
 
 
 async def run_turn(actor: Actor, *, resume: bool = False) -> None:
-    """Run one turn of ``actor`` and save its outcome.
+    """Run one turn of ``actor`` and save its outcome, in a ``sessionvisor.turn`` span.
 
     Raises:
         Crash: the turn failed and the options ask for a restart.
     """
+    parent, actor.turn.next_context = actor.turn.next_context, None
+    stats = actor.host.stats
+    stats.turns_started += 1
+    began = time.perf_counter()
+    ended = "failed"
+    try:
+        with span(
+            "sessionvisor.turn",
+            actor.conversation_id,
+            actor.agent_id,
+            parent=parent,
+            resume=resume or None,
+        ):
+            ended = await _run_turn(actor, resume)
+    finally:
+        stats.turns_ended[ended] += 1
+        stats.turn_seconds.observe(time.perf_counter() - began)
+
+
+async def _run_turn(actor: Actor, resume: bool) -> str:
+    """Run the turn; return how it ended (for the figures)."""
     control = actor.turn
     state = actor.state
     history = state.messages
@@ -115,15 +140,16 @@ async def run_turn(actor: Actor, *, resume: bool = False) -> None:
     control.cancel_requested = False
     try:
         if cancelled or error is not None:
-            await _roll_back(actor, state, history, mark, metadata, taken, answered, error)
-            return
+            return await _roll_back(actor, state, history, mark, metadata, taken, answered, error)
         _finish_outcome(actor, outcome, turn, history, mark)
         if isinstance(outcome, Interrupt):
             await actor.persist("interrupt")
-        elif isinstance(outcome, Pause):
+            return "interrupted"
+        if isinstance(outcome, Pause):
             await actor.persist("pause")
-        else:
-            await actor.persist("completion", shield=False)
+            return "paused"
+        await actor.persist("completion", shield=False)
+        return "completed"
     finally:
         control.active = False
         control.release_waiters()
@@ -138,7 +164,7 @@ async def _roll_back(
     taken: int,
     answered: PendingInterrupt | None,
     error: Exception | None,
-) -> None:
+) -> str:
     stop_reason = actor.life.reason
     # A turn cut short by a stop does not hold the queue: those messages were never
     # refused by the user, so the next wake answers them.
@@ -158,17 +184,18 @@ async def _roll_back(
             actor.queue.give_back(state, history, mark, taken)
             actor.set_status(Status.CANCELLED)
         actor.log().info("turn_cancelled", by=str(stop_reason))
-        return
+        return "handed_back"
     if error is None:
         actor.set_status(Status.CANCELLED)
         await actor.persist("cancel")
         actor.log().info("turn_cancelled")
-        return
+        return "cancelled"
     actor.log().warning("turn_failed", error=describe(error))
     actor.set_status(Status.ERROR, error=describe(error))
     await actor.persist("error")
     if actor.opts.restart_on_error:
         raise Crash(error)
+    return "failed"
 
 
 async def _call_resume(agent: Any, turn: Turn, answer: Any) -> Any:

@@ -12,12 +12,14 @@ stops as ``superseded`` without writing again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from .._errors import StaleWriteError
+from .._telemetry import span
 
 if TYPE_CHECKING:
     from .._clock import Clock
@@ -30,6 +32,11 @@ class WriterOwner(Protocol):
     """What the writer needs from the session it writes for."""
 
     conversation_id: str
+    agent_id: str
+
+    def save_took(self, seconds: float) -> None:
+        """How long one save took (for the operators' figures)."""
+        ...
 
     def record(self, lifecycle: Lifecycle, reserve: int) -> StoredConversation:
         """The record to save now (built at the moment of the save)."""
@@ -125,6 +132,7 @@ class Writer:
         owner = self._owner
         self._saving = True
         gen = self.gen
+        began = time.perf_counter()
         try:
             save = store.save(
                 owner.conversation_id,
@@ -132,15 +140,22 @@ class Writer:
                 expected_version=self.version,
                 lifecycle=lifecycle,
             )
-            if shield:
-                # A caller that goes away must not leave a save half-done (the store
-                # would move on while we keep the old version). The worker is only
-                # cancelled after the drain, so it skips the cost.
-                with anyio.CancelScope(shield=True):
+            with span(
+                "sessionvisor.store.save",
+                owner.conversation_id,
+                owner.agent_id,
+                lifecycle=lifecycle,
+            ):
+                if shield:
+                    # A caller that goes away must not leave a save half-done (the store
+                    # would move on while we keep the old version). The worker is only
+                    # cancelled after the drain, so it skips the cost.
+                    with anyio.CancelScope(shield=True):
+                        self.version = await save
+                else:
                     self.version = await save
-            else:
-                self.version = await save
             self.saved_gen = gen
+            owner.save_took(time.perf_counter() - began)
         except StaleWriteError as exc:
             owner.log().warning("session_superseded", error=str(exc))
             owner.superseded(exc)

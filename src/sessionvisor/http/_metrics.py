@@ -1,0 +1,127 @@
+"""``GET /metrics``: the supervisor's figures in Prometheus' text format (extra ``metrics``).
+
+The figures are read when Prometheus scrapes (``SessionSupervisor.metrics()``
+plus the app's open streams), through a collector on a registry of the app's
+own, so two apps in one process never clash and nothing is kept twice. No
+label carries a conversation id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..sessions import HistogramSnapshot, SessionSupervisor
+from ._sse import StreamRegistry
+
+__all__ = ["metrics_endpoint"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _SupervisorCollector(Collector):
+    def __init__(self, supervisor: SessionSupervisor, streams: StreamRegistry) -> None:
+        self._sup = supervisor
+        self._streams = streams
+
+    def collect(self) -> Iterator[Metric]:
+        if self._sup.phase != "open":
+            return
+        m = self._sup.metrics()
+        yield _gauge("sessions_live", "Sessions with an actor (any status).", m.live_sessions)
+        yield _gauge(
+            "sessions_parked", "Live sessions whose State is folded while idle.", m.parked_sessions
+        )
+        yield _gauge("sessions_running", "Live sessions with a turn under way.", m.running_sessions)
+        yield _gauge("queued_messages", "User messages waiting for a next turn.", m.queued_messages)
+        yield _counter("sessions_started", "Sessions started (actors made).", m.sessions_started)
+        stopped = CounterMetricFamily(
+            "sessionvisor_sessions_stopped", "Sessions stopped, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(m.sessions_stopped.items()):
+            stopped.add_metric([reason], count)
+        yield stopped
+        yield _counter("turns_started", "Turns begun.", m.turns_started)
+        ended = CounterMetricFamily(
+            "sessionvisor_turns_ended",
+            "Turns ended, by outcome (completed, interrupted, paused, failed, cancelled, "
+            "handed_back).",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(m.turns_ended.items()):
+            ended.add_metric([outcome], count)
+        yield ended
+        yield _counter("restarts", "Restarts made by the restart policy.", m.restarts)
+        yield _counter("give_ups", "Sessions that gave up after repeated crashes.", m.give_ups)
+        yield _counter("events_published", "Events issued to conversations.", m.events_published)
+        yield _counter(
+            "subscribers_dropped",
+            "Subscribers cut off for falling too far behind.",
+            m.subscribers_dropped,
+        )
+        yield _counter(
+            "events_dropped",
+            "Events that did not fit a slow subscriber's buffer.",
+            m.events_dropped,
+        )
+        yield _histogram("store_save_seconds", "Time the store took per save.", m.save_seconds)
+        yield _histogram(
+            "turn_seconds", "Time a turn took, start to saved outcome.", m.turn_seconds
+        )
+        streams = GaugeMetricFamily(
+            "sessionvisor_http_streams_open",
+            "Event streams open to clients, by protocol (sse, ai-sdk, ag-ui).",
+            labels=["protocol"],
+        )
+        by_protocol = {"sse": 0, "ai-sdk": 0, "ag-ui": 0, **self._streams.open_by_protocol()}
+        for protocol, count in sorted(by_protocol.items()):
+            streams.add_metric([protocol], count)
+        yield streams
+        batches = getattr(self._sup.store, "batch_sizes", None)
+        if isinstance(batches, HistogramSnapshot):
+            yield _histogram_of(
+                "sessionvisor_store_batch_size", "Saves committed per store transaction.", batches
+            )
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"sessionvisor_{name}", doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"sessionvisor_{name}", doc, value=value)
+
+
+def _histogram(name: str, doc: str, snap: HistogramSnapshot) -> HistogramMetricFamily:
+    return _histogram_of(f"sessionvisor_{name}", doc, snap)
+
+
+def _histogram_of(full: str, doc: str, snap: HistogramSnapshot) -> HistogramMetricFamily:
+    buckets = [(_bound(bound), count) for bound, count in snap.buckets]
+    return HistogramMetricFamily(full, doc, buckets=buckets, sum_value=snap.sum)
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def metrics_endpoint(supervisor: SessionSupervisor, streams: StreamRegistry) -> Any:
+    """Return the ``GET /metrics`` endpoint for one app."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SupervisorCollector(supervisor, streams))
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE)
+
+    return metrics

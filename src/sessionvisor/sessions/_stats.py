@@ -1,0 +1,113 @@
+"""What the runtime counts for operators, without depending on a metrics library.
+
+Counters and latency histograms live here as plain numbers; the supervisor
+reads the gauges (live, parked, running sessions, queued messages) from its
+registry when asked. ``SessionSupervisor.metrics()`` returns a snapshot, and
+``sessionvisor.http`` exposes it to Prometheus when that extra is installed.
+Labels never carry conversation ids: a label per conversation would make the
+series grow without bound.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+
+import attrs
+
+__all__: list[str] = ["HistogramSnapshot", "Metrics", "RuntimeStats"]
+
+# Seconds: from a memory store's save (~10 µs) to a slow disk or network (10 s).
+SECONDS_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+@attrs.frozen
+class HistogramSnapshot:
+    """Cumulative counts per upper bound (``+Inf`` last), the sum and the count."""
+
+    buckets: tuple[tuple[float, int], ...]
+    sum: float
+    count: int
+
+
+class Histogram:
+    __slots__ = ("_bounds", "_counts", "count", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = SECONDS_BUCKETS) -> None:
+        self._bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def snapshot(self) -> HistogramSnapshot:
+        total = 0
+        cumulative: list[tuple[float, int]] = []
+        for bound, count in zip((*self._bounds, float("inf")), self._counts):
+            total += count
+            cumulative.append((bound, total))
+        return HistogramSnapshot(tuple(cumulative), self.sum, self.count)
+
+
+class RuntimeStats:
+    """The supervisor's counters, bumped by the runtime as things happen."""
+
+    def __init__(self) -> None:
+        self.sessions_started = 0
+        self.sessions_stopped: Counter[str] = Counter()  # by stop reason
+        self.turns_started = 0
+        self.turns_ended: Counter[str] = Counter()  # completed, interrupted, paused, ...
+        self.restarts = 0
+        self.give_ups = 0
+        self.events_published = 0
+        self.subscribers_dropped = 0
+        self.events_dropped = 0
+        self.save_seconds = Histogram()
+        self.turn_seconds = Histogram()
+
+
+@attrs.frozen(kw_only=True)
+class Metrics:
+    """A snapshot of one supervisor's figures (see ``SessionSupervisor.metrics``).
+
+    Attributes:
+        live_sessions: sessions with an actor (running, idle, interrupted, ...).
+        parked_sessions: live sessions whose State is folded while idle.
+        running_sessions: live sessions with a turn under way.
+        queued_messages: user messages waiting for a next turn (unfolded sessions).
+        sessions_started: actors started since the supervisor was entered.
+        sessions_stopped: actors stopped, by reason (``inactivity``, ``drain``, ...).
+        turns_started: turns begun.
+        turns_ended: turns ended, by outcome (``completed``, ``interrupted``,
+            ``paused``, ``failed``, ``cancelled``, ``handed_back``).
+        restarts: restarts made by policy.
+        give_ups: sessions that gave up after repeated crashes.
+        events_published: events issued to the conversations' topics.
+        subscribers_dropped: subscribers cut off for falling too far behind.
+        events_dropped: events those cut-off subscribers did not receive.
+        save_seconds: how long the store took per save.
+        turn_seconds: how long turns took, start to saved outcome.
+    """
+
+    live_sessions: int
+    parked_sessions: int
+    running_sessions: int
+    queued_messages: int
+    sessions_started: int
+    sessions_stopped: dict[str, int]
+    turns_started: int
+    turns_ended: dict[str, int]
+    restarts: int
+    give_ups: int
+    events_published: int
+    subscribers_dropped: int
+    events_dropped: int
+    save_seconds: HistogramSnapshot
+    turn_seconds: HistogramSnapshot
