@@ -11,8 +11,9 @@ W7, ``bench/stream.py``), so the writer does as little per event as it can:
 every event is encoded once, not once per subscriber (``EncodedEvents`` keeps
 the bytes of recent events, shared by all the streams of an app); the events
 waiting in a subscription when the writer wakes go out as one write, not one
-each; and heartbeats come from a sleeping helper task that looks at a write
-counter, instead of a timeout armed around every wait for the next event.
+each; and heartbeats come from the task that already waits for the client to
+disconnect (it looks at a write counter every half heartbeat), instead of a
+timeout armed around every wait for the next event or a task of their own.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import anyio.abc
 import attrs
 import structlog
 from starlette.types import Receive, Scope, Send
@@ -124,18 +124,25 @@ class StreamRegistry:
     """
 
     def __init__(self) -> None:
-        self._scopes: set[anyio.CancelScope] = set()
+        self._scopes: dict[anyio.CancelScope, str] = {}  # open stream -> its protocol
         self.closing = False
         self.encoded = EncodedEvents()
 
     def __len__(self) -> int:
         return len(self._scopes)
 
-    def add(self, scope: anyio.CancelScope) -> None:
-        self._scopes.add(scope)
+    def add(self, scope: anyio.CancelScope, protocol: str = "sse") -> None:
+        self._scopes[scope] = protocol
 
     def discard(self, scope: anyio.CancelScope) -> None:
-        self._scopes.discard(scope)
+        self._scopes.pop(scope, None)
+
+    def open_by_protocol(self) -> dict[str, int]:
+        """How many streams are open, by protocol (``sse``, ``ai-sdk``, ``ag-ui``)."""
+        counts: dict[str, int] = {}
+        for protocol in self._scopes.values():
+            counts[protocol] = counts.get(protocol, 0) + 1
+        return counts
 
     def close(self) -> int:
         """End every open stream (and refuse new ones); return how many were open."""
@@ -198,8 +205,9 @@ class EventStream:
         self._registry = registry
         self._cleanup = cleanup
         self._log = _log.bind(conversation_id=conversation_id)
-        # Bumped by every write; the heartbeat task pings when it stops moving.
+        # Bumped by every write; the watcher pings when it stops moving.
         self._writes = 0
+        self._started = False
         self._ended = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -209,8 +217,8 @@ class EventStream:
                 self._registry.add(cancel_scope)
                 try:
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(_watch_disconnect, receive, tg.cancel_scope, disconnected)
-                        await self._stream(send, tg)
+                        tg.start_soon(self._watch, receive, send, tg.cancel_scope, disconnected)
+                        await self._stream(send)
                         tg.cancel_scope.cancel()
                 finally:
                     self._registry.discard(cancel_scope)
@@ -224,11 +232,10 @@ class EventStream:
             with anyio.CancelScope(shield=True):
                 await self._cleanup()
 
-    async def _stream(self, send: Send, tg: anyio.abc.TaskGroup) -> None:
+    async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         await _body(send, f"retry: {RETRY_MS}\n\n".encode())
-        if self._heartbeat != math.inf:
-            tg.start_soon(self._heartbeats, send)
+        self._started = True
         try:
             await self._forward(send)
         except SubscriberOverflow as exc:
@@ -272,28 +279,42 @@ class EventStream:
                 size += len(data)
             await _body(send, b"".join(batch))
 
-    async def _heartbeats(self, send: Send) -> None:
-        """Send a ``: ping`` comment after a heartbeat's worth of quiet.
+    async def _watch(
+        self,
+        receive: Receive,
+        send: Send,
+        cancel_scope: anyio.CancelScope,
+        disconnected: anyio.Event,
+    ) -> None:
+        """End the stream when the client disconnects; ping after a heartbeat of quiet.
 
-        It wakes every half heartbeat and pings once the write counter has not
-        moved for two wakes (between 1 and 1.5 heartbeats of quiet). Its write
-        may overlap the writer's only while the connection is paused for flow
-        control, and each write is whole, so a ping never splits an event.
+        Between messages from the client it wakes every half heartbeat and pings
+        once the write counter has not moved for two wakes (between 1 and 1.5
+        heartbeats of quiet). A ping may overlap the writer's write only while
+        the connection is paused for flow control, and each write is whole, so
+        a ping never splits an event.
         """
         period = self._heartbeat / 2
         seen = [-1, -1]
         while True:
-            await anyio.sleep(period)
+            with anyio.move_on_after(period):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected.set()
+                    cancel_scope.cancel()
+                    return
+                continue
             now = self._writes
-            if now == seen[0] == seen[1] and not self._ended:
+            if now == seen[0] == seen[1] and self._started and not self._ended:
                 # Quiet for a while: a comment line keeps proxies from closing the stream.
                 self._writes += 1
                 now = self._writes
                 try:
                     await _body(send, _PING)
                 except Exception:
-                    # Only if the answer ended while this write waited for the
-                    # client to drain: the connection is going, nothing to ping.
+                    # The connection is going (or the answer ended while this
+                    # write waited for the client to drain): end the stream.
+                    cancel_scope.cancel()
                     return
             seen = [seen[1], now]
 
@@ -313,14 +334,3 @@ class EventStream:
 
 async def _body(send: Send, data: bytes) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": True})
-
-
-async def _watch_disconnect(
-    receive: Receive, cancel_scope: anyio.CancelScope, disconnected: anyio.Event
-) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            disconnected.set()
-            cancel_scope.cancel()
-            return
