@@ -21,7 +21,7 @@ from sessionvisor import (
     Status,
     StatusChanged,
 )
-from sessionvisor.testing import collect_until, wait_for_status, wait_until_settled
+from sessionvisor.testing import collect_until, wait_for_status, wait_until, wait_until_settled
 
 from ._support import (
     WAIT,
@@ -73,8 +73,7 @@ async def test_cancel_holds_the_queue_and_the_next_message_is_answered(
         with anyio.fail_after(1):
             assert await sup.cancel("c-1") is Status.CANCELLED
 
-        for _ in range(5):
-            await anyio.sleep(0.002)
+        await anyio.wait_all_tasks_blocked()  # whatever the cancel set off has run
         assert await sup.status("c-1") is Status.CANCELLED
         assert [m.content for m in (await stored_state(sup.store, "c-1")).queued] == ["q1"]
 
@@ -600,9 +599,7 @@ async def test_calls_while_draining_raise_registry_unavailable_and_the_turn_fini
         await _slow_turn(sup, backend)
 
         async def probe() -> None:
-            with anyio.fail_after(WAIT):
-                while not sup.draining:
-                    await anyio.sleep(0.001)
+            await wait_until(lambda: sup.draining, timeout=WAIT)
             for name, call in _calls(sup).items():
                 try:
                     refused[name] = await call()
@@ -688,8 +685,7 @@ async def test_cancel_right_after_send_cancels_that_turn(anyio_backend: str) -> 
             status = await sup.cancel("c-1")
 
         assert status is Status.CANCELLED
-        for _ in range(5):
-            await anyio.sleep(0.002)
+        await anyio.wait_all_tasks_blocked()  # whatever the cancel set off has run
         assert await sup.status("c-1") is Status.CANCELLED
         state = await stored_state(sup.store, "c-1")
         assert texts(state) == ["hello"]

@@ -132,12 +132,12 @@ async def test_drain_cancels_turns_that_outlast_shutdown_timeout_and_keeps_their
 
             async def tick() -> None:
                 await wait_until(lambda: sup.draining)
-                await anyio.sleep(0.05)
+                await anyio.wait_all_tasks_blocked()
                 # within the timeout nothing is cut short
                 assert not any(recorders[cid].of(Shutdown) for cid in SLOW)
                 while not drained.is_set():
                     clock.advance(1.0)
-                    await anyio.sleep(0.005)
+                    await anyio.wait_all_tasks_blocked()
 
             async with sup:
                 for cid in ALL:

@@ -25,7 +25,6 @@ from sessionvisor.testing import (
     ScriptedAgent,
     record_events,
     wait_for_status,
-    wait_until,
 )
 
 from ._support import (
@@ -39,11 +38,14 @@ from ._support import (
     user_texts,
 )
 
-SETTLE = 0.02  # real seconds given to the runtime before asserting that nothing happened
-
 
 async def nothing_happens(rec: EventRecorder, cls: type = Shutdown) -> None:
-    await anyio.sleep(SETTLE)
+    """Let every task run until it blocks, then check that no ``cls`` event came.
+
+    Time is a ``ManualClock`` and these stores save without a worker thread, so
+    once every task blocks, whatever the last ``advance`` set off has happened.
+    """
+    await anyio.wait_all_tasks_blocked()
     assert rec.of(cls) == []
 
 
@@ -71,9 +73,11 @@ async def test_an_idle_session_persists_then_stops_once_after_inactivity_timeout
 
             store.save_delay = 5.0  # the shutdown save takes 5 s: no Shutdown before it lands
             clock.advance(0.1)
-            await wait_until(lambda: clock.sleepers >= 1)  # the shutdown save is under way
-            await nothing_happens(rec)
-            clock.advance(5.0)
+            await clock.wait_for_sleepers(1)  # the shutdown save is under way
+            try:
+                await nothing_happens(rec)
+            finally:
+                clock.advance(5.0)  # the save lands (also after a failed check: the drain ends)
             (shutdown,) = await rec.wait_for(lambda e: isinstance(e, Shutdown))
 
             assert shutdown.reason == "inactivity"
@@ -91,7 +95,7 @@ async def test_an_idle_session_persists_then_stops_once_after_inactivity_timeout
             assert user_texts(await stored_state(store.inner, "c")) == ["hello"]
 
             clock.advance(1000)
-            await anyio.sleep(SETTLE)
+            await anyio.wait_all_tasks_blocked()
             assert len(rec.of(Shutdown)) == 1
 
 
@@ -144,7 +148,8 @@ async def test_an_interrupted_session_that_idles_out_comes_back_interrupted(
     anyio_backend: str, tmp_path: Path
 ) -> None:
     clock = ManualClock()
-    store = SQLiteStore(tmp_path / "chat.db")
+    # Wrapped so that saved_as sees the interrupt's save come back from SQLite's thread.
+    store = FlakyStore(SQLiteStore(tmp_path / "chat.db"))
     agent = ScriptedAgent()
     sup, _, factory = counted_supervisor(
         CountingFactory(lambda: agent),
@@ -362,7 +367,7 @@ async def test_viewing_does_not_wake_a_stopped_session(anyio_backend: str) -> No
             async with sup.viewing("c"), sup.subscribe("c") as events:
                 snapshot = await events.__anext__()
                 clock.advance(10)
-                await anyio.sleep(SETTLE)
+                await anyio.wait_all_tasks_blocked()
                 assert not await sup.running("c")
                 assert await sup.status("c") is Status.NOT_RUNNING
 

@@ -124,7 +124,7 @@ async def test_resume_wake_keeps_the_interrupt_stored_until_the_answer_is_done(
 
         backend.agent.answers.append(answer)
         backend.agent.slow_started.set()
-        await backend.agent._gate.wait()
+        await backend.agent.wait_released()
         return Done(turn.state, reply=f"answered {answer}")
 
     backend.agent.resume = slow_resume
@@ -271,8 +271,7 @@ async def test_resume_of_a_woken_session_without_stored_interrupt_drops_the_answ
         assert "c-1" in str(caught.value)
         assert caught.value.status != "interrupted"
         assert backend.agent.answers == []
-        for _ in range(5):
-            await anyio.sleep(0.002)
+        await anyio.wait_all_tasks_blocked()  # a turn the refused resume set off would run
         after = await stored_state(sup.store, "c-1")
         assert texts(after) == texts(before) == ["hello", "re: hello"]
         assert after.interrupt is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from sessionvisor import (
@@ -102,7 +103,7 @@ async def test_async_preprocessor_sees_the_conversation_in_its_context(
     contexts: list[tuple[str, str, Any, int]] = []
 
     async def note(message: Message, ctx: PreprocessContext) -> Message:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()  # a preprocessor that really awaits
         contexts.append((ctx.conversation_id, ctx.agent_id, ctx.scope, len(ctx.state.messages)))
         ctx.state.messages.clear()  # a read-only copy: this must not reach the session
         return message

@@ -363,13 +363,13 @@ async def test_restart_backoff_delays_each_restart_and_doubles(anyio_backend: st
             for n, backoff in ((1, 1.0), (2, 2.0), (3, 4.0)):
                 sleepers = clock.sleepers
                 await sup.send("c", f"crash {n}")
-                await wait_until(lambda s=sleepers: clock.sleepers > s)  # the restart waits
-                await anyio.sleep(0.02)
+                await clock.wait_for_sleepers(sleepers + 1)  # the restart waits
+                await anyio.wait_all_tasks_blocked()
                 assert len(rec.of(Restarted)) == n - 1
                 assert factory.calls_for("c") == n
 
                 clock.advance(backoff - 0.1)
-                await anyio.sleep(0.02)
+                await anyio.wait_all_tasks_blocked()
                 assert len(rec.of(Restarted)) == n - 1
 
                 clock.advance(0.1)

@@ -108,8 +108,8 @@ async def test_thousand_concurrent_starts_and_sends_make_one_session(anyio_backe
                 for i in range(500):
                     tg.start_soon(starter)
                     tg.start_soon(sender, i)
-                while entered < 1000 or not backend.router_calls:
-                    await anyio.sleep(0.001)
+                await anyio.wait_all_tasks_blocked()
+                assert entered == 1000 and len(backend.router_calls) == 1
                 # Every caller is now inside the start (one consulting the router,
                 # the others waiting on it): let the one router call finish.
                 backend.router_gate.set()
@@ -217,9 +217,9 @@ async def test_concurrent_callers_of_a_failing_start_all_see_its_error(
             async with anyio.create_task_group() as tg:
                 for _ in range(10):
                     tg.start_soon(starter)
-                while not backend.router_calls:
-                    await anyio.sleep(0.001)
-                await anyio.sleep(0.01)
+                # Every starter joins the one start before the router answers.
+                await anyio.wait_all_tasks_blocked()
+                assert len(backend.router_calls) == 1
                 backend.router_gate.set()
 
         assert len(errors) == 10

@@ -16,7 +16,7 @@ from sessionvisor import (
     Status,
     Turn,
 )
-from sessionvisor.testing import wait_for_status
+from sessionvisor.testing import wait_for_status, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -82,8 +82,7 @@ async def test_a_queued_message_whose_turn_a_stop_cut_short_is_answered_after_th
             info = await sup.start("c")
             assert info.started
             await wait_for_status(sup, "c", Status.IDLE)
-            while texts(info.handle.snapshot().messages)[-1:] != ["re: b"]:
-                await anyio.sleep(0.001)
+            await wait_until(lambda: texts(info.handle.snapshot().messages)[-1:] == ["re: b"])
         assert texts(info.handle.snapshot().messages) == ["a", "re: a", "b", "re: b"]
 
 

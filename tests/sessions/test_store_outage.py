@@ -18,6 +18,7 @@ from ._support import (
     CountingFactory,
     Cues,
     SharedCueAgent,
+    WatchedStore,
     assistant_texts,
     counted_supervisor,
     stored_state,
@@ -114,7 +115,7 @@ async def test_a_failed_save_is_retried_after_the_backoff_which_doubles(
 
             # first retry after 1 s, still failing
             clock.advance(0.9)
-            await anyio.sleep(0.02)
+            await anyio.wait_all_tasks_blocked()
             assert store.failed_saves == failed
             clock.advance(0.1)
             await wait_until(lambda: store.failed_saves == failed + 1)
@@ -122,7 +123,7 @@ async def test_a_failed_save_is_retried_after_the_backoff_which_doubles(
             # the next one waits twice as long, and succeeds
             store.heal()
             clock.advance(1.9)
-            await anyio.sleep(0.02)
+            await anyio.wait_all_tasks_blocked()
             assert await stored_state_or_none(store.inner, "c") is None
             clock.advance(0.1)
             await wait_until(lambda: bool(store.saves))
@@ -155,7 +156,7 @@ async def test_an_idle_session_whose_store_is_down_does_not_stop_and_lose_its_me
             failed = store.failed_saves
             clock.advance(61)
             await wait_until(lambda: store.failed_saves > failed)  # the shutdown save
-            await anyio.sleep(0.02)
+            await anyio.wait_all_tasks_blocked()
             assert rec.of(Shutdown) == []
             handle = sup.get("c")
             assert handle is not None
@@ -174,7 +175,7 @@ async def test_a_stale_write_stops_the_session_as_superseded_and_it_writes_nothi
     anyio_backend: str, tmp_path: Path
 ) -> None:
     inner = SQLiteStore(tmp_path / "chat.db")
-    store = FlakyStore(inner)
+    store = WatchedStore(inner)  # counts a save as soon as it begins, before SQLite's thread
     cues = Cues()
     sup, _, _ = counted_supervisor(CountingFactory(lambda: SharedCueAgent(cues)), store=store)
     with anyio.fail_after(WAIT):
@@ -197,6 +198,7 @@ async def test_a_stale_write_stops_the_session_as_superseded_and_it_writes_nothi
             )
             after_takeover = await inner.load("c")
             saves = len(store.saves)
+            attempts = store.save_attempts
 
             with pytest.raises(NotRunning, match="'c'"):
                 await handle.send("two")
@@ -206,7 +208,11 @@ async def test_a_stale_write_stops_the_session_as_superseded_and_it_writes_nothi
             assert not await sup.running("c")
             assert handle.status is Status.NOT_RUNNING
 
-            await anyio.sleep(0.02)
+            # A save begins in the session's own task, so once every task blocks any
+            # later save is counted, even one still on SQLite's thread: there is
+            # exactly the one that met the other writer's version.
+            await anyio.wait_all_tasks_blocked()
+            assert store.save_attempts == attempts + 1
             assert len(store.saves) == saves
             now = await inner.load("c")
             assert now is not None and after_takeover is not None
