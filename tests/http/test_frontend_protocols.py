@@ -13,9 +13,11 @@ import json
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
+from structlog.testing import capture_logs
 
-from sessionvisor import PendingInterrupt
+from sessionvisor import Done, FunctionAgent, PendingInterrupt
 from sessionvisor.http._errors import HTTPError
 from sessionvisor.http._interrupts import (
     INTERRUPT_TOOL,
@@ -531,3 +533,39 @@ async def test_a_session_that_gives_up_ends_the_stream_instead_of_hanging() -> N
     # The start fails, so the send does: a 503 saying to try again, never a hanging stream.
     assert (status, chunks[0]["error"]) == (503, "SessionFailedError")
     assert (ag_status, events[0]["error"]) == (503, "SessionFailedError")
+
+
+async def test_a_client_that_falls_behind_still_gets_the_whole_reply() -> None:
+    words = [f"w{i} " for i in range(600)]
+
+    async def fast(turn: Any) -> Any:
+        # Far quicker than the stream drains: its subscription overflows and is resumed.
+        for i, word in enumerate(words):
+            turn.delta(word)
+            if i % 150 == 149:
+                await anyio.lowlevel.checkpoint()
+        return Done(turn.state)
+
+    opts = {"subscriber_buffer": 8, "replay_buffer": 4}
+    async with open_app(agent=FunctionAgent(fast), supervisor_opts=opts) as env:
+        with capture_logs() as logs:
+            status, chunks = await ai_chat(env, chat_body("c-1", user("go")))
+            ag_status, events = await ag_run(env, run_input("c-2", ag_user("go")))
+    assert (status, ag_status) == (200, 200)
+    assert not [e for e in logs if e["log_level"] == "error"]
+    assert "".join(d["delta"] for d in of_type(chunks, "text-delta")) == "".join(words)
+    assert kinds(chunks)[-3:] == ["finish-step", "finish", "[DONE]"]
+    assert any(c["data"].get("status") == "running" for c in of_type(chunks, "data-status"))
+    open_parts: set[str] = set()
+    for chunk in chunks:  # every delta belongs to an open text part
+        if isinstance(chunk, dict) and chunk["type"] == "text-start":
+            open_parts.add(chunk["id"])
+        elif isinstance(chunk, dict) and chunk["type"] == "text-delta":
+            assert chunk["id"] in open_parts
+        elif isinstance(chunk, dict) and chunk["type"] == "text-end":
+            open_parts.remove(chunk["id"])
+    text = "".join(e["delta"] for e in events if e["type"] == "TEXT_MESSAGE_CONTENT")
+    assert text == "".join(words)
+    assert events[-1]["type"] == "RUN_FINISHED"
+    gaps = [e for e in events if e["type"] == "CUSTOM" and e["value"].get("gap")]
+    assert gaps, "the test must make the stream fall behind"

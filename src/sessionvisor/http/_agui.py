@@ -65,7 +65,7 @@ from ._aisdk import send_kwargs
 from ._bodies import check_content_size, check_conversation_id, read_body
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
-from ._streaming import ChunkStream, Step, follow_turn
+from ._streaming import ChunkStream, Step, follow_turn, reply_text, resubscribing
 
 if TYPE_CHECKING:
     from ._app import _Api
@@ -239,6 +239,8 @@ class _Translator:
         self.finished = False
         self.text_id: str | None = None
         self.streamed = False
+        self.sent = ""  # the text streamed of the reply being written
+        self.gapped = False  # events were lost: the rest of the reply comes from its message
         self.tools: set[str] = set()
         self.answered: set[str] = set()
         self.awaiting: list[str] = []
@@ -264,7 +266,20 @@ class _Translator:
         if self.text_id is None:
             self.text_id = message_id
             yield TextMessageStartEvent(message_id=message_id, role="assistant")
+        self.sent += text
         yield TextMessageContentEvent(message_id=self.text_id, delta=text)
+
+    def _rest_of_reply(self, message_id: str, full: str) -> Iterator[BaseEvent]:
+        """After lost events: the part of the stored reply the client has not seen."""
+        if full.startswith(self.sent):
+            yield from self._text(message_id, full[len(self.sent) :])
+        self.gapped = False
+
+    def recovered(self, reply: str) -> Iterator[BaseEvent]:
+        """The turn ended in lost events: finish its text from the stored reply."""
+        if self.gapped:
+            yield from self._rest_of_reply(self.ids.peek(f"msg-{self.run_id}"), reply)
+            yield from self._close_text()
 
     def _tool_call(self, call_id: str, name: str, args: Any) -> Iterator[BaseEvent]:
         if call_id in self.tools:
@@ -346,6 +361,8 @@ class _Translator:
         if step in ("wait", "start"):
             if step == "start" and isinstance(event, MessageAppended):
                 self.ids.user(event.message.id)  # a queued message's turn starts with it
+            if step == "start" and isinstance(event, StatusChanged) and event.gap:
+                self.gapped = True
             yield self.custom(event)
             return
         if step == "next":
@@ -356,7 +373,8 @@ class _Translator:
             return
         if isinstance(event, Delta):
             self.streamed = True
-            yield from self._text(self.ids.peek(f"msg-{event.seq}"), event.text)
+            if not self.gapped:
+                yield from self._text(self.ids.peek(f"msg-{event.seq}"), event.text)
         elif isinstance(event, MessageAppended):
             message = event.message
             if message.role == "user":
@@ -364,9 +382,11 @@ class _Translator:
                 yield self.custom(event)
             elif message.role == "assistant":
                 name = self.ids.assistant(message.id)
-                if not self.streamed:
+                if self.gapped:
+                    yield from self._rest_of_reply(name, message.text())
+                elif not self.streamed:
                     yield from self._text(name, message.text())
-                self.streamed = False
+                self.streamed, self.sent = False, ""
                 yield from self._close_text()
             elif message.role == "tool" and self.awaiting:
                 yield from self._tool_result(self.awaiting.pop(0), _text_of(message.content))
@@ -375,6 +395,10 @@ class _Translator:
         elif isinstance(event, AgentEvent):
             yield from self._agent_event(event)
         else:
+            if isinstance(event, StatusChanged) and event.gap:
+                # Some deltas were lost: hold the text until the reply's message comes.
+                yield from self._close_text()
+                self.gapped = True
             yield self.custom(event)
 
     def _agent_event(self, event: AgentEvent) -> Iterator[BaseEvent]:
@@ -496,7 +520,10 @@ class _AGUI:
             await stack.aclose()
             raise
         translator = _Translator(cid, body.run_id, decisions, history)
-        steps = follow_turn(events, mode=mode, queued_content=content)
+        steps = follow_turn(
+            resubscribing(self.sup, cid, scope, stack, events), mode=mode, queued_content=content
+        )
+        asked = newest.id if decisions is None and newest is not None else None
         encoder = self.encoder
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -514,6 +541,13 @@ class _AGUI:
                         yield encoder.encode(out).encode()
                     return
                 async for step, event in steps:
+                    if step == "end" and isinstance(event, StatusChanged) and event.gap:
+                        translator.gapped = True  # the turn ended in the events that were lost
+                    if step == "end" and translator.gapped:
+                        for out in translator.recovered(
+                            await reply_text(self.sup, cid, scope, asked)
+                        ):
+                            yield encoder.encode(out).encode()
                     for out in translator.feed(step, event):
                         yield encoder.encode(out).encode()
                     if translator.finished:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,7 +51,15 @@ from ..sessions import (
 from ._bodies import check_content_size, check_conversation_id, read_body
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
-from ._streaming import ChunkStream, Step, follow_turn, replay_then_follow, turn_start_index
+from ._streaming import (
+    ChunkStream,
+    Step,
+    follow_turn,
+    replay_then_follow,
+    reply_text,
+    resubscribing,
+    turn_start_index,
+)
 
 if TYPE_CHECKING:
     from ._app import _Api
@@ -220,6 +228,8 @@ class _Translator:
         self.finished = False
         self.text_id: str | None = None
         self.streamed = False  # text streamed since the last assistant message
+        self.sent = ""  # ... and what it was
+        self.gapped = False  # events were lost: the rest of the reply comes from its message
         self.tools: set[str] = set()  # tool invocations the client has
         self.answered: set[str] = set()  # ... and those with an output or a denial
         self.awaiting: list[str] = []  # approved synthesized calls waiting for a tool message
@@ -238,7 +248,20 @@ class _Translator:
         if self.text_id is None:
             self.text_id = f"text-{seq}"
             yield {"type": "text-start", "id": self.text_id}
+        self.sent += text
         yield {"type": "text-delta", "id": self.text_id, "delta": text}
+
+    def _rest_of_reply(self, seq: int, full: str) -> Iterator[dict[str, Any]]:
+        """After lost events: the part of the stored reply the client has not seen."""
+        if full.startswith(self.sent):
+            yield from self._text(seq, full[len(self.sent) :])
+        self.gapped = False
+
+    def recovered(self, reply: str) -> Iterator[dict[str, Any]]:
+        """The turn ended in lost events: finish its text from the stored reply."""
+        if self.gapped:
+            yield from self._start()
+            yield from self._rest_of_reply(0, reply)
 
     def _tool_input(
         self, call_id: str, name: str, args: Any, title: str | None = None
@@ -309,6 +332,8 @@ class _Translator:
         if step == "start":
             if self.message_id is not None and self.message_id.startswith("turn-"):
                 self.message_id = f"turn-{event.seq}"
+            if isinstance(event, StatusChanged) and event.gap:
+                self.gapped = True
             yield from self._start()
             if isinstance(event, StatusChanged):
                 yield self._transient("status", _status_data(event))
@@ -338,13 +363,16 @@ class _Translator:
         yield from self._start()
         if isinstance(event, Delta):
             self.streamed = True
-            yield from self._text(event.seq, event.text)
+            if not self.gapped:
+                yield from self._text(event.seq, event.text)
         elif isinstance(event, MessageAppended):
             message = event.message
             if message.role == "assistant":
-                if not self.streamed:
+                if self.gapped:
+                    yield from self._rest_of_reply(event.seq, message.text())
+                elif not self.streamed:
                     yield from self._text(event.seq, message.text())
-                self.streamed = False
+                self.streamed, self.sent = False, ""
                 yield from self._close_text()
             elif message.role == "tool" and self.awaiting:
                 yield from self._tool_output(
@@ -358,6 +386,10 @@ class _Translator:
         elif isinstance(event, AgentEvent):
             yield from self._agent_event(event)
         elif isinstance(event, StatusChanged):
+            if event.gap:
+                # Some deltas were lost: hold the text until the reply's message comes.
+                yield from self._close_text()
+                self.gapped = True
             yield self._transient("status", _status_data(event))
         else:
             yield from self._news(event)
@@ -425,10 +457,17 @@ class _Translator:
 
 
 async def _encode(
-    steps: AsyncIterator[tuple[Step, Event]], translator: _Translator
+    steps: AsyncIterator[tuple[Step, Event]],
+    translator: _Translator,
+    recover: Callable[[], Awaitable[str]] | None = None,
 ) -> AsyncIterator[bytes]:
     try:
         async for step, event in steps:
+            if step == "end" and isinstance(event, StatusChanged) and event.gap:
+                translator.gapped = True  # the turn ended in the events that were lost
+            if step == "end" and translator.gapped and recover is not None:
+                for chunk in translator.recovered(await recover()):
+                    yield _chunk(chunk)
             for chunk in translator.feed(step, event):
                 yield _chunk(chunk)
         for chunk in translator.close():
@@ -524,8 +563,15 @@ class _AISDK:
             message_id=None if decisions is not None else "turn-",
             decisions=decisions,
         )
-        steps = follow_turn(events, mode=mode, queued_content=content)
-        return self._respond(_encode(steps, translator), stack, cid)
+        steps = follow_turn(
+            resubscribing(self.sup, cid, scope, stack, events), mode=mode, queued_content=content
+        )
+        asked = newest.id if decisions is None else None
+
+        async def recover() -> str:
+            return await reply_text(self.sup, cid, scope, asked)
+
+        return self._respond(_encode(steps, translator, recover), stack, cid)
 
     async def _duplicate(self, cid: str, scope: Any, message_id: str) -> Response:
         """The answer to a retried send: the running turn, or the reply it already got."""
@@ -602,14 +648,18 @@ class _AISDK:
         translator = _Translator(message_id="turn-")
         translator.message_id = f"turn-{turn[0].seq}" if turn else f"turn-{last}"
         translator_started = list(translator._start())
-        steps = follow_turn(replay_then_follow(turn[1:] if turn else [], events), mode="running")
+        live = resubscribing(self.sup, cid, scope, stack, events)
+        steps = follow_turn(replay_then_follow(turn[1:] if turn else [], live), mode="running")
+
+        async def recover() -> str:
+            return await reply_text(self.sup, cid, scope, None)
 
         async def chunks() -> AsyncIterator[bytes]:
             for chunk in translator_started:
                 yield _chunk(chunk)
             if turn and isinstance(turn[0], StatusChanged):
                 yield _chunk(translator._transient("status", _status_data(turn[0])))
-            async for data in _encode(steps, translator):
+            async for data in _encode(steps, translator, recover):
                 yield data
 
         return self._respond(chunks(), stack, cid)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any, Literal
 
 import anyio
@@ -19,18 +20,28 @@ import anyio.abc
 import structlog
 from starlette.types import Receive, Scope, Send
 
+from .._errors import SubscriberOverflow
 from ..sessions import (
     Event,
     MessageAppended,
     MessageQueued,
     SessionFailed,
+    SessionSupervisor,
     Shutdown,
     Status,
     StatusChanged,
 )
 from ._sse import StreamRegistry
 
-__all__ = ["ChunkStream", "Step", "follow_turn"]
+__all__ = [
+    "ChunkStream",
+    "Step",
+    "follow_turn",
+    "replay_then_follow",
+    "reply_text",
+    "resubscribing",
+    "turn_start_index",
+]
 
 _log = structlog.get_logger("sessionvisor.http")
 
@@ -74,6 +85,26 @@ async def follow_turn(
     # after the reply starts the turn that answers it.
     replied = False
     async for event in events:
+        if isinstance(event, StatusChanged) and event.gap:
+            # Events were lost (the stream fell behind): decide from the status alone.
+            if in_turn:
+                yield ("event" if event.status is Status.RUNNING else "end"), event
+                if event.status is not Status.RUNNING:
+                    return
+                continue
+            if mode == "queued":
+                waiting_for_queue, replied = False, False
+                yield ("wait" if event.status is Status.RUNNING else "end"), event
+                if event.status is not Status.RUNNING:
+                    return
+                continue
+            # The turn this send started began (and may have ended) in the lost events.
+            in_turn = True
+            yield "start", event
+            if event.status is not Status.RUNNING:
+                yield "end", event
+                return
+            continue
         if not in_turn:
             if isinstance(event, SessionFailed):
                 # The session gave up before the turn began: no turn will come.
@@ -141,6 +172,61 @@ def turn_start_index(events: list[Event]) -> int | None:
             elif event.message.role == "user" and replied:
                 start, replied = i, False
     return start
+
+
+async def resubscribing(
+    supervisor: SessionSupervisor,
+    conversation_id: str,
+    scope: Any,
+    stack: AsyncExitStack,
+    events: AsyncIterator[Event],
+) -> AsyncIterator[Event]:
+    """``events``, resubscribing with ``after=`` when the subscriber falls too far behind.
+
+    A fast agent can outrun a slow client; the subscription is then cut off
+    (``SubscriberOverflow``). A frontend stream cannot reconnect by itself as
+    ``EventSource`` does, so this picks up where it stopped: the events still
+    buffered, or a snapshot marked ``gap=True`` that ``follow_turn`` and the
+    protocol translators recover from. Each new subscription joins ``stack``.
+    """
+    last = 0
+    while True:
+        try:
+            event = await anext(events)
+        except StopAsyncIteration:
+            return
+        except SubscriberOverflow:
+            subscription = await stack.enter_async_context(
+                supervisor.subscribe(conversation_id, after=last, scope=scope)
+            )
+            events = aiter(subscription)
+            continue
+        last = max(last, event.seq)
+        yield event
+
+
+async def reply_text(
+    supervisor: SessionSupervisor, conversation_id: str, scope: Any, user_message_id: str | None
+) -> str:
+    """The stored reply to a user message (the last reply when the id is not known).
+
+    What a stream that lost events falls back on: the reply as the history keeps it.
+    """
+    state = await supervisor.load(conversation_id, scope=scope)
+    if state is None:
+        return ""
+    users = [i for i, m in enumerate(state.messages) if m.role == "user"]
+    if user_message_id is not None:
+        users = [i for i in users if state.messages[i].id == user_message_id]
+    if not users:
+        return ""
+    replies: list[str] = []
+    for message in state.messages[users[-1] + 1 :]:
+        if message.role == "user":
+            break
+        if message.role == "assistant":
+            replies.append(message.text())
+    return "\n\n".join(r for r in replies if r)
 
 
 async def replay_then_follow(
