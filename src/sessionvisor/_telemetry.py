@@ -13,7 +13,6 @@ it), and inside or beside it ``sessionvisor.store.save``,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["capture_context", "span"]
@@ -25,39 +24,54 @@ except ImportError:  # the extra is not installed: no tracing at all
     _otel_context = None  # type: ignore[assignment]
     _otel_trace = None  # type: ignore[assignment]
 
-_TRACER: Any = None
+_NULL: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+_UNCONFIGURED: tuple[type, ...] = ()
+if _otel_trace is not None:
+    _UNCONFIGURED = (_otel_trace.ProxyTracerProvider, _otel_trace.NoOpTracerProvider)
 
 
-def _tracer() -> Any:
-    global _TRACER
-    if _TRACER is None:
-        assert _otel_trace is not None
-        _TRACER = _otel_trace.get_tracer("sessionvisor")
-    return _TRACER
+_MISSING: Any = object()
+
+
+def _enabled() -> bool:
+    # Until the application sets a tracer provider, the API's spans record nothing
+    # yet cost a context switch each: skip them entirely (a turn makes three). The
+    # module global is read directly because get_tracer_provider() consults the
+    # environment on every call until a provider is set.
+    if _otel_trace is None:
+        return False
+    provider = getattr(_otel_trace, "_TRACER_PROVIDER", _MISSING)
+    if provider is None:
+        return False
+    if provider is _MISSING:  # another API layout: ask it the slow way
+        provider = _otel_trace.get_tracer_provider()
+    return not isinstance(provider, _UNCONFIGURED)
 
 
 def capture_context() -> Any:
     """The caller's trace context (to parent work done later, in another task), or None."""
-    if _otel_context is None:
+    if not _enabled():
         return None
     return _otel_context.get_current()
 
 
-@contextlib.contextmanager
 def span(
     name: str, conversation_id: str, agent_id: str, *, parent: Any = None, **attributes: Any
-) -> Iterator[Any]:
-    """Run the block in a span named ``name`` (a no-op without OpenTelemetry).
+) -> contextlib.AbstractContextManager[Any]:
+    """A context manager running its block in a span named ``name``.
 
-    An exception escaping the block is recorded on the span and re-raised.
+    Without OpenTelemetry, or before the application configured a tracer
+    provider, it does nothing. An exception escaping the block is recorded on
+    the span and re-raised.
     """
-    if _otel_trace is None:
-        yield None
-        return
+    if not _enabled():
+        return _NULL
     attrs = {
         "sessionvisor.conversation_id": conversation_id,
         "sessionvisor.agent_id": agent_id,
         **{f"sessionvisor.{k}": v for k, v in attributes.items() if v is not None},
     }
-    with _tracer().start_as_current_span(name, context=parent, attributes=attrs) as current:
-        yield current
+    manager: contextlib.AbstractContextManager[Any] = _otel_trace.get_tracer(
+        "sessionvisor"
+    ).start_as_current_span(name, context=parent, attributes=attrs)
+    return manager

@@ -47,7 +47,7 @@ from ._folding import FoldableState
 from ._held_queue import HeldQueue, abandon_interrupt
 from ._idle import arm, timer_fired
 from ._intake import accepted, new_message, preprocess
-from ._lifecycle import ActorLife, StopReason
+from ._lifecycle import ActorLife, Life, StopReason
 from ._restarts import restart_by_policy
 from ._stopping import finish_stop, idle_stop, stop_session
 from ._turns import Crash, TurnControl, adopt, describe, display, run_turn
@@ -152,7 +152,7 @@ class Actor:
     @property
     def closed(self) -> bool:
         """True once the session stopped accepting calls (stopping, stopped or failed)."""
-        return not self.life.serving
+        return self.life.state is not Life.SERVING
 
     @property
     def busy(self) -> bool:
