@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("sessionvisor.http")
+# Chunks a stream may hold ahead of its client, and the most it writes at once.
+_BATCH = 64
 
 #: What ``follow_turn`` says about each event it hands on.
 #: ``wait``: before the turn (only transient news: queueing, statuses);
@@ -287,22 +289,32 @@ class ChunkStream:
     async def _write(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
         # The chunks come from a generator, which a timeout must never interrupt:
-        # a task produces them into a zero-size channel and the heartbeat waits on that.
-        sender, receiver = anyio.create_memory_object_stream[bytes](0)
+        # a task produces them into a small channel and the heartbeat waits on that.
+        # What piled up while the last write was in flight goes out as one write.
+        sender, receiver = anyio.create_memory_object_stream[bytes](_BATCH)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._produce, sender)
                 async with receiver:
-                    while True:
+                    ended = False
+                    while not ended:
                         with anyio.move_on_after(self._heartbeat) as waited:
                             try:
-                                data = await receiver.receive()
+                                batch = [await receiver.receive()]
                             except anyio.EndOfStream:
                                 break
                         if waited.cancelled_caught:
                             await _body(send, b": ping\n\n")
                             continue
-                        await _body(send, data)
+                        while len(batch) < _BATCH:
+                            try:
+                                batch.append(receiver.receive_nowait())
+                            except anyio.WouldBlock:
+                                break
+                            except anyio.EndOfStream:
+                                ended = True
+                                break
+                        await _body(send, b"".join(batch))
         except Exception as exc:
             # The answer has started: all that is left is to log and end it.
             self._log.error(
