@@ -135,7 +135,6 @@ async def _run_node(node: str, script: str, base_url: str) -> None:
             check=False,
         )
     output = (result.stdout + result.stderr).decode(errors="replace")
-    print(output)
     assert result.returncode == 0, f"node --test {script} failed:\n{output}"
     # A script that ran no test must not pass silently.
     assert re.search(r"\bpass [1-9]", output), f"node ran no test:\n{output}"

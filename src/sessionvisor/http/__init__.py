@@ -3,7 +3,8 @@
 ``create_app(supervisor)`` returns a Starlette app (mountable in FastAPI) that
 serves one ``SessionSupervisor``; ``header_scope`` is the demo's way of naming
 the caller, to be replaced by real authentication in production. This package
-sits on top of ``sessions`` and needs the ``http`` extra (starlette, uvicorn).
+sits on top of ``sessions`` and needs the ``http`` extra (starlette, uvicorn,
+PyJWT, ag-ui-protocol).
 
 The routes::
 
