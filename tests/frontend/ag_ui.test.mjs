@@ -4,10 +4,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { HttpAgent } from '@ag-ui/client';
-import { BASE, gate, newId, stored, until } from './helpers.mjs';
+import { BASE, gate, heartbeatWatcher, newId, stored, until } from './helpers.mjs';
 
-function makeAgent(threadId, user) {
-  return new HttpAgent({ url: `${BASE}/ag-ui`, headers: { 'X-User': user }, threadId });
+function makeAgent(threadId, user, fetch = undefined) {
+  return new HttpAgent({ url: `${BASE}/ag-ui`, headers: { 'X-User': user }, threadId, fetch });
 }
 
 /** Add a user message and run; return the events the run delivered. */
@@ -46,7 +46,8 @@ test('a run streams text messages and finishes; a later run starts with the stor
 
 test('a message sent while a run is active is queued and answered by its own run', async () => {
   const threadId = newId('agui-queue');
-  const first = makeAgent(threadId, 'alice');
+  const heartbeats = heartbeatWatcher();
+  const first = makeAgent(threadId, 'alice', heartbeats.fetch);
   const second = makeAgent(threadId, 'alice'); // a second tab on the same thread
   await gate('hold');
   try {
@@ -60,6 +61,8 @@ test('a message sent while a run is active is queued and answered by its own run
     const queued = second.runAgent({}, { onEvent: ({ event }) => { secondEvents.push(event); } });
     await until(() => customs(secondEvents, 'sessionvisor.MessageQueued').length > 0,
       'the queued notice');
+    // The server's heartbeat comments arrive mid-run; the client must ignore them.
+    await until(() => heartbeats.seen, 'a heartbeat on the first run');
     await gate('release');
     await Promise.all([running, queued]);
   } finally {

@@ -38,6 +38,7 @@ function recordingFetch(requests) {
           const frame = buffer.slice(0, cut);
           buffer = buffer.slice(cut + 2);
           for (const line of frame.split('\n')) {
+            if (line.startsWith(':')) record.chunks.push(':comment');
             if (!line.startsWith('data: ')) continue;
             const data = line.slice(6);
             record.chunks.push(data === '[DONE]' ? '[DONE]' : JSON.parse(data).type);
@@ -82,7 +83,7 @@ test('a reply streams as text parts the client accepts; only the new message is 
   const post = requests[0];
   assert.equal(post.headers.get('x-vercel-ai-ui-message-stream'), 'v1');
   await until(() => post.chunks.at(-1) === '[DONE]', 'the end of the recorded stream');
-  const kinds = post.chunks.filter((k) => !k.startsWith('data-'));
+  const kinds = post.chunks.filter((k) => !k.startsWith('data-') && k !== ':comment');
   assert.deepEqual(kinds.slice(0, 3), ['start', 'start-step', 'text-start']);
   assert.deepEqual(kinds.slice(-4), ['text-end', 'finish-step', 'finish', '[DONE]']);
   assert.ok(kinds.filter((k) => k === 'text-delta').length > 5, 'the text arrives in pieces');
@@ -101,12 +102,14 @@ test('a reply streams as text parts the client accepts; only the new message is 
 
 test('a message sent while a turn runs is queued and answered in the next stream', async () => {
   await gate('hold');
-  const { chat, data } = makeChat(newId('ai-queue'), 'alice');
+  const { chat, data, requests } = makeChat(newId('ai-queue'), 'alice');
   try {
     const first = chat.sendMessage({ text: 'slow first' });
     await until(() => statuses(data).includes('running'), 'the first turn to run');
     const second = chat.sendMessage({ text: 'second' });
     await until(() => data.some((d) => d.type === 'data-queued'), 'the queued notice');
+    // The server's heartbeat comments arrive mid-stream; the client must ignore them.
+    await until(() => requests[0].chunks.includes(':comment'), 'a heartbeat on the first stream');
     await gate('release');
     await Promise.all([first, second]);
   } finally {

@@ -30,3 +30,21 @@ export async function stored(conversationId, user) {
   });
   return { status: response.status, body: await response.json() };
 }
+
+/** A fetch that notes whether a response carried an SSE comment line (a heartbeat). */
+export function heartbeatWatcher() {
+  const watcher = { seen: false };
+  watcher.fetch = async (url, init) => {
+    const response = await fetch(url, init);
+    if (!response.body) return response;
+    const [mine, theirs] = response.body.tee();
+    (async () => {
+      const decoder = new TextDecoder();
+      for await (const piece of mine) {
+        if (/(^|\n):/.test(decoder.decode(piece, { stream: true }))) watcher.seen = true;
+      }
+    })().catch(() => {});
+    return new Response(theirs, { status: response.status, headers: response.headers });
+  };
+  return watcher;
+}

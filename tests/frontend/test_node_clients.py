@@ -110,7 +110,8 @@ def _router(gate: Gate) -> SingleRouter:
 
 
 def _app(gate: Gate) -> Any:
-    app = create_app(SessionSupervisor(_router(gate)), heartbeat=None)
+    # Heartbeats every 50 ms: the clients must take the comment lines in their stride.
+    app = create_app(SessionSupervisor(_router(gate)), heartbeat=0.05)
 
     async def hold(request: Request) -> JSONResponse:
         gate.hold()
