@@ -569,3 +569,17 @@ async def test_a_client_that_falls_behind_still_gets_the_whole_reply() -> None:
     assert events[-1]["type"] == "RUN_FINISHED"
     gaps = [e for e in events if e["type"] == "CUSTOM" and e["value"].get("gap")]
     assert gaps, "the test must make the stream fall behind"
+
+
+async def test_the_snapshot_never_holds_the_reply_the_run_then_streams() -> None:
+    # A reply that does not stream is stored at once: however quick the turn, the
+    # snapshot stops at the new message, so the client does not get the reply twice.
+    async with open_app(agent=ScriptedAgent(stream=False)) as env:
+        for i in range(1, 6):
+            _, events = await ag_run(env, run_input("t-1", ag_user(f"msg {i}", f"u-{i}")))
+            snapshot = [e for e in events if e["type"] == "MESSAGES_SNAPSHOT"]
+            ids = [m["id"] for m in snapshot[0]["messages"]] if snapshot else []
+            assert f"u-{i}-reply" not in ids
+            assert ids[-1:] == ([f"u-{i}"] if i > 1 else [])
+            started = [e["messageId"] for e in events if e["type"] == "TEXT_MESSAGE_START"]
+            assert started == [f"u-{i}-reply"]

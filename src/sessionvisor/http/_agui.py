@@ -166,11 +166,19 @@ class ReplyIds:
                 self.assistant(message.id)
 
 
-def history_messages(state: State) -> list[AGUIMessage]:
-    """The stored history as AG-UI messages (tool messages without a call id are left out)."""
+def history_messages(state: State, upto: str | None = None) -> list[AGUIMessage]:
+    """The stored history as AG-UI messages (tool messages without a call id are left out).
+
+    With ``upto``, the history ends at that message: what the run then streams
+    (the reply to it) must not be in the snapshot already, or the client would
+    show it twice.
+    """
     out: list[AGUIMessage] = []
     ids = ReplyIds()
-    for message in [*state.messages, *state.queued]:
+    everything = [*state.messages, *state.queued]
+    if upto is not None and any(m.id == upto for m in everything):
+        everything = everything[: next(i for i, m in enumerate(everything) if m.id == upto) + 1]
+    for message in everything:
         shown = _shown(message)
         if message.role == "user":
             ids.user(message.id)
@@ -465,6 +473,7 @@ class _AGUI:
         answer: Any = None
         content: Any = None
         history: list[Message] = []
+        before: State | None = None
         newest = body.messages[-1] if body.messages else None
         tool_answer = isinstance(newest, ToolMessage) and not body.resume
         if body.resume or tool_answer:
@@ -473,6 +482,7 @@ class _AGUI:
             state = await self.sup.load(cid, scope=scope)
             interrupt = state.interrupt if state is not None else None
             history = list(state.messages) if state is not None else []
+            before = state  # the snapshot: the history before the answer's turn runs
             calls = interrupt_calls(interrupt)
             if body.resume:
                 decisions = _decisions(body.resume, calls)
@@ -515,7 +525,9 @@ class _AGUI:
                     mode, answered = "running", not running
             else:
                 await self.sup.resume(cid, answer, scope=scope, request_opts=request_opts)
-            snapshot = await self.sup.load(cid, scope=scope) if exists else None
+            snapshot = before
+            if decisions is None and exists:
+                snapshot = await self.sup.load(cid, scope=scope)
         except BaseException:
             await stack.aclose()
             raise
@@ -524,6 +536,7 @@ class _AGUI:
             resubscribing(self.sup, cid, scope, stack, events), mode=mode, queued_content=content
         )
         asked = newest.id if decisions is None and newest is not None else None
+        upto = None if answered else asked
         encoder = self.encoder
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -531,7 +544,7 @@ class _AGUI:
                 yield encoder.encode(RunStartedEvent(thread_id=cid, run_id=body.run_id)).encode()
                 if snapshot is not None:
                     yield encoder.encode(
-                        MessagesSnapshotEvent(messages=history_messages(snapshot))
+                        MessagesSnapshotEvent(messages=history_messages(snapshot, upto))
                     ).encode()
                 for opening in translator.start():
                     yield encoder.encode(opening).encode()
