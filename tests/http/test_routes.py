@@ -379,3 +379,29 @@ async def test_a_null_answer_is_an_answer_too() -> None:
         assert response.json()["status"] == "running"
         await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
         assert env.agent.answers == [None]
+
+
+async def test_a_send_retried_with_the_same_id_is_answered_the_same_and_stored_once() -> None:
+    async with open_app() as env:
+        first = await env.client.post(
+            "/conversations/c-id/messages", json={"content": "hi", "id": "m-1"}, headers=ALICE
+        )
+        await wait_for_status(env.sup, "c-id", Status.IDLE, scope="alice")
+        again = await env.client.post(
+            "/conversations/c-id/messages", json={"content": "hi", "id": "m-1"}, headers=ALICE
+        )
+        assert first.status_code == again.status_code == 202
+        assert again.json()["queued"] is False
+        history = (await env.client.get("/conversations/c-id", headers=ALICE)).json()["messages"]
+        assert [m["content"] for m in history].count("hi") == 1
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 129, "a\nb", 42])
+async def test_a_bad_message_id_is_a_400_naming_it(bad: object) -> None:
+    async with open_app() as env:
+        response = await env.client.post(
+            "/conversations/c-id/messages", json={"content": "hi", "id": bad}, headers=ALICE
+        )
+        assert response.status_code == 400
+        assert "id" in response.json()["detail"]
+        assert await env.sup.status("c-id", scope="alice") is Status.NOT_RUNNING

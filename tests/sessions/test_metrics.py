@@ -69,3 +69,19 @@ async def test_parked_sessions_and_slow_subscribers_are_counted(anyio_backend: s
             await sup.send("c-1", "again")
             await wait_until(lambda: sup.metrics().subscribers_dropped == 1)
         assert sup.metrics().events_dropped == 1
+
+
+async def test_list_running_reports_each_queue_length(anyio_backend: str) -> None:
+    agent = ScriptedAgent()
+    async with SessionSupervisor(SingleRouter(lambda a, c: agent)) as sup:
+        await sup.send("c-1", "slow")
+        with anyio.fail_after(5):
+            await agent.started_slow.wait()
+        await sup.send("c-1", "one")
+        await sup.send("c-1", "two")
+        (summary,) = await sup.list_running()
+        assert (summary.conversation_id, summary.queued) == ("c-1", 2)
+        agent.release()
+        await wait_for_status(sup, "c-1", Status.IDLE)
+        (summary,) = await sup.list_running()
+        assert summary.queued == 0

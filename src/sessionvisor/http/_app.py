@@ -250,7 +250,7 @@ class _Api:
         check_content_size(body.content, self.supervisor.defaults.max_message_bytes)
         info = await self.supervisor.start(cid, scope=scope, request_opts=body.request_opts)
         delivery = await self.supervisor.send(
-            cid, body.content, scope=scope, request_opts=body.request_opts
+            cid, body.content, scope=scope, request_opts=body.request_opts, message_id=body.id
         )
         return JSONResponse(
             {
@@ -390,9 +390,7 @@ class _Api:
         out = []
         for summary in await self.supervisor.list_running(scope=scope):
             row = _summary_json(summary)
-            # The public API has no queue count: a snapshot of the live state has it.
-            handle = self.supervisor.get(summary.conversation_id, scope=scope)
-            row["queued"] = len(handle.snapshot().queued) if handle is not None else 0
+            row["queued"] = summary.queued
             out.append(row)
         return JSONResponse({"sessions": out})
 

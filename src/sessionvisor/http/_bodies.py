@@ -54,6 +54,20 @@ class SendBody(_Body):
     """``POST /conversations/{cid}/messages``: the message and the client's route options."""
 
     content: str | list[dict[str, Any]]
+    id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The client's id for this message: a retried send with the same id is "
+        "acknowledged again and not applied twice.",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id_has_no_control_character(cls, value: str | None) -> str | None:
+        if value is not None and _CONTROL.search(value):
+            raise ValueError("id must not contain control characters")
+        return value
 
     @field_validator("content")
     @classmethod

@@ -79,6 +79,14 @@ class FoldableState:
         data = json.loads(self._frozen).get("interrupt")
         return None if data is None else PendingInterrupt.model_validate(data)
 
+    def queued_count(self) -> int:
+        """How many user messages wait in the queue (reads the JSON of a folded State)."""
+        if self._state is not None:
+            return len(self._state.queued)
+        assert self._frozen is not None
+        queued = json.loads(self._frozen).get("queued") or ()
+        return len(queued)
+
     def has_unheld_queue(self) -> bool:
         """True when live queued messages exist (a folded session never parks with any)."""
         return self._state is not None and bool(self._state.queued)

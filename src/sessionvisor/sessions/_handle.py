@@ -27,7 +27,7 @@ class Delivery:
 
 @attrs.frozen
 class SessionSummary:
-    """One running session, as ``list_running`` reports it."""
+    """One running session, as ``list_running`` reports it (``queued``: messages waiting)."""
 
     conversation_id: str
     agent_id: str
@@ -35,6 +35,7 @@ class SessionSummary:
     restarts: int
     last_activity_at: Any
     owner: str | None = None
+    queued: int = 0
 
 
 @attrs.frozen(eq=False)
@@ -121,6 +122,7 @@ class SessionHandle:
             restarts=actor.restarts,
             last_activity_at=actor.last_activity_at(),
             owner=actor.owner,
+            queued=actor.folded.queued_count(),
         )
 
     def touch(self) -> None:
