@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import attrs
 
-__all__: list[str] = ["HistogramSnapshot", "Metrics", "RuntimeStats"]
+from ._events import Status
+
+if TYPE_CHECKING:
+    from ._actor import Actor
+
+__all__: list[str] = ["HistogramSnapshot", "Metrics", "RuntimeStats", "collect_metrics"]
 
 # Seconds: from a memory store's save (~10 µs) to a slow disk or network (10 s).
 SECONDS_BUCKETS: tuple[float, ...] = (
@@ -111,3 +117,35 @@ class Metrics:
     events_dropped: int
     save_seconds: HistogramSnapshot
     turn_seconds: HistogramSnapshot
+
+
+def collect_metrics(actors: list[Actor], stats: RuntimeStats) -> Metrics:
+    """Count the gauges over the registered actors and snapshot the counters."""
+    live = parked = running = queued = 0
+    for actor in actors:
+        if actor.closed:
+            continue
+        live += 1
+        if actor.folded.folded:
+            parked += 1  # its queue is not unfolded to be counted
+        else:
+            queued += len(actor.state.queued)
+        if actor.status is Status.RUNNING:
+            running += 1
+    return Metrics(
+        live_sessions=live,
+        parked_sessions=parked,
+        running_sessions=running,
+        queued_messages=queued,
+        sessions_started=stats.sessions_started,
+        sessions_stopped=dict(stats.sessions_stopped),
+        turns_started=stats.turns_started,
+        turns_ended=dict(stats.turns_ended),
+        restarts=stats.restarts,
+        give_ups=stats.give_ups,
+        events_published=stats.events_published,
+        subscribers_dropped=stats.subscribers_dropped,
+        events_dropped=stats.events_dropped,
+        save_seconds=stats.save_seconds.snapshot(),
+        turn_seconds=stats.turn_seconds.snapshot(),
+    )

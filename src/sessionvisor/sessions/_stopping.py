@@ -21,7 +21,7 @@ from ._turns import describe
 if TYPE_CHECKING:
     from ._actor import Actor
 
-__all__: list[str] = ["emit_shutdown", "finish_stop", "idle_stop", "stop_session"]
+__all__: list[str] = ["drain", "emit_shutdown", "finish_stop", "idle_stop", "stop_session"]
 
 
 async def stop_session(actor: Actor, reason: StopReason) -> None:
@@ -96,3 +96,26 @@ async def finish_stop(actor: Actor) -> None:
         await actor.persist("queued" if pending else "shutdown", reserve=1)
     emit_shutdown(actor, reason)
     actor.end()
+
+
+_DRAINERS = 64  # sessions stopped at once while draining
+
+
+async def drain(actors: list[Actor]) -> None:
+    """Stop every actor for a drain: running turns get ``shutdown_timeout``, all persist.
+
+    A bounded crew of drainers, not a task per session: a supervisor holding
+    100,000 parked sessions must not need 100,000 tasks (and their memory) to
+    stop. Busy sessions go first, so their turns start their shutdown_timeout
+    at once.
+    """
+    ordered = sorted(actors, key=lambda a: not a.busy)
+    pending = iter(ordered)
+
+    async def drainer() -> None:
+        for actor in pending:
+            await actor.stop(StopReason.DRAIN)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(_DRAINERS, len(ordered))):
+            tg.start_soon(drainer)

@@ -29,13 +29,13 @@ from ._construction import check_constructor_args
 from ._events import Status
 from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
 from ._host import LocalHost
-from ._lifecycle import StopReason
 from ._mailbox import LocalMailbox
 from ._recovery import has_unanswered_work, recover_unanswered
 from ._registry import LocalRegistry
 from ._runners import Runners
 from ._seams import Bus, Mailbox, Registry
-from ._stats import Metrics, RuntimeStats
+from ._stats import Metrics, RuntimeStats, collect_metrics
+from ._stopping import drain
 from ._timers import Deadlines
 from ._validation import check_content, check_conversation_id, check_message_id
 
@@ -43,7 +43,6 @@ __all__ = ["SessionSupervisor", "default_owner_of"]
 
 _log = structlog.get_logger("sessionvisor")
 _ANY: Any = object()
-_DRAINERS = 64  # sessions stopped at once while draining
 
 
 def default_owner_of(scope: Any) -> str | None:
@@ -190,20 +189,7 @@ class SessionSupervisor:
         try:
             with anyio.CancelScope(shield=True):
                 await self._registry.wait_starts()
-                # A bounded crew of drainers, not a task per session: a supervisor
-                # holding 100,000 parked sessions must not need 100,000 tasks (and
-                # their memory) to stop. Busy sessions go first, so their turns
-                # start their shutdown_timeout at once.
-                actors = sorted(self._registry.actors(), key=lambda a: not a.busy)
-                pending = iter(actors)
-
-                async def drainer() -> None:
-                    for actor in pending:
-                        await actor.stop(StopReason.DRAIN)
-
-                async with anyio.create_task_group() as tg:
-                    for _ in range(min(_DRAINERS, len(actors))):
-                        tg.start_soon(drainer)
+                await drain(self._registry.actors())
                 self._bus.close_all()
         finally:
             self._tg.cancel_scope.cancel()
@@ -458,35 +444,7 @@ class SessionSupervisor:
         the rest accumulate from the moment the supervisor was built. Parked
         sessions' queues are not unfolded to be counted (they hold none that run).
         """
-        live = parked = running = queued = 0
-        for actor in self._registry.actors():
-            if actor.closed:
-                continue
-            live += 1
-            if actor.folded.folded:
-                parked += 1
-            else:
-                queued += len(actor.state.queued)
-            if actor.status is Status.RUNNING:
-                running += 1
-        stats = self._stats
-        return Metrics(
-            live_sessions=live,
-            parked_sessions=parked,
-            running_sessions=running,
-            queued_messages=queued,
-            sessions_started=stats.sessions_started,
-            sessions_stopped=dict(stats.sessions_stopped),
-            turns_started=stats.turns_started,
-            turns_ended=dict(stats.turns_ended),
-            restarts=stats.restarts,
-            give_ups=stats.give_ups,
-            events_published=stats.events_published,
-            subscribers_dropped=stats.subscribers_dropped,
-            events_dropped=stats.events_dropped,
-            save_seconds=stats.save_seconds.snapshot(),
-            turn_seconds=stats.turn_seconds.snapshot(),
-        )
+        return collect_metrics(self._registry.actors(), self._stats)
 
     def viewer_count(self, conversation_id: str) -> int:
         """How many ``viewing`` blocks are open for the conversation (this process)."""
