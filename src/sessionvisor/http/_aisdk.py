@@ -48,7 +48,7 @@ from ..sessions import (
     Status,
     StatusChanged,
 )
-from ._bodies import check_content_size, check_conversation_id, read_body
+from ._bodies import check_content_size, check_conversation_id, read_body, reject_trusted_keys
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
 from ._streaming import (
@@ -75,7 +75,6 @@ STREAM_HEADERS = [
 ]
 _DONE = b"data: [DONE]\n\n"
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # as send checks message ids
-_TRUSTED_KEYS = frozenset({"scope", "conversation_id"})
 _TOOL_STATES_ANSWERED = ("approval-responded", "output-available", "output-error")
 
 
@@ -103,12 +102,7 @@ class ChatBody(BaseModel):
     @field_validator("request_opts")
     @classmethod
     def _no_trusted_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        named = sorted(_TRUSTED_KEYS & set(value))
-        if named:
-            raise ValueError(
-                f"request_opts cannot set {', '.join(named)}: it comes from the server"
-            )
-        return value
+        return reject_trusted_keys(value)
 
 
 def ai_sdk_routes(api: _Api, prefix: str = "/ai-sdk/chat") -> list[Route]:

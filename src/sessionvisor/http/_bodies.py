@@ -34,6 +34,14 @@ _MAX_ID_LENGTH = 256
 _TRUSTED_KEYS = frozenset({"scope", "conversation_id"})
 
 
+def reject_trusted_keys(request_opts: dict[str, Any]) -> dict[str, Any]:
+    """Return ``request_opts``, or raise ValueError when they name a server-side key."""
+    named = sorted(_TRUSTED_KEYS & set(request_opts))
+    if named:
+        raise ValueError(f"request_opts cannot set {', '.join(named)}: it comes from the server")
+    return request_opts
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -42,12 +50,7 @@ class _Body(BaseModel):
     @field_validator("request_opts")
     @classmethod
     def _no_trusted_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        named = sorted(_TRUSTED_KEYS & set(value))
-        if named:
-            raise ValueError(
-                f"request_opts cannot set {', '.join(named)}: it comes from the server"
-            )
-        return value
+        return reject_trusted_keys(value)
 
 
 class SendBody(_Body):
