@@ -98,7 +98,9 @@ async def wait_until_settled(
     run until it blocks (``anyio.wait_all_tasks_blocked``), so a turn that is
     about to start is seen starting: the answer does not depend on how fast
     the machine is. Work on worker threads (a SQLite save) is not waited for;
-    wait for the stored row itself when the test reads the store.
+    wait for the stored row itself when the test reads the store. A task of
+    the test's own that never blocks (a busy loop) keeps it from returning; on
+    asyncio each check may take up to 0.1 s while some task is still runnable.
 
     Raises:
         TimeoutError: the conversation was still busy after ``timeout`` seconds.
