@@ -64,7 +64,7 @@ _ZYGOTE = textwrap.dedent(
             ack(f"ack {cid} {n}\\n")
             n += 1
 
-    async def write(kind, target, conversations):
+    async def write(kind, target, conversations, prefix):
         if kind == "sqlite":
             store = SQLiteStore(target)
         else:
@@ -74,14 +74,14 @@ _ZYGOTE = textwrap.dedent(
         async with store, anyio.create_task_group() as tg:
             ack("ready\\n")
             for i in range(conversations):
-                tg.start_soon(converse, store, f"c{i}")
+                tg.start_soon(converse, store, f"{prefix}c{i}")
 
     for line in sys.stdin:
-        kind, target, backend, conversations = line.split()
+        kind, target, backend, conversations, prefix = line.split()
         pid = os.fork()
         if pid == 0:
             try:
-                anyio.run(write, kind, target, int(conversations), backend=backend)
+                anyio.run(write, kind, target, int(conversations), prefix, backend=backend)
             finally:
                 os._exit(0)
         ack(f"pid {pid}\\n")
@@ -103,10 +103,12 @@ class Zygote:
             bufsize=1,
         )
 
-    def round(self, kind: str, target: str, backend: str, kill_after: int) -> dict[str, int]:
+    def round(
+        self, kind: str, target: str, backend: str, kill_after: int, prefix: str = "-"
+    ) -> dict[str, int]:
         """Run one writer, SIGKILL it after ``kill_after`` acks; return the last ack per id."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{kind} {target} {backend} {CONVERSATIONS}\n")
+        self.proc.stdin.write(f"{kind} {target} {backend} {CONVERSATIONS} {prefix}\n")
         self.proc.stdin.flush()
         acked: dict[str, int] = {}
         pid = None
@@ -148,9 +150,11 @@ def zygote() -> Iterator[Zygote]:
         made.close()
 
 
-def check(stored: dict[str, list[str]], counts: dict[str, int], acked: dict[str, int]) -> None:
+def check(
+    stored: dict[str, list[str]], counts: dict[str, int], acked: dict[str, int], prefix: str = "-"
+) -> None:
     for i in range(CONVERSATIONS):
-        cid = f"c{i}"
+        cid = f"{prefix}c{i}"
         texts = stored.get(cid, [])
         last = acked.get(cid, -1)
         # In order and once: exactly the first len(texts) messages sent.
@@ -197,15 +201,16 @@ async def _load_all_sqlite(path: Path) -> dict[str, list[str]]:
         return await _load_all(store)
 
 
-async def _load_all(store: Any) -> dict[str, list[str]]:
+async def _load_all(store: Any, prefix: str = "-") -> dict[str, list[str]]:
     stored: dict[str, list[str]] = {}
 
     async def load(first: int) -> None:
         for i in range(first, CONVERSATIONS, 20):
-            record = await store.load(f"c{i}")  # a half-written row would raise here
+            cid = f"{prefix}c{i}"
+            record = await store.load(cid)  # a half-written row would raise here
             if record is not None:
-                stored[f"c{i}"] = [m["content"] for m in record.state["messages"]]
-                assert record.version == len(stored[f"c{i}"])
+                stored[cid] = [m["content"] for m in record.state["messages"]]
+                assert record.version == len(stored[cid])
 
     async with anyio.create_task_group() as tg:
         for first in range(20):
@@ -221,38 +226,39 @@ def test_postgres_keeps_every_acknowledged_save_across_kill_9(zygote: Zygote) ->
 
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    tables = []
+    # One table for every round (its tables are made once), fresh ids per round.
+    table = f"sv_crash_{uuid.uuid4().hex[:10]}"
     try:
-        for round_no, kill_after in enumerate(kill_points(rng)[:10]):
-            table = f"sv_crash_{uuid.uuid4().hex[:10]}"
-            tables.append(table)
+        for round_no, kill_after in enumerate(kill_points(rng)):
+            prefix = f"r{round_no}-"
             backend = "trio" if round_no % 2 else "asyncio"
-            acked = zygote.round("postgres", f"{POSTGRES_DSN}|{table}", backend, kill_after)
+            acked = zygote.round("postgres", f"{POSTGRES_DSN}|{table}", backend, kill_after, prefix)
 
-            stored = anyio.run(_load_all_postgres, table)
+            stored = anyio.run(_load_all_postgres, table, prefix)
             with psycopg.connect(POSTGRES_DSN) as conn:
                 counts = dict(
                     conn.execute(  # type: ignore[arg-type]
-                        f"SELECT conversation_id, count(*) FROM {table}_messages GROUP BY 1"
+                        f"SELECT conversation_id, count(*) FROM {table}_messages "
+                        "WHERE conversation_id LIKE %s GROUP BY 1",
+                        (prefix + "%",),
                     ).fetchall()
                 )
             try:
-                check(stored, counts, acked)
+                check(stored, counts, acked, prefix)
             except AssertionError as exc:
                 raise AssertionError(
                     f"round {round_no} (seed {seed}, kill after {kill_after})"
                 ) from exc
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-            for table in tables:
-                names = ", ".join(
-                    f"{table}{suffix}" for suffix in ("", "_messages", "_quarantine", "_qmessages")
-                )
-                conn.execute(f"DROP TABLE IF EXISTS {names}")  # type: ignore[arg-type]
+            names = ", ".join(
+                f"{table}{suffix}" for suffix in ("", "_messages", "_quarantine", "_qmessages")
+            )
+            conn.execute(f"DROP TABLE IF EXISTS {names}")  # type: ignore[arg-type]
 
 
-async def _load_all_postgres(table: str) -> dict[str, list[str]]:
+async def _load_all_postgres(table: str, prefix: str) -> dict[str, list[str]]:
     from sessionvisor.state.postgres import PostgresStore
 
     async with PostgresStore(POSTGRES_DSN, table=table) as store:
-        return await _load_all(store)
+        return await _load_all(store, prefix)
