@@ -199,7 +199,7 @@ async def test_an_open_stream_keeps_the_session_alive() -> None:
             await stream.event()
             for _ in range(5):
                 clock.advance(60.0)
-                await anyio.sleep(0.01)
+                await anyio.wait_all_tasks_blocked()  # the timer acted, if it would
             assert await env.sup.status("c-1", scope="alice") == Status.IDLE
         clock.advance(60.0)
         await wait_for_status(env.sup, "c-1", Status.NOT_RUNNING, scope="alice")
@@ -215,9 +215,9 @@ async def test_when_the_stream_leaves_the_session_stops_after_the_viewer_grace()
             async with asgi_stream(env.app, "/conversations/c-1/events") as stream:
                 await stream.event()
                 clock.advance(30.0)
-                await anyio.sleep(0.01)
+                await anyio.wait_all_tasks_blocked()  # the timer acted, if it would
             clock.advance(0.5)
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()  # the timer acted, if it would
             assert await env.sup.status("c-1", scope="alice") == Status.IDLE
             clock.advance(1.0)
             shutdown = await wait_for_event(direct, lambda e: isinstance(e, Shutdown))
@@ -234,9 +234,9 @@ async def test_a_viewer_leaving_after_a_long_view_still_gets_the_grace() -> None
         async with asgi_stream(env.app, "/conversations/c-1/events") as stream:
             await stream.event()
             clock.advance(300.0)
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()  # the timer acted, if it would
         clock.advance(0.5)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # the timer acted, if it would
         # A page reload reconnects within the grace and finds its session running.
         assert await env.sup.status("c-1", scope="alice") == Status.IDLE
 
@@ -252,7 +252,7 @@ async def test_a_stream_opened_before_the_session_starts_counts_as_a_viewer() ->
         await stream.until(is_status("idle"))
         for _ in range(5):
             clock.advance(60.0)
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()  # the timer acted, if it would
         assert await env.sup.status("c-1", scope="alice") == Status.IDLE
 
 
