@@ -16,6 +16,7 @@ apt_install() {
 if [ -z "$in_ci" ]; then
   have_port 5432 || echo "note: no PostgreSQL on 127.0.0.1:5432; Postgres tests will skip"
   have_port 6379 || echo "note: no Redis on 127.0.0.1:6379; Redis tests will skip"
+  command -v redis-server >/dev/null || echo "note: no redis-server binary; cluster tests will skip"
   command -v chromium >/dev/null || echo "note: no chromium; browser tests will skip"
   exit 0
 fi
@@ -24,8 +25,10 @@ if ! have_port 5432; then
   command -v pg_ctlcluster >/dev/null || apt_install postgresql
   as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
 fi
+# The binary is needed even when a Redis already listens: tests/cluster start
+# (and restart) redis-server processes of their own on free ports.
+command -v redis-server >/dev/null || apt_install redis-server
 if ! have_port 6379; then
-  command -v redis-server >/dev/null || apt_install redis-server
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
 fi
 if ! command -v chromium >/dev/null; then

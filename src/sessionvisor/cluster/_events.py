@@ -1,0 +1,377 @@
+"""The Redis side: a capped event stream per conversation, and per-node wake-ups.
+
+Redis carries only what can be rebuilt: losing it loses live events (readers
+are told with ``gap=True``) and wake-ups (the inbox in PostgreSQL still holds
+every command). Asyncio only: ``redis.asyncio``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import attrs
+
+from ._common import import_redis, require_asyncio
+from ._pg import check_conversation_id
+
+__all__ = ["EventStreams", "ReadResult", "StreamEvent", "StreamReader", "WakeupListener", "Wakeups"]
+
+
+@attrs.frozen
+class StreamEvent:
+    """One event read from a conversation's stream.
+
+    Attributes:
+        seq: the event's number in the conversation (continuous across owners).
+        epoch: the lease epoch of the owner that produced it.
+        data: the event as the owner appended it (JSON text).
+        entry_id: the Redis stream entry id.
+    """
+
+    seq: int
+    epoch: int
+    data: str
+    entry_id: str
+
+
+@attrs.frozen
+class ReadResult:
+    """What one read returned.
+
+    Attributes:
+        events: the events after the reader's position, in seq order, from the
+            newest epoch only.
+        gap: True when the reader cannot continue seamlessly from its position:
+            events it should have seen are gone (trimmed by the cap, lost with
+            a Redis restart, or never appended while Redis was down), or a new
+            owner renumbered events the reader already got from a stale one.
+            The subscriber needs a fresh snapshot of the conversation.
+    """
+
+    events: list[StreamEvent]
+    gap: bool
+
+
+class _Filter:
+    """Turns stream entries, in stream order, into what a reader may deliver.
+
+    A new owner continues the numbering from the store's ``last_seq``, which
+    may lie below seqs a stale owner appended (events of a turn it never got
+    to persist) - and the stale owner may still append after the new one did.
+    So: an entry of an epoch older than the newest seen is dropped; the first
+    entry of a newer epoch at or below the last accepted seq retracts the
+    not yet delivered entries from that seq on, and flags a gap when some of
+    them were already delivered.
+    """
+
+    def __init__(self, after_seq: int | None) -> None:
+        self.epoch: int | None = None
+        self.last = after_seq  # last accepted seq
+        self.delivered = after_seq  # last seq handed to the reader's caller
+
+    def feed(self, entries: list[StreamEvent]) -> ReadResult:
+        out: list[StreamEvent] = []
+        gap = False
+        for entry in entries:
+            if self.epoch is not None and entry.epoch < self.epoch:
+                continue  # a stale owner's
+            if (
+                self.epoch is not None
+                and entry.epoch > self.epoch
+                and self.last is not None
+                and entry.seq <= self.last
+            ):
+                out = [kept for kept in out if kept.seq < entry.seq]
+                if self.delivered is not None and entry.seq <= self.delivered:
+                    gap = True
+                self.last = entry.seq - 1
+            self.epoch = entry.epoch if self.epoch is None else max(self.epoch, entry.epoch)
+            if self.last is not None:
+                if entry.seq <= self.last:
+                    continue  # already seen, or before the reader's position
+                if entry.seq > self.last + 1:
+                    gap = True
+            out.append(entry)
+            self.last = entry.seq
+        if out:
+            self.delivered = out[-1].seq
+        return ReadResult(events=out, gap=gap)
+
+
+class _RedisUser:
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self._redis_module = import_redis()
+        if not isinstance(redis_url, str) or not redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError(
+                f"redis_url must be a redis://, rediss:// or unix:// URL, got {redis_url!r}"
+            )
+        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{}\n\r "):
+            raise ValueError(
+                f"prefix must be a non-empty key prefix without braces or spaces, got {prefix!r}"
+            )
+        self._url = redis_url
+        self._prefix = prefix
+        self._client: Any = None
+
+    def _redis(self) -> Any:
+        require_asyncio(type(self).__name__)
+        if self._client is None:
+            self._client = self._redis_module.Redis.from_url(
+                self._url, decode_responses=True, socket_connect_timeout=2.0
+            )
+        return self._client
+
+    async def __aenter__(self) -> Self:
+        self._redis()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections. Idempotent."""
+        client, self._client = self._client, None
+        if client is not None:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+
+
+class EventStreams(_RedisUser):
+    """A capped Redis stream per conversation: ``<prefix>:events:{<cid>}``.
+
+    Each entry holds ``seq``, ``epoch`` and ``data`` (the event's JSON). The
+    stream keeps about ``maxlen`` entries (``XADD ... MAXLEN ~``: Redis trims
+    whole nodes, so a few more may stay).
+
+    Args:
+        redis_url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``).
+        prefix: the key prefix.
+        maxlen: about how many events each stream keeps (the replay buffer).
+
+    Raises:
+        ImportError: the redis package is missing.
+        ValueError, TypeError: a bad argument.
+    """
+
+    def __init__(self, redis_url: str, *, prefix: str = "sessionvisor", maxlen: int = 1000) -> None:
+        super().__init__(redis_url, prefix)
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int):
+            raise TypeError(f"maxlen must be an int, got {maxlen!r}")
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+        self.maxlen = maxlen
+
+    def __repr__(self) -> str:
+        return f"EventStreams(prefix={self._prefix!r}, maxlen={self.maxlen})"
+
+    def key(self, conversation_id: str) -> str:
+        """The stream's key (the id in braces: one hash slot per conversation)."""
+        return f"{self._prefix}:events:{{{conversation_id}}}"
+
+    async def append(self, conversation_id: str, seq: int, epoch: int, data: str) -> str:
+        """Append one event; return its stream entry id.
+
+        Raises:
+            TypeError, ValueError: a bad argument.
+            redis.exceptions.ConnectionError: Redis is unreachable (the event is
+                not in the stream; readers will see a gap).
+        """
+        check_conversation_id(conversation_id)
+        for name, value in (("seq", seq), ("epoch", epoch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TypeError(f"{name} must be an int >= 0, got {value!r}")
+        if not isinstance(data, str):
+            raise TypeError(f"data must be the event's JSON text, got {type(data).__name__}")
+        entry_id = await self._redis().xadd(
+            self.key(conversation_id),
+            {"seq": seq, "epoch": epoch, "data": data},
+            maxlen=self.maxlen,
+            approximate=True,
+        )
+        return str(entry_id)
+
+    def reader(self, conversation_id: str, after_seq: int | None) -> StreamReader:
+        """A reader of the conversation's events after ``after_seq`` (None: only
+        events appended from now on). Keep it across reads: it remembers the
+        position and the newest epoch."""
+        check_conversation_id(conversation_id)
+        if after_seq is not None and (
+            isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0
+        ):
+            raise TypeError(f"after_seq must be None or an int >= 0, got {after_seq!r}")
+        return StreamReader(self, conversation_id, after_seq)
+
+    async def read(
+        self, conversation_id: str, after_seq: int, block_ms: int | None = None
+    ) -> ReadResult:
+        """The events after ``after_seq`` in order (one read of a fresh reader)."""
+        return await self.reader(conversation_id, after_seq).read(block_ms)
+
+
+class StreamReader:
+    """Reads one conversation's stream from a position, read after read."""
+
+    def __init__(self, streams: EventStreams, conversation_id: str, after_seq: int | None) -> None:
+        self._streams = streams
+        self._key = streams.key(conversation_id)
+        self._filter = _Filter(after_seq)
+        self._from_end = after_seq is None
+        self._cursor: str | None = None  # the last entry id read; None before the first read
+
+    async def read(self, block_ms: int | None = None) -> ReadResult:
+        """The next events; waits up to ``block_ms`` milliseconds when there are
+        none yet (None: do not wait).
+
+        The first read replays the whole kept stream from the reader's
+        position; later reads continue from the last entry read.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis is unreachable; the reader
+                keeps its position and may read again.
+        """
+        if block_ms is not None and (
+            isinstance(block_ms, bool) or not isinstance(block_ms, int) or block_ms < 0
+        ):
+            raise TypeError(f"block_ms must be None or an int >= 0, got {block_ms!r}")
+        client = self._streams._redis()
+        result = ReadResult(events=[], gap=False)
+        if self._cursor is None:
+            entries = await client.xrange(self._key, "-", "+")
+            if self._from_end:
+                self._cursor = entries[-1][0] if entries else "0-0"
+                parsed = _parse(entries[-1:])
+                if parsed:  # remember the epoch, deliver nothing
+                    self._filter.epoch, self._filter.last = parsed[0].epoch, parsed[0].seq
+                    self._filter.delivered = parsed[0].seq
+            else:
+                self._cursor = entries[-1][0] if entries else "0-0"
+                result = self._filter.feed(_parse(entries))
+            if result.events or result.gap or not block_ms:
+                return result
+        found = await client.xread({self._key: self._cursor}, count=1000, block=block_ms or None)
+        entries = found[0][1] if found else []
+        if not entries:
+            return result
+        self._cursor = entries[-1][0]
+        more = self._filter.feed(_parse(entries))
+        return ReadResult(events=more.events, gap=more.gap or result.gap)
+
+
+def _parse(entries: list[tuple[str, dict[str, str]]]) -> list[StreamEvent]:
+    events = []
+    for entry_id, fields in entries:
+        try:
+            events.append(
+                StreamEvent(
+                    seq=int(fields["seq"]),
+                    epoch=int(fields["epoch"]),
+                    data=fields["data"],
+                    entry_id=entry_id,
+                )
+            )
+        except (KeyError, ValueError):
+            continue  # not one of ours: a stream entry cannot stop the reader
+    return events
+
+
+class Wakeups(_RedisUser):
+    """Per-node wake-ups over Redis pub/sub: "you have inbox rows for X".
+
+    A wake-up is a hint, never the command: one lost while Redis is down (or
+    published before the node subscribed) is made up by the inbox's
+    LISTEN/NOTIFY or by polling ``Inbox.pending_conversations``.
+
+    Args:
+        redis_url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``).
+        prefix: the channel prefix: ``<prefix>:wake:<node_id>``.
+    """
+
+    def __init__(self, redis_url: str, *, prefix: str = "sessionvisor") -> None:
+        super().__init__(redis_url, prefix)
+
+    def __repr__(self) -> str:
+        return f"Wakeups(prefix={self._prefix!r})"
+
+    def channel(self, node_id: str) -> str:
+        return f"{self._prefix}:wake:{node_id}"
+
+    async def notify(self, node_id: str, conversation_id: str) -> int:
+        """Wake ``node_id`` for the conversation; return how many listeners got it.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis is unreachable.
+        """
+        check_conversation_id(conversation_id)
+        if not isinstance(node_id, str) or not node_id:
+            raise TypeError(f"node_id must be a non-empty str, got {node_id!r}")
+        return int(await self._redis().publish(self.channel(node_id), conversation_id))
+
+    @asynccontextmanager
+    async def listen(self, node_id: str) -> AsyncIterator[WakeupListener]:
+        """Subscribe to ``node_id``'s wake-ups; subscribed once this is entered.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis is unreachable.
+            TimeoutError: Redis did not confirm the subscription within 5 s.
+        """
+        if not isinstance(node_id, str) or not node_id:
+            raise TypeError(f"node_id must be a non-empty str, got {node_id!r}")
+        pubsub = self._redis().pubsub()
+        try:
+            await pubsub.subscribe(self.channel(node_id))
+            # Wait for the confirmation: a PUBLISH sent before the server
+            # registered the subscription would be lost.
+            with anyio.fail_after(5):
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "subscribe":
+                        break
+            yield WakeupListener(pubsub)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()
+
+
+class WakeupListener:
+    """The wake-ups of one node."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    async def wait(self, timeout: float) -> set[str]:
+        """Wait up to ``timeout`` seconds for a wake-up; return the conversation
+        ids received (empty on timeout).
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis is unreachable.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
+        if not math.isfinite(timeout) or timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
+        found: set[str] = set()
+        with anyio.move_on_after(timeout):
+            while not found:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=timeout
+                )
+                if message is not None and message["type"] == "message":
+                    found.add(message["data"])
+        while True:  # what arrived together, without waiting again
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+            if message is None:
+                return found
+            if message["type"] == "message":
+                found.add(message["data"])

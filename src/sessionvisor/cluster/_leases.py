@@ -1,0 +1,393 @@
+"""``LeaseTable``: who owns each conversation, as leases with an epoch in PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Protocol
+
+import attrs
+
+from ._pg import Clock, PgTable, check_conversation_id, check_ids, monotonic
+
+__all__ = ["Fencing", "Lease", "LeaseTable", "Owner", "Renewal"]
+
+# One statement takes a conversation: a new row (epoch 1), or the existing row
+# when its lease ran out, or when this node_id holds it with this incarnation
+# or an earlier one (a restarted node takes its leases back without waiting
+# out the TTL). Every take increments the epoch. Only the database's clock is
+# read, so the nodes' clocks may disagree. Under concurrency the losing INSERT
+# waits for the winner's row, then re-evaluates the WHERE on it and returns
+# nothing: of N nodes taking one conversation, exactly one gets a row back.
+_ACQUIRE = """
+INSERT INTO {t} AS l (conversation_id, node_id, incarnation, epoch, lease_until)
+VALUES (%(cid)s, %(node)s, %(inc)s, 1, now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (conversation_id) DO UPDATE
+SET node_id = EXCLUDED.node_id, incarnation = EXCLUDED.incarnation,
+    epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until
+WHERE l.lease_until < now()
+    OR (l.node_id = EXCLUDED.node_id
+        AND l.incarnation COLLATE "C" <= EXCLUDED.incarnation COLLATE "C")
+RETURNING epoch
+"""
+
+# Renewal keeps the epoch: only this incarnation can hold a row with its
+# incarnation, so a row that still names it was not taken by anyone since.
+_RENEW = """
+UPDATE {t} SET lease_until = now() + make_interval(secs => %(ttl)s)
+WHERE conversation_id = ANY(%(ids)s) AND node_id = %(node)s AND incarnation = %(inc)s
+RETURNING conversation_id
+"""
+
+# A released row is kept (expired at once), not deleted: the epoch must never
+# go back, or the next owner's epoch would sit below the one the store holds.
+_RELEASE = """
+UPDATE {t} SET lease_until = '-infinity'
+WHERE conversation_id = ANY(%(ids)s) AND node_id = %(node)s AND incarnation = %(inc)s
+RETURNING conversation_id
+"""
+
+_OWNER = """
+SELECT node_id, incarnation, epoch, lease_until, EXTRACT(EPOCH FROM lease_until - now())
+FROM {t} WHERE conversation_id = %s AND lease_until >= now()
+"""
+
+# The sweeper's claim: expired leases of conversations whose stored state has
+# unanswered work (the store's flag, read through its partial index), locked
+# with SKIP LOCKED so sweepers on several nodes split them instead of queueing
+# on the same rows; plus conversations with unanswered work that never had a
+# lease (stored before the cluster mode), whose first epoch continues the
+# store's. Two sweepers inserting the same one: the second's ON CONFLICT DO
+# NOTHING finds the first's row and returns nothing.
+_CLAIM = """
+WITH expired AS (
+    SELECT l.conversation_id FROM {t} l JOIN {s} s ON s.id = l.conversation_id
+    WHERE s.unanswered AND l.lease_until < now()
+    ORDER BY l.lease_until LIMIT %(limit)s
+    FOR UPDATE OF l SKIP LOCKED
+),
+taken AS (
+    UPDATE {t} AS l SET node_id = %(node)s, incarnation = %(inc)s, epoch = l.epoch + 1,
+        lease_until = now() + make_interval(secs => %(ttl)s)
+    FROM expired WHERE l.conversation_id = expired.conversation_id
+    RETURNING l.conversation_id, l.epoch
+),
+orphans AS (
+    INSERT INTO {t} (conversation_id, node_id, incarnation, epoch, lease_until)
+    SELECT s.id, %(node)s, %(inc)s, s.epoch + 1, now() + make_interval(secs => %(ttl)s)
+    FROM {s} s
+    WHERE s.unanswered AND s.version > 0
+        AND NOT EXISTS (SELECT 1 FROM {t} l WHERE l.conversation_id = s.id)
+    LIMIT GREATEST(%(limit)s - (SELECT count(*) FROM expired), 0)
+    ON CONFLICT (conversation_id) DO NOTHING
+    RETURNING conversation_id, epoch
+)
+SELECT conversation_id, epoch FROM taken
+UNION ALL SELECT conversation_id, epoch FROM orphans
+"""
+
+
+@attrs.frozen
+class Lease:
+    """A conversation this node holds, and until when it may serve it.
+
+    Attributes:
+        conversation_id: the conversation.
+        epoch: the fencing token: pass it to the store's ``fence`` and to
+            every ``save(..., epoch=...)``.
+        node_id: the holder.
+        incarnation: the holder's run.
+        deadline: the local monotonic time (the table's clock) after which the
+            holder must stop serving unless a renewal confirmed the lease. It is
+            measured from *before* the statement was sent, so it falls before
+            the moment the database could give the lease to another node.
+    """
+
+    conversation_id: str
+    epoch: int
+    node_id: str
+    incarnation: str
+    deadline: float
+
+    def expired(self, now: float) -> bool:
+        """True once ``now`` (monotonic seconds) reached the deadline."""
+        return now >= self.deadline
+
+
+@attrs.frozen
+class Renewal:
+    """What a ``renew`` confirmed.
+
+    Attributes:
+        held: the conversations still held; serve them until ``deadline``.
+        lost: those asked for and no longer held: stop serving them now.
+        deadline: the new local monotonic deadline of every lease in ``held``.
+    """
+
+    held: frozenset[str]
+    lost: frozenset[str]
+    deadline: float
+
+    def __contains__(self, conversation_id: object) -> bool:
+        return conversation_id in self.held
+
+
+@attrs.frozen
+class Owner:
+    """The live holder of a conversation's lease.
+
+    Attributes:
+        node_id: the holding node.
+        incarnation: its run.
+        epoch: the lease's epoch.
+        lease_until: when the lease ends, on the database's clock.
+        expires_in: seconds left, measured by the database when it answered.
+    """
+
+    node_id: str
+    incarnation: str
+    epoch: int
+    lease_until: datetime
+    expires_in: float
+
+
+class Fencing(Protocol):
+    """What ``acquire_fenced`` needs of a store (``PostgresStore`` has it)."""
+
+    async def fence(self, conversation_id: str, epoch: int) -> int: ...
+
+
+class LeaseTable(PgTable):
+    """The lease table of the cluster, seen from one node's incarnation.
+
+    A row per conversation that a node ever took: ``conversation_id``,
+    ``node_id``, ``incarnation``, ``epoch`` and ``lease_until``. The table is
+    created on first use. The statements are in ``docs/cluster.md``; each is a
+    single statement reading only the database's clock (``now()``).
+
+    Asyncio only: it uses psycopg's async API (see ``require_asyncio``).
+
+    Args:
+        dsn: a libpq connection string or URL.
+        node_id: this node (``Cluster.node_id``).
+        incarnation: this run of the node (``Cluster.incarnation``).
+        ttl: the lease duration in seconds.
+        table: the lease table, optionally schema-qualified.
+        store_table: ``PostgresStore``'s table, which ``claim_expired`` joins
+            for its ``unanswered`` flag.
+        max_connections: the pool's size.
+        clock: monotonic seconds, for the leases' local deadlines.
+
+    Raises:
+        ImportError: psycopg or psycopg_pool is missing.
+        TypeError, ValueError: a bad argument (named in the message).
+    """
+
+    _kind = "LeaseTable"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        node_id: str,
+        incarnation: str,
+        ttl: float = 10.0,
+        table: str = "sessionvisor_leases",
+        store_table: str = "sessionvisor_conversations",
+        max_connections: int = 4,
+        clock: Clock = monotonic,
+    ) -> None:
+        super().__init__(dsn, table, max_connections=max_connections)
+        from ._common import check_table_name
+
+        self._store_parts = check_table_name("LeaseTable store", store_table)
+        for name, value in (("node_id", node_id), ("incarnation", incarnation)):
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"LeaseTable {name} must be a non-empty str, got {value!r}")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise TypeError(f"LeaseTable ttl must be a number of seconds, got {ttl!r}")
+        if not math.isfinite(ttl) or ttl <= 0:
+            raise ValueError(f"LeaseTable ttl must be a positive number of seconds, got {ttl}")
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.ttl = float(ttl)
+        self.clock = clock
+        from psycopg import sql
+
+        store = sql.Identifier(*self._store_parts)
+        self._acquire = self._compose(_ACQUIRE)
+        self._renew = self._compose(_RENEW)
+        self._release = self._compose(_RELEASE)
+        self._owner = self._compose(_OWNER)
+        self._claim = self._compose(_CLAIM, s=store)
+
+    def __repr__(self) -> str:
+        return f"LeaseTable(table={self._table!r}, node_id={self.node_id!r})"
+
+    def _schema(self) -> list[Any]:
+        return [
+            self._compose(
+                "CREATE TABLE IF NOT EXISTS {t} ("
+                "conversation_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, "
+                "incarnation TEXT NOT NULL, epoch BIGINT NOT NULL, "
+                "lease_until TIMESTAMPTZ NOT NULL)"
+            ),
+            self._compose(
+                "CREATE INDEX IF NOT EXISTS {i} ON {t} (lease_until)",
+                i=self._index_name("_until"),
+            ),
+        ]
+
+    def _index_name(self, suffix: str) -> Any:
+        from psycopg import sql
+
+        return sql.Identifier(self._parts[-1] + suffix)
+
+    def _params(self, **extra: Any) -> dict[str, Any]:
+        return {"node": self.node_id, "inc": self.incarnation, "ttl": self.ttl, **extra}
+
+    async def acquire(self, conversation_id: str) -> Lease | None:
+        """Take the conversation's lease, with a new epoch.
+
+        Succeeds when nobody holds it, when its lease expired, or when this
+        node_id holds it with this or an earlier incarnation.
+
+        Returns:
+            The lease, or None when another live owner holds it (``owner``
+            says who).
+
+        Raises:
+            TypeError, ValueError: a bad conversation id.
+            psycopg.Error: the database failed.
+        """
+        check_conversation_id(conversation_id)
+        started = self.clock()
+        rows = await self._fetch(self._acquire, self._params(cid=conversation_id))
+        if not rows:
+            return None
+        return Lease(
+            conversation_id=conversation_id,
+            epoch=int(rows[0][0]),
+            node_id=self.node_id,
+            incarnation=self.incarnation,
+            deadline=started + self.ttl,
+        )
+
+    async def acquire_fenced(self, conversation_id: str, store: Fencing) -> Lease | None:
+        """Take the lease, then fence the store with its epoch, in that order.
+
+        After this returns a lease, every save with an older epoch (the
+        previous owner's) fails with ``StaleWriteError``, and a ``load`` sees
+        every write that got in before: load the conversation only now.
+
+        Returns:
+            The lease; None when another owner holds the lease, when a newer
+            owner fenced the store already, or when the lease's local deadline
+            passed while fencing (the caller may try again).
+
+        Raises:
+            TypeError, ValueError: a bad conversation id.
+            psycopg.Error: the database failed.
+        """
+        lease = await self.acquire(conversation_id)
+        if lease is None:
+            return None
+        stored = await store.fence(conversation_id, lease.epoch)
+        if stored > lease.epoch or lease.expired(self.clock()):
+            return None
+        return lease
+
+    async def renew(self, conversation_ids: Iterable[str]) -> Renewal:
+        """Extend, in one statement, every lease of ``conversation_ids`` that
+        this incarnation holds.
+
+        A lease that expired but that nobody took since is renewed too: its
+        epoch is unchanged, so no other writer can exist. Its holder must
+        still have stopped serving at the old deadline.
+
+        Returns:
+            The ``Renewal``: the ids still held (with the new deadline) and the
+            ids lost.
+
+        Raises:
+            TypeError, ValueError: a bad id, or a single str instead of ids.
+            psycopg.Error: the database failed; the caller must treat every
+                lease as unconfirmed (serve until the old deadlines only).
+        """
+        ids = check_ids(conversation_ids)
+        started = self.clock()
+        rows = await self._fetch(self._renew, self._params(ids=ids)) if ids else []
+        held = frozenset(row[0] for row in rows)
+        return Renewal(held=held, lost=frozenset(ids) - held, deadline=started + self.ttl)
+
+    async def release(self, conversation_ids: Iterable[str]) -> set[str]:
+        """End this incarnation's leases now (kept as expired rows, epoch intact).
+
+        Returns:
+            The ids that were held and are released.
+
+        Raises:
+            TypeError, ValueError: a bad id.
+            psycopg.Error: the database failed.
+        """
+        ids = check_ids(conversation_ids)
+        rows = await self._fetch(self._release, self._params(ids=ids)) if ids else []
+        return {row[0] for row in rows}
+
+    async def owner(self, conversation_id: str) -> Owner | None:
+        """The live holder of the conversation's lease, or None when no one holds one.
+
+        Raises:
+            TypeError, ValueError: a bad conversation id.
+            psycopg.Error: the database failed.
+        """
+        check_conversation_id(conversation_id)
+        rows = await self._fetch(self._owner, (conversation_id,))
+        if not rows:
+            return None
+        node_id, incarnation, epoch, until, left = rows[0]
+        return Owner(
+            node_id=node_id,
+            incarnation=incarnation,
+            epoch=int(epoch),
+            lease_until=until,
+            expires_in=float(left),
+        )
+
+    async def claim_expired(self, limit: int = 100) -> list[Lease]:
+        """Take the expired leases of conversations with unanswered work (the sweeper).
+
+        Expired leases whose conversation is flagged ``unanswered`` in the
+        store's table, and flagged conversations that never had a lease, up to
+        ``limit``; rows another node's sweeper is claiming are skipped, not
+        waited for. The caller must ``fence`` each (as ``acquire_fenced``
+        does) before loading it.
+
+        Returns:
+            The new leases (epoch incremented), in no particular order; empty
+            when the store's table does not exist yet.
+
+        Raises:
+            TypeError, ValueError: ``limit`` is not a positive int.
+            psycopg.Error: the database failed.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, got {limit!r}")
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        started = self.clock()
+        try:
+            rows = await self._fetch(self._claim, self._params(limit=limit))
+        except self._psycopg.errors.UndefinedTable:
+            return []  # no store table: nothing is stored, nothing waits
+        return [
+            Lease(
+                conversation_id=cid,
+                epoch=int(epoch),
+                node_id=self.node_id,
+                incarnation=self.incarnation,
+                deadline=started + self.ttl,
+            )
+            for cid, epoch in rows
+        ]
