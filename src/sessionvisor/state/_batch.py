@@ -173,6 +173,9 @@ class GroupCommit:
                     write.fail(exc)
             if not isinstance(exc, Exception):
                 raise
+        for write in batch:
+            if not write.settled:  # a flush must report every write; never a silent 0
+                write.fail(RuntimeError(f"no outcome for the save of {write.conversation_id!r}"))
 
     def _finish(self, batch: list[Write]) -> None:
         # Back on the event loop, still holding the slot: the batch's outcomes are

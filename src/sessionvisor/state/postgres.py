@@ -625,15 +625,16 @@ class PostgresStore:
                 items.append(self._prepare(write, None))
             except Exception as exc:  # e.g. a value JSON cannot encode
                 write.fail(exc)
+        if len(items) == 1:
+            items[0].single = True  # alone: its own statement is lighter than the batch's
         pool = self._get_pool()
         with pool.connection() as conn:
             while items:
                 many = [item for item in items if not item.single]
+                alone = [item for item in items if item.single]
                 items = self._commit_many(conn, many) if many else []
-                for item in items[:]:
-                    if item.single:
-                        items.remove(item)
-                        items.extend(self._commit_one(conn, item))
+                for item in alone:
+                    items.extend(self._commit_one(conn, item))
 
     def _commit_many(
         self, conn: psycopg.Connection[tuple[Any, ...]], items: list[_Item]
