@@ -89,4 +89,3 @@ def test_it_makes_the_data_layer_with_its_settings() -> None:
     assert isinstance(inbox, Inbox) and inbox.table == "app.inbox"
     assert isinstance(streams, EventStreams) and streams.maxlen == 1000
     assert isinstance(cluster.wakeups(), Wakeups)
-
