@@ -249,15 +249,12 @@ class StreamReader:
         result = ReadResult(events=[], gap=False)
         if self._cursor is None:
             entries = await client.xrange(self._key, "-", "+")
+            self._cursor = entries[-1][0] if entries else "0-0"
+            result = self._filter.feed(_parse(entries))
             if self._from_end:
-                self._cursor = entries[-1][0] if entries else "0-0"
-                parsed = _parse(entries[-1:])
-                if parsed:  # remember the epoch, deliver nothing
-                    self._filter.epoch, self._filter.last = parsed[0].epoch, parsed[0].seq
-                    self._filter.delivered = parsed[0].seq
-            else:
-                self._cursor = entries[-1][0] if entries else "0-0"
-                result = self._filter.feed(_parse(entries))
+                # The kept entries set the position and the newest epoch (a
+                # stale owner's entry may be the last one); none is delivered.
+                result = ReadResult(events=[], gap=False)
             if result.events or result.gap or not block_ms:
                 return result
         found = await client.xread({self._key: self._cursor}, count=1000, block=block_ms or None)
@@ -353,6 +350,9 @@ class WakeupListener:
     async def wait(self, timeout: float) -> set[str]:
         """Wait up to ``timeout`` seconds for a wake-up; return the conversation
         ids received (empty on timeout).
+
+        After a Redis outage the next call subscribes again by itself; a
+        wake-up published before that reached nobody (its ``notify`` said 0).
 
         Raises:
             redis.exceptions.ConnectionError: Redis is unreachable.
