@@ -335,6 +335,8 @@ async def test_claim_expired_without_a_store_table_claims_nothing(
         ({"node_id": ""}, TypeError, "node_id"),
         ({"incarnation": None}, TypeError, "incarnation"),
         ({"max_connections": 0}, ValueError, "max_connections"),
+        ({"timeout": 0}, ValueError, "timeout"),
+        ({"timeout": float("nan")}, ValueError, "timeout"),
     ],
 )
 def test_a_lease_table_refuses_bad_arguments(
@@ -407,3 +409,14 @@ async def test_an_expired_lease_nobody_took_is_renewed_with_its_epoch(
     assert renewal.held == {"c-1"}
     rows = sql(pg_dsn, f"SELECT epoch, lease_until > now() FROM {names['table']} WHERE epoch = 1")
     assert rows == [(1, True)]
+
+
+async def test_an_unreachable_database_fails_the_call_after_the_timeout() -> None:
+    import psycopg_pool
+
+    table = LeaseTable(
+        "postgresql://root@127.0.0.1:1/nowhere", node_id="n", incarnation="i", timeout=0.5
+    )
+    with anyio.fail_after(30), pytest.raises(psycopg_pool.PoolTimeout):
+        await table.acquire("c-1")
+    await table.aclose()

@@ -89,6 +89,8 @@ class Inbox(PgTable):
         dsn: a libpq connection string or URL.
         table: the inbox table, optionally schema-qualified.
         max_connections: the pool's size (``listen`` uses a connection of its own).
+        timeout: seconds to wait for a connection (when PostgreSQL is down, a
+            call fails with ``psycopg_pool.PoolTimeout`` after it).
 
     Raises:
         ImportError: psycopg or psycopg_pool is missing.
@@ -98,9 +100,14 @@ class Inbox(PgTable):
     _kind = "Inbox"
 
     def __init__(
-        self, dsn: str, *, table: str = "sessionvisor_inbox", max_connections: int = 4
+        self,
+        dsn: str,
+        *,
+        table: str = "sessionvisor_inbox",
+        max_connections: int = 4,
+        timeout: float = 5.0,
     ) -> None:
-        super().__init__(dsn, table, max_connections=max_connections)
+        super().__init__(dsn, table, max_connections=max_connections, timeout=timeout)
         # A channel name is an identifier (at most 63 bytes): derive a short,
         # stable one from the table so two inboxes in one database stay apart.
         digest = hashlib.sha1(table.encode()).hexdigest()[:12]
@@ -249,7 +256,9 @@ class Inbox(PgTable):
         afterwards is reported by its ``wait``.
         """
         await self._get_pool()  # the table exists, the arguments were checked
-        conn = await self._psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        conn = await self._psycopg.AsyncConnection.connect(
+            self._dsn, autocommit=True, connect_timeout=max(2, int(self._timeout))
+        )
         try:
             from psycopg import sql
 

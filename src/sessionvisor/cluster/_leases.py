@@ -177,6 +177,8 @@ class LeaseTable(PgTable):
         store_table: ``PostgresStore``'s table, which ``claim_expired`` joins
             for its ``unanswered`` flag.
         max_connections: the pool's size.
+        timeout: seconds to wait for a connection (when PostgreSQL is down, a
+            call fails with ``psycopg_pool.PoolTimeout`` after it).
         clock: monotonic seconds, for the leases' local deadlines.
 
     Raises:
@@ -196,9 +198,10 @@ class LeaseTable(PgTable):
         table: str = "sessionvisor_leases",
         store_table: str = "sessionvisor_conversations",
         max_connections: int = 4,
+        timeout: float = 5.0,
         clock: Clock = monotonic,
     ) -> None:
-        super().__init__(dsn, table, max_connections=max_connections)
+        super().__init__(dsn, table, max_connections=max_connections, timeout=timeout)
         from ._common import check_table_name
 
         self._store_parts = check_table_name("LeaseTable store", store_table)

@@ -41,7 +41,7 @@ class PgTable:
 
     _kind = "table"
 
-    def __init__(self, dsn: str, table: str, *, max_connections: int) -> None:
+    def __init__(self, dsn: str, table: str, *, max_connections: int, timeout: float = 5.0) -> None:
         self._psycopg, _ = import_psycopg()
         if not isinstance(dsn, str) or not dsn:
             raise TypeError(f"{self._kind} dsn must be a non-empty str, got {dsn!r}")
@@ -50,7 +50,12 @@ class PgTable:
             raise TypeError(f"max_connections must be an int, got {max_connections!r}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
+        if not timeout > 0 or timeout == float("inf"):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
         self._dsn = dsn
+        self._timeout = float(timeout)
         self._table = table
         self._max_connections = max_connections
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
@@ -112,11 +117,18 @@ class PgTable:
                     self._dsn,
                     min_size=1,
                     max_size=self._max_connections,
-                    kwargs={"autocommit": True},
+                    # libpq's connect_timeout counts whole seconds (at least 2).
+                    kwargs={"autocommit": True, "connect_timeout": max(2, int(self._timeout))},
                     open=False,
                     name=repr(self),
+                    timeout=self._timeout,
                 )
-                await pool.open(wait=True)
+                try:
+                    await pool.open(wait=True, timeout=self._timeout)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await pool.close()
+                    raise
                 try:
                     async with pool.connection() as conn, conn.transaction():
                         # Two nodes creating the same table at once can collide
