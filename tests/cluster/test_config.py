@@ -56,6 +56,7 @@ def test_renewal_must_come_at_least_three_times_per_ttl() -> None:
         ((URL,), {"prefix": ""}, ValueError, "prefix"),
         ((URL,), {"replay_buffer": 0}, ValueError, "replay_buffer"),
         ((URL,), {"replay_buffer": 2.0}, TypeError, "replay_buffer"),
+        ((URL,), {"stream_ttl": 0}, ValueError, "stream_ttl"),
     ],
 )
 def test_a_bad_argument_is_named(
@@ -87,5 +88,7 @@ def test_it_makes_the_data_layer_with_its_settings() -> None:
         "app.leases",
     )
     assert isinstance(inbox, Inbox) and inbox.table == "app.inbox"
-    assert isinstance(streams, EventStreams) and streams.maxlen == 1000
+    assert isinstance(streams, EventStreams)
+    assert (streams.maxlen, streams.ttl) == (1000, 86400.0)
+    assert Cluster(URL, stream_ttl=None).event_streams().ttl is None
     assert isinstance(cluster.wakeups(), Wakeups)

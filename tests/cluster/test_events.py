@@ -66,6 +66,21 @@ async def test_the_stream_is_capped_and_a_reader_behind_the_cap_sees_a_gap(
     assert [e.seq for e in recent.events] == list(range(991, 1001)) and not recent.gap
 
 
+async def test_a_stream_expires_a_while_after_its_last_event(redis_server: RedisServer) -> None:
+    prefix = uuid.uuid4().hex
+    async with (
+        EventStreams(redis_server.url, prefix=prefix, ttl=60) as expiring,
+        EventStreams(redis_server.url, prefix=prefix + "k", ttl=None) as kept,
+    ):
+        await append(expiring, "c-1", 1, [1, 2])
+        await append(kept, "c-1", 1, [1])
+        expiring_ms = await expiring._redis().pttl(expiring.key("c-1"))
+        kept_ms = await kept._redis().pttl(kept.key("c-1"))
+
+    assert 59_000 < expiring_ms <= 60_000
+    assert kept_ms == -1  # no expiry
+
+
 async def test_a_stale_owners_events_are_dropped(streams: EventStreams) -> None:
     # Owner of epoch 1 appended 1-5 but persisted only up to 3; the owner of
     # epoch 2 continues from 4; the stale owner, still running, appends 6 and 7.
@@ -200,6 +215,8 @@ async def test_a_wakeup_listener_recovers_from_a_redis_restart(
         ({"prefix": "a{b}"}, ValueError, "prefix"),
         ({"maxlen": 0}, ValueError, "maxlen"),
         ({"maxlen": 1.5}, TypeError, "maxlen"),
+        ({"ttl": 0}, ValueError, "ttl"),
+        ({"ttl": "1"}, TypeError, "ttl"),
     ],
 )
 def test_event_streams_refuse_bad_arguments(

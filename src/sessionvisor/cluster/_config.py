@@ -62,6 +62,8 @@ class Cluster:
             schema-qualified.
         prefix: the prefix of the Redis keys and channels.
         replay_buffer: about how many events each conversation's stream keeps.
+        stream_ttl: seconds after its last event that a conversation's stream
+            is deleted from Redis (None: never).
 
     Attributes:
         incarnation: this run of the node: a fresh random id per process.
@@ -81,6 +83,7 @@ class Cluster:
         "redis_url",
         "renew_every",
         "replay_buffer",
+        "stream_ttl",
     )
 
     def __init__(
@@ -94,6 +97,7 @@ class Cluster:
         inbox_table: str = "sessionvisor_inbox",
         prefix: str = "sessionvisor",
         replay_buffer: int = 1000,
+        stream_ttl: float | None = 86400.0,
     ) -> None:
         if not isinstance(redis_url, str):
             raise TypeError(f"Cluster redis_url must be a str, got {type(redis_url).__name__}")
@@ -136,6 +140,7 @@ class Cluster:
         self.inbox_table = inbox_table
         self.prefix = prefix
         self.replay_buffer = _count("replay_buffer", replay_buffer)
+        self.stream_ttl = None if stream_ttl is None else _seconds("stream_ttl", stream_ttl)
 
     def __repr__(self) -> str:
         # The URL may carry a password: show its host part only.
@@ -165,7 +170,9 @@ class Cluster:
 
     def event_streams(self) -> EventStreams:
         """The ``EventStreams`` on this cluster's Redis."""
-        return EventStreams(self.redis_url, prefix=self.prefix, maxlen=self.replay_buffer)
+        return EventStreams(
+            self.redis_url, prefix=self.prefix, maxlen=self.replay_buffer, ttl=self.stream_ttl
+        )
 
     def wakeups(self) -> Wakeups:
         """The ``Wakeups`` on this cluster's Redis."""

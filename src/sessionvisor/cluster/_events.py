@@ -159,19 +159,35 @@ class EventStreams(_RedisUser):
         redis_url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``).
         prefix: the key prefix.
         maxlen: about how many events each stream keeps (the replay buffer).
+        ttl: seconds after its last append that a stream is deleted (None:
+            never), so the streams of conversations nobody talks to any more
+            do not hold Redis memory for ever.
 
     Raises:
         ImportError: the redis package is missing.
         ValueError, TypeError: a bad argument.
     """
 
-    def __init__(self, redis_url: str, *, prefix: str = "sessionvisor", maxlen: int = 1000) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        prefix: str = "sessionvisor",
+        maxlen: int = 1000,
+        ttl: float | None = 86400.0,
+    ) -> None:
         super().__init__(redis_url, prefix)
         if isinstance(maxlen, bool) or not isinstance(maxlen, int):
             raise TypeError(f"maxlen must be an int, got {maxlen!r}")
         if maxlen < 1:
             raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+        if ttl is not None:
+            if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+                raise TypeError(f"ttl must be None or a number of seconds, got {ttl!r}")
+            if not math.isfinite(ttl) or ttl < 0.001:
+                raise ValueError(f"ttl must be at least 0.001 seconds, got {ttl}")
         self.maxlen = maxlen
+        self.ttl = ttl
 
     def __repr__(self) -> str:
         return f"EventStreams(prefix={self._prefix!r}, maxlen={self.maxlen})"
@@ -194,12 +210,16 @@ class EventStreams(_RedisUser):
                 raise TypeError(f"{name} must be an int >= 0, got {value!r}")
         if not isinstance(data, str):
             raise TypeError(f"data must be the event's JSON text, got {type(data).__name__}")
-        entry_id = await self._redis().xadd(
-            self.key(conversation_id),
-            {"seq": seq, "epoch": epoch, "data": data},
-            maxlen=self.maxlen,
-            approximate=True,
-        )
+        key = self.key(conversation_id)
+        fields = {"seq": seq, "epoch": epoch, "data": data}
+        if self.ttl is None:
+            entry_id = await self._redis().xadd(key, fields, maxlen=self.maxlen, approximate=True)
+        else:
+            # One round trip; MULTI so the stream never exists without its expiry.
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)
+                pipe.pexpire(key, max(1, round(self.ttl * 1000)))
+                entry_id, _ = await pipe.execute()
         return str(entry_id)
 
     def reader(self, conversation_id: str, after_seq: int | None) -> StreamReader:
