@@ -81,11 +81,33 @@ async def test_a_stream_expires_a_while_after_its_last_event(redis_server: Redis
     assert kept_ms == -1  # no expiry
 
 
+async def test_appends_of_an_older_epoch_are_refused_at_the_door(streams: EventStreams) -> None:
+    from sessionvisor._errors import StaleWriteError
+
+    await append(streams, "c-1", 1, [1, 2])
+    await append(streams, "c-1", 2, [3])
+    with pytest.raises(StaleWriteError, match=r"'c-1'.*newer epoch"):
+        await append(streams, "c-1", 1, [4])
+    # A new owner fences before it produces anything.
+    assert await streams.fence("c-1", 3) == 3
+    assert await streams.fence("c-1", 2) == 3  # never lowered
+    with pytest.raises(StaleWriteError):
+        await append(streams, "c-1", 2, [4])
+    await append(streams, "c-1", 3, [4])
+
+    result = await streams.read("c-1", after_seq=0)
+    assert seqs(result.events) == [(1, 1), (2, 1), (3, 2), (4, 3)]
+    ttl = await streams._redis().pttl(streams.epoch_key("c-1"))
+    assert 0 < ttl <= 86_400_000  # the epoch key leaves with the stream
+
+
 async def test_a_stale_owners_events_are_dropped(streams: EventStreams) -> None:
     # Owner of epoch 1 appended 1-5 but persisted only up to 3; the owner of
-    # epoch 2 continues from 4; the stale owner, still running, appends 6 and 7.
+    # epoch 2 continues from 4; the stale owner, still running, appends 6 and 7,
+    # which get in because Redis lost the epoch key (evicted, say).
     await append(streams, "c-1", 1, range(1, 6))
     await append(streams, "c-1", 2, [4, 5])
+    await streams._redis().delete(streams.epoch_key("c-1"))
     await append(streams, "c-1", 1, [6, 7])
     await append(streams, "c-1", 2, [6])
 
@@ -101,9 +123,8 @@ async def test_a_reader_that_got_a_stale_owners_events_is_told_of_the_gap(
     await append(streams, "c-1", 1, range(1, 6))
     reader = streams.reader("c-1", after_seq=0)
     first = await reader.read()
-    await append(streams, "c-1", 1, [6])  # stale from now on
+    await append(streams, "c-1", 1, [6])  # stale already, but the new owner did not append yet
     await append(streams, "c-1", 2, [4, 5, 6])
-    await append(streams, "c-1", 1, [7])
 
     second = await reader.read(block_ms=1000)
 
@@ -131,6 +152,7 @@ async def test_a_blocked_reader_gets_the_next_event(streams: EventStreams) -> No
 
 async def test_a_reader_from_now_skips_the_kept_events(streams: EventStreams) -> None:
     await append(streams, "c-1", 3, range(1, 6))
+    await streams._redis().delete(streams.epoch_key("c-1"))  # lost: stale entries get in
     await append(streams, "c-1", 2, [6])  # a stale owner's entry last
     reader = streams.reader("c-1", after_seq=None)
     assert (await reader.read()).events == []

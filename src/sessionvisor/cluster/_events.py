@@ -16,6 +16,7 @@ from typing import Any, Self
 import anyio
 import attrs
 
+from .._errors import StaleWriteError
 from ._common import import_redis, require_asyncio
 from ._pg import check_conversation_id
 
@@ -103,6 +104,37 @@ class _Filter:
         return ReadResult(events=out, gap=gap)
 
 
+# The append, atomically: refused (nil) when the conversation's epoch key holds
+# a newer epoch, so a stale owner's events stop at the door while Redis
+# remembers the epoch; the reader's filter covers the rest (entries that got in
+# before the new owner's first append or fence, and a Redis that forgot).
+_APPEND = """
+local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
+local epoch = tonumber(ARGV[2])
+if epoch < newest then return false end
+if epoch > newest then redis.call('SET', KEYS[2], ARGV[2]) end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
+    'seq', ARGV[1], 'epoch', ARGV[2], 'data', ARGV[3])
+if ARGV[5] ~= '' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+    redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+return id
+"""
+
+# Raise the conversation's epoch key (never lower it); return the value kept.
+_FENCE = """
+local newest = tonumber(redis.call('GET', KEYS[1]) or '0')
+local epoch = tonumber(ARGV[1])
+if epoch > newest then
+    redis.call('SET', KEYS[1], ARGV[1])
+    newest = epoch
+end
+if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return newest
+"""
+
+
 class _RedisUser:
     def __init__(self, redis_url: str, prefix: str) -> None:
         self._redis_module = import_redis()
@@ -188,6 +220,7 @@ class EventStreams(_RedisUser):
                 raise ValueError(f"ttl must be at least 0.001 seconds, got {ttl}")
         self.maxlen = maxlen
         self.ttl = ttl
+        self._scripts: tuple[Any, Any] | None = None
 
     def __repr__(self) -> str:
         return f"EventStreams(prefix={self._prefix!r}, maxlen={self.maxlen})"
@@ -196,30 +229,68 @@ class EventStreams(_RedisUser):
         """The stream's key (the id in braces: one hash slot per conversation)."""
         return f"{self._prefix}:events:{{{conversation_id}}}"
 
+    def epoch_key(self, conversation_id: str) -> str:
+        """The key holding the newest epoch appended or fenced."""
+        return f"{self._prefix}:epoch:{{{conversation_id}}}"
+
+    def _script(self, which: int) -> Any:
+        client = self._redis()
+        if self._scripts is None:
+            # Script objects send EVALSHA and fall back to EVAL when Redis
+            # lost its script cache (a restart).
+            self._scripts = (client.register_script(_APPEND), client.register_script(_FENCE))
+        return self._scripts[which]
+
+    def _ttl_ms(self) -> str:
+        return "" if self.ttl is None else str(max(1, round(self.ttl * 1000)))
+
+    async def fence(self, conversation_id: str, epoch: int) -> int:
+        """Refuse, from now on, appends with an epoch below ``epoch``; return
+        the newest epoch Redis holds for the conversation.
+
+        A new owner calls it right after fencing the store: the stale owner's
+        next ``append`` then fails instead of reaching the readers. Redis keeps
+        nothing on disk, so this is a courtesy, not a guarantee (readers still
+        drop stale entries).
+
+        Raises:
+            TypeError: a bad argument.
+            redis.exceptions.ConnectionError: Redis is unreachable.
+        """
+        check_conversation_id(conversation_id)
+        _check_count("epoch", epoch)
+        kept = await self._script(1)(
+            keys=[self.epoch_key(conversation_id)], args=[epoch, self._ttl_ms()]
+        )
+        return int(kept)
+
     async def append(self, conversation_id: str, seq: int, epoch: int, data: str) -> str:
         """Append one event; return its stream entry id.
 
+        One script, atomically: refused when a newer epoch appended or fenced
+        already; otherwise ``XADD ... MAXLEN ~ maxlen`` and the expiry.
+
         Raises:
-            TypeError, ValueError: a bad argument.
+            TypeError: a bad argument.
+            StaleWriteError: Redis holds a newer epoch for the conversation:
+                another owner took it over (stop serving it).
             redis.exceptions.ConnectionError: Redis is unreachable (the event is
                 not in the stream; readers will see a gap).
         """
         check_conversation_id(conversation_id)
-        for name, value in (("seq", seq), ("epoch", epoch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise TypeError(f"{name} must be an int >= 0, got {value!r}")
+        _check_count("seq", seq)
+        _check_count("epoch", epoch)
         if not isinstance(data, str):
             raise TypeError(f"data must be the event's JSON text, got {type(data).__name__}")
-        key = self.key(conversation_id)
-        fields = {"seq": seq, "epoch": epoch, "data": data}
-        if self.ttl is None:
-            entry_id = await self._redis().xadd(key, fields, maxlen=self.maxlen, approximate=True)
-        else:
-            # One round trip; MULTI so the stream never exists without its expiry.
-            async with self._redis().pipeline(transaction=True) as pipe:
-                pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)
-                pipe.pexpire(key, max(1, round(self.ttl * 1000)))
-                entry_id, _ = await pipe.execute()
+        entry_id = await self._script(0)(
+            keys=[self.key(conversation_id), self.epoch_key(conversation_id)],
+            args=[seq, epoch, data, self.maxlen, self._ttl_ms()],
+        )
+        if entry_id is None:
+            raise StaleWriteError(
+                f"cannot append event {seq} of conversation {conversation_id!r}: its stream "
+                f"holds a newer epoch than this writer's {epoch} (a newer owner took it over)"
+            )
         return str(entry_id)
 
     def reader(self, conversation_id: str, after_seq: int | None) -> StreamReader:
@@ -284,6 +355,11 @@ class StreamReader:
         self._cursor = entries[-1][0]
         more = self._filter.feed(_parse(entries))
         return ReadResult(events=more.events, gap=more.gap or result.gap)
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"{name} must be an int >= 0, got {value!r}")
 
 
 def _parse(entries: list[tuple[str, dict[str, str]]]) -> list[StreamEvent]:
