@@ -282,3 +282,13 @@ def test_the_filter_keeps_the_newest_epochs_numbering(
 async def test_on_trio_the_event_streams_say_they_need_asyncio(anyio_backend: str) -> None:
     with pytest.raises(RuntimeError, match="asyncio only"):
         await EventStreams("redis://127.0.0.1:1/0").append("c-1", 1, 1, "{}")
+
+
+async def test_event_streams_work_again_after_aclose(redis_server: RedisServer) -> None:
+    streams = EventStreams(redis_server.url, prefix=uuid.uuid4().hex)
+    await append(streams, "c-1", 1, [1])
+    await streams.aclose()
+    await append(streams, "c-1", 1, [2])  # a new client, new script objects
+
+    assert [e.seq for e in (await streams.read("c-1", after_seq=0)).events] == [1, 2]
+    await streams.aclose()

@@ -220,7 +220,7 @@ class EventStreams(_RedisUser):
                 raise ValueError(f"ttl must be at least 0.001 seconds, got {ttl}")
         self.maxlen = maxlen
         self.ttl = ttl
-        self._scripts: tuple[Any, Any] | None = None
+        self._scripts: tuple[Any, Any, Any] | None = None  # (client, append, fence)
 
     def __repr__(self) -> str:
         return f"EventStreams(prefix={self._prefix!r}, maxlen={self.maxlen})"
@@ -235,11 +235,15 @@ class EventStreams(_RedisUser):
 
     def _script(self, which: int) -> Any:
         client = self._redis()
-        if self._scripts is None:
+        if self._scripts is None or self._scripts[0] is not client:
             # Script objects send EVALSHA and fall back to EVAL when Redis
-            # lost its script cache (a restart).
-            self._scripts = (client.register_script(_APPEND), client.register_script(_FENCE))
-        return self._scripts[which]
+            # lost its script cache (a restart). They are bound to a client.
+            self._scripts = (
+                client,
+                client.register_script(_APPEND),
+                client.register_script(_FENCE),
+            )
+        return self._scripts[1 + which]
 
     def _ttl_ms(self) -> str:
         return "" if self.ttl is None else str(max(1, round(self.ttl * 1000)))
