@@ -316,6 +316,51 @@ async def test_the_sweeper_claims_expired_leases_of_unanswered_conversations_onc
     assert rows == {"answered": "node-dead", "busy-live": "node-live", "orphan": rows["orphan"]}
 
 
+async def test_the_sweeper_also_claims_conversations_with_pending_commands(
+    open_table: Callable[..., Any], pg_dsn: str, names: dict[str, str]
+) -> None:
+    from sessionvisor.cluster import Inbox
+    from sessionvisor.state.postgres import PostgresStore
+
+    inbox_table = names["table"] + "_inbox"
+    dead = await open_table("node-dead", ttl=0.2, inbox_table=inbox_table)
+    live = await open_table("node-live", ttl=60, inbox_table=inbox_table)
+    async with (
+        PostgresStore(pg_dsn, table=names["store_table"]) as store,
+        Inbox(pg_dsn, table=inbox_table) as inbox,
+    ):
+        await store.save("stored", record("x"), expected_version=None, lifecycle="completion")
+        await dead.acquire("posted")  # its owner died right after a post reached the inbox
+        await inbox.post("posted", "send", {"content": "hi"})
+        await live.acquire("live-post")
+        await inbox.post("live-post", "send", {"content": "hi"})
+        await inbox.post("never-leased", "send", {"content": "hi"})
+        await inbox.post("stored", "cancel")  # stored at epoch 0, never leased
+        await store.fence("stored", 4)
+        wait_expired(pg_dsn, names["table"], "posted")
+
+        sweeper = await open_table("sweeper", ttl=60, inbox_table=inbox_table)
+        claimed = await sweeper.claim_expired()
+
+    epochs = {lease.conversation_id: lease.epoch for lease in claimed}
+    assert epochs == {"posted": 2, "never-leased": 1, "stored": 5}
+
+
+async def test_before_anything_is_stored_the_sweeper_claims_from_the_inbox(
+    open_table: Callable[..., Any], pg_dsn: str, names: dict[str, str]
+) -> None:
+    from sessionvisor.cluster import Inbox
+
+    inbox_table = names["table"] + "_inbox"
+    sweeper = await open_table("sweeper", store_table="no_such_table", inbox_table=inbox_table)
+    async with Inbox(pg_dsn, table=inbox_table) as inbox:
+        await inbox.post("c-1", "send", "hi")
+
+        claimed = await sweeper.claim_expired()
+
+    assert [(lease.conversation_id, lease.epoch) for lease in claimed] == [("c-1", 1)]
+
+
 async def test_claim_expired_without_a_store_table_claims_nothing(
     open_table: Callable[..., Any],
 ) -> None:

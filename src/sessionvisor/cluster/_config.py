@@ -153,7 +153,8 @@ class Cluster:
     def lease_table_for(
         self, dsn: str, *, store_table: str = "sessionvisor_conversations", **kwargs: Any
     ) -> LeaseTable:
-        """A ``LeaseTable`` for this node over ``dsn``, joined with ``store_table``."""
+        """A ``LeaseTable`` for this node over ``dsn``, whose sweeper claims look
+        at ``store_table`` and at this cluster's inbox."""
         return LeaseTable(
             dsn,
             node_id=self.node_id,
@@ -161,6 +162,7 @@ class Cluster:
             ttl=self.lease_ttl,
             table=self.lease_table,
             store_table=store_table,
+            inbox_table=self.inbox_table,
             **kwargs,
         )
 

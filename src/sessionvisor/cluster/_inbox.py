@@ -18,6 +18,7 @@ from ._pg import PgTable, check_conversation_id
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg import sql
 
 __all__ = ["COMMAND_KINDS", "Command", "CommandKind", "Inbox", "InboxListener", "Posted"]
 
@@ -36,6 +37,31 @@ WITH ins AS (
 )
 SELECT seq, pg_notify(%(channel)s, %(cid)s) FROM ins
 """
+
+
+def inbox_schema(parts: tuple[str, ...]) -> list[sql.Composed]:
+    """The statements creating an inbox table (also run by a ``LeaseTable``
+    that claims conversations with pending commands)."""
+    from psycopg import sql
+
+    *schema, name = parts
+    kinds = sql.SQL(", ").join(sql.Literal(kind) for kind in sorted(COMMAND_KINDS))
+    table = sql.Identifier(*schema, name)
+    return [
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {t} ("
+            "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+            "conversation_id TEXT NOT NULL, command_id TEXT NOT NULL, "
+            "kind TEXT NOT NULL CHECK (kind IN ({kinds})), payload TEXT NOT NULL, "
+            "created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+            "UNIQUE (conversation_id, command_id))"
+        ).format(t=table, kinds=kinds),
+        # take() reads one conversation in seq order; pending_conversations()
+        # and the sweeper read the distinct conversation ids: all from this index.
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (conversation_id, seq)").format(
+            i=sql.Identifier(name + "_by_conversation"), t=table
+        ),
+    ]
 
 
 @attrs.frozen
@@ -126,26 +152,7 @@ class Inbox(PgTable):
         return f"Inbox(table={self._table!r})"
 
     def _schema(self) -> list[Any]:
-        from psycopg import sql
-
-        kinds = sql.SQL(", ").join(sql.Literal(kind) for kind in sorted(COMMAND_KINDS))
-        return [
-            self._compose(
-                "CREATE TABLE IF NOT EXISTS {t} ("
-                "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
-                "conversation_id TEXT NOT NULL, command_id TEXT NOT NULL, "
-                "kind TEXT NOT NULL CHECK (kind IN ({kinds})), payload TEXT NOT NULL, "
-                "created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
-                "UNIQUE (conversation_id, command_id))",
-                kinds=kinds,
-            ),
-            # take() reads one conversation in seq order; pending_conversations()
-            # reads the distinct conversation ids: both from this index.
-            self._compose(
-                "CREATE INDEX IF NOT EXISTS {i} ON {t} (conversation_id, seq)",
-                i=sql.Identifier(self._parts[-1] + "_by_conversation"),
-            ),
-        ]
+        return inbox_schema(self._parts)
 
     async def post(
         self,

@@ -53,17 +53,24 @@ SELECT node_id, incarnation, epoch, lease_until, EXTRACT(EPOCH FROM lease_until 
 FROM {t} WHERE conversation_id = %s AND lease_until >= now()
 """
 
-# The sweeper's claim: expired leases of conversations whose stored state has
-# unanswered work (the store's flag, read through its partial index), locked
-# with SKIP LOCKED so sweepers on several nodes split them instead of queueing
-# on the same rows; plus conversations with unanswered work that never had a
-# lease (stored before the cluster mode), whose first epoch continues the
-# store's. Two sweepers inserting the same one: the second's ON CONFLICT DO
-# NOTHING finds the first's row and returns nothing.
+# The sweeper's claim. ``work`` is every conversation with something waiting:
+# the store's unanswered flag (read through its partial index) and, when the
+# table knows the inbox, pending inbox rows (a command posted just before its
+# owner died). Expired leases of those are locked with SKIP LOCKED, so the
+# sweepers of several nodes split them instead of queueing on the same rows;
+# conversations with waiting work and no lease row at all (stored before the
+# cluster mode) are taken too, their first epoch above the store's. Two
+# sweepers inserting the same one: the second's ON CONFLICT DO NOTHING finds
+# the first's row and returns nothing.
+_WORK = "SELECT id AS cid FROM {s} WHERE unanswered"
+_WORK_WITH_INBOX = _WORK + " UNION SELECT conversation_id FROM {i}"
+_WORK_INBOX_ONLY = "SELECT DISTINCT conversation_id AS cid FROM {i}"
+_EPOCH_AFTER_STORE = "COALESCE((SELECT s.epoch FROM {s} s WHERE s.id = w.cid), 0) + 1"
 _CLAIM = """
-WITH expired AS (
-    SELECT l.conversation_id FROM {t} l JOIN {s} s ON s.id = l.conversation_id
-    WHERE s.unanswered AND l.lease_until < now()
+WITH work AS ({work}),
+expired AS (
+    SELECT l.conversation_id FROM {t} l JOIN work w ON w.cid = l.conversation_id
+    WHERE l.lease_until < now()
     ORDER BY l.lease_until LIMIT %(limit)s
     FOR UPDATE OF l SKIP LOCKED
 ),
@@ -75,10 +82,11 @@ taken AS (
 ),
 orphans AS (
     INSERT INTO {t} (conversation_id, node_id, incarnation, epoch, lease_until)
-    SELECT s.id, %(node)s, %(inc)s, s.epoch + 1, now() + make_interval(secs => %(ttl)s)
-    FROM {s} s
-    WHERE s.unanswered AND s.version > 0
-        AND NOT EXISTS (SELECT 1 FROM {t} l WHERE l.conversation_id = s.id)
+    SELECT w.cid, %(node)s, %(inc)s,
+        {first_epoch},
+        now() + make_interval(secs => %(ttl)s)
+    FROM work w
+    WHERE NOT EXISTS (SELECT 1 FROM {t} l WHERE l.conversation_id = w.cid)
     LIMIT GREATEST(%(limit)s - (SELECT count(*) FROM expired), 0)
     ON CONFLICT (conversation_id) DO NOTHING
     RETURNING conversation_id, epoch
@@ -176,6 +184,8 @@ class LeaseTable(PgTable):
         table: the lease table, optionally schema-qualified.
         store_table: ``PostgresStore``'s table, which ``claim_expired`` joins
             for its ``unanswered`` flag.
+        inbox_table: the ``Inbox``'s table, if any: ``claim_expired`` then also
+            claims conversations with pending commands.
         max_connections: the pool's size.
         timeout: seconds to wait for a connection (when PostgreSQL is down, a
             call fails with ``psycopg_pool.PoolTimeout`` after it).
@@ -197,6 +207,7 @@ class LeaseTable(PgTable):
         ttl: float = 10.0,
         table: str = "sessionvisor_leases",
         store_table: str = "sessionvisor_conversations",
+        inbox_table: str | None = None,
         max_connections: int = 4,
         timeout: float = 5.0,
         clock: Clock = monotonic,
@@ -205,6 +216,9 @@ class LeaseTable(PgTable):
         from ._common import check_table_name
 
         self._store_parts = check_table_name("LeaseTable store", store_table)
+        inbox_parts = (
+            None if inbox_table is None else check_table_name("LeaseTable inbox", inbox_table)
+        )
         for name, value in (("node_id", node_id), ("incarnation", incarnation)):
             if not isinstance(value, str) or not value:
                 raise TypeError(f"LeaseTable {name} must be a non-empty str, got {value!r}")
@@ -223,13 +237,32 @@ class LeaseTable(PgTable):
         self._renew = self._compose(_RENEW)
         self._release = self._compose(_RELEASE)
         self._owner = self._compose(_OWNER)
-        self._claim = self._compose(_CLAIM, s=store)
+        after_store = sql.SQL(_EPOCH_AFTER_STORE).format(s=store)
+        self._inbox_parts = inbox_parts
+        self._claim_inbox_only = None
+        if inbox_parts is None:
+            work = sql.SQL(_WORK).format(s=store)
+        else:
+            inbox = sql.Identifier(*inbox_parts)
+            work = sql.SQL(_WORK_WITH_INBOX).format(s=store, i=inbox)
+            # Before any conversation was stored, the store's table may not
+            # exist; the inbox's does (this table creates it).
+            self._claim_inbox_only = self._compose(
+                _CLAIM,
+                work=sql.SQL(_WORK_INBOX_ONLY).format(i=inbox),
+                first_epoch=sql.SQL("1"),
+            )
+        self._claim = self._compose(_CLAIM, work=work, first_epoch=after_store)
 
     def __repr__(self) -> str:
         return f"LeaseTable(table={self._table!r}, node_id={self.node_id!r})"
 
     def _schema(self) -> list[Any]:
+        from ._inbox import inbox_schema
+
+        inbox = [] if self._inbox_parts is None else inbox_schema(self._inbox_parts)
         return [
+            *inbox,
             self._compose(
                 "CREATE TABLE IF NOT EXISTS {t} ("
                 "conversation_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, "
@@ -362,14 +395,14 @@ class LeaseTable(PgTable):
         """Take the expired leases of conversations with unanswered work (the sweeper).
 
         Expired leases whose conversation is flagged ``unanswered`` in the
-        store's table, and flagged conversations that never had a lease, up to
-        ``limit``; rows another node's sweeper is claiming are skipped, not
-        waited for. The caller must ``fence`` each (as ``acquire_fenced``
-        does) before loading it.
+        store's table or (with ``inbox_table``) has pending inbox commands,
+        and such conversations that never had a lease, up to ``limit``; rows
+        another node's sweeper is claiming are skipped, not waited for. The
+        caller must ``fence`` each (as ``acquire_fenced`` does) before
+        loading it.
 
         Returns:
-            The new leases (epoch incremented), in no particular order; empty
-            when the store's table does not exist yet.
+            The new leases (epoch incremented), in no particular order.
 
         Raises:
             TypeError, ValueError: ``limit`` is not a positive int.
@@ -380,10 +413,14 @@ class LeaseTable(PgTable):
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         started = self.clock()
+        params = self._params(limit=limit)
         try:
-            rows = await self._fetch(self._claim, self._params(limit=limit))
+            rows = await self._fetch(self._claim, params)
         except self._psycopg.errors.UndefinedTable:
-            return []  # no store table: nothing is stored, nothing waits
+            # No store table: nothing is stored; only the inbox may hold work.
+            if self._claim_inbox_only is None:
+                return []
+            rows = await self._fetch(self._claim_inbox_only, params)
         return [
             Lease(
                 conversation_id=cid,
