@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -465,3 +466,27 @@ async def test_an_unreachable_database_fails_the_call_after_the_timeout() -> Non
     with anyio.fail_after(30), pytest.raises(psycopg_pool.PoolTimeout):
         await table.acquire("c-1")
     await table.aclose()
+
+
+async def test_nodes_starting_together_create_the_tables_once(
+    open_table: Callable[..., Any], pg_dsn: str, names: dict[str, str]
+) -> None:
+    from sessionvisor.cluster import Inbox
+
+    inbox_table = names["table"] + "_inbox"
+    inboxes = [Inbox(pg_dsn, table=inbox_table) for _ in range(4)]
+
+    async with anyio.create_task_group() as tg:
+        for n in range(4):
+            tg.start_soon(partial(open_table, f"node-{n}", inbox_table=inbox_table))
+            tg.start_soon(inboxes[n].__aenter__)
+    for inbox in inboxes:
+        await inbox.aclose()
+
+    found = sql(
+        pg_dsn,
+        "SELECT tablename FROM pg_tables WHERE tablename IN (%s, %s) ORDER BY 1",
+        names["table"],
+        inbox_table,
+    )
+    assert found == [(names["table"],), (inbox_table,)]

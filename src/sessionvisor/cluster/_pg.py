@@ -132,10 +132,10 @@ class PgTable:
                 try:
                     async with pool.connection() as conn, conn.transaction():
                         # Two nodes creating the same table at once can collide
-                        # in the catalog even with IF NOT EXISTS.
+                        # in the catalog even with IF NOT EXISTS. One lock for
+                        # every cluster table: a lease table creates the inbox's.
                         await conn.execute(
-                            "SELECT pg_advisory_xact_lock(hashtext(%s))",
-                            (f"sessionvisor:{self._table}",),
+                            "SELECT pg_advisory_xact_lock(hashtext('sessionvisor:cluster'))"
                         )
                         for statement in self._schema():
                             await conn.execute(statement)
