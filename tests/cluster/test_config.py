@@ -92,3 +92,19 @@ def test_it_makes_the_data_layer_with_its_settings() -> None:
     assert (streams.maxlen, streams.ttl) == (1000, 86400.0)
     assert Cluster(URL, stream_ttl=None).event_streams().ttl is None
     assert isinstance(cluster.wakeups(), Wakeups)
+
+
+def test_without_the_extra_the_pieces_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    # None in sys.modules makes the import raise ImportError.
+    for name in ("psycopg", "psycopg_pool", "redis", "redis.asyncio"):
+        monkeypatch.setitem(sys.modules, name, None)  # type: ignore[arg-type]
+
+    cluster = Cluster(URL)  # the settings need neither
+    with pytest.raises(ImportError, match=r"pip install 'sessionvisor\[cluster\]'"):
+        cluster.lease_table_for("postgresql://db/app")
+    with pytest.raises(ImportError, match=r"pip install 'sessionvisor\[cluster\]'"):
+        cluster.inbox_for("postgresql://db/app")
+    with pytest.raises(ImportError, match=r"pip install 'sessionvisor\[cluster\]'"):
+        cluster.event_streams()
