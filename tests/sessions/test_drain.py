@@ -169,3 +169,28 @@ async def test_calls_after_the_drain_raise_registry_unavailable(anyio_backend: s
         await sup.start("c")
     with pytest.raises(RegistryUnavailable):
         sup.get("c")
+
+
+@pytest.mark.anyio
+async def test_a_supervisor_left_by_cancellation_drains_at_once_and_keeps_the_message(
+    anyio_backend: str,
+) -> None:
+    # With a hand-driven clock a running turn's shutdown_timeout would never pass: a
+    # cancelled owner (say, a test's timeout) must still get out, without losing anything.
+    from sessionvisor import MemoryStore, SessionSupervisor, SingleRouter
+    from sessionvisor.testing import ManualClock, ScriptedAgent
+
+    agent = ScriptedAgent()
+    store = MemoryStore()
+    sup = SessionSupervisor(SingleRouter(lambda a, c: agent), store=store, clock=ManualClock())
+    with anyio.fail_after(10):
+        with anyio.move_on_after(0.05):
+            async with sup:
+                await sup.send("c-1", "slow")
+                await agent.started_slow.wait()
+                await anyio.sleep_forever()
+    record = await store.load("c-1")
+    assert record is not None
+    assert [m["content"] for m in record.state["queued"]] == ["slow"]  # handed back
+    assert record.lifecycle == "queued"  # the next wake (or a recovery) answers it
+    assert [m["content"] for m in record.state["messages"]] == []  # nothing half-done

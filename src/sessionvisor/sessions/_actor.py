@@ -403,9 +403,9 @@ class Actor:
         await self.turn.wait_done()
         return self.status
 
-    async def stop(self, reason: StopReason = StopReason.STOPPED) -> None:
+    async def stop(self, reason: StopReason = StopReason.STOPPED, *, grace: bool = True) -> None:
         """Persist and stop; a running turn is cancelled (on drain: after shutdown_timeout)."""
-        await stop_session(self, reason)
+        await stop_session(self, reason, grace=grace)
 
     def request_stop(self, reason: StopReason) -> None:
         self.life.request_stop(reason)

@@ -50,7 +50,12 @@ class Runners:
         runner = _Runner()
         while work is not None:
             try:
-                await work()
+                # Work (a turn, a stop, a save retry) is ended by the runtime itself (a
+                # turn's own cancel scope, the drain), never by a cancellation of the
+                # scope the supervisor was entered in: cut there, a turn would leave
+                # the agent's half-done output behind without rolling it back.
+                with anyio.CancelScope(shield=True):
+                    await work()
             except Exception:
                 # Work catches its own failures; one that escapes is a bug in one
                 # session, and must not take the supervisor's task group down.

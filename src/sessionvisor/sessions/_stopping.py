@@ -24,11 +24,12 @@ if TYPE_CHECKING:
 __all__: list[str] = ["drain", "emit_shutdown", "finish_stop", "idle_stop", "stop_session"]
 
 
-async def stop_session(actor: Actor, reason: StopReason) -> None:
-    """Persist and stop; a running turn is cancelled (on drain: after shutdown_timeout)."""
+async def stop_session(actor: Actor, reason: StopReason, *, grace: bool = True) -> None:
+    """Persist and stop; a running turn is cancelled (on drain: after shutdown_timeout,
+    unless ``grace`` is False)."""
     if not actor.closed:
         actor.request_stop(reason)
-    if reason is StopReason.DRAIN and not actor.life.ended:
+    if reason is StopReason.DRAIN and grace and not actor.life.ended:
         clock = actor.host.clock
         with anyio.CancelScope() as timer_scope:
             async with anyio.create_task_group() as tg:
@@ -40,9 +41,10 @@ async def stop_session(actor: Actor, reason: StopReason) -> None:
                 tg.start_soon(expire)
                 await actor.life.wait_ended()
                 tg.cancel_scope.cancel()
-        if not actor.life.ended:
-            # The turn had its shutdown_timeout: cancel it so the drain can finish.
-            actor.turn.cancel()
+    if not actor.life.ended:
+        # The turn had its shutdown_timeout (or gets none): cancel it so the drain can
+        # finish; its messages go back to the queue, answered on the next wake.
+        actor.turn.cancel()
     await actor.life.wait_ended()
 
 
@@ -101,8 +103,9 @@ async def finish_stop(actor: Actor) -> None:
 _DRAINERS = 64  # sessions stopped at once while draining
 
 
-async def drain(actors: list[Actor]) -> None:
-    """Stop every actor for a drain: running turns get ``shutdown_timeout``, all persist.
+async def drain(actors: list[Actor], *, grace: bool = True) -> None:
+    """Stop every actor for a drain: running turns get ``shutdown_timeout`` (none
+    without ``grace``), all persist.
 
     A bounded crew of drainers, not a task per session: a supervisor holding
     100,000 parked sessions must not need 100,000 tasks (and their memory) to
@@ -114,7 +117,7 @@ async def drain(actors: list[Actor]) -> None:
 
     async def drainer() -> None:
         for actor in pending:
-            await actor.stop(StopReason.DRAIN)
+            await actor.stop(StopReason.DRAIN, grace=grace)
 
     async with anyio.create_task_group() as tg:
         for _ in range(min(_DRAINERS, len(ordered))):

@@ -181,15 +181,22 @@ class SessionSupervisor:
             self._tg.start_soon(recover_unanswered, self._store, self._wake_for_recovery)
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
         assert self._tg is not None
+        # Left because the enclosing scope was cancelled (a deadline, a test's timeout):
+        # whoever cancelled wants out now, so running turns get no shutdown_timeout
+        # (with a hand-driven clock they would wait forever). They still hand their
+        # messages back and every session persists.
+        grace = not (
+            isinstance(exc_type, type) and issubclass(exc_type, anyio.get_cancelled_exc_class())
+        )
         self._phase = "draining"
         log = _log.bind(sessions=len(self._registry.actors()))
         log.info("supervisor_draining")
         try:
             with anyio.CancelScope(shield=True):
                 await self._registry.wait_starts()
-                await drain(self._registry.actors())
+                await drain(self._registry.actors(), grace=grace)
                 self._bus.close_all()
         finally:
             self._tg.cancel_scope.cancel()
