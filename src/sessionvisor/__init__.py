@@ -24,6 +24,7 @@ from ._errors import (
     InvalidStatus,
     MessageRejected,
     NoRouteError,
+    NothingStored,
     NotRunning,
     QueueFull,
     RegistryUnavailable,
@@ -33,6 +34,7 @@ from ._errors import (
     SessionFailedError,
     SessionvisorError,
     StaleWriteError,
+    StoreClosed,
     SubscriberOverflow,
 )
 from ._options import SupervisorOpts
@@ -99,6 +101,7 @@ __all__ = [
     "Metrics",
     "NoRouteError",
     "NotRunning",
+    "NothingStored",
     "Outcome",
     "Pause",
     "PendingInterrupt",
@@ -125,6 +128,7 @@ __all__ = [
     "StateStore",
     "Status",
     "StatusChanged",
+    "StoreClosed",
     "StoredConversation",
     "SubscriberOverflow",
     "Subscription",
