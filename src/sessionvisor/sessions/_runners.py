@@ -37,6 +37,12 @@ class Runners:
         self._tg = tg
         self._max_idle = max_idle
         self._idle: list[_Runner] = []
+        self._running: set[anyio.CancelScope] = set()
+
+    def cancel_all(self) -> None:
+        """End the work under way (the supervisor closing: what is left must not outlive it)."""
+        for scope in list(self._running):
+            scope.cancel()
 
     def submit(self, work: Work) -> None:
         if self._idle:
@@ -54,8 +60,12 @@ class Runners:
                 # turn's own cancel scope, the drain), never by a cancellation of the
                 # scope the supervisor was entered in: cut there, a turn would leave
                 # the agent's half-done output behind without rolling it back.
-                with anyio.CancelScope(shield=True):
-                    await work()
+                with anyio.CancelScope(shield=True) as scope:
+                    self._running.add(scope)
+                    try:
+                        await work()
+                    finally:
+                        self._running.discard(scope)
             except Exception:
                 # Work catches its own failures; one that escapes is a bug in one
                 # session, and must not take the supervisor's task group down.

@@ -199,6 +199,8 @@ class SessionSupervisor:
                 await drain(self._registry.actors(), grace=grace)
                 self._bus.close_all()
         finally:
+            if self._host.runners is not None:
+                self._host.runners.cancel_all()  # a save retry waiting on a dead store
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._phase = "closed"
