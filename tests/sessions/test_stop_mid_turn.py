@@ -16,7 +16,7 @@ from sessionvisor import (
     Status,
     Turn,
 )
-from sessionvisor.testing import wait_for_status, wait_until
+from sessionvisor.testing import wait_for_status, wait_until, wait_until_settled
 
 pytestmark = pytest.mark.anyio
 
@@ -136,3 +136,56 @@ async def test_a_restorable_hook_that_raises_does_not_break_the_stop_or_the_supe
             await sup.send("other", "hi")
             await wait_for_status(sup, "other", Status.IDLE)
             assert (await sup.start("c")).handle.status is Status.INTERRUPTED
+
+
+class _GatedStore:
+    """A memory store whose ``turn_start`` saves wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        from sessionvisor import MemoryStore
+
+        self.inner = MemoryStore()
+        self.gate = anyio.Event()
+        self.waiting = anyio.Event()
+
+    async def save(self, conversation_id: str, record: Any, **kwargs: Any) -> int:
+        if kwargs.get("lifecycle") == "turn_start" and not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        return await self.inner.save(conversation_id, record, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.anyio
+async def test_a_stop_that_wins_over_a_turn_about_to_run_hands_its_message_back(
+    anyio_backend: str,
+) -> None:
+    # The send took the message into the history and is saving the turn's start when
+    # the stop arrives: the turn never runs, and the message must wait for the next wake
+    # instead of staying in the history unanswered.
+    from sessionvisor import SessionSupervisor, SingleRouter
+    from sessionvisor.testing import ScriptedAgent
+
+    agent = ScriptedAgent()
+    store = _GatedStore()
+    async with SessionSupervisor(SingleRouter(lambda a, c: agent), store=store) as sup:
+        await sup.start("c-1")
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sup.send, "c-1", "hello")
+                await store.waiting.wait()
+                tg.start_soon(sup.stop, "c-1")
+                await anyio.wait_all_tasks_blocked()
+                store.gate.set()
+        record = await store.inner.load("c-1")
+        assert record is not None
+        assert [m["content"] for m in record.state["queued"]] == ["hello"]
+        assert record.state["messages"] == []
+        assert record.lifecycle == "queued"
+        assert agent.turns == []
+        await sup.start("c-1")  # the next wake answers it
+        with anyio.fail_after(10):
+            await wait_until_settled(sup, "c-1")
+        assert agent.turns == ["hello"]

@@ -436,6 +436,8 @@ class Actor:
                 # A turn this worker was spawned for still runs on drain (its message is
                 # already saved); any other stop wins over further work.
                 if reason is not None and not (begun and reason is StopReason.DRAIN):
+                    if begun:
+                        self._hand_back_unstarted_turn()
                     await finish_stop(self)
                     return
                 try:
@@ -476,6 +478,19 @@ class Actor:
         for message in taken:
             self.emit(MessageAppended, message=display(message))
         self.writer.changed()
+
+    def _hand_back_unstarted_turn(self) -> None:
+        """A stop won the race against a turn that was begun but never ran: its user
+        messages go back to the front of the queue, saved as waiting, so the next wake
+        answers them (left in the history they would never be answered)."""
+        state = self.state
+        history = state.messages
+        self.queue.give_back(state, history, len(history), self.queue.taken)
+        self.queue.held = False
+        self.turn.active = False
+        self.turn.release_waiters()
+        self.writer.changed()
+        self.set_status(Status.CANCELLED)
 
     def _abandon_interrupt(self) -> None:
         self.state = abandon_interrupt(self.state, self.agent, adopt)
