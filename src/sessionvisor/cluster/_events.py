@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import attrs
 
+from .._closing import ClosedOnExit
 from .._errors import StaleWriteError
 from ._common import import_redis, require_asyncio
 from ._pg import check_conversation_id
@@ -135,7 +135,7 @@ return newest
 """
 
 
-class _RedisUser:
+class _RedisUser(ClosedOnExit):
     def __init__(self, redis_url: str, prefix: str) -> None:
         self._redis_module = import_redis()
         if not isinstance(redis_url, str) or not redis_url.startswith(
@@ -163,14 +163,6 @@ class _RedisUser:
     async def __aenter__(self) -> Self:
         self._redis()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connections. Idempotent."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
+from .._closing import ClosedOnExit
 from ._common import check_table_name, import_psycopg, require_asyncio
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def check_ids(conversation_ids: Iterable[str], name: str = "conversation_ids") -
     return sorted({check_conversation_id(cid) for cid in conversation_ids})
 
 
-class PgTable:
+class PgTable(ClosedOnExit):
     """An object owning a table (and its pool) in PostgreSQL."""
 
     _kind = "table"
@@ -84,14 +84,6 @@ class PgTable:
     async def __aenter__(self) -> Self:
         await self._get_pool()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the pool. Idempotent."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Mapping
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 
 import attrs
 from anyio.lowlevel import checkpoint
 
 from .._clock import utcnow
+from .._closing import ClosedOnExit
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
 from ._writes import (
@@ -26,7 +27,7 @@ from ._writes import (
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(ClosedOnExit):
     """A ``StateStore`` that keeps every conversation in this process's memory.
 
     Nothing survives the process. Each state is kept as compact JSON bytes, one
@@ -55,14 +56,6 @@ class MemoryStore:
 
     async def __aenter__(self) -> MemoryStore:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Do nothing: there is nothing to release. Present so stores are interchangeable."""

@@ -29,6 +29,7 @@ import anyio
 import anyio.to_thread
 
 from .._clock import utcnow
+from .._closing import ClosedOnExit
 from .._errors import CorruptStateError
 from ._batch import GroupCommit, Write
 from ._layout import HistoryTracker, assemble, dumps, split
@@ -131,7 +132,7 @@ _UPDATE = (
 _APPEND = "INSERT INTO messages (conversation_id, position, body) VALUES (?, ?, ?)"
 
 
-class SQLiteStore:
+class SQLiteStore(ClosedOnExit):
     """A ``StateStore`` backed by one SQLite database file.
 
     The file is opened on first use (or on ``async with``), switched to WAL
@@ -185,14 +186,6 @@ class SQLiteStore:
     async def __aenter__(self) -> SQLiteStore:
         await self._run(lambda conn: None)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection; calls already waiting finish first. Idempotent."""

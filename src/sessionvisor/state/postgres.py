@@ -26,13 +26,14 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import attrs
 
+from .._closing import ClosedOnExit
 from .._errors import CorruptStateError, StaleWriteError
 from ._batch import GroupCommit, Write
 from ._layout import HistoryTracker, assemble, dumps, split
@@ -293,7 +294,7 @@ def _import_psycopg() -> ModuleType:
     return psycopg
 
 
-class PostgresStore:
+class PostgresStore(ClosedOnExit):
     """A ``StateStore`` backed by PostgreSQL tables.
 
     The tables are created on first use when missing: ``<table>`` (a header
@@ -375,14 +376,6 @@ class PostgresStore:
     async def __aenter__(self) -> PostgresStore:
         await self._run(lambda conn: None)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the pool; calls in flight finish first. Idempotent."""
