@@ -85,17 +85,22 @@ def test_work_left_by_a_killed_server_is_answered_when_it_starts_again(tmp_path:
         ]
 
 
-def test_the_database_file_is_a_sqlite_database(tmp_path: Path) -> None:
-    # The recovery test above reads the file through SQLiteStore; make sure the demo
-    # really wrote SQLite there (and not, say, a memory store with nothing on disk).
+def test_an_accepted_message_is_in_the_sqlite_file_when_the_server_is_killed(
+    tmp_path: Path,
+) -> None:
+    # The recovery test above reads the file through SQLiteStore; here the demo is
+    # killed right after a 202: the file is intact and already holds the message.
     db = tmp_path / "chat.db"
     port = free_port()
     with run_cli("demo", "--db", str(db), "--port", str(port), cwd=tmp_path) as (proc, _):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ALICE) as client:
-            assert (
-                client.post("/conversations/x/messages", json={"content": "hi"}).status_code == 202
-            )
+            answer = client.post("/conversations/x/messages", json={"content": "hi"})
+            assert answer.status_code == 202
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    state = _stored(db, "x")
+    assert state is not None
+    users = [m.text() for m in (*state.messages, *state.queued) if m.role == "user"]
+    assert users == ["hi"]

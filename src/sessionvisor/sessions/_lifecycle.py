@@ -53,10 +53,6 @@ class ActorLife:
         self._ended: anyio.Event | None = None
 
     @property
-    def serving(self) -> bool:
-        return self.state is Life.SERVING
-
-    @property
     def ended(self) -> bool:
         return self.state is Life.STOPPED or self.state is Life.FAILED
 
