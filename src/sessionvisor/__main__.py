@@ -1,8 +1,11 @@
 """The command line: ``python -m sessionvisor demo`` and ``python -m sessionvisor serve``.
 
-``demo`` serves the offline demo agent over SQLite with the chat page at
-``/``; ``serve module:router`` serves your own router. Both run uvicorn
-(the ``http`` extra) on asyncio and drain the supervisor on Ctrl+C.
+``demo`` serves the offline demo agent (over SQLite unless ``--store`` names
+another store) with the chat page at ``/``; ``serve module:router`` serves
+your own router. Both run uvicorn (the ``http`` extra) on asyncio and drain
+the supervisor on Ctrl+C or SIGTERM. With ``--cluster redis://...`` (and a
+``postgresql://`` store) the process is one node of a cluster (the
+``cluster`` extra): see ``docs/cluster.md``.
 """
 
 from __future__ import annotations
@@ -14,15 +17,26 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .cluster import Cluster
     from .state import StateStore
 
-__all__ = ["configure_json_logs", "jwt_scope_from_args", "load_object", "main", "open_store"]
+__all__ = [
+    "cluster_from_args",
+    "configure_json_logs",
+    "jwt_scope_from_args",
+    "load_object",
+    "main",
+    "open_store",
+    "redact_url",
+]
 
+_DEMO_DB = "sessionvisor-demo.db"
 _HTTP_EXTRA = "the HTTP server needs the 'http' extra: pip install 'sessionvisor[http]'"
 
 
@@ -78,6 +92,66 @@ def open_store(url: str) -> StateStore:
     )
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` query
+    parameter) replaced by ``***``: what a banner or a log line may show."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(key.lower() == "password" for key, _ in pairs):
+            query = "&".join(
+                f"{key}=***" if key.lower() == "password" else f"{key}={value}"
+                for key, value in pairs
+            )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as given: urlunsplit would drop the empty host of sqlite:///path
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_POSTGRES_URL = ("postgresql://", "postgres://")
+
+
+def cluster_from_args(args: argparse.Namespace, store_url: str | None) -> Cluster | None:
+    """The ``Cluster`` the ``--cluster``/``--node-id``/``--lease-ttl`` options
+    describe, or None without ``--cluster``.
+
+    Raises:
+        ValueError: ``--node-id``/``--lease-ttl`` without ``--cluster``, a cluster
+            without a ``postgresql://`` store, or a value ``Cluster`` refuses.
+    """
+    if args.cluster is None:
+        given = [
+            flag
+            for flag, value in (("--node-id", args.node_id), ("--lease-ttl", args.lease_ttl))
+            if value is not None
+        ]
+        if given:
+            verb = "needs" if len(given) == 1 else "need"
+            raise ValueError(f"{' and '.join(given)} {verb} --cluster redis://...")
+        return None
+    if store_url is None or not store_url.startswith(_POSTGRES_URL):
+        raise ValueError(
+            "--cluster needs a postgresql:// --store (the nodes share its database; "
+            f"got {'the default SQLite file' if store_url is None else redact_url(store_url)})"
+        )
+    from .cluster import Cluster
+
+    lease_ttl = 10.0 if args.lease_ttl is None else args.lease_ttl
+    try:
+        return Cluster(args.cluster, node_id=args.node_id, lease_ttl=lease_ttl)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _timeout(text: str) -> float | None:
     if text.strip().lower() in ("none", "off", "never"):
         return None
@@ -118,6 +192,26 @@ def _parser() -> argparse.ArgumentParser:
             help="console (default: for people) or json (one JSON object per line on "
             "stdout, uvicorn's lines included: for log collectors)",
         )
+        cluster = sub.add_argument_group(
+            "cluster",
+            "run as one node of several sharing one PostgreSQL database (--store "
+            "postgresql://...) and one Redis (the 'cluster' extra; see docs/cluster.md)",
+        )
+        cluster.add_argument(
+            "--cluster", metavar="REDIS_URL", help="the cluster's Redis: redis://host:port/db"
+        )
+        cluster.add_argument(
+            "--node-id",
+            metavar="NAME",
+            help="this node's name, kept across its restarts (default <hostname>-<pid>)",
+        )
+        cluster.add_argument(
+            "--lease-ttl",
+            type=float,
+            metavar="S",
+            help="seconds a conversation's lease lasts without renewal: how soon the "
+            "others take over from a dead node (default 10)",
+        )
         auth = sub.add_argument_group(
             "authentication",
             "verify a bearer JWT (Authorization header, or ?access_token= for EventSource); "
@@ -150,8 +244,13 @@ def _parser() -> argparse.ArgumentParser:
         "'dangerous' tool, crashes on 'crash') with the chat page at /.",
     )
     common(demo, 120.0)
-    demo.add_argument(
-        "--db", default="sessionvisor-demo.db", help="SQLite file (default sessionvisor-demo.db)"
+    where = demo.add_mutually_exclusive_group()
+    where.add_argument("--db", default=None, help=f"SQLite file (default {_DEMO_DB})")
+    where.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="instead of --db: sqlite:///path.db, postgresql://user@host/db, or memory",
     )
     demo.add_argument(
         "--word-delay", type=float, default=0.06, help="seconds between streamed words"
@@ -196,28 +295,45 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .http import header_or_query_scope
 
+    command = f"python -m sessionvisor {args.command}"
+    try:
+        cluster = cluster_from_args(args, args.store)
+    except ValueError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 2
     scope_from_request: Callable[..., Any]
     if args.command == "demo":
         from .http._demo import demo_router
         from .state import SQLiteStore
 
         router: Any = demo_router(word_delay=args.word_delay)
-        store: StateStore = SQLiteStore(args.db)
         scope_from_request = header_or_query_scope
-        where = f"SQLite file {os.path.abspath(args.db)}"
+        if args.store is None:
+            db = args.db or _DEMO_DB
+            store: StateStore = SQLiteStore(db)
+            where = f"SQLite file {os.path.abspath(db)}"
+        else:
+            try:
+                store = open_store(args.store)
+            except (ImportError, ValueError) as exc:
+                print(f"{command}: {exc}", file=sys.stderr)
+                return 2
+            where = f"store {redact_url(args.store)}"
     else:
         try:
             router = load_object(args.router)
             store = open_store(args.store)
             scope_from_request = load_object(args.scope) if args.scope else header_or_query_scope
         except (ImportError, AttributeError, ValueError) as exc:
-            print(f"python -m sessionvisor serve: {exc}", file=sys.stderr)
+            print(f"{command}: {exc}", file=sys.stderr)
             return 2
-        where = f"store {args.store}"
+        where = f"store {redact_url(args.store)}"
+    if cluster is not None:
+        where += f"; node {cluster.node_id} of the cluster at {redact_url(cluster.redis_url)}"
     try:
         verified = jwt_scope_from_args(args)
     except ValueError as exc:
-        print(f"python -m sessionvisor {args.command}: {exc}", file=sys.stderr)
+        print(f"{command}: {exc}", file=sys.stderr)
         return 2
     if verified is not None:
         if getattr(args, "scope", None):
@@ -247,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             _run,
             router,
             store,
+            cluster,
             scope_from_request,
             args,
             banner,
@@ -254,7 +371,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         pass
+    except _Refused as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+class _Refused(Exception):
+    """The supervisor refused its arguments (``main`` prints why and exits with 2)."""
 
 
 _UNAUTHENTICATED = (
@@ -356,6 +480,7 @@ def _uvicorn_json_config(level: str) -> dict[str, Any]:
 async def _run(
     router: Any,
     store: StateStore,
+    cluster: Cluster | None,
     scope_from_request: Callable[..., Any],
     args: argparse.Namespace,
     banner: str,
@@ -401,11 +526,15 @@ async def _run(
         aclose = getattr(store, "aclose", None)
         if aclose is not None:
             stack.push_async_callback(aclose)
-        supervisor = SessionSupervisor(
-            router,
-            store=store,
-            supervisor_opts={"inactivity_timeout": args.inactivity_timeout},
-        )
+        try:
+            supervisor = SessionSupervisor(
+                router,
+                store=store,
+                cluster=cluster,
+                supervisor_opts={"inactivity_timeout": args.inactivity_timeout},
+            )
+        except (TypeError, ValueError) as exc:
+            raise _Refused(str(exc)) from exc
         await stack.enter_async_context(supervisor)
         app = create_app(supervisor, scope_from_request=scope_from_request)
         logging_options: dict[str, Any] = {}
