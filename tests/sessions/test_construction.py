@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sessionvisor import MemoryStore, SessionSupervisor, SingleRouter, SupervisorOpts
+from sessionvisor import MemoryStore, SessionSupervisor, SingleRouter, SQLiteStore, SupervisorOpts
 from sessionvisor.testing import ManualClock, ScriptedAgent
 
 
@@ -62,6 +62,16 @@ def test_a_misspelt_option_in_a_mapping_is_a_value_error_too() -> None:
         SessionSupervisor(_router(), supervisor_opts={"max_restart": 1})
 
 
-def test_cluster_is_refused_until_the_cluster_mode_exists() -> None:
-    with pytest.raises(ValueError, match="cluster"):
-        SessionSupervisor(_router(), cluster=object())
+def test_a_cluster_must_be_a_cluster_object() -> None:
+    with pytest.raises(TypeError, match=r"cluster=.*sessionvisor\.cluster\.Cluster"):
+        SessionSupervisor(_router(), cluster="redis://127.0.0.1:6379")
+
+
+def test_a_cluster_needs_a_store_that_fences_stale_writers() -> None:
+    from sessionvisor.cluster import Cluster
+
+    cluster = Cluster("redis://127.0.0.1:6379", node_id="a")
+    with pytest.raises(ValueError, match="PostgresStore.*MemoryStore"):
+        SessionSupervisor(_router(), cluster=cluster)
+    with pytest.raises(ValueError, match="PostgresStore.*SQLiteStore"):
+        SessionSupervisor(_router(), store=SQLiteStore(":memory:"), cluster=cluster)

@@ -156,9 +156,15 @@ class _RedisUser(ClosedOnExit):
         require_asyncio(type(self).__name__)
         if self._client is None:
             self._client = self._redis_module.Redis.from_url(
-                self._url, decode_responses=True, socket_connect_timeout=2.0
+                self._url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=5.0
             )
         return self._client
+
+    def connection_errors(self) -> tuple[type[BaseException], ...]:
+        """What a call raises when Redis is unreachable or stopped answering."""
+        import redis.exceptions as exceptions
+
+        return (exceptions.ConnectionError, exceptions.TimeoutError, OSError)
 
     async def __aenter__(self) -> Self:
         self._redis()

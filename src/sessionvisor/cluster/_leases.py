@@ -48,6 +48,13 @@ WHERE conversation_id = ANY(%(ids)s) AND node_id = %(node)s AND incarnation = %(
 RETURNING conversation_id
 """
 
+# The leases an earlier run of this node still holds (it was killed, or
+# restarted faster than its leases ran out): the new run takes them back.
+_EARLIER = """
+SELECT conversation_id FROM {t}
+WHERE node_id = %(node)s AND incarnation COLLATE "C" < %(inc)s COLLATE "C"
+    AND lease_until >= now()
+"""
 _OWNER = """
 SELECT node_id, incarnation, epoch, lease_until, EXTRACT(EPOCH FROM lease_until - now())
 FROM {t} WHERE conversation_id = %s AND lease_until >= now()
@@ -237,6 +244,7 @@ class LeaseTable(PgTable):
         self._renew = self._compose(_RENEW)
         self._release = self._compose(_RELEASE)
         self._owner = self._compose(_OWNER)
+        self._earlier = self._compose(_EARLIER)
         after_store = sql.SQL(_EPOCH_AFTER_STORE).format(s=store)
         self._inbox_parts = inbox_parts
         self._claim_inbox_only = None
@@ -370,6 +378,16 @@ class LeaseTable(PgTable):
         ids = check_ids(conversation_ids)
         rows = await self._fetch(self._release, self._params(ids=ids)) if ids else []
         return {row[0] for row in rows}
+
+    async def earlier_incarnations(self) -> list[str]:
+        """The conversations whose live lease an earlier run of this node holds.
+
+        ``acquire`` takes each back at once (no waiting out the TTL).
+
+        Raises:
+            psycopg.Error: the database failed.
+        """
+        return [row[0] for row in await self._fetch(self._earlier, self._params())]
 
     async def owner(self, conversation_id: str) -> Owner | None:
         """The live holder of the conversation's lease, or None when no one holds one.

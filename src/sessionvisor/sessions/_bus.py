@@ -148,6 +148,11 @@ class Topic:
             at=utcnow(),
             **fields,
         )
+        self.deliver(event)
+        return event
+
+    def deliver(self, event: Event) -> None:
+        """Keep ``event`` for replay and hand it to every subscriber (it carries its seq)."""
         replay = self.replay
         if replay is None:
             replay = self.replay = deque(maxlen=self.replay_size)
@@ -167,7 +172,6 @@ class Topic:
                 # It still gets what it buffered, then the error: resume after that.
                 self._delivered[id(sub)] = sub._buffer[-1].seq if sub._buffer else event.seq - 1
                 self.subscribers.remove(sub)
-        return event
 
     def deny_others(self, owner: str, conversation_id: str) -> None:
         """Cut off subscribers whose owner is not the conversation's."""
@@ -207,8 +211,8 @@ class LocalBus:
     def topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
         topic = self._topics.get(conversation_id)
         if topic is None:
-            topic = self._topics[conversation_id] = Topic(
-                conversation_id, agent_id, last_seq, replay, self._stats
+            topic = self._topics[conversation_id] = self._new_topic(
+                conversation_id, agent_id, last_seq, replay
             )
         else:
             # The store may know of later events than a topic that outlived its actor.
@@ -219,6 +223,9 @@ class LocalBus:
                 if topic.replay is not None:
                     topic.replay = deque(topic.replay, maxlen=replay)
         return topic
+
+    def _new_topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
+        return Topic(conversation_id, agent_id, last_seq, replay, self._stats)
 
     def existing(self, conversation_id: str) -> Topic | None:
         return self._topics.get(conversation_id)

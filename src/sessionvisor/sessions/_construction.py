@@ -65,7 +65,16 @@ def check_constructor_args(
     if not isinstance(recover, bool):
         raise TypeError(f"SessionSupervisor(recover=...) must be a bool; got {_given(recover)}")
     if cluster is not None:
-        raise ValueError(
-            "SessionSupervisor(cluster=...) is not available yet in this version; "
-            "pass None (single-process mode)"
-        )
+        from ..cluster import Cluster  # only when asked for: it needs the extra "cluster"
+
+        if not isinstance(cluster, Cluster):
+            raise TypeError(
+                "SessionSupervisor(cluster=...) must be a sessionvisor.cluster.Cluster or None; "
+                f"got {_given(cluster)}"
+            )
+        if store is None or not callable(getattr(store, "fence", None)):
+            raise ValueError(
+                "SessionSupervisor(cluster=...) needs a store shared by the nodes that fences "
+                "stale writers: store=PostgresStore(dsn); got "
+                + ("the default MemoryStore" if store is None else type(store).__name__)
+            )

@@ -40,12 +40,15 @@ class SessionSummary:
 
 @attrs.frozen(eq=False)
 class SessionInfo:
-    """What ``start`` returns. ``started`` is False when the session was already live."""
+    """What ``start`` returns. ``started`` is False when the session was already live.
+
+    ``handle`` is None when the session runs on another node (cluster mode).
+    """
 
     agent_id: str
     conversation_id: str
     started: bool
-    handle: SessionHandle
+    handle: SessionHandle | None
 
 
 class SessionHandle:

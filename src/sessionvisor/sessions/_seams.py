@@ -19,7 +19,21 @@ if TYPE_CHECKING:
     from ._events import Status
     from ._handle import Delivery
 
-__all__: list[str] = ["Bus", "Mailbox", "Registry"]
+__all__: list[str] = ["Bus", "Mailbox", "Registry", "RunningElsewhere"]
+
+
+class RunningElsewhere(Exception):
+    """The conversation's session runs on another node of the cluster.
+
+    Raised by a cluster mailbox's ``ensure`` (after the scope's access was
+    checked); the supervisor's ``start`` answers with a ``SessionInfo`` without
+    a handle. Commands never raise it: they are posted to the owner.
+    """
+
+    def __init__(self, conversation_id: str, node_id: str | None) -> None:
+        super().__init__(f"conversation {conversation_id!r} runs on node {node_id!r}")
+        self.conversation_id = conversation_id
+        self.node_id = node_id
 
 
 class Registry(Protocol):

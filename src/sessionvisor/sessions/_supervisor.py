@@ -33,7 +33,7 @@ from ._mailbox import LocalMailbox
 from ._recovery import has_unanswered_work, recover_unanswered
 from ._registry import LocalRegistry
 from ._runners import Runners
-from ._seams import Bus, Mailbox, Registry
+from ._seams import Bus, Mailbox, Registry, RunningElsewhere
 from ._stats import Metrics, RuntimeStats, collect_metrics
 from ._stopping import drain
 from ._timers import Deadlines
@@ -76,7 +76,9 @@ class SessionSupervisor:
         clock: time source (``sessionvisor.testing.ManualClock`` in tests).
         on_corrupt: ``"fail"`` (default) or ``"quarantine"`` an unreadable snapshot.
         recover: wake conversations with unanswered work when entered (default True).
-        cluster: reserved for the cluster mode; must be None for now.
+        cluster: a ``sessionvisor.cluster.Cluster``: this supervisor is one node of
+            several sharing ``store`` (a ``PostgresStore``) and one Redis; asyncio
+            only. See ``docs/cluster.md``.
 
     Raises:
         TypeError: an argument has the wrong type (the message names it).
@@ -115,8 +117,17 @@ class SessionSupervisor:
         self._recover = recover
         # The three seams, chosen here and nowhere else.
         self._stats = RuntimeStats()
-        self._registry: Registry = LocalRegistry()
-        self._bus: Bus = LocalBus(self._stats)
+        self._node: Any = None
+        if cluster is None:
+            self._registry: Registry = LocalRegistry()
+            self._bus: Bus = LocalBus(self._stats)
+        else:
+            from ..cluster._node import ClusterNode  # the extra "cluster"; asyncio only
+
+            self._node = node = ClusterNode(cluster, self._store, self._stats)
+            self._store = node.store  # every save carries this node's lease epoch
+            self._registry = node.registry
+            self._bus = node.bus
         self._deadlines = Deadlines(self._clock)
         self._host = LocalHost(
             clock=self._clock,
@@ -137,11 +148,18 @@ class SessionSupervisor:
             host=self._host,
             is_open=lambda: self._phase == "open",
         )
-        self._mailbox: Mailbox = LocalMailbox(
+        local = LocalMailbox(
             registry=self._registry,
             starter=self._starter,
             owner_of=self._owner_of,
             check_open=self._check_open,
+        )
+        self._mailbox: Mailbox = (
+            local
+            if self._node is None
+            else self._node.make_mailbox(
+                local, starter=self._starter, owner_of=self._owner_of, check_open=self._check_open
+            )
         )
         self._host.rebuild_with = self._starter.rebuild
         self._tg: anyio.abc.TaskGroup | None = None
@@ -176,8 +194,17 @@ class SessionSupervisor:
         await self._tg.__aenter__()
         self._host.runners = Runners(self._tg)
         self._tg.start_soon(self._deadlines.run)
+        if self._node is not None:
+            try:
+                await self._node.open(self._tg)
+            except BaseException:
+                self._tg.cancel_scope.cancel()
+                await self._tg.__aexit__(None, None, None)
+                self._phase = "closed"
+                raise
         self._phase = "open"
-        if self._recover:
+        if self._recover and self._node is None:
+            # In a cluster the sweepers of all nodes do this, under leases.
             self._tg.start_soon(recover_unanswered, self._store, self._wake_for_recovery)
         return self
 
@@ -198,6 +225,8 @@ class SessionSupervisor:
                 await self._registry.wait_starts()
                 await drain(self._registry.actors(), grace=grace)
                 self._bus.close_all()
+                if self._node is not None:
+                    await self._node.close()  # gives up the leases: others take over at once
         finally:
             if self._host.runners is not None:
                 self._host.runners.cancel_all()  # a save retry waiting on a dead store
@@ -271,9 +300,14 @@ class SessionSupervisor:
         """
         cid = check_conversation_id(conversation_id)
         opts = check_request_opts(request_opts)
-        actor, started, resume_error = await self._mailbox.ensure(
-            cid, scope, opts, reroute, NO_RESUME if pending_resume is None else pending_resume
-        )
+        try:
+            actor, started, resume_error = await self._mailbox.ensure(
+                cid, scope, opts, reroute, NO_RESUME if pending_resume is None else pending_resume
+            )
+        except RunningElsewhere:
+            if pending_resume is not None:
+                await self._mailbox.resume(cid, pending_resume, scope=scope, request_opts=opts)
+            return SessionInfo(self._agent_id(cid), cid, False, None)
         if resume_error is not None:
             raise resume_error
         return SessionInfo(actor.agent_id, cid, started, actor.handle)

@@ -373,6 +373,16 @@ class PostgresStore(ClosedOnExit):
     def __repr__(self) -> str:
         return f"PostgresStore(table={self._table_name!r})"
 
+    @property
+    def dsn(self) -> str:
+        """The connection string (the cluster mode opens its tables with it)."""
+        return self._dsn
+
+    @property
+    def table(self) -> str:
+        """The conversations' table name, as given."""
+        return self._table_name
+
     async def __aenter__(self) -> PostgresStore:
         await self._run(lambda conn: None)
         return self

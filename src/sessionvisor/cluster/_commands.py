@@ -1,0 +1,393 @@
+"""How a command reaches the owner of a conversation anywhere in the cluster.
+
+A node serves a conversation only while it holds the lease (``ClusterRegistry``
+takes it before a session starts and gives it up when the session ends). A
+command for a conversation that another live node serves is a row in the
+PostgreSQL inbox, committed before the call returns, and a Redis wake-up for
+that node; the owner applies the rows in order. Every ``send`` row carries a
+message id (the client's, or one assigned here), and the conversation keeps
+the ids it accepted, so a row applied twice (the owner died between applying
+and deleting it) changes nothing the second time. Control rows (resume,
+dismiss, cancel, stop) are checked against the state when applied; a replay
+of one meets a state that no longer matches and is refused harmlessly.
+
+On the owner, the inbox rows of a conversation are applied before each command
+that arrives there directly, under one lock per conversation, so a client that
+sends to node A and then to node B sees its messages in that order.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+
+from .._errors import InvalidStatus, NotRunning, QueueFull, SessionFailedError
+from ..sessions._actor import Actor
+from ..sessions._boot import NO_RESUME, Starter, check_owner
+from ..sessions._events import Status
+from ..sessions._handle import Delivery
+from ..sessions._mailbox import LocalMailbox
+from ..sessions._registry import LocalRegistry
+from ..sessions._seams import RunningElsewhere
+from ..state import load_state
+from ._events import Wakeups
+from ._inbox import Command, CommandKind, Inbox
+from ._ownership import Leases, OwnedElsewhere, unavailable
+
+__all__: list[str] = ["ClusterMailbox", "ClusterRegistry"]
+
+_log = structlog.get_logger("sessionvisor")
+
+
+class ClusterRegistry(LocalRegistry):
+    """The local registry, starting a session only under this node's lease."""
+
+    def __init__(self, leases: Leases) -> None:
+        super().__init__()
+        self._leases = leases
+        self.spawn: Callable[[Any], None] | None = None
+
+    async def ensure(
+        self, conversation_id: str, start: Callable[[], Awaitable[Actor]]
+    ) -> tuple[Actor, bool]:
+        async def leased_start() -> Actor:
+            await self._leases.take(conversation_id)
+            try:
+                return await start()
+            except BaseException:
+                self._release(conversation_id)
+                raise
+
+        return await super().ensure(conversation_id, leased_start)
+
+    def forget(self, actor: Actor) -> None:
+        cid = actor.conversation_id
+        if self.entry(cid) is actor:
+            super().forget(actor)
+            self._release(cid)
+
+    def _release(self, conversation_id: str) -> None:
+        if self.spawn is not None:
+            self._leases.release_soon(conversation_id, self.spawn)
+
+
+class ClusterMailbox:
+    """Implements ``Mailbox`` across nodes (see the module docstring)."""
+
+    def __init__(
+        self,
+        local: LocalMailbox,
+        *,
+        registry: ClusterRegistry,
+        starter: Starter,
+        leases: Leases,
+        inbox: Inbox,
+        wakeups: Wakeups,
+        owner_of: Callable[[Any], str | None],
+        check_open: Callable[[str], None],
+        spawn: Callable[..., None],
+    ) -> None:
+        self._local = local
+        self._registry = registry
+        self._starter = starter
+        self._leases = leases
+        self._inbox = inbox
+        self._wakeups = wakeups
+        self._owner_of = owner_of
+        self._check_open = check_open
+        self._spawn = spawn
+        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+
+    # -- the calls -----------------------------------------------------------------
+
+    async def ensure(
+        self,
+        cid: str,
+        scope: Any,
+        request_opts: dict[str, Any],
+        reroute: bool,
+        pending_resume: Any = NO_RESUME,
+        *,
+        trusted: bool = False,
+    ) -> tuple[Actor, bool, Exception | None]:
+        try:
+            return await self._local.ensure(
+                cid, scope, request_opts, reroute, pending_resume, trusted=trusted
+            )
+        except OwnedElsewhere as exc:
+            if not trusted:
+                await self._stored_for(cid, scope)
+            raise RunningElsewhere(cid, exc.node_id) from None
+
+    async def send(
+        self,
+        conversation_id: str,
+        content: Any,
+        *,
+        scope: Any,
+        request_opts: dict[str, Any],
+        reroute: bool,
+        message_id: str | None,
+    ) -> Delivery:
+        cid = conversation_id
+        for attempt in range(3):
+            try:
+                actor, started, _ = await self._local.ensure(cid, scope, request_opts, reroute)
+            except OwnedElsewhere as exc:
+                await self._stored_for(cid, scope)
+                mid = message_id or "msg-" + secrets.token_hex(12)
+                created = await self._post(
+                    cid, "send", {"content": content}, scope, exc.node_id, command_id=mid
+                )
+                return Delivery(queued=True, started=False, duplicate=not created)
+            try:
+                async with self._lock(cid):
+                    await self._apply_inbox(cid, actor)
+                    queued, duplicate = await actor.send(content, scope, message_id=message_id)
+            except (NotRunning, SessionFailedError):
+                if attempt == 2:
+                    raise
+                continue
+            return Delivery(queued=queued, started=started, duplicate=duplicate)
+        raise AssertionError("unreachable")
+
+    async def resume(
+        self, conversation_id: str, answer: Any, *, scope: Any, request_opts: dict[str, Any]
+    ) -> Status:
+        cid = conversation_id
+        try:
+            return await self._local.resume(cid, answer, scope=scope, request_opts=request_opts)
+        except OwnedElsewhere as exc:
+            stored = await self._stored_for(cid, scope)
+            if stored is None or load_state(stored.state, cid).interrupt is None:
+                raise InvalidStatus(
+                    f"cannot resume conversation {cid!r}: it holds no interrupt",
+                    Status.RUNNING.value,
+                ) from None
+            await self._post(cid, "resume", {"answer": answer}, scope, exc.node_id)
+            return Status.RUNNING
+
+    async def dismiss(
+        self, conversation_id: str, *, scope: Any, request_opts: dict[str, Any]
+    ) -> Status:
+        cid = conversation_id
+        try:
+            return await self._local.dismiss(cid, scope=scope, request_opts=request_opts)
+        except OwnedElsewhere as exc:
+            await self._stored_for(cid, scope)
+            await self._post(cid, "dismiss", {}, scope, exc.node_id)
+            return Status.IDLE
+
+    async def cancel(self, conversation_id: str, *, scope: Any) -> Status:
+        cid = conversation_id
+        self._check_open(cid)
+        if self._registry.live(cid) is not None:
+            return await self._local.cancel(cid, scope=scope)
+        owner = await self._owner_node(cid)
+        if owner is None:
+            raise InvalidStatus(
+                f"cannot cancel conversation {cid!r}: status is not_running",
+                Status.NOT_RUNNING.value,
+            )
+        await self._stored_for(cid, scope)
+        await self._post(cid, "cancel", {}, scope, owner)
+        return Status.CANCELLED
+
+    async def stop(self, conversation_id: str, *, scope: Any) -> str:
+        cid = conversation_id
+        self._check_open(cid)
+        if self._registry.entry(cid) is not None:
+            return await self._local.stop(cid, scope=scope)
+        owner = await self._owner_node(cid)
+        if owner is None:
+            return "not_running"
+        await self._stored_for(cid, scope)
+        await self._post(cid, "stop", {}, scope, owner)
+        return "stopped"
+
+    # -- posting -------------------------------------------------------------------
+
+    async def _stored_for(self, cid: str, scope: Any) -> Any:
+        stored = await self._starter.load(cid)
+        if stored is not None:
+            check_owner(self._owner_of, stored.owner, scope, cid)
+        return stored
+
+    async def _owner_node(self, cid: str) -> str | None:
+        try:
+            owner = await self._leases.table.owner(cid)
+        except Exception as exc:
+            raise unavailable(f"conversation {cid!r}", exc) from exc
+        return None if owner is None else owner.node_id
+
+    async def _post(
+        self,
+        cid: str,
+        kind: CommandKind,
+        payload: dict[str, Any],
+        scope: Any,
+        node_id: str | None,
+        *,
+        command_id: str | None = None,
+    ) -> bool:
+        """Store the command for the owner; True when it was new. Wakes the owner."""
+        payload["owner"] = self._owner_of(scope)
+        try:
+            posted = await self._inbox.post(cid, kind, payload, command_id=command_id)
+        except TypeError:
+            raise
+        except Exception as exc:
+            raise unavailable(f"conversation {cid!r}", exc) from exc
+        if node_id is not None:
+            self._spawn(self._wake_owner, node_id, cid)
+        return posted.created
+
+    async def _wake_owner(self, node_id: str, cid: str) -> None:
+        # A hint, never the command: the inbox's NOTIFY and the sweeper stand behind it.
+        heard = 0
+        with anyio.move_on_after(2.0):
+            try:
+                heard = await self._wakeups.notify(node_id, cid)
+            except Exception as exc:
+                _log.debug("cluster_wakeup_not_sent", conversation_id=cid, error=repr(exc))
+        if not heard:
+            # Nobody listens for that node (it stopped, or Redis is down): if it gave
+            # the conversation up, take it here rather than wait for the sweeper.
+            await self.serve(cid, take=True)
+
+    # -- the owner's side ----------------------------------------------------------
+
+    async def serve(self, cid: str, *, take: bool) -> None:
+        """Apply the conversation's inbox here when this node serves it (or, with
+        ``take``, when it can take it: nobody else serves it).
+
+        Called on a wake-up, for a lease the sweeper claimed, and after posting.
+        """
+        try:
+            actor = self._registry.live(cid)
+            if actor is None:
+                if not take:
+                    return
+                actor = await self._wake(cid)
+                if actor is None:
+                    return
+            async with self._lock(cid):
+                await self._apply_inbox(cid, actor)
+        except (OwnedElsewhere, RunningElsewhere):
+            return
+        except Exception as exc:
+            _log.warning("cluster_serve_failed", conversation_id=cid, error=repr(exc))
+
+    async def _wake(self, cid: str) -> Actor | None:
+        """Start the conversation here for its inbox or its unanswered work, or give it up."""
+        stored = await self._starter.load(cid)
+        first: list[Command] = []
+        if stored is None:
+            first = await self._inbox.take(cid, limit=1)
+            if not first:
+                self._leases_done(cid)
+                return None
+        if stored is None:
+            # Posted for a conversation its owner never saved (started, then died):
+            # it is created for the poster's owner key.
+            scope = first[0].payload.get("owner") if isinstance(first[0].payload, dict) else None
+            actor, _, _ = await self._local.ensure(cid, scope, {}, False)
+        else:
+            actor, _, _ = await self._local.ensure(cid, None, {}, False, trusted=True)
+        return actor
+
+    def _leases_done(self, cid: str) -> None:
+        if self._registry.entry(cid) is None and self._registry.spawn is not None:
+            self._leases.release_soon(cid, self._registry.spawn)
+
+    async def _apply_inbox(self, cid: str, actor: Actor) -> None:
+        """Apply the conversation's pending commands in order, then delete them."""
+        try:
+            commands = await self._inbox.take(cid)
+        except Exception as exc:
+            raise unavailable(f"conversation {cid!r}", exc) from exc
+        applied: list[int] = []
+        try:
+            for command in commands:
+                if actor.closed:
+                    break
+                owner = command.payload.get("owner") if isinstance(command.payload, dict) else None
+                if actor.owner is not None and owner != actor.owner:
+                    _log.warning(
+                        "cluster_command_refused", conversation_id=cid, reason="owner mismatch"
+                    )
+                    applied.append(command.seq)
+                    continue
+                try:
+                    await self._apply(actor, command)
+                except QueueFull:
+                    break  # it stays in the inbox until the queue has room
+                except (NotRunning, SessionFailedError):
+                    break
+                except (InvalidStatus, ValueError, TypeError) as exc:
+                    _log.info(
+                        "cluster_command_refused",
+                        conversation_id=cid,
+                        kind=command.kind,
+                        command_id=command.command_id,
+                        reason=str(exc),
+                    )
+                applied.append(command.seq)
+        finally:
+            if applied:
+                with anyio.CancelScope(shield=True):
+                    await self._inbox.done(applied)
+
+    async def _apply(self, actor: Actor, command: Command) -> None:
+        payload = command.payload if isinstance(command.payload, dict) else {}
+        kind = command.kind
+        if kind == "send":
+            content: Any = payload.get("content")
+            await actor.send(content, None, message_id=command.command_id)
+        elif kind == "resume":
+            await actor.resume(payload.get("answer"), None)
+        elif kind == "dismiss":
+            await actor.dismiss(None)
+        elif kind == "cancel":
+            if actor.status is Status.RUNNING:
+                await actor.cancel()
+        else:
+            await actor.stop()
+
+    def _lock(self, cid: str) -> _Turnstile:
+        return _Turnstile(self._locks, cid)
+
+
+class _Turnstile:
+    """One lock per conversation, kept only while someone holds or waits for it."""
+
+    def __init__(self, locks: dict[str, tuple[anyio.Lock, int]], cid: str) -> None:
+        self._locks = locks
+        self._cid = cid
+
+    async def __aenter__(self) -> None:
+        lock, users = self._locks.get(self._cid, (None, 0))
+        if lock is None:
+            lock = anyio.Lock()
+        self._locks[self._cid] = (lock, users + 1)
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._leave(lock)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        lock = self._locks[self._cid][0]
+        lock.release()
+        self._leave(lock)
+
+    def _leave(self, lock: anyio.Lock) -> None:
+        _, users = self._locks[self._cid]
+        if users <= 1:
+            del self._locks[self._cid]
+        else:
+            self._locks[self._cid] = (lock, users - 1)

@@ -1,0 +1,220 @@
+"""The cluster's event bus: every conversation's events reach subscribers on every node.
+
+The owner's topic works as in one process (its own subscribers get each event at
+once) and also hands each event to the forwarder, which appends it, in order,
+to the conversation's capped Redis stream with the lease's epoch. A topic with
+subscribers on a node that does not run the conversation is fed by a pump that
+reads that stream: events after the topic's last seq are delivered with the seq
+the owner gave them; a stale owner's events are dropped; events lost (Redis
+restarted, the forwarder's buffer overflowed while Redis was down) reach the
+subscribers as a ``StatusChanged`` snapshot marked ``gap=True``.
+
+Redis is an accelerator here: when it is down, the owner's own subscribers
+still get every event and nothing is slowed; the others get a gap snapshot
+when it is back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import anyio
+import structlog
+
+from .._errors import StaleWriteError
+from ..sessions import _events as ev
+from ..sessions._bus import LocalBus, Subscription, Topic
+from ..sessions._stats import RuntimeStats
+from ..state import Message, PendingInterrupt
+from ._events import EventStreams
+
+__all__: list[str] = ["ClusterBus", "decode_event", "encode_event"]
+
+_log = structlog.get_logger("sessionvisor")
+
+_TYPES: dict[str, type[ev.Event]] = {
+    cls.__name__: cls
+    for cls in (
+        ev.StatusChanged,
+        ev.MessageAppended,
+        ev.Delta,
+        ev.MessageQueued,
+        ev.AgentEvent,
+        ev.Restarted,
+        ev.SessionFailed,
+        ev.Shutdown,
+    )
+}
+_TIMES = ("at", "last_activity_at", "shutdown_at")
+# Events waiting for Redis; past this many (Redis slow or down) the oldest are
+# dropped and the readers on other nodes see a gap.
+_FORWARD_LIMIT = 10_000
+
+
+def encode_event(event: ev.Event) -> str:
+    return json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_event(text: str) -> ev.Event:
+    """The event ``encode_event`` wrote (raises ValueError/KeyError/TypeError on others)."""
+    data = json.loads(text)
+    cls = _TYPES[data.pop("type")]
+    for name in _TIMES:
+        if data.get(name) is not None:
+            data[name] = datetime.fromisoformat(data[name])
+    if "message" in data:
+        data["message"] = Message.model_validate(data["message"])
+    if data.get("interrupt") is not None:
+        data["interrupt"] = PendingInterrupt.model_validate(data["interrupt"])
+    if "status" in data:
+        data["status"] = ev.Status(data["status"])
+    return cls(**data)
+
+
+class _ClusterTopic(Topic):
+    __slots__ = ("_forward",)
+
+    def __init__(self, forward: Callable[[Topic, ev.Event], None], *args: Any) -> None:
+        super().__init__(*args)
+        self._forward = forward
+
+    def publish(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
+        event = super().publish(cls, **fields)
+        self._forward(self, event)
+        return event
+
+
+class ClusterBus(LocalBus):
+    """Implements ``Bus`` across nodes (see the module docstring)."""
+
+    def __init__(
+        self,
+        streams: EventStreams,
+        *,
+        epoch_of: Callable[[str], int | None],
+        serving: Callable[[str], bool],
+        on_stale: Callable[[str], None],
+        stats: RuntimeStats | None = None,
+    ) -> None:
+        super().__init__(stats)
+        self._streams = streams
+        self._epoch_of = epoch_of
+        self._serving = serving
+        self._on_stale = on_stale
+        self._outbox: deque[tuple[str, int, int, str]] = deque()
+        self._outbox_ready = anyio.Event()
+        self._pumps: set[str] = set()
+        self._spawn: Callable[..., None] | None = None
+        self.dropped = 0  # events that never reached Redis
+
+    def start(self, spawn: Callable[..., None]) -> None:
+        """Begin forwarding; ``spawn`` runs a coroutine function in the node's task group."""
+        self._spawn = spawn
+        spawn(self._forwarder)
+        for topic in self._topics.values():
+            if topic.subscribers:
+                self._ensure_pump(topic)
+
+    def _new_topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
+        return _ClusterTopic(
+            self._forward, conversation_id, agent_id, last_seq, replay, self._stats
+        )
+
+    def subscribe(
+        self,
+        topic: Topic,
+        *,
+        owner: str | None = None,
+        capacity: int,
+        after: int | None,
+        status: ev.Status,
+        interrupt: Any,
+    ) -> Subscription:
+        sub = super().subscribe(
+            topic, owner=owner, capacity=capacity, after=after, status=status, interrupt=interrupt
+        )
+        self._ensure_pump(topic)
+        return sub
+
+    # -- the owner's side ----------------------------------------------------------
+
+    def _forward(self, topic: Topic, event: ev.Event) -> None:
+        cid = topic.conversation_id
+        epoch = self._epoch_of(cid)
+        if epoch is None:
+            return  # not the owner (any more): its writes are refused too
+        if len(self._outbox) >= _FORWARD_LIMIT:
+            self._outbox.popleft()
+            self.dropped += 1
+        self._outbox.append((cid, event.seq, epoch, encode_event(event)))
+        self._outbox_ready.set()
+
+    async def _forwarder(self) -> None:
+        redis_errors = self._streams.connection_errors()
+        while True:
+            if not self._outbox:
+                self._outbox_ready = anyio.Event()
+                await self._outbox_ready.wait()
+            cid, seq, epoch, data = self._outbox[0]
+            try:
+                await self._streams.append(cid, seq, epoch, data)
+            except StaleWriteError:
+                self._on_stale(cid)
+            except redis_errors as exc:
+                # Redis is down: what waits now is lost to the other nodes' readers
+                # (they will see the gap); the owner's own subscribers had it all.
+                lost = len(self._outbox)
+                self._outbox.clear()
+                self.dropped += lost
+                _log.warning("cluster_events_not_forwarded", events=lost, error=repr(exc))
+                await anyio.sleep(0.5)
+                continue
+            if self._outbox and self._outbox[0][1] == seq and self._outbox[0][0] == cid:
+                self._outbox.popleft()
+
+    # -- the other nodes' side -----------------------------------------------------
+
+    def _ensure_pump(self, topic: Topic) -> None:
+        cid = topic.conversation_id
+        if self._spawn is None or cid in self._pumps:
+            return
+        self._pumps.add(cid)
+        self._spawn(self._pump, topic)
+
+    async def _pump(self, topic: Topic) -> None:
+        cid = topic.conversation_id
+        redis_errors = self._streams.connection_errors()
+        reader = self._streams.reader(cid, after_seq=topic.last_seq)
+        try:
+            while topic.subscribers and self._topics.get(cid) is topic:
+                try:
+                    result = await reader.read(block_ms=1000)
+                except redis_errors:
+                    await anyio.sleep(0.5)
+                    continue
+                if self._serving(cid):
+                    continue  # this node runs it: its topic has every event already
+                if result.gap:
+                    first = result.events[0].seq if result.events else topic.last_seq + 1
+                    topic.last_seq = first - 1
+                    topic.deliver(topic.snapshot(ev.Status.NOT_RUNNING, None, gap=True))
+                for entry in result.events:
+                    if entry.seq <= topic.last_seq:
+                        continue  # this node published it itself, when it was the owner
+                    try:
+                        event = decode_event(entry.data)
+                    except Exception as exc:
+                        _log.warning(
+                            "cluster_event_unreadable", conversation_id=cid, error=repr(exc)
+                        )
+                        continue
+                    topic.last_seq = entry.seq
+                    topic.deliver(event)
+        finally:
+            self._pumps.discard(cid)
+            if topic.subscribers and self._topics.get(cid) is topic:
+                self._ensure_pump(topic)  # a subscriber came as this one ended

@@ -1,0 +1,208 @@
+"""One node of the cluster: the seams a ``SessionSupervisor`` runs on, and its loops.
+
+``ClusterNode`` is made by the supervisor when given a ``Cluster``. It swaps the
+three seams for their cluster versions (the registry takes leases, the mailbox
+posts to the owner, the bus carries events through Redis), fences the store,
+and while the supervisor is open runs:
+
+- the renewal of its leases (``Leases.run``);
+- the sweeper: every ``renew_every`` it claims expired leases of conversations
+  with unanswered work or pending commands, and serves them here;
+- the listeners: Redis wake-ups for this node and the inbox's LISTEN/NOTIFY
+  (either is enough), and a slow poll of the inbox behind both;
+- the event forwarder and the stream pumps (``ClusterBus``).
+
+On start it takes back at once what an earlier run of the same ``node_id``
+held. On close (after the supervisor's drain saved every session) it gives up
+its leases, so other nodes take over without waiting out the TTL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from .._errors import StaleWriteError
+from ..sessions._boot import Starter
+from ..sessions._mailbox import LocalMailbox
+from ..sessions._stats import RuntimeStats
+from ._commands import ClusterMailbox, ClusterRegistry
+from ._common import require_asyncio
+from ._config import Cluster
+from ._live import ClusterBus
+from ._ownership import FencedStore, Leases
+
+__all__: list[str] = ["ClusterNode"]
+
+_log = structlog.get_logger("sessionvisor")
+_POLL_EVERY = 5.0  # seconds between inbox polls (behind the wake-ups and NOTIFY)
+
+
+class ClusterNode:
+    """The cluster side of one supervisor (see the module docstring)."""
+
+    def __init__(self, cluster: Cluster, store: Any, stats: RuntimeStats) -> None:
+        self.cluster = cluster
+        self._table = cluster.lease_table_for(store.dsn, store_table=store.table)
+        self._inbox = cluster.inbox_for(store.dsn)
+        self._streams = cluster.event_streams()
+        self._wakeups = cluster.wakeups()
+        self.leases = Leases(
+            self._table,
+            store,
+            self._streams,
+            renew_every=cluster.renew_every,
+            on_lost=self._lost,
+        )
+        self.store = FencedStore(store, self.leases)
+        self.registry = ClusterRegistry(self.leases)
+        self.bus = ClusterBus(
+            self._streams,
+            epoch_of=self.leases.epoch,
+            serving=lambda cid: self.registry.live(cid) is not None,
+            on_stale=lambda cid: self._lost(cid, "a newer owner's events are in its stream"),
+            stats=stats,
+        )
+        self.mailbox: ClusterMailbox | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def make_mailbox(
+        self,
+        local: LocalMailbox,
+        *,
+        starter: Starter,
+        owner_of: Callable[[Any], str | None],
+        check_open: Callable[[str], None],
+    ) -> ClusterMailbox:
+        self.mailbox = ClusterMailbox(
+            local,
+            registry=self.registry,
+            starter=starter,
+            leases=self.leases,
+            inbox=self._inbox,
+            wakeups=self._wakeups,
+            owner_of=owner_of,
+            check_open=check_open,
+            spawn=self._spawn,
+        )
+        return self.mailbox
+
+    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(fn, *args)
+
+    # -- life --------------------------------------------------------------------------
+
+    async def open(self, tg: anyio.abc.TaskGroup) -> None:
+        """Create the tables, take back an earlier run's leases, start the loops."""
+        require_asyncio("the cluster mode")
+        self._tg = tg
+        self.registry.spawn = self._spawn
+        await self._table.__aenter__()
+        await self._inbox.__aenter__()
+        self.bus.start(self._spawn)
+        tg.start_soon(self.leases.run)
+        tg.start_soon(self._sweep)
+        tg.start_soon(self._listen_redis)
+        tg.start_soon(self._listen_postgres)
+        tg.start_soon(self._poll)
+        earlier = await self._table.earlier_incarnations()
+        if earlier:
+            _log.info("cluster_taking_back", conversations=len(earlier))
+        for cid in earlier:
+            tg.start_soon(self._serve, cid, True)
+        _log.info(
+            "cluster_node_started",
+            node_id=self.cluster.node_id,
+            incarnation=self.cluster.incarnation,
+            lease_ttl=self.cluster.lease_ttl,
+        )
+
+    async def close(self) -> None:
+        """Give up every lease (the sessions saved already) and close the connections."""
+        with anyio.CancelScope(shield=True):
+            await self.leases.wait_releases()
+            await self.leases.release_all()
+            for closing in (self._table, self._inbox, self._streams, self._wakeups):
+                try:
+                    await closing.aclose()
+                except Exception as exc:
+                    _log.warning("cluster_close_failed", what=repr(closing), error=repr(exc))
+        _log.info("cluster_node_left", node_id=self.cluster.node_id)
+
+    # -- losing a conversation -----------------------------------------------------------
+
+    def _lost(self, conversation_id: str, why: str) -> None:
+        self.leases.held.pop(conversation_id, None)
+        actor = self.registry.entry(conversation_id)
+        if actor is not None:
+            actor.superseded(StaleWriteError(f"conversation {conversation_id!r}: {why}"))
+
+    # -- the loops -------------------------------------------------------------------------
+
+    async def _serve(self, cid: str, take: bool) -> None:
+        assert self.mailbox is not None
+        await self.mailbox.serve(cid, take=take)
+
+    async def _sweep(self) -> None:
+        store = self.leases._store
+        while True:
+            await anyio.sleep(self.cluster.renew_every)
+            try:
+                claimed = await self._table.claim_expired(limit=50)
+            except Exception as exc:
+                _log.warning("cluster_sweep_failed", error=repr(exc))
+                continue
+            for lease in claimed:
+                try:
+                    stored_epoch = await store.fence(lease.conversation_id, lease.epoch)
+                except Exception as exc:
+                    _log.warning("cluster_sweep_failed", error=repr(exc))
+                    continue
+                if stored_epoch > lease.epoch:
+                    continue  # someone newer fenced it already
+                await self.leases.adopt(lease)
+                _log.info(
+                    "cluster_conversation_claimed",
+                    conversation_id=lease.conversation_id,
+                    epoch=lease.epoch,
+                )
+                self._spawn(self._serve, lease.conversation_id, True)
+
+    async def _listen_redis(self) -> None:
+        while True:
+            try:
+                async with self._wakeups.listen(self.cluster.node_id) as listener:
+                    while True:
+                        for cid in await listener.wait(30.0):
+                            self._spawn(self._serve, cid, False)
+            except Exception as exc:
+                _log.info("cluster_wakeups_unavailable", error=type(exc).__name__)
+                await anyio.sleep(1.0)
+
+    async def _listen_postgres(self) -> None:
+        while True:
+            try:
+                async with self._inbox.listen() as listener:
+                    while True:
+                        for cid in await listener.wait(30.0):
+                            if self.registry.live(cid) is not None:
+                                self._spawn(self._serve, cid, False)
+            except Exception as exc:
+                _log.info("cluster_notify_unavailable", error=type(exc).__name__)
+                await anyio.sleep(1.0)
+
+    async def _poll(self) -> None:
+        while True:
+            await anyio.sleep(_POLL_EVERY)
+            try:
+                pending = await self._inbox.pending_conversations()
+            except Exception:
+                continue
+            for cid in pending:
+                if self.registry.live(cid) is not None:
+                    self._spawn(self._serve, cid, False)
