@@ -144,9 +144,7 @@ def create_app(
     if metrics and metrics_available():
         from ._metrics import metrics_endpoint
 
-        routes.append(
-            Route("/metrics", metrics_endpoint(supervisor, api.streams), methods=["GET"])
-        )
+        routes.append(Route("/metrics", metrics_endpoint(supervisor, api.streams), methods=["GET"]))
     routes.append(Route("/openapi.json", api.openapi, methods=["GET"]))
 
     @asynccontextmanager
