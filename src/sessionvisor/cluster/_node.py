@@ -69,6 +69,7 @@ class ClusterNode:
         )
         self.mailbox: ClusterMailbox | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._draining = False
 
     def make_mailbox(
         self,
@@ -122,6 +123,10 @@ class ClusterNode:
             lease_ttl=self.cluster.lease_ttl,
         )
 
+    def begin_drain(self) -> None:
+        """Claim nothing more: this node is leaving."""
+        self._draining = True
+
     async def close(self) -> None:
         """Give up every lease (the sessions saved already) and close the connections."""
         with anyio.CancelScope(shield=True):
@@ -152,6 +157,8 @@ class ClusterNode:
         store = self.leases._store
         while True:
             await anyio.sleep(self.cluster.renew_every)
+            if self._draining:
+                return
             try:
                 claimed = await self._table.claim_expired(limit=50)
             except Exception as exc:

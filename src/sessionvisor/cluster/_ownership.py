@@ -209,6 +209,15 @@ class FencedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    async def load(self, conversation_id: str) -> StoredConversation | None:
+        try:
+            found: StoredConversation | None = await self._inner.load(conversation_id)
+        except Exception as exc:
+            if _is_database_error(exc):
+                raise unavailable(f"conversation {conversation_id!r}", exc) from exc
+            raise
+        return found
+
     def __repr__(self) -> str:
         return f"FencedStore({self._inner!r})"
 

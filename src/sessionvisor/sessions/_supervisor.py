@@ -218,6 +218,8 @@ class SessionSupervisor:
             isinstance(exc_type, type) and issubclass(exc_type, anyio.get_cancelled_exc_class())
         )
         self._phase = "draining"
+        if self._node is not None:
+            self._node.begin_drain()
         log = _log.bind(sessions=len(self._registry.actors()))
         log.info("supervisor_draining")
         try:

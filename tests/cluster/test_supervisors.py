@@ -1,0 +1,222 @@
+"""Two or three supervisors in one process, each a node of one cluster (one
+PostgreSQL database, one redis-server): what a user sees through any node.
+
+The faults that need real processes (kill -9, SIGSTOP, rolling restarts) are in
+``test_nodes*.py``; here the nodes share an event loop, which makes the
+ordinary paths quick to check.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from sessionvisor import InvalidStatus, SessionSupervisor, SingleRouter, Status
+from sessionvisor.cluster import Cluster, LeaseTable
+from sessionvisor.sessions._events import Delta, Event, StatusChanged
+from sessionvisor.state.postgres import PostgresStore
+from sessionvisor.testing import ScriptedAgent
+
+from .conftest import RedisServer, sql
+
+pytestmark = pytest.mark.anyio
+
+
+def _echo() -> SingleRouter:
+    """Replies "echo: <text>", streamed word by word."""
+    return SingleRouter(lambda agent_id, config: ScriptedAgent(stream=True))
+
+
+async def _poll(condition: Callable[[], Any], timeout: float = 15.0) -> None:
+    """Until the async ``condition()`` holds (a store read: every 20 ms, not every 1 ms)."""
+    with anyio.fail_after(timeout):
+        while not await condition():
+            await anyio.sleep(0.02)
+
+
+@asynccontextmanager
+async def _nodes(
+    dsn: str, redis: RedisServer, *names: str, router: Callable[[], Any] = _echo, ttl: float = 3.0
+) -> AsyncIterator[list[SessionSupervisor]]:
+    prefix = "t" + uuid.uuid4().hex[:8]  # each test its own keys
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for name in names:
+            store = await stack.enter_async_context(PostgresStore(dsn))
+            cluster = Cluster(redis.url, node_id=name, lease_ttl=ttl, prefix=prefix)
+            nodes.append(
+                await stack.enter_async_context(
+                    SessionSupervisor(router(), store=store, cluster=cluster)
+                )
+            )
+        yield nodes
+
+
+def _cid() -> str:
+    return "c-" + uuid.uuid4().hex[:10]
+
+
+async def _answered(node: SessionSupervisor, cid: str, count: int) -> list[tuple[str, str]]:
+    async def done() -> bool:
+        state = await node.load(cid, scope="u")
+        replies = [m for m in state.messages if m.role == "assistant"] if state else []
+        return len(replies) >= count
+
+    await _poll(done)
+    state = await node.load(cid, scope="u")
+    assert state is not None
+    return [(m.role, str(m.content)) for m in state.messages]
+
+
+async def test_a_message_sent_to_any_node_is_answered_once_in_order(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    async with _nodes(pg_dsn, redis_server, "a", "b", "c") as (a, b, c):
+        cid = _cid()
+        first = await a.send(cid, "one", scope="u", message_id="m1")
+        assert first.started and not first.queued  # a took it
+        remote = await b.send(cid, "two", scope="u", message_id="m2")
+        assert not remote.started  # b posted it to a
+        # The client retries the same message on c: stored once.
+        await c.send(cid, "two", scope="u", message_id="m2")
+        await a.send(cid, "three", scope="u", message_id="m3")
+        history = await _answered(a, cid, 3)
+        users = [text for role, text in history if role == "user"]
+        assert users == ["one", "two", "three"]
+        assert [text for role, text in history if role == "assistant"][-1] == "echo: three"
+        # One owner: the lease names a, and the store carries a's epoch.
+        lease = sql(
+            pg_dsn,
+            "SELECT node_id, epoch FROM sessionvisor_leases WHERE conversation_id = %s",
+            cid,
+        )
+        stored = sql(pg_dsn, "SELECT epoch FROM sessionvisor_conversations WHERE id = %s", cid)
+        assert lease[0][0] == "a" and lease[0][1] == stored[0][0]
+        assert a.get(cid, scope="u") is not None and b.get(cid, scope="u") is None
+
+
+async def test_start_on_a_node_that_does_not_serve_it_answers_without_a_handle(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    async with _nodes(pg_dsn, redis_server, "a", "b") as (a, b):
+        cid = _cid()
+        info = await a.start(cid, scope="u")
+        assert info.started and info.handle is not None
+        elsewhere = await b.start(cid, scope="u")
+        assert not elsewhere.started and elsewhere.handle is None
+        assert elsewhere.agent_id == info.agent_id
+
+
+async def test_another_owner_is_refused_on_every_node(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    from sessionvisor import AccessDenied
+
+    async with _nodes(pg_dsn, redis_server, "a", "b") as (a, b):
+        cid = _cid()
+        await a.send(cid, "mine", scope="u")
+        with pytest.raises(AccessDenied):
+            await b.send(cid, "not yours", scope="intruder")
+        with pytest.raises(AccessDenied):
+            await b.stop(cid, scope="intruder")
+        history = await _answered(a, cid, 1)
+        assert [t for r, t in history if r == "user"] == ["mine"]
+
+
+async def test_a_subscriber_on_another_node_gets_every_event_in_order(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    async with _nodes(pg_dsn, redis_server, "a", "b") as (a, b):
+        cid = _cid()
+        await a.start(cid, scope="u")
+        seen: list[Event] = []
+        async with b.subscribe(cid, scope="u") as sub:
+            await a.send(cid, "hi", scope="u")
+            with anyio.fail_after(15):
+                async for event in sub:
+                    seen.append(event)
+                    idle = isinstance(event, StatusChanged) and event.status is Status.IDLE
+                    if idle and any(isinstance(e, Delta) for e in seen):
+                        break
+        seqs = [e.seq for e in seen[1:]]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap, no repeat
+        assert "".join(e.text for e in seen if isinstance(e, Delta)).split() == ["echo:", "hi"]
+
+
+async def test_resume_and_stop_reach_the_owner_from_another_node(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    async with _nodes(pg_dsn, redis_server, "a", "b") as (a, b):
+        cid = _cid()
+        await a.send(cid, "hello", scope="u")
+        await _answered(a, cid, 1)
+        with pytest.raises(InvalidStatus):
+            await b.resume(cid, "yes", scope="u")  # nothing is pending: refused at once
+        assert await b.stop(cid, scope="u") == "stopped"
+        with anyio.fail_after(10):
+            while a.get(cid, scope="u") is not None:
+                await anyio.sleep(0.02)
+        # Stopped and released: the next message makes b the owner at once.
+        delivery = await b.send(cid, "again", scope="u")
+        assert delivery.started
+        history = await _answered(b, cid, 2)
+        assert [t for r, t in history if r == "user"] == ["hello", "again"]
+
+
+async def test_leaving_gives_the_leases_up_so_another_node_serves_at_once(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    async with _nodes(pg_dsn, redis_server, "b", ttl=60.0) as (b,):
+        cid = _cid()
+        async with _nodes(pg_dsn, redis_server, "a", ttl=60.0) as (a,):
+            await a.send(cid, "first", scope="u")
+            await _answered(a, cid, 1)
+        # a drained and released: with a 60 s TTL, b could not take it otherwise.
+        delivery = await b.send(cid, "second", scope="u")
+        assert delivery.started
+        history = await _answered(b, cid, 2)
+        assert [t for r, t in history if r == "user"] == ["first", "second"]
+
+
+async def test_a_restarted_node_takes_its_earlier_run_s_leases_back_at_once(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    cid = _cid()
+    # An earlier run of node "a" (an older incarnation) took the conversation and
+    # stored a message it never answered, then died with a long lease left.
+    from sessionvisor.state import Message, State, StoredConversation, dump_state
+
+    async with (
+        LeaseTable(pg_dsn, node_id="a", incarnation="0000-earlier", ttl=600.0) as old,
+        PostgresStore(pg_dsn) as store,
+    ):
+        lease = await old.acquire_fenced(cid, store)
+        assert lease is not None
+        state = State(messages=[Message(role="user", content="unanswered")])
+        record = StoredConversation(state=dump_state(state), route_key="default", owner="u")
+        await store.save(
+            cid, record, expected_version=None, lifecycle="turn_start", epoch=lease.epoch
+        )
+    async with _nodes(pg_dsn, redis_server, "a", ttl=600.0) as (a,):
+        history = await _answered(a, cid, 1)
+        assert history == [("user", "unanswered"), ("assistant", "echo: unanswered")]
+
+
+async def test_the_cluster_mode_refuses_trio_clearly(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    async def enter() -> None:
+        async with PostgresStore(pg_dsn) as store:
+            supervisor = SessionSupervisor(
+                _echo(), store=store, cluster=Cluster(redis_server.url, node_id="t")
+            )
+            async with supervisor:
+                pass
+
+    with pytest.raises(RuntimeError, match="asyncio"):
+        anyio.run(enter, backend="trio")
