@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench bench-quick bench-stream clean
+.PHONY: demo test lint typecheck bench bench-quick bench-stream bench-cluster clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-quick: $(STAMP)
 # W7: 1,000 SSE clients over real uvicorn, beside a bare Starlette floor (docs/operations.md)
 bench-stream: $(STAMP)
 	$(BIN)/python bench/stream.py --repeat 3
+
+# Cluster mode: W2/W3 against one local supervisor, and failover after kill -9 (README)
+bench-cluster: $(STAMP)
+	$(BIN)/python bench/cluster.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
