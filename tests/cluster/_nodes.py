@@ -44,6 +44,7 @@ RENEW_EVERY = LEASE_TTL / 4  # Cluster's default renew_every
 WORD_DELAY = 0.005
 STORE_TABLE = "sessionvisor_conversations"
 LEASE_TABLE = "sessionvisor_leases"
+INBOX_TABLE = "sessionvisor_inbox"
 
 # How the demo agent's reply begins (http/_demo.py): with the user's name when the
 # session woke for a request; a session recovered by another node wakes with no
@@ -451,6 +452,8 @@ class Stored:
     unanswered: bool
     messages: list[dict[str, Any]]
     queued: list[dict[str, Any]]
+    # Sends waiting in the inbox table for the owner (acknowledged, not yet applied).
+    inbox: list[str] = field(default_factory=list)
 
 
 def text_of(message: Mapping[str, Any]) -> str:
@@ -463,40 +466,51 @@ def text_of(message: Mapping[str, Any]) -> str:
 
 
 def read_store(dsn: str, prefix: str) -> dict[str, Stored]:
-    """Every stored conversation whose id starts with ``prefix``, read from the tables
-    (both reads in one REPEATABLE READ transaction: one snapshot)."""
+    """Every conversation whose id starts with ``prefix``: its stored row, its message
+    rows and its sends pending in the inbox (all read in one REPEATABLE READ
+    transaction, so one snapshot)."""
     import psycopg
 
-    try:
-        with psycopg.connect(dsn) as conn:
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            with conn.transaction():
-                heads = conn.execute(
-                    f"SELECT id, head, message_count, epoch, unanswered FROM {STORE_TABLE} "  # type: ignore[arg-type]
-                    "WHERE starts_with(id, %s)",
-                    (prefix,),
-                ).fetchall()
-                rows = conn.execute(
-                    f"SELECT m.conversation_id, m.position, m.body FROM {STORE_TABLE}_messages m "  # type: ignore[arg-type]
-                    f"JOIN {STORE_TABLE} t ON t.id = m.conversation_id "
-                    "WHERE starts_with(m.conversation_id, %s) AND m.position < t.message_count "
-                    "ORDER BY m.conversation_id, m.position",
-                    (prefix,),
-                ).fetchall()
-    except psycopg.errors.UndefinedTable:  # nothing stored yet
-        return {}
+    def select(conn: Any, query: str) -> list[tuple[Any, ...]]:
+        try:
+            with conn.transaction():  # a savepoint: a missing table fails it alone
+                return list(conn.execute(query, (prefix,)).fetchall())
+        except psycopg.errors.UndefinedTable:  # nothing stored (or posted) yet
+            return []
+
+    with psycopg.connect(dsn) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with conn.transaction():
+            heads = select(
+                conn,
+                f"SELECT id, head, epoch, unanswered FROM {STORE_TABLE} WHERE starts_with(id, %s)",
+            )
+            rows = select(
+                conn,
+                f"SELECT m.conversation_id, m.body FROM {STORE_TABLE}_messages m "
+                f"JOIN {STORE_TABLE} t ON t.id = m.conversation_id "
+                "WHERE starts_with(m.conversation_id, %s) AND m.position < t.message_count "
+                "ORDER BY m.conversation_id, m.position",
+            )
+            posted = select(
+                conn,
+                f"SELECT conversation_id, command_id FROM {INBOX_TABLE} "
+                "WHERE starts_with(conversation_id, %s) AND kind = 'send' ORDER BY seq",
+            )
     bodies: dict[str, list[dict[str, Any]]] = {}
-    for cid, _position, body in rows:
+    for cid, body in rows:
         bodies.setdefault(cid, []).append(json.loads(body))
+    inbox: dict[str, list[str]] = {}
+    for cid, command_id in posted:
+        inbox.setdefault(cid, []).append(command_id)
     out = {}
-    for cid, head, _count, epoch, unanswered in heads:
-        if head is None:  # a row fence() made before any save
-            out[cid] = Stored(cid, int(epoch), bool(unanswered), [], [])
-            continue
-        rest = json.loads(head)
+    for cid, head, epoch, unanswered in heads:
+        queued = list(json.loads(head).get("queued") or []) if head is not None else []
         out[cid] = Stored(
-            cid, int(epoch), bool(unanswered), bodies.get(cid, []), list(rest.get("queued") or [])
+            cid, int(epoch), bool(unanswered), bodies.get(cid, []), queued, inbox.get(cid, [])
         )
+    for cid in inbox.keys() - out.keys():  # posted before any save
+        out[cid] = Stored(cid, 0, False, [], [], inbox[cid])
     return out
 
 
@@ -573,7 +587,10 @@ def judge(stored: Stored | None, sent: Sequence[Sent]) -> Verdict:
     unknown = [mid for mid in everything if mid not in wanted]
     if unknown:
         verdict.wrong.append(f"messages nobody acknowledged: {unknown}")
-    lost = [mid for mid in wanted if mid not in everything]
+    # A send still in the inbox is acknowledged and waits for its owner: the state
+    # may not have it yet (or already has it, when the row is deleted after the save).
+    posted = [mid for mid in stored.inbox if mid not in everything]
+    lost = [mid for mid in wanted if mid not in everything and mid not in posted]
     if lost:
         # Acknowledged means stored: a message missing from the store is lost.
         verdict.wrong.append(f"acknowledged messages missing from the store: {lost}")
@@ -605,14 +622,21 @@ def judge(stored: Stored | None, sent: Sequence[Sent]) -> Verdict:
         verdict.waiting.append(f"unanswered: {[m.get('id') for m in block]}")
     if stored.queued:
         verdict.waiting.append(f"queued: {queued_ids}")
+    if posted:
+        verdict.waiting.append(f"in the inbox: {posted}")
     return verdict
 
 
-def verdicts(dsn: str, prefix: str, sent: Mapping[str, Sequence[Sent]]) -> dict[str, Verdict]:
+def verdicts(
+    dsn: str, prefix: str, sent: Mapping[str, Sequence[Sent]], *, others: bool = True
+) -> dict[str, Verdict]:
+    """Judge the conversations of ``sent``; with ``others``, also every other stored
+    conversation under ``prefix`` (which nobody sent anything to, so it must be empty)."""
     stored = read_store(dsn, prefix)
     out = {cid: judge(stored.get(cid), msgs) for cid, msgs in sent.items()}
-    for cid in stored.keys() - sent.keys():
-        out[cid] = judge(stored[cid], [])
+    if others:
+        for cid in stored.keys() - sent.keys():
+            out[cid] = judge(stored[cid], [])
     return out
 
 
@@ -630,6 +654,8 @@ async def wait_all_answered(
     sent: Mapping[str, Sequence[Sent]],
     timeout: float,
     nodes: Nodes | None = None,
+    *,
+    others: bool = True,
 ) -> float:
     """Poll the store until every acknowledged message is answered; then require
     that nothing is wrong (lost, duplicated, out of order). Returns the seconds
@@ -638,7 +664,7 @@ async def wait_all_answered(
 
     def done() -> bool:
         latest.clear()
-        latest.update(verdicts(dsn, prefix, sent))
+        latest.update(verdicts(dsn, prefix, sent, others=others))
         return all(not v.waiting for v in latest.values()) or any(v.wrong for v in latest.values())
 
     def report() -> str:
