@@ -34,7 +34,6 @@ from typing import Any
 
 import anyio
 import httpx
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 USER = "alice"
@@ -89,7 +88,8 @@ async def wait_for(
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
             extra = f"\n{report()}" if report is not None else ""
-            pytest.fail(f"timed out after {timeout} s waiting until {what}{extra}")
+            # AssertionError, not pytest.fail: it may be raised inside a task group.
+            raise AssertionError(f"timed out after {timeout} s waiting until {what}{extra}")
         await anyio.sleep(every)
 
 
@@ -146,7 +146,7 @@ class Node:
             async def ready() -> bool:
                 if self.process is None or self.process.poll() is not None:
                     code = None if self.process is None else self.process.returncode
-                    pytest.fail(
+                    raise AssertionError(
                         f"{self.node_id} exited ({code}) before it was ready:\n{self.tail()}"
                     )
                 try:
