@@ -141,10 +141,12 @@ def redis_server(workdir: Path) -> Iterator[str]:
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     command += ["--appendonly", "no", "--dir", str(workdir)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    HangGuard.cleanups.append((proc.kill,))
     try:
         wait_for(lambda: port_open(port), f"redis-server listens on {port}", 10)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
+        HangGuard.cleanups.remove((proc.kill,))
         proc.terminate()
         proc.wait(10)
 
@@ -161,10 +163,13 @@ def postgres_database(label: str) -> Iterator[str]:
             conn.execute(statement)  # type: ignore[arg-type]
 
     admin(f"CREATE DATABASE {name}")
+    drop = (admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    HangGuard.cleanups.append(drop)
     try:
         yield urllib.parse.urlunsplit(urllib.parse.urlsplit(POSTGRES_DSN)._replace(path=name))
     finally:
-        admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        HangGuard.cleanups.remove(drop)
+        admin(*drop[1:])
 
 
 def lease_owners(dsn: str, prefix: str, *, exact: bool = False) -> dict[str, int]:
@@ -182,6 +187,69 @@ def lease_owners(dsn: str, prefix: str, *, exact: bool = False) -> dict[str, int
 
 
 # ------------------------------------------------------------------ throughput
+
+
+class HangGuard:
+    """Ends the run with the asyncio tasks' stacks if one part goes on past ``seconds``.
+
+    A send or a reply that never comes would otherwise hang the benchmark (and a
+    supervisor waiting on it may not leave on cancellation either), so a thread
+    watches the clock: it prints every task's stack to stderr, stops the
+    bench's redis-server, drops its databases and exits with status 3.
+    """
+
+    cleanups: list[Any] = []  # what to undo before exiting: (callable, args)
+
+    def __init__(self, what: str, seconds: float, loop: Any) -> None:
+        self.what = what
+        self.loop = loop
+        self.timer = threading.Timer(seconds, self._fire, args=(seconds,))
+        self.timer.daemon = True
+
+    def __enter__(self) -> HangGuard:
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
+
+    def _fire(self, seconds: float) -> None:
+        import asyncio
+
+        log(f"[cluster] {self.what}: still running after {seconds:g} s; the tasks:")
+        for task in list(asyncio.all_tasks(self.loop)):
+            log(f"---- {task.get_name()}")
+            for where in awaiting(task.get_coro()):
+                log(f"    {where}")
+        for undo, *args in reversed(HangGuard.cleanups):
+            try:
+                undo(*args)
+            except Exception as exc:  # best effort on the way out
+                log(f"[cluster] cleanup {undo.__name__}: {exc!r}")
+        sys.stderr.flush()
+        os._exit(3)
+
+
+def awaiting(coro: Any) -> list[str]:
+    """Where a suspended coroutine waits: each frame down its chain of awaits."""
+    out = []
+    while coro is not None and len(out) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        frame = frame or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            out.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = (
+            getattr(coro, "cr_await", None)
+            or getattr(coro, "gi_yieldfrom", None)
+            or getattr(coro, "ag_await", None)
+        )
+    return out
+
+
+def guard(what: str, seconds: float) -> HangGuard:
+    import asyncio
+
+    return HangGuard(what, seconds, asyncio.get_running_loop())
 
 
 @asynccontextmanager
@@ -298,14 +366,14 @@ async def w3(owner: Any, via: Any, sizes: Sizes, label: str) -> dict[str, Any]:
     }
 
 
-async def throughput(redis_url: str, sizes: Sizes) -> list[dict[str, Any]]:
+async def throughput(redis_url: str, sizes: Sizes, limit: float) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with postgres_database("local") as dsn:
         async with supervisors(dsn, None, sizes) as (sup,):
-            log("[cluster] local: W2 ...")
-            rows.append({"mode": "local", **await w2(sup, sup, sizes, "local")})
-            log("[cluster] local: W3 ...")
-            rows.append({"mode": "local", **await w3(sup, sup, sizes, "local")})
+            for name, workload in (("W2", w2), ("W3", w3)):
+                log(f"[cluster] local: {name} ...")
+                with guard(f"local {name}", limit):
+                    rows.append({"mode": "local", **await workload(sup, sup, sizes, "local")})
     with postgres_database("nodes") as dsn:
         async with supervisors(dsn, redis_url, sizes) as sups:
             for mode, label, via in (
@@ -314,7 +382,8 @@ async def throughput(redis_url: str, sizes: Sizes) -> list[dict[str, Any]]:
             ):
                 for name, workload in (("W2", w2), ("W3", w3)):
                     log(f"[cluster] {mode}: {name} ...")
-                    row = await workload(sups[0], via, sizes, label)
+                    with guard(f"{mode} {name}", limit):
+                        row = await workload(sups[0], via, sizes, label)
                     # Who held the leases of this part's conversations once it ran: n0 only.
                     prefix = ("w2-" if name == "W2" else "grow-w3-") + label
                     row["leases"] = lease_owners(dsn, prefix)
@@ -640,6 +709,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="failover nodes' --word-delay: the demo's turn lasts ~45 of these (default 0.01)",
     )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds one throughput workload may take before the run ends with the "
+        "tasks' stacks, exit status 3 (default 600)",
+    )
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-failover", action="store_true")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -671,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_server(Path(tmp)) as redis_url,
     ):
         if not args.skip_throughput:
-            rows = anyio.run(throughput, redis_url, sizes, backend="asyncio")
+            rows = anyio.run(throughput, redis_url, sizes, args.timeout, backend="asyncio")
             ratios = ratio_rows(rows)
             out += rows + ratios
         if not args.skip_failover:
