@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -192,6 +193,13 @@ class Node:
             report=self.tail,
         )
         return int(process.returncode)
+
+    def incarnation(self) -> str:
+        """This run's incarnation, from its ``cluster_node_started`` log line."""
+        text = self.logs[-1].read_text(errors="replace") if self.logs else ""
+        found = re.search(r"cluster_node_started\s.*?incarnation=(\S+)", text)
+        assert found, f"{self.node_id} logged no cluster_node_started line:\n{self.tail()}"
+        return found.group(1)
 
     def log_text(self) -> str:
         parts = []
@@ -648,6 +656,24 @@ def describe(found: Mapping[str, Verdict], limit: int = 15) -> str:
     return "\n".join(lines)
 
 
+def diagnose(dsn: str, cids: Iterable[str], nodes: Nodes | None) -> list[str]:
+    """For a failure message: each conversation's lease and what its owner says of it."""
+    lines = []
+    for cid in cids:
+        lease = read_leases(dsn, cid).get(cid)
+        line = f"{cid}: lease {lease}"
+        if lease is not None and nodes is not None:
+            owner = next((n for n in nodes if n.node_id == lease.node_id), None)
+            if owner is not None and owner.running and not owner.paused:
+                try:
+                    answer = httpx.get(f"{owner.url}/conversations/{cid}", headers=HEADERS)
+                    line += f"; GET on {owner.node_id}: status {answer.json().get('status')}"
+                except (httpx.HTTPError, ValueError) as exc:
+                    line += f"; GET on {owner.node_id} failed: {exc!r}"
+        lines.append(line)
+    return lines
+
+
 async def wait_all_answered(
     dsn: str,
     prefix: str,
@@ -669,7 +695,10 @@ async def wait_all_answered(
 
     def report() -> str:
         text = describe(latest)
-        return text + ("\n" + nodes.report() if nodes is not None else "")
+        stuck = sorted(cid for cid, v in latest.items() if v.waiting)[:5]
+        return "\n".join([text, *diagnose(dsn, stuck, nodes)]) + (
+            "\n" + nodes.report() if nodes is not None else ""
+        )
 
     took = await wait_for(done, "every message is answered", timeout, every=0.2, report=report)
     wrong = {cid: v for cid, v in latest.items() if v.wrong}

@@ -110,19 +110,23 @@ async def test_rolling_restart_under_load_loses_nothing_and_fails_no_request(
             # Load first, so each node owns conversations with turns running.
             await wait_for(lambda: len(client.sent) == len(cids), "every conversation began", 30)
             for node in nodes:
+                incarnation = node.incarnation()
                 began = time.monotonic()
                 node.terminate()
                 code = await node.wait_exit(30)
                 drains[node.node_id] = time.monotonic() - began
                 assert code == 0, node.tail()
-                # Drained: no live lease names it any more.
+                # Drained: the run that ended holds no live lease any more.
                 held = sql(
                     pg_dsn,
-                    "SELECT conversation_id FROM sessionvisor_leases "
-                    "WHERE node_id = %s AND lease_until >= now()",
+                    "SELECT conversation_id, epoch, lease_until - now() FROM sessionvisor_leases "
+                    "WHERE node_id = %s AND incarnation = %s AND lease_until >= now()",
                     node.node_id,
+                    incarnation,
                 )
-                assert held == [], f"{node.node_id} left live leases after its drain: {held[:5]}"
+                assert held == [], (
+                    f"{node.node_id} left live leases after its drain: {held[:5]}\n{node.tail()}"
+                )
                 node.start()
                 await node.wait_ready()
             stop.set()
