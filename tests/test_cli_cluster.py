@@ -2,8 +2,10 @@
 ``--node-id`` and ``--lease-ttl`` on ``demo`` and ``serve``.
 
 The refusals are checked through ``main([...])``: each one exits with status 2
-and says why before anything connects to PostgreSQL or Redis, so none of these
-tests needs a server.
+and says why before anything connects to PostgreSQL or Redis, so those tests
+need no server. The others run the real command line: the demo on the store
+``--store`` names, and two demo nodes of one cluster (a fresh PostgreSQL
+database and a redis-server of their own, from ``tests/cluster/conftest.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -18,7 +21,11 @@ import pytest
 
 from sessionvisor import SQLiteStore
 from sessionvisor.__main__ import main, redact_url
-from tests.cluster.conftest import pg_dsn  # noqa: F401 - a fresh PostgreSQL database
+from tests.cluster.conftest import (  # noqa: F401 - fixtures: a fresh database, a redis-server
+    RedisServer,
+    pg_dsn,
+    redis_server,
+)
 from tests.http.test_cli import free_port, run_cli, stop
 
 PG = "postgresql://root@127.0.0.1:5432/test"
@@ -195,3 +202,69 @@ def test_demo_on_postgres_never_prints_the_password(tmp_path: Path, pg_dsn: str)
             assert wait_for_reply(client, "c-1", "a")[0]["content"] == "hi"
         out = stop(proc, signal.SIGTERM)
     assert "hunter2" not in banner + out
+
+
+def test_two_demo_nodes_share_a_conversation_and_drain_on_sigterm(
+    tmp_path: Path,
+    pg_dsn: str,  # noqa: F811
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(pg_dsn)
+    store = (
+        f"postgresql://{info.get('user', 'root')}@{info.get('host', '127.0.0.1')}:"
+        f"{info.get('port', 5432)}/{info['dbname']}"
+    )
+    ports = {"a": free_port(), "b": free_port()}
+
+    def node(name: str) -> Any:
+        return run_cli(
+            "demo",
+            "--store",
+            store,
+            "--cluster",
+            redis_server.url,
+            "--node-id",
+            name,
+            "--lease-ttl",
+            "3",
+            "--port",
+            str(ports[name]),
+            "--word-delay",
+            "0",
+            cwd=tmp_path,
+        )
+
+    with node("a") as (proc_a, banner_a), node("b") as (proc_b, banner_b):
+        assert f"; node a of the cluster at {redis_server.url})" in banner_a
+        assert f"; node b of the cluster at {redis_server.url})" in banner_b
+        a = httpx.Client(base_url=f"http://127.0.0.1:{ports['a']}", timeout=10)
+        b = httpx.Client(base_url=f"http://127.0.0.1:{ports['b']}", timeout=10)
+        with a, b:
+            sent = a.post(
+                "/conversations/shared-1/messages",
+                json={"content": "hello"},
+                headers={"X-User": "u"},
+            )
+            assert sent.status_code == 202
+            # Node b sees the conversation node a answered, and takes a message for it.
+            assert wait_for_reply(b, "shared-1", "u")[0] == {"role": "user", "content": "hello"}
+            again = b.post(
+                "/conversations/shared-1/messages",
+                json={"content": "again"},
+                headers={"X-User": "u"},
+            )
+            assert again.status_code == 202
+            deadline = time.monotonic() + 20
+            while True:
+                messages = a.get("/conversations/shared-1", headers={"X-User": "u"}).json()[
+                    "messages"
+                ]
+                roles = [m["role"] for m in messages]
+                if roles == ["user", "assistant", "user", "assistant"]:
+                    break
+                assert time.monotonic() < deadline, messages
+                time.sleep(0.05)
+        stop(proc_a, signal.SIGTERM)
+        stop(proc_b, signal.SIGTERM)
