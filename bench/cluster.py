@@ -712,9 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--timeout",
         type=float,
-        default=600.0,
+        default=300.0,
         help="seconds one throughput workload may take before the run ends with the "
-        "tasks' stacks, exit status 3 (default 600)",
+        "tasks' stacks, exit status 3 (default 300)",
     )
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-failover", action="store_true")
