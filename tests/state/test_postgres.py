@@ -280,3 +280,26 @@ async def test_epoch_must_be_an_int(pg_store: Any) -> None:
         )
     with pytest.raises(TypeError, match="epoch"):
         await pg_store.fence("c-1", 2.0)
+
+
+@pytest.mark.postgres
+async def test_the_first_calls_of_a_busy_server_arrive_together_and_all_succeed(
+    anyio_backend: str, pg_schema: str
+) -> None:
+    # A server's store is not entered before its first requests: many calls then
+    # open the pool at once, each from its own worker thread.
+    from sessionvisor.state.postgres import PostgresStore
+
+    store = PostgresStore(POSTGRES_DSN, table=f"{pg_schema}.convs", max_connections=8)
+    found: list[StoredConversation | None] = []
+
+    async def load(cid: str) -> None:
+        found.append(await store.load(cid))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for n in range(24):
+                tg.start_soon(load, f"c-{n}")
+    finally:
+        await store.aclose()
+    assert found == [None] * 24

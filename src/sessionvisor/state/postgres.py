@@ -364,6 +364,10 @@ class PostgresStore(ClosedOnExit):
         # Guards the pool's creation and the closed flag; never held across a
         # database call.
         self._lock = threading.Lock()
+        # One thread opens the pool and creates the tables; the first calls of a
+        # busy server arrive together, and psycopg_pool's open(wait=True) admits
+        # one waiter only.
+        self._opening = threading.Lock()
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._ready = False
         self._closed = False
@@ -791,11 +795,12 @@ class PostgresStore(ClosedOnExit):
                     name=repr(self),
                 )
             pool = self._pool
-        pool.open(wait=True)
-        if not self._ready:
-            with pool.connection() as conn:
-                self._create_tables(conn)
-            self._ready = True
+        with self._opening:
+            if not self._ready:
+                pool.open(wait=True)
+                with pool.connection() as conn:
+                    self._create_tables(conn)
+                self._ready = True
         return pool
 
     def _create_tables(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
