@@ -101,6 +101,7 @@ class ClusterMailbox:
         self._check_open = check_open
         self._spawn = spawn
         self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+        self._probe = _Probe(inbox)
 
     # -- the calls -----------------------------------------------------------------
 
@@ -145,9 +146,13 @@ class ClusterMailbox:
                 )
                 return Delivery(queued=True, started=False, duplicate=not created)
             try:
-                async with self._lock(cid):
-                    await self._apply_inbox(cid, actor)
-                    queued, duplicate = await actor.send(content, scope, message_id=message_id)
+                # Commands stored for this conversation before this one go first. The
+                # check is one query shared by the sends in flight (``_Probe``); the
+                # lock is taken only when there is something to apply.
+                if await self._probe.pending(cid):
+                    async with self._lock(cid):
+                        await self._apply_inbox(cid, actor)
+                queued, duplicate = await actor.send(content, scope, message_id=message_id)
             except (NotRunning, SessionFailedError):
                 if attempt == 2:
                     raise
@@ -360,6 +365,57 @@ class ClusterMailbox:
 
     def _lock(self, cid: str) -> _Turnstile:
         return _Turnstile(self._locks, cid)
+
+
+class _Batch:
+    __slots__ = ("done", "error", "found", "ids")
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.found: set[str] = set()
+        self.error: Exception | None = None
+        self.done = anyio.Event()
+
+
+class _Probe:
+    """Answers "has this conversation pending inbox rows?" for many callers with
+    one query: callers that arrive while a query runs share the next one.
+
+    A caller's answer comes from a query that began after it asked, so a row
+    committed before the call is seen.
+    """
+
+    def __init__(self, inbox: Inbox) -> None:
+        self._inbox = inbox
+        self._open: _Batch | None = None
+        self._busy = False
+
+    async def pending(self, cid: str) -> bool:
+        batch = self._open
+        if batch is None:
+            batch = self._open = _Batch()
+        batch.ids.add(cid)
+        if self._busy:
+            await batch.done.wait()
+        else:
+            with anyio.CancelScope(shield=True):  # the others wait on this caller's query
+                await self._lead()
+        if batch.error is not None:
+            raise unavailable(f"conversation {cid!r}", batch.error) from batch.error
+        return cid in batch.found
+
+    async def _lead(self) -> None:
+        self._busy = True
+        try:
+            while self._open is not None:
+                batch, self._open = self._open, None
+                try:
+                    batch.found = await self._inbox.pending_among(batch.ids)
+                except Exception as exc:
+                    batch.error = exc
+                batch.done.set()
+        finally:
+            self._busy = False
 
 
 class _Turnstile:

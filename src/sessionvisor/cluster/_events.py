@@ -312,6 +312,42 @@ class EventStreams(_RedisUser):
         """The events after ``after_seq`` in order (one read of a fresh reader)."""
         return await self.reader(conversation_id, after_seq).read(block_ms)
 
+    async def read_many(
+        self, readers: list[StreamReader], block_ms: int
+    ) -> list[tuple[StreamReader, ReadResult]]:
+        """The next events of several readers with one blocking ``XREAD`` (one
+        connection however many conversations a node follows).
+
+        A reader's first read replays its kept stream (one ``XRANGE`` each);
+        when any reader has something, nothing blocks.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis is unreachable; every reader
+                keeps its position.
+        """
+        out: list[tuple[StreamReader, ReadResult]] = []
+        for reader in readers:
+            if reader._cursor is None:
+                result = await reader.read(None)
+                if result.events or result.gap:
+                    out.append((reader, result))
+        if out or not readers:
+            return out
+        by_key = {reader._key: reader for reader in readers}
+        found = await self._redis().xread(
+            {key: reader._cursor for key, reader in by_key.items()},
+            count=1000,
+            block=block_ms or None,
+        )
+        for key, entries in found or ():
+            reader = by_key[key]
+            if entries:
+                reader._cursor = entries[-1][0]
+                result = reader._filter.feed(_parse(entries))
+                if result.events or result.gap:
+                    out.append((reader, result))
+        return out
+
 
 class StreamReader:
     """Reads one conversation's stream from a position, read after read."""

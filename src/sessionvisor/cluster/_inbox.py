@@ -147,6 +147,9 @@ class Inbox(PgTable):
         self._pending = self._compose(
             "SELECT DISTINCT conversation_id FROM {t} ORDER BY conversation_id LIMIT %s"
         )
+        self._among = self._compose(
+            "SELECT DISTINCT conversation_id FROM {t} WHERE conversation_id = ANY(%s)"
+        )
 
     def __repr__(self) -> str:
         return f"Inbox(table={self._table!r})"
@@ -254,6 +257,18 @@ class Inbox(PgTable):
         """
         _check_limit(limit)
         return [row[0] for row in await self._fetch(self._pending, (limit,))]
+
+    async def pending_among(self, conversation_ids: Iterable[str]) -> set[str]:
+        """Which of these conversations have pending commands (one indexed query).
+
+        Raises:
+            TypeError, ValueError: a bad id.
+            psycopg.Error: the database failed.
+        """
+        ids = sorted({check_conversation_id(cid) for cid in conversation_ids})
+        if not ids:
+            return set()
+        return {row[0] for row in await self._fetch(self._among, (ids,))}
 
     @asynccontextmanager
     async def listen(self) -> AsyncIterator[InboxListener]:

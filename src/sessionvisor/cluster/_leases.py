@@ -33,10 +33,13 @@ RETURNING epoch
 """
 
 # Renewal keeps the epoch: only this incarnation can hold a row with its
-# incarnation, so a row that still names it was not taken by anyone since.
+# incarnation, so a row that still names it was not taken by anyone since. A
+# released row stays released: a renewal sent before the release but run after
+# it must not hand the conversation back to a node that let it go.
 _RENEW = """
 UPDATE {t} SET lease_until = now() + make_interval(secs => %(ttl)s)
 WHERE conversation_id = ANY(%(ids)s) AND node_id = %(node)s AND incarnation = %(inc)s
+    AND lease_until > '-infinity'
 RETURNING conversation_id
 """
 

@@ -30,7 +30,7 @@ from ..sessions import _events as ev
 from ..sessions._bus import LocalBus, Subscription, Topic
 from ..sessions._stats import RuntimeStats
 from ..state import Message, PendingInterrupt
-from ._events import EventStreams
+from ._events import EventStreams, ReadResult, StreamReader
 
 __all__: list[str] = ["ClusterBus", "decode_event", "encode_event"]
 
@@ -53,6 +53,7 @@ _TIMES = ("at", "last_activity_at", "shutdown_at")
 # Events waiting for Redis; past this many (Redis slow or down) the oldest are
 # dropped and the readers on other nodes see a gap.
 _FORWARD_LIMIT = 10_000
+_PUMP_BLOCK_MS = 100
 
 
 def encode_event(event: ev.Event) -> str:
@@ -107,7 +108,9 @@ class ClusterBus(LocalBus):
         self._on_stale = on_stale
         self._outbox: deque[tuple[str, int, int, str]] = deque()
         self._outbox_ready = anyio.Event()
-        self._pumps: set[str] = set()
+        self._flushed = anyio.Event()
+        self._follows: dict[str, tuple[Topic, StreamReader]] = {}
+        self._follows_changed = anyio.Event()
         self._spawn: Callable[..., None] | None = None
         self.dropped = 0  # events that never reached Redis
 
@@ -115,9 +118,7 @@ class ClusterBus(LocalBus):
         """Begin forwarding; ``spawn`` runs a coroutine function in the node's task group."""
         self._spawn = spawn
         spawn(self._forwarder)
-        for topic in self._topics.values():
-            if topic.subscribers:
-                self._ensure_pump(topic)
+        spawn(self._pump)
 
     def _new_topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
         return _ClusterTopic(
@@ -134,10 +135,22 @@ class ClusterBus(LocalBus):
         status: ev.Status,
         interrupt: Any,
     ) -> Subscription:
+        cid = topic.conversation_id
+        if (
+            after is not None
+            and not self._serving(cid)
+            and not topic.subscribers
+            and cid not in self._follows
+        ):
+            # Served elsewhere and followed by nobody here yet: the stream, not this
+            # node's empty replay buffer, knows the events after ``after``. Follow
+            # it from there (a position the stream no longer holds shows as a gap).
+            topic.last_seq = after
+            topic.drop_replay()
         sub = super().subscribe(
             topic, owner=owner, capacity=capacity, after=after, status=status, interrupt=interrupt
         )
-        self._ensure_pump(topic)
+        self._follow(topic)
         return sub
 
     # -- the owner's side ----------------------------------------------------------
@@ -152,6 +165,13 @@ class ClusterBus(LocalBus):
             self.dropped += 1
         self._outbox.append((cid, event.seq, epoch, encode_event(event)))
         self._outbox_ready.set()
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) until the events waiting for Redis are in."""
+        with anyio.move_on_after(timeout):
+            while self._outbox:
+                self._flushed = anyio.Event()
+                await self._flushed.wait()
 
     async def _forwarder(self) -> None:
         redis_errors = self._streams.connection_errors()
@@ -169,52 +189,71 @@ class ClusterBus(LocalBus):
                 # (they will see the gap); the owner's own subscribers had it all.
                 lost = len(self._outbox)
                 self._outbox.clear()
+                self._flushed.set()
                 self.dropped += lost
                 _log.warning("cluster_events_not_forwarded", events=lost, error=repr(exc))
                 await anyio.sleep(0.5)
                 continue
             if self._outbox and self._outbox[0][1] == seq and self._outbox[0][0] == cid:
                 self._outbox.popleft()
+            if not self._outbox:
+                self._flushed.set()
 
     # -- the other nodes' side -----------------------------------------------------
 
-    def _ensure_pump(self, topic: Topic) -> None:
+    def _follow(self, topic: Topic) -> None:
         cid = topic.conversation_id
-        if self._spawn is None or cid in self._pumps:
+        if cid in self._follows:
             return
-        self._pumps.add(cid)
-        self._spawn(self._pump, topic)
+        self._follows[cid] = (topic, self._streams.reader(cid, after_seq=topic.last_seq))
+        self._follows_changed.set()
 
-    async def _pump(self, topic: Topic) -> None:
-        cid = topic.conversation_id
+    async def _pump(self) -> None:
+        """Feed the topics of conversations served elsewhere from their streams.
+
+        One loop and one blocking ``XREAD`` for every followed conversation of
+        this node; a new subscription joins at the next read (at most
+        ``_PUMP_BLOCK_MS`` later).
+        """
         redis_errors = self._streams.connection_errors()
-        reader = self._streams.reader(cid, after_seq=topic.last_seq)
-        try:
-            while topic.subscribers and self._topics.get(cid) is topic:
-                try:
-                    result = await reader.read(block_ms=1000)
-                except redis_errors:
-                    await anyio.sleep(0.5)
-                    continue
-                if self._serving(cid):
+        while True:
+            for cid, (topic, _) in list(self._follows.items()):
+                if not topic.subscribers or self._topics.get(cid) is not topic:
+                    del self._follows[cid]
+            if not self._follows:
+                self._follows_changed = anyio.Event()
+                await self._follows_changed.wait()
+                continue
+            readers = {id(reader): topic for topic, reader in self._follows.values()}
+            try:
+                results = await self._streams.read_many(
+                    [reader for _, reader in self._follows.values()], _PUMP_BLOCK_MS
+                )
+            except redis_errors:
+                await anyio.sleep(0.5)
+                continue
+            for reader, result in results:
+                topic = readers[id(reader)]
+                if self._serving(topic.conversation_id):
                     continue  # this node runs it: its topic has every event already
-                if result.gap:
-                    first = result.events[0].seq if result.events else topic.last_seq + 1
-                    topic.last_seq = first - 1
-                    topic.deliver(topic.snapshot(ev.Status.NOT_RUNNING, None, gap=True))
-                for entry in result.events:
-                    if entry.seq <= topic.last_seq:
-                        continue  # this node published it itself, when it was the owner
-                    try:
-                        event = decode_event(entry.data)
-                    except Exception as exc:
-                        _log.warning(
-                            "cluster_event_unreadable", conversation_id=cid, error=repr(exc)
-                        )
-                        continue
-                    topic.last_seq = entry.seq
-                    topic.deliver(event)
-        finally:
-            self._pumps.discard(cid)
-            if topic.subscribers and self._topics.get(cid) is topic:
-                self._ensure_pump(topic)  # a subscriber came as this one ended
+                _feed(topic, result)
+
+
+def _feed(topic: Topic, result: ReadResult) -> None:
+    """Deliver what a stream read found to the topic's subscribers, seqs kept."""
+    if result.gap:
+        first = result.events[0].seq if result.events else topic.last_seq + 1
+        topic.last_seq = first - 1
+        topic.deliver(topic.snapshot(ev.Status.NOT_RUNNING, None, gap=True))
+    for entry in result.events:
+        if entry.seq <= topic.last_seq:
+            continue  # this node published it itself, when it was the owner
+        try:
+            event = decode_event(entry.data)
+        except Exception as exc:
+            _log.warning(
+                "cluster_event_unreadable", conversation_id=topic.conversation_id, error=repr(exc)
+            )
+            continue
+        topic.last_seq = entry.seq
+        topic.deliver(event)

@@ -130,6 +130,7 @@ class ClusterNode:
     async def close(self) -> None:
         """Give up every lease (the sessions saved already) and close the connections."""
         with anyio.CancelScope(shield=True):
+            await self.bus.flush(2.0)  # the sessions' last events, for the other nodes
             await self.leases.wait_releases()
             await self.leases.release_all()
             for closing in (self._table, self._inbox, self._streams, self._wakeups):
