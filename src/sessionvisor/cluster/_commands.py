@@ -37,10 +37,12 @@ from ..state import load_state
 from ._events import Wakeups
 from ._inbox import Command, CommandKind, Inbox
 from ._ownership import Leases, OwnedElsewhere, unavailable
+from ._pg import monotonic
 
 __all__: list[str] = ["ClusterMailbox", "ClusterRegistry"]
 
 _log = structlog.get_logger("sessionvisor")
+_RECENT_LIMIT = 10_000  # conversations remembered as served elsewhere
 
 
 class ClusterRegistry(LocalRegistry):
@@ -90,6 +92,7 @@ class ClusterMailbox:
         owner_of: Callable[[Any], str | None],
         check_open: Callable[[str], None],
         spawn: Callable[..., None],
+        recent_for: float,
     ) -> None:
         self._local = local
         self._registry = registry
@@ -102,6 +105,11 @@ class ClusterMailbox:
         self._spawn = spawn
         self._locks: dict[str, tuple[anyio.Lock, int]] = {}
         self._probe = _Probe(inbox)
+        self._recent: dict[str, tuple[str | None, str | None, float]] = {}
+        self._recent_for = recent_for
+        # Conversations being served now -> None, or whether another round was asked
+        # for (True: with ``take``).
+        self._serving: dict[str, bool | None] = {}
 
     # -- the calls -----------------------------------------------------------------
 
@@ -136,10 +144,17 @@ class ClusterMailbox:
     ) -> Delivery:
         cid = conversation_id
         for attempt in range(3):
+            elsewhere = self._elsewhere(cid)
             try:
+                if elsewhere is not None:
+                    check_owner(self._owner_of, elsewhere[1], scope, cid)
+                    raise OwnedElsewhere(cid, elsewhere[0])
                 actor, started, _ = await self._local.ensure(cid, scope, request_opts, reroute)
             except OwnedElsewhere as exc:
-                await self._stored_for(cid, scope)
+                if elsewhere is None:
+                    stored = await self._stored_for(cid, scope)
+                    if stored is not None:
+                        self._remember(cid, exc.node_id, stored.owner)
                 mid = message_id or "msg-" + secrets.token_hex(12)
                 created = await self._post(
                     cid, "send", {"content": content}, scope, exc.node_id, command_id=mid
@@ -216,6 +231,28 @@ class ClusterMailbox:
 
     # -- posting -------------------------------------------------------------------
 
+    def _elsewhere(self, cid: str) -> tuple[str | None, str | None] | None:
+        """(node, owner key) of a conversation recently found served elsewhere, if fresh.
+
+        A burst of sends to a conversation served by another node then costs one
+        insert each, not a lease attempt and a load. Should that node have let
+        the conversation go since, the row waits for the sweeper (at most
+        ``renew_every``); the owner key is checked again when the row is applied.
+        """
+        known = self._recent.get(cid)
+        if known is None:
+            return None
+        node_id, owner, until = known
+        if monotonic() >= until or self._registry.holds(cid):
+            del self._recent[cid]
+            return None
+        return node_id, owner
+
+    def _remember(self, cid: str, node_id: str | None, owner: str | None) -> None:
+        if len(self._recent) >= _RECENT_LIMIT:
+            self._recent.clear()
+        self._recent[cid] = (node_id, owner, monotonic() + self._recent_for)
+
     async def _stored_for(self, cid: str, scope: Any) -> Any:
         stored = await self._starter.load(cid)
         if stored is not None:
@@ -271,7 +308,26 @@ class ClusterMailbox:
         ``take``, when it can take it: nobody else serves it).
 
         Called on a wake-up, for a lease the sweeper claimed, and after posting.
+        Calls for a conversation already being served fold into one more round
+        of the running call (a post wakes its owner twice: Redis and NOTIFY).
         """
+        if cid in self._serving:
+            asked = self._serving[cid]
+            self._serving[cid] = take if asked is None else (asked or take)
+            return
+        self._serving[cid] = None
+        try:
+            while True:
+                await self._serve_once(cid, take=take)
+                again = self._serving[cid]
+                if again is None:
+                    break
+                take = again
+                self._serving[cid] = None
+        finally:
+            del self._serving[cid]
+
+    async def _serve_once(self, cid: str, *, take: bool) -> None:
         try:
             actor = self._registry.live(cid)
             if actor is None:

@@ -295,6 +295,31 @@ class EventStreams(_RedisUser):
             )
         return str(entry_id)
 
+    async def append_many(self, events: list[tuple[str, int, int, str]]) -> list[bool]:
+        """Append ``(conversation_id, seq, epoch, data)`` events in one round trip
+        (a pipeline of the ``append`` script), in order.
+
+        Returns:
+            For each event, False when it was refused for an older epoch (its
+            conversation has a newer owner), else True.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis is unreachable (none of the
+                events may be in the stream).
+        """
+        client = self._redis()
+        script = self._script(0)
+        ttl = self._ttl_ms()
+        pipe = client.pipeline(transaction=False)
+        for cid, seq, epoch, data in events:
+            await script(  # queued on the pipeline, sent by execute()
+                keys=[self.key(cid), self.epoch_key(cid)],
+                args=[seq, epoch, data, self.maxlen, ttl],
+                client=pipe,
+            )
+        results = await pipe.execute()
+        return [result is not None for result in results]
+
     def reader(self, conversation_id: str, after_seq: int | None) -> StreamReader:
         """A reader of the conversation's events after ``after_seq`` (None: only
         events appended from now on). Keep it across reads: it remembers the

@@ -17,6 +17,7 @@ when it is back.
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -25,7 +26,6 @@ from typing import Any
 import anyio
 import structlog
 
-from .._errors import StaleWriteError
 from ..sessions import _events as ev
 from ..sessions._bus import LocalBus, Subscription, Topic
 from ..sessions._stats import RuntimeStats
@@ -54,6 +54,7 @@ _TIMES = ("at", "last_activity_at", "shutdown_at")
 # dropped and the readers on other nodes see a gap.
 _FORWARD_LIMIT = 10_000
 _PUMP_BLOCK_MS = 100
+_FORWARD_BATCH = 500  # events per pipeline to Redis
 
 
 def encode_event(event: ev.Event) -> str:
@@ -109,13 +110,16 @@ class ClusterBus(LocalBus):
         self._outbox: deque[tuple[str, int, int, str]] = deque()
         self._outbox_ready = anyio.Event()
         self._flushed = anyio.Event()
-        self._follows: dict[str, tuple[Topic, StreamReader]] = {}
+        # Followed conversations: their topic and, while another node serves
+        # them, the reader of their stream.
+        self._follows: dict[str, tuple[Topic, StreamReader | None]] = {}
         self._follows_changed = anyio.Event()
         self._spawn: Callable[..., None] | None = None
         self.dropped = 0  # events that never reached Redis
 
     def start(self, spawn: Callable[..., None]) -> None:
-        """Begin forwarding; ``spawn`` runs a coroutine function in the node's task group."""
+        """Begin forwarding and following; ``spawn`` keeps a loop running in the node's
+        task group."""
         self._spawn = spawn
         spawn(self._forwarder)
         spawn(self._pump)
@@ -177,27 +181,31 @@ class ClusterBus(LocalBus):
         redis_errors = self._streams.connection_errors()
         while True:
             if not self._outbox:
+                self._flushed.set()
                 self._outbox_ready = anyio.Event()
                 await self._outbox_ready.wait()
-            cid, seq, epoch, data = self._outbox[0]
+            batch = [self._outbox[i] for i in range(min(len(self._outbox), _FORWARD_BATCH))]
             try:
-                await self._streams.append(cid, seq, epoch, data)
-            except StaleWriteError:
-                self._on_stale(cid)
-            except redis_errors as exc:
-                # Redis is down: what waits now is lost to the other nodes' readers
-                # (they will see the gap); the owner's own subscribers had it all.
+                accepted = await self._streams.append_many(batch)
+            except Exception as exc:
+                # Redis is down (or refused the batch): what waits now is lost to the
+                # other nodes' readers (they will see the gap); the owner's own
+                # subscribers had it all.
+                if not isinstance(exc, redis_errors):
+                    _log.error("cluster_forwarding_failed", error=repr(exc))
                 lost = len(self._outbox)
                 self._outbox.clear()
-                self._flushed.set()
                 self.dropped += lost
                 _log.warning("cluster_events_not_forwarded", events=lost, error=repr(exc))
                 await anyio.sleep(0.5)
                 continue
-            if self._outbox and self._outbox[0][1] == seq and self._outbox[0][0] == cid:
-                self._outbox.popleft()
-            if not self._outbox:
-                self._flushed.set()
+            for item, ok in zip(batch, accepted, strict=True):
+                if not ok:
+                    self._on_stale(item[0])
+            # The batch is still at the head unless the buffer overflowed meanwhile.
+            for item in batch:
+                if self._outbox and self._outbox[0] is item:
+                    self._outbox.popleft()
 
     # -- the other nodes' side -----------------------------------------------------
 
@@ -205,7 +213,7 @@ class ClusterBus(LocalBus):
         cid = topic.conversation_id
         if cid in self._follows:
             return
-        self._follows[cid] = (topic, self._streams.reader(cid, after_seq=topic.last_seq))
+        self._follows[cid] = (topic, None)
         self._follows_changed.set()
 
     async def _pump(self) -> None:
@@ -213,21 +221,32 @@ class ClusterBus(LocalBus):
 
         One loop and one blocking ``XREAD`` for every followed conversation of
         this node; a new subscription joins at the next read (at most
-        ``_PUMP_BLOCK_MS`` later).
+        ``_PUMP_BLOCK_MS`` later). A conversation this node serves is not read
+        back: its topic has every event already. When it moves to another node,
+        reading starts again from the topic's last seq.
         """
         redis_errors = self._streams.connection_errors()
         while True:
-            for cid, (topic, _) in list(self._follows.items()):
+            readers: dict[int, Topic] = {}
+            for cid, (topic, reader) in list(self._follows.items()):
                 if not topic.subscribers or self._topics.get(cid) is not topic:
                     del self._follows[cid]
-            if not self._follows:
+                elif self._serving(cid):
+                    self._follows[cid] = (topic, None)
+                else:
+                    if reader is None:
+                        reader = self._streams.reader(cid, after_seq=topic.last_seq)
+                        self._follows[cid] = (topic, reader)
+                    readers[id(reader)] = topic
+            if not readers:
                 self._follows_changed = anyio.Event()
-                await self._follows_changed.wait()
+                with anyio.move_on_after(_PUMP_BLOCK_MS / 1000 if self._follows else math.inf):
+                    await self._follows_changed.wait()
                 continue
-            readers = {id(reader): topic for topic, reader in self._follows.values()}
             try:
                 results = await self._streams.read_many(
-                    [reader for _, reader in self._follows.values()], _PUMP_BLOCK_MS
+                    [reader for _, reader in self._follows.values() if reader is not None],
+                    _PUMP_BLOCK_MS,
                 )
             except redis_errors:
                 await anyio.sleep(0.5)
@@ -235,7 +254,7 @@ class ClusterBus(LocalBus):
             for reader, result in results:
                 topic = readers[id(reader)]
                 if self._serving(topic.conversation_id):
-                    continue  # this node runs it: its topic has every event already
+                    continue  # it started here meanwhile: its topic has these already
                 _feed(topic, result)
 
 

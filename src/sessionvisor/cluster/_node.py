@@ -89,6 +89,7 @@ class ClusterNode:
             owner_of=owner_of,
             check_open=check_open,
             spawn=self._spawn,
+            recent_for=self.cluster.renew_every,
         )
         return self.mailbox
 
@@ -105,12 +106,19 @@ class ClusterNode:
         self.registry.spawn = self._spawn
         await self._table.__aenter__()
         await self._inbox.__aenter__()
-        self.bus.start(self._spawn)
-        tg.start_soon(self.leases.run)
-        tg.start_soon(self._sweep)
-        tg.start_soon(self._listen_redis)
-        tg.start_soon(self._listen_postgres)
-        tg.start_soon(self._poll)
+
+        def keep(loop: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+            tg.start_soon(_keep_running, loop)
+
+        self.bus.start(keep)
+        for loop in (
+            self.leases.run,
+            self._sweep,
+            self._listen_redis,
+            self._listen_postgres,
+            self._poll,
+        ):
+            tg.start_soon(_keep_running, loop)
         earlier = await self._table.earlier_incarnations()
         if earlier:
             _log.info("cluster_taking_back", conversations=len(earlier))
@@ -131,7 +139,8 @@ class ClusterNode:
         """Give up every lease (the sessions saved already) and close the connections."""
         with anyio.CancelScope(shield=True):
             await self.bus.flush(2.0)  # the sessions' last events, for the other nodes
-            await self.leases.wait_releases()
+            with anyio.move_on_after(5.0):
+                await self.leases.wait_releases()
             await self.leases.release_all()
             for closing in (self._table, self._inbox, self._streams, self._wakeups):
                 try:
@@ -214,3 +223,15 @@ class ClusterNode:
             for cid in pending:
                 if self.registry.live(cid) is not None:
                     self._spawn(self._serve, cid, False)
+
+
+async def _keep_running(loop: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """Run one of the node's loops; a bug in it is logged and the loop starts again
+    instead of taking the supervisor (and every session of this node) down."""
+    while True:
+        try:
+            await loop()
+            return
+        except Exception as exc:
+            _log.error("cluster_loop_failed", loop=loop.__qualname__, error=repr(exc))
+            await anyio.sleep(1.0)
