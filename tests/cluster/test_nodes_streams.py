@@ -200,8 +200,14 @@ async def test_redis_stopped_and_started_under_load_loses_no_message_and_readers
         f"{client.retries} retries of the load"
     )
     assert client.failed == []
-    # The events of the message answered during the outage were lost to the
-    # stream: the reader was told so with a StatusChanged carrying gap=true.
-    gaps = [e for e in after if e["type"] == "StatusChanged" and e.get("gap")]
-    assert gaps, [(e["type"], e["seq"]) for e in after]
+    # Events produced while Redis was down may be lost to the stream (the owner
+    # buffers them only until an append fails). The reader never misses any
+    # silently: either the seqs it got run on without a hole, or a
+    # StatusChanged carrying gap=true announced the hole.
+    holes = [
+        (a["seq"], b["seq"])
+        for a, b in pairwise(after)
+        if b["seq"] != a["seq"] + 1 and not (b["type"] == "StatusChanged" and b.get("gap"))
+    ]
+    assert holes == [], [(e["type"], e["seq"], e.get("gap")) for e in after]
     assert replied(reader, f"{watched} after")

@@ -310,14 +310,14 @@ class EventStreams(_RedisUser):
         client = self._redis()
         script = self._script(0)
         ttl = self._ttl_ms()
-        pipe = client.pipeline(transaction=False)
-        for cid, seq, epoch, data in events:
-            await script(  # queued on the pipeline, sent by execute()
-                keys=[self.key(cid), self.epoch_key(cid)],
-                args=[seq, epoch, data, self.maxlen, ttl],
-                client=pipe,
-            )
-        results = await pipe.execute()
+        async with client.pipeline(transaction=False) as pipe:  # gives its connection back
+            for cid, seq, epoch, data in events:
+                await script(  # queued on the pipeline, sent by execute()
+                    keys=[self.key(cid), self.epoch_key(cid)],
+                    args=[seq, epoch, data, self.maxlen, ttl],
+                    client=pipe,
+                )
+            results = await pipe.execute()
         return [result is not None for result in results]
 
     def reader(self, conversation_id: str, after_seq: int | None) -> StreamReader:

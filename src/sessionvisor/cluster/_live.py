@@ -248,7 +248,8 @@ class ClusterBus(LocalBus):
                     [reader for _, reader in self._follows.values() if reader is not None],
                     _PUMP_BLOCK_MS,
                 )
-            except redis_errors:
+            except redis_errors as exc:
+                _log.debug("cluster_stream_read_failed", error=repr(exc))
                 await anyio.sleep(0.5)
                 continue
             for reader, result in results:
