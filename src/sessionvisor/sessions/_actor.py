@@ -28,6 +28,7 @@ from .._clock import utcnow
 from .._errors import (
     InvalidStatus,
     NotRunning,
+    RegistryUnavailable,
     SessionFailedError,
     StaleWriteError,
 )
@@ -314,8 +315,9 @@ class Actor:
             self.emit(MessageQueued, message=display(message))
             # Saved mid-turn, the record says a turn was running (``turn_start``): if the
             # process dies now, recovery runs that turn again before the queue.
-            await self.persist(self._mid_work_lifecycle())
+            saved = await self.persist(self._mid_work_lifecycle())
             self._check_superseded()
+            self._check_saved(saved)
             return True, False
         # Nothing runs: this call starts the turn. The claim comes before any await, so
         # a concurrent send finds the worker busy and queues behind this one.
@@ -324,10 +326,11 @@ class Actor:
         if self.state.interrupt is not None:
             self._abandon_interrupt()
         self._begin_turn()
-        await self.persist("turn_start")
+        saved = await self.persist("turn_start")
         # No await between the save and the spawn: a cancelled caller still hands over.
         self.host.spawn(functools.partial(self._work, begun=True))
         self._check_superseded()
+        self._check_saved(saved)
         return False, False
 
     def _check_superseded(self) -> None:
@@ -338,6 +341,19 @@ class Actor:
             raise NotRunning(
                 f"conversation {self.conversation_id!r} was taken over by another writer "
                 "(its stored version moved on); the message was not saved here"
+            )
+
+    def _check_saved(self, saved: bool) -> None:
+        """In cluster mode, refuse to acknowledge a message whose save failed.
+
+        It stays in memory and the save is retried, but this node may lose the
+        conversation (its lease) before the retry lands: the caller is told it
+        is not stored, and a retry with the same message id is recognised.
+        """
+        if not saved and self.host.acknowledge_stored_only:
+            raise RegistryUnavailable(
+                f"conversation {self.conversation_id!r}: the message could not be stored "
+                "(the database is unreachable); retry it with the same message id"
             )
 
     def prepare_resume(self, answer: Any) -> None:

@@ -162,6 +162,7 @@ class SessionSupervisor:
             )
         )
         self._host.rebuild_with = self._starter.rebuild
+        self._host.acknowledge_stored_only = self._node is not None
         self._tg: anyio.abc.TaskGroup | None = None
         self._phase: Literal["new", "open", "draining", "closed"] = "new"
 
