@@ -15,12 +15,16 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import IN_CI, port_open, require_server
+
+if TYPE_CHECKING:
+    from ._nodes import Nodes
 
 ADMIN_DSN = os.environ.get(
     "SESSIONVISOR_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -130,3 +134,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def nodes(pg_dsn: str, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Nodes]:
+    """Three demo node processes of one cluster (see ``_nodes.cluster_nodes``)."""
+    from ._nodes import cluster_nodes
+
+    async with cluster_nodes(pg_dsn, redis_server.url, tmp_path) as started:
+        yield started

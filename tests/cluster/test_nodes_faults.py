@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -24,14 +22,12 @@ from ._nodes import (
     Node,
     Nodes,
     check_one_owner,
-    cluster_nodes,
     judge,
     read_leases,
     read_store,
     wait_all_answered,
     wait_for,
 )
-from .conftest import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -43,12 +39,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.redis, pytest
 # (2 s more) still fails.
 TAKEOVER_BOUND = LEASE_TTL + RENEW_EVERY + 1.0
 TAKEOVER_SLACK = 1.5
-
-
-@pytest.fixture
-async def nodes(pg_dsn: str, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Nodes]:
-    async with cluster_nodes(pg_dsn, redis_server.url, tmp_path) as started:
-        yield started
 
 
 def long_text(cid: str, words: int) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import httpx
@@ -23,20 +21,13 @@ from ._nodes import (
     Client,
     Nodes,
     check_one_owner,
-    cluster_nodes,
     read_leases,
     wait_all_answered,
     wait_for,
 )
-from .conftest import RedisServer, sql
+from .conftest import sql
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
-
-
-@pytest.fixture
-async def nodes(pg_dsn: str, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Nodes]:
-    async with cluster_nodes(pg_dsn, redis_server.url, tmp_path) as started:
-        yield started
 
 
 async def test_300_conversations_over_random_nodes_each_message_answered_once(

@@ -9,9 +9,7 @@ events (the reader is told with ``gap=true``), never an acknowledged message.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,7 +21,6 @@ from ._nodes import (
     Node,
     Nodes,
     assistant_texts,
-    cluster_nodes,
     read_leases,
     read_store,
     text_of,
@@ -34,12 +31,6 @@ from ._nodes import (
 from .conftest import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
-
-
-@pytest.fixture
-async def nodes(pg_dsn: str, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Nodes]:
-    async with cluster_nodes(pg_dsn, redis_server.url, tmp_path) as started:
-        yield started
 
 
 def owner_of(nodes: Nodes, pg_dsn: str, cid: str) -> Node:
