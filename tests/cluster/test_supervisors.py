@@ -220,3 +220,33 @@ async def test_the_cluster_mode_refuses_trio_clearly(
 
     with pytest.raises(RuntimeError, match="asyncio"):
         anyio.run(enter, backend="trio")
+
+
+async def test_each_node_counts_its_leases_and_the_commands_it_posted_and_applied(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    import httpx
+
+    from sessionvisor.http import create_app
+    from tests.http._support import serve
+
+    async with _nodes(pg_dsn, redis_server, "a", "b") as (a, b):
+        cid = _cid()
+        await a.send(cid, "one", scope="u")
+        await b.send(cid, "two", scope="u")
+        await _answered(a, cid, 2)
+        on_a, on_b = a.metrics().cluster, b.metrics().cluster
+        assert on_a is not None and on_b is not None
+        assert (on_a.leases_held, on_b.leases_held) == (1, 0)
+        assert (on_a.commands_applied, on_b.commands_posted) == (1, 1)
+        assert on_a.takeovers == on_a.leases_lost == 0
+        # The same figures on the node's /metrics page.
+        async with (
+            serve(create_app(a)) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as client,
+        ):
+            page = (await client.get("/metrics")).text
+        assert "sessionvisor_cluster_leases_held 1.0" in page
+        assert "sessionvisor_cluster_commands_applied_total 1.0" in page
+    async with SessionSupervisor(_echo()) as local:
+        assert local.metrics().cluster is None

@@ -107,6 +107,8 @@ class ClusterMailbox:
         self._probe = _Probe(inbox)
         self._recent: dict[str, tuple[str | None, str | None, float]] = {}
         self._recent_for = recent_for
+        self.posted = 0  # commands stored for another node
+        self.applied = 0  # inbox commands applied here
         # Conversations being served now -> None, or whether another round was asked
         # for (True: with ``take``).
         self._serving: dict[str, bool | None] = {}
@@ -284,6 +286,7 @@ class ClusterMailbox:
             raise
         except Exception as exc:
             raise unavailable(f"conversation {cid!r}", exc) from exc
+        self.posted += posted.created
         if node_id is not None:
             self._spawn(self._wake_owner, node_id, cid)
         return posted.created
@@ -400,6 +403,7 @@ class ClusterMailbox:
                 applied.append(command.seq)
         finally:
             if applied:
+                self.applied += len(applied)
                 with anyio.CancelScope(shield=True):
                     await self._inbox.done(applied)
 

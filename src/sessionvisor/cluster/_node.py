@@ -29,7 +29,7 @@ import structlog
 from .._errors import StaleWriteError
 from ..sessions._boot import Starter
 from ..sessions._mailbox import LocalMailbox
-from ..sessions._stats import RuntimeStats
+from ..sessions._stats import ClusterMetrics, RuntimeStats
 from ._commands import ClusterMailbox, ClusterRegistry
 from ._common import require_asyncio
 from ._config import Cluster
@@ -70,6 +70,8 @@ class ClusterNode:
         self.mailbox: ClusterMailbox | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._draining = False
+        self.takeovers = 0
+        self.lost = 0
 
     def make_mailbox(
         self,
@@ -149,9 +151,21 @@ class ClusterNode:
                     _log.warning("cluster_close_failed", what=repr(closing), error=repr(exc))
         _log.info("cluster_node_left", node_id=self.cluster.node_id)
 
+    def metrics(self) -> ClusterMetrics:
+        assert self.mailbox is not None
+        return ClusterMetrics(
+            leases_held=len(self.leases.held),
+            takeovers=self.takeovers,
+            leases_lost=self.lost,
+            commands_posted=self.mailbox.posted,
+            commands_applied=self.mailbox.applied,
+            events_not_forwarded=self.bus.dropped,
+        )
+
     # -- losing a conversation -----------------------------------------------------------
 
     def _lost(self, conversation_id: str, why: str) -> None:
+        self.lost += 1
         self.leases.held.pop(conversation_id, None)
         actor = self.registry.entry(conversation_id)
         if actor is not None:
@@ -183,6 +197,7 @@ class ClusterNode:
                 if stored_epoch > lease.epoch:
                     continue  # someone newer fenced it already
                 await self.leases.adopt(lease)
+                self.takeovers += 1
                 _log.info(
                     "cluster_conversation_claimed",
                     conversation_id=lease.conversation_id,

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..sessions import HistogramSnapshot, SessionSupervisor
+from ..sessions import ClusterMetrics, HistogramSnapshot, SessionSupervisor
 from ._sse import StreamRegistry
 
 __all__ = ["metrics_endpoint"]
@@ -79,6 +79,8 @@ class _SupervisorCollector(Collector):
         yield _histogram(
             "turn_seconds", "Time a turn took, start to saved outcome.", m.turn_seconds
         )
+        if m.cluster is not None:
+            yield from _cluster_metrics(m.cluster)
         streams = GaugeMetricFamily(
             "sessionvisor_http_streams_open",
             "Event streams open to clients, by protocol (sse, ai-sdk, ag-ui).",
@@ -125,3 +127,23 @@ def metrics_endpoint(supervisor: SessionSupervisor, streams: StreamRegistry) -> 
         return Response(generate_latest(registry), media_type=CONTENT_TYPE)
 
     return metrics
+
+
+def _cluster_metrics(c: ClusterMetrics) -> Iterator[Metric]:
+    yield _gauge("cluster_leases_held", "Conversations whose lease this node holds.", c.leases_held)
+    for name, doc, value in (
+        ("cluster_takeovers", "Expired leases this node's sweeper claimed.", c.takeovers),
+        (
+            "cluster_leases_lost",
+            "Leases not renewed in time or found taken (sessions stopped as superseded).",
+            c.leases_lost,
+        ),
+        ("cluster_commands_posted", "Commands stored for another node.", c.commands_posted),
+        ("cluster_commands_applied", "Inbox commands applied here.", c.commands_applied),
+        (
+            "cluster_events_not_forwarded",
+            "Events that never reached Redis (readers elsewhere saw a gap).",
+            c.events_not_forwarded,
+        ),
+    ):
+        yield _counter(name, doc, value)

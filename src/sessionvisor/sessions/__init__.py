@@ -22,11 +22,12 @@ from ._events import (
 )
 from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
 from ._intake import PreprocessContext
-from ._stats import HistogramSnapshot, Metrics
+from ._stats import ClusterMetrics, HistogramSnapshot, Metrics
 from ._supervisor import SessionSupervisor, default_owner_of
 
 __all__ = [
     "AgentEvent",
+    "ClusterMetrics",
     "Delivery",
     "Delta",
     "Event",

@@ -100,6 +100,7 @@ class Metrics:
         events_dropped: events those cut-off subscribers did not receive.
         save_seconds: how long the store took per save.
         turn_seconds: how long turns took, start to saved outcome.
+        cluster: the cluster node's figures (cluster mode), else None.
     """
 
     live_sessions: int
@@ -117,6 +118,30 @@ class Metrics:
     events_dropped: int
     save_seconds: HistogramSnapshot
     turn_seconds: HistogramSnapshot
+    cluster: ClusterMetrics | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ClusterMetrics:
+    """One cluster node's figures (see ``Metrics.cluster``).
+
+    Attributes:
+        leases_held: conversations this node holds the lease of now.
+        takeovers: expired leases its sweeper claimed (another node died or left).
+        leases_lost: leases it could not renew in time or found taken; each
+            session stopped as ``superseded``.
+        commands_posted: commands it stored in the inbox for another node.
+        commands_applied: inbox commands it applied as the owner.
+        events_not_forwarded: events that never reached Redis (readers on other
+            nodes were told of the gap).
+    """
+
+    leases_held: int
+    takeovers: int
+    leases_lost: int
+    commands_posted: int
+    commands_applied: int
+    events_not_forwarded: int
 
 
 def collect_metrics(actors: list[Actor], stats: RuntimeStats) -> Metrics:

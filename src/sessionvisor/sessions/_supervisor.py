@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import anyio
 import anyio.abc
+import attrs
 import structlog
 
 from .._clock import Clock, SystemClock
@@ -490,7 +491,10 @@ class SessionSupervisor:
         the rest accumulate from the moment the supervisor was built. Parked
         sessions' queues are not unfolded to be counted (they hold none that run).
         """
-        return collect_metrics(self._registry.actors(), self._stats)
+        metrics = collect_metrics(self._registry.actors(), self._stats)
+        if self._node is not None:
+            metrics = attrs.evolve(metrics, cluster=self._node.metrics())
+        return metrics
 
     def viewer_count(self, conversation_id: str) -> int:
         """How many ``viewing`` blocks are open for the conversation (this process)."""
