@@ -250,3 +250,31 @@ async def test_each_node_counts_its_leases_and_the_commands_it_posted_and_applie
         assert "sessionvisor_cluster_commands_applied_total 1.0" in page
     async with SessionSupervisor(_echo()) as local:
         assert local.metrics().cluster is None
+
+
+async def test_a_subscriber_elsewhere_starts_from_the_owner_s_status_and_interrupt(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    async with _nodes(pg_dsn, redis_server, "a", "b") as (a, b):
+        cid = _cid()
+        await a.send(cid, "please interrupt", scope="u")
+
+        async def first_seen_on_b(wanted: Status) -> StatusChanged:
+            """The first event of a new subscription on b, once it shows ``wanted``
+            (the owner's events reach Redis a moment after they happen)."""
+            with anyio.fail_after(15):
+                while True:
+                    async with b.subscribe(cid, scope="u") as sub:
+                        first = await sub.__anext__()
+                    assert isinstance(first, StatusChanged)
+                    if first.status is wanted:
+                        return first
+                    await anyio.sleep(0.02)
+
+        first = await first_seen_on_b(Status.INTERRUPTED)
+        assert first.interrupt is not None and first.seq > 0
+        # Answered from b, through the inbox, and the turn completes on a.
+        assert await b.resume(cid, "yes", scope="u") is Status.RUNNING
+        history = await _answered(a, cid, 1)
+        assert history[0] == ("user", "please interrupt")
+        assert (await first_seen_on_b(Status.IDLE)).interrupt is None

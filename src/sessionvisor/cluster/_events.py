@@ -7,6 +7,7 @@ every command). Asyncio only: ``redis.asyncio``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -319,6 +320,28 @@ class EventStreams(_RedisUser):
                 )
             results = await pipe.execute()
         return [result is not None for result in results]
+
+    async def last_status(self, conversation_id: str, scan: int = 200) -> dict[str, Any] | None:
+        """The newest owner's latest ``StatusChanged`` event (as JSON) among the
+        last ``scan`` entries, ``{"status": "not_running"}`` after its
+        ``Shutdown``, or None.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis is unreachable.
+        """
+        entries = _parse(await self._redis().xrevrange(self.key(conversation_id), count=scan))
+        if not entries:
+            return None
+        newest = max(entry.epoch for entry in entries)
+        for entry in entries:  # newest first
+            if entry.epoch != newest:
+                continue
+            event = json.loads(entry.data)
+            if event.get("type") == "Shutdown":
+                return {"status": "not_running"}
+            if event.get("type") == "StatusChanged" and isinstance(event.get("status"), str):
+                return dict(event)
+        return None
 
     def reader(self, conversation_id: str, after_seq: int | None) -> StreamReader:
         """A reader of the conversation's events after ``after_seq`` (None: only

@@ -157,6 +157,27 @@ class ClusterBus(LocalBus):
         self._follow(topic)
         return sub
 
+    async def status_elsewhere(
+        self, conversation_id: str
+    ) -> tuple[ev.Status, PendingInterrupt | None] | None:
+        """The status (and interrupt) the newest owner last announced in the
+        stream, when another node serves the conversation (None when this one
+        does, or Redis is down)."""
+        if self._serving(conversation_id):
+            return None
+        try:
+            with anyio.move_on_after(1.0):
+                found = await self._streams.last_status(conversation_id)
+                if found is None:
+                    return None
+                interrupt = found.get("interrupt")
+                return ev.Status(found["status"]), (
+                    None if interrupt is None else PendingInterrupt.model_validate(interrupt)
+                )
+        except Exception as exc:
+            _log.debug("cluster_status_unknown", conversation_id=conversation_id, error=repr(exc))
+        return None
+
     # -- the owner's side ----------------------------------------------------------
 
     def _forward(self, topic: Topic, event: ev.Event) -> None:

@@ -230,6 +230,9 @@ class LocalBus:
     def existing(self, conversation_id: str) -> Topic | None:
         return self._topics.get(conversation_id)
 
+    async def status_elsewhere(self, conversation_id: str) -> tuple[Status, Any] | None:
+        return None  # one process: there is no elsewhere
+
     def release(self, conversation_id: str, still_live: Callable[[str], bool]) -> None:
         """Forget a topic nobody holds any more (its seq lives on in the store)."""
         topic = self._topics.get(conversation_id)

@@ -171,6 +171,12 @@ class Bus(Protocol):
 
     def existing(self, conversation_id: str) -> Topic | None: ...
 
+    async def status_elsewhere(self, conversation_id: str) -> tuple[Status, Any] | None:
+        """The status (and pending interrupt) of the conversation's session on
+        another node, when known (None in one process, or when no other node
+        serves it)."""
+        ...
+
     def subscribe(
         self,
         topic: Topic,

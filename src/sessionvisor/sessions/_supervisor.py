@@ -524,10 +524,15 @@ class SessionSupervisor:
             raise ValueError(f"after must be a non-negative int or None, got {after!r}")
         actor = self._local(cid, scope)
         topic: Topic
+        status, interrupt = Status.NOT_RUNNING, None
         if actor is None:
             stored = await self._store.load(cid)
             if stored is not None:
                 self._check_owner(stored.owner, scope, cid)
+            # Served by another node (cluster mode): its stream knows the status.
+            elsewhere = await self._bus.status_elsewhere(cid)
+            if elsewhere is not None:
+                status, interrupt = elsewhere
             actor = self._local(cid, scope)  # it may have started while we read the store
             if actor is None:
                 topic = self._bus.topic(
@@ -538,13 +543,14 @@ class SessionSupervisor:
                 )
         if actor is not None:
             topic = actor.topic
+            status, interrupt = actor.status, actor.state.interrupt
         sub = self._bus.subscribe(
             topic,
             owner=self._owner_of(scope),
             capacity=(actor.opts if actor else self._defaults).subscriber_buffer,
             after=after,
-            status=actor.status if actor else Status.NOT_RUNNING,
-            interrupt=actor.state.interrupt if actor else None,
+            status=status,
+            interrupt=interrupt,
         )
         try:
             yield sub
