@@ -278,3 +278,38 @@ async def test_a_subscriber_elsewhere_starts_from_the_owner_s_status_and_interru
         history = await _answered(a, cid, 1)
         assert history[0] == ("user", "please interrupt")
         assert (await first_seen_on_b(Status.IDLE)).interrupt is None
+
+
+async def test_an_answer_applied_again_never_answers_a_later_question(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    from sessionvisor.cluster import Inbox
+
+    agents: list[ScriptedAgent] = []
+
+    def router() -> SingleRouter:
+        def make(agent_id: str, config: Any) -> ScriptedAgent:
+            agents.append(ScriptedAgent())
+            return agents[-1]
+
+        return SingleRouter(make)
+
+    async with _nodes(pg_dsn, redis_server, "a", "b", router=router) as (a, b):
+        cid = _cid()
+        await a.send(cid, "please interrupt", scope="u")
+        with anyio.fail_after(15):
+            while (handle := a.get(cid, scope="u")) is None or handle.status is not (
+                Status.INTERRUPTED
+            ):
+                await anyio.sleep(0.02)
+        # A row left over from an earlier question (its owner died before deleting
+        # it), then the user's answer to the question pending now, through b.
+        async with Inbox(pg_dsn) as inbox:
+            await inbox.post(
+                cid,
+                "resume",
+                {"answer": "stale", "interrupt": {"kind": "question", "data": "old"}, "owner": "u"},
+            )
+        assert await b.resume(cid, "yes", scope="u") is Status.RUNNING
+        await _answered(a, cid, 1)
+        assert [answer for agent in agents for answer in agent.answers] == ["yes"]

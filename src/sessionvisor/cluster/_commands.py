@@ -7,13 +7,14 @@ PostgreSQL inbox, committed before the call returns, and a Redis wake-up for
 that node; the owner applies the rows in order. Every ``send`` row carries a
 message id (the client's, or one assigned here), and the conversation keeps
 the ids it accepted, so a row applied twice (the owner died between applying
-and deleting it) changes nothing the second time. Control rows (resume,
-dismiss, cancel, stop) are checked against the state when applied; a replay
-of one meets a state that no longer matches and is refused harmlessly.
+and deleting it) changes nothing the second time. A resume or dismiss row
+carries the interrupt it answers and is refused when another one is pending;
+a cancel or stop row applied again cancels or stops again.
 
-On the owner, the inbox rows of a conversation are applied before each command
-that arrives there directly, under one lock per conversation, so a client that
-sends to node A and then to node B sees its messages in that order.
+On the owner, the inbox rows of a conversation are applied before each send
+that arrives there directly (one query, shared by the sends in flight, finds
+out whether there are any), so a client that sends to node A and then to node
+B sees its messages in that order.
 """
 
 from __future__ import annotations
@@ -185,12 +186,16 @@ class ClusterMailbox:
             return await self._local.resume(cid, answer, scope=scope, request_opts=request_opts)
         except OwnedElsewhere as exc:
             stored = await self._stored_for(cid, scope)
-            if stored is None or load_state(stored.state, cid).interrupt is None:
+            interrupt = None if stored is None else load_state(stored.state, cid).interrupt
+            if interrupt is None:
                 raise InvalidStatus(
                     f"cannot resume conversation {cid!r}: it holds no interrupt",
                     Status.RUNNING.value,
                 ) from None
-            await self._post(cid, "resume", {"answer": answer}, scope, exc.node_id)
+            # The question answered goes along: applied again after a crash, the row
+            # must not answer a later question.
+            payload = {"answer": answer, "interrupt": interrupt.model_dump(mode="json")}
+            await self._post(cid, "resume", payload, scope, exc.node_id)
             return Status.RUNNING
 
     async def dismiss(
@@ -200,8 +205,15 @@ class ClusterMailbox:
         try:
             return await self._local.dismiss(cid, scope=scope, request_opts=request_opts)
         except OwnedElsewhere as exc:
-            await self._stored_for(cid, scope)
-            await self._post(cid, "dismiss", {}, scope, exc.node_id)
+            stored = await self._stored_for(cid, scope)
+            interrupt = None if stored is None else load_state(stored.state, cid).interrupt
+            if interrupt is None or interrupt.kind != "notice":
+                raise InvalidStatus(
+                    f"cannot dismiss conversation {cid!r}: it has no 'notice' interrupt",
+                    Status.RUNNING.value,
+                ) from None
+            payload = {"interrupt": interrupt.model_dump(mode="json")}
+            await self._post(cid, "dismiss", payload, scope, exc.node_id)
             return Status.IDLE
 
     async def cancel(self, conversation_id: str, *, scope: Any) -> Status:
@@ -414,8 +426,10 @@ class ClusterMailbox:
             content: Any = payload.get("content")
             await actor.send(content, None, message_id=command.command_id)
         elif kind == "resume":
+            _check_same_interrupt(actor, payload, command)
             await actor.resume(payload.get("answer"), None)
         elif kind == "dismiss":
+            _check_same_interrupt(actor, payload, command)
             await actor.dismiss(None)
         elif kind == "cancel":
             if actor.status is Status.RUNNING:
@@ -425,6 +439,18 @@ class ClusterMailbox:
 
     def _lock(self, cid: str) -> _Turnstile:
         return _Turnstile(self._locks, cid)
+
+
+def _check_same_interrupt(actor: Actor, payload: dict[str, Any], command: Command) -> None:
+    """Refuse an answer meant for another question than the one pending now."""
+    pending = actor.state.interrupt
+    meant = payload.get("interrupt")
+    if meant is not None and (pending is None or pending.model_dump(mode="json") != meant):
+        raise InvalidStatus(
+            f"conversation {command.conversation_id!r}: the {command.kind} command "
+            f"{command.command_id!r} answered an interrupt that is no longer pending",
+            actor.status.value,
+        )
 
 
 class _Batch:
