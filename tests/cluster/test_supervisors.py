@@ -313,3 +313,53 @@ async def test_an_answer_applied_again_never_answers_a_later_question(
         assert await b.resume(cid, "yes", scope="u") is Status.RUNNING
         await _answered(a, cid, 1)
         assert [answer for agent in agents for answer in agent.answers] == ["yes"]
+
+
+async def test_a_claimed_conversation_that_fails_to_wake_is_let_go_and_claimed_again(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    from sessionvisor.state import Message, State, StoredConversation, dump_state
+
+    cid = _cid()
+    # A node that died holding the conversation with a message unanswered: its
+    # lease (0.2 s) runs out at once.
+    async with (
+        LeaseTable(pg_dsn, node_id="gone", incarnation="0000-gone", ttl=0.2) as old,
+        PostgresStore(pg_dsn) as store,
+    ):
+        lease = await old.acquire_fenced(cid, store)
+        assert lease is not None
+        state = State(messages=[Message(role="user", content="unanswered")])
+        record = StoredConversation(state=dump_state(state), route_key="default", owner="u")
+        await store.save(
+            cid, record, expected_version=None, lifecycle="turn_start", epoch=lease.epoch
+        )
+    broken = anyio.Event()  # set: the factory works again
+
+    def router() -> SingleRouter:
+        def make(agent_id: str, config: Any) -> ScriptedAgent:
+            if not broken.is_set():
+                raise RuntimeError("the model provider is down")
+            return ScriptedAgent()
+
+        return SingleRouter(make)
+
+    def lease_row() -> tuple[object, ...]:
+        return sql(
+            pg_dsn,
+            "SELECT node_id, lease_until > now() FROM sessionvisor_leases "
+            "WHERE conversation_id = %s",
+            cid,
+        )[0]
+
+    async with _nodes(pg_dsn, redis_server, "a", router=router, ttl=3.0) as (a,):
+        with anyio.fail_after(15):
+            while a.metrics().cluster.takeovers == 0:  # type: ignore[union-attr]
+                await anyio.sleep(0.02)
+            # The wake failed: the lease is not kept with no session behind it.
+            while lease_row() != ("a", False):
+                await anyio.sleep(0.02)
+        assert a.get(cid, scope="u") is None
+        broken.set()
+        history = await _answered(a, cid, 1)  # claimed again by the next sweep
+        assert history == [("user", "unanswered"), ("assistant", "echo: unanswered")]

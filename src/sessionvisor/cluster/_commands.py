@@ -73,6 +73,10 @@ class ClusterRegistry(LocalRegistry):
             super().forget(actor)
             self._release(cid)
 
+    def in_use(self, conversation_id: str) -> bool:
+        """True while an actor is registered for the conversation or starting."""
+        return self.entry(conversation_id) is not None or conversation_id in self._flights
+
     def _release(self, conversation_id: str) -> None:
         if self.spawn is not None:
             self._leases.release_soon(conversation_id, self.spawn)
@@ -357,6 +361,12 @@ class ClusterMailbox:
             return
         except Exception as exc:
             _log.warning("cluster_serve_failed", conversation_id=cid, error=repr(exc))
+        finally:
+            if take:
+                # Nothing serves it here (the wake failed, or there was nothing to
+                # do): a lease kept now would be renewed for ever with no session
+                # behind it, and the conversation would be unreachable.
+                self._leases_done(cid)
 
     async def _wake(self, cid: str) -> Actor | None:
         """Start the conversation here for its inbox or its unanswered work, or give it up."""
@@ -377,7 +387,7 @@ class ClusterMailbox:
         return actor
 
     def _leases_done(self, cid: str) -> None:
-        if self._registry.entry(cid) is None and self._registry.spawn is not None:
+        if not self._registry.in_use(cid) and self._registry.spawn is not None:
             self._leases.release_soon(cid, self._registry.spawn)
 
     async def _apply_inbox(self, cid: str, actor: Actor) -> None:
