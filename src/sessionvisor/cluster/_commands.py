@@ -32,6 +32,7 @@ from ..sessions._boot import NO_RESUME, Starter, check_owner
 from ..sessions._events import Status
 from ..sessions._handle import Delivery
 from ..sessions._mailbox import LocalMailbox
+from ..sessions._recovery import has_unanswered_work
 from ..sessions._registry import LocalRegistry
 from ..sessions._seams import RunningElsewhere
 from ..state import load_state
@@ -369,14 +370,13 @@ class ClusterMailbox:
                 self._leases_done(cid)
 
     async def _wake(self, cid: str) -> Actor | None:
-        """Start the conversation here for its inbox or its unanswered work, or give it up."""
+        """Start the conversation here for its inbox or its unanswered work; None
+        (and the lease let go) when it has neither."""
         stored = await self._starter.load(cid)
-        first: list[Command] = []
-        if stored is None:
-            first = await self._inbox.take(cid, limit=1)
-            if not first:
-                self._leases_done(cid)
-                return None
+        first = await self._inbox.take(cid, limit=1)
+        if not first and (stored is None or not has_unanswered_work(stored)):
+            self._leases_done(cid)
+            return None
         if stored is None:
             # Posted for a conversation its owner never saved (started, then died):
             # it is created for the poster's owner key.

@@ -211,7 +211,9 @@ class ClusterNode:
                 async with self._wakeups.listen(self.cluster.node_id) as listener:
                     while True:
                         for cid in await listener.wait(30.0):
-                            self._spawn(self._serve, cid, False)
+                            # Addressed to this node: serve it, taking it back if it
+                            # was let go meanwhile (the poster thought it was here).
+                            self._spawn(self._serve, cid, True)
             except Exception as exc:
                 _log.info("cluster_wakeups_unavailable", error=type(exc).__name__)
                 await anyio.sleep(1.0)
