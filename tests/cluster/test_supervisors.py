@@ -73,6 +73,24 @@ async def _answered(node: SessionSupervisor, cid: str, count: int) -> list[tuple
     return [(m.role, str(m.content)) for m in state.messages]
 
 
+async def _died_with_unanswered(dsn: str, cid: str, *, node_id: str, ttl: float) -> None:
+    """Leave ``cid`` as a node that died would: its lease (``ttl``) held by an
+    earlier incarnation of ``node_id``, and a user message stored unanswered."""
+    from sessionvisor.state import Message, State, StoredConversation, dump_state
+
+    async with (
+        LeaseTable(dsn, node_id=node_id, incarnation="0000-earlier", ttl=ttl) as old,
+        PostgresStore(dsn) as store,
+    ):
+        lease = await old.acquire_fenced(cid, store)
+        assert lease is not None
+        state = State(messages=[Message(role="user", content="unanswered")])
+        record = StoredConversation(state=dump_state(state), route_key="default", owner="u")
+        await store.save(
+            cid, record, expected_version=None, lifecycle="turn_start", epoch=lease.epoch
+        )
+
+
 async def test_a_message_sent_to_any_node_is_answered_once_in_order(
     pg_dsn: str, redis_server: RedisServer
 ) -> None:
@@ -187,21 +205,8 @@ async def test_a_restarted_node_takes_its_earlier_run_s_leases_back_at_once(
     pg_dsn: str, redis_server: RedisServer
 ) -> None:
     cid = _cid()
-    # An earlier run of node "a" (an older incarnation) took the conversation and
-    # stored a message it never answered, then died with a long lease left.
-    from sessionvisor.state import Message, State, StoredConversation, dump_state
-
-    async with (
-        LeaseTable(pg_dsn, node_id="a", incarnation="0000-earlier", ttl=600.0) as old,
-        PostgresStore(pg_dsn) as store,
-    ):
-        lease = await old.acquire_fenced(cid, store)
-        assert lease is not None
-        state = State(messages=[Message(role="user", content="unanswered")])
-        record = StoredConversation(state=dump_state(state), route_key="default", owner="u")
-        await store.save(
-            cid, record, expected_version=None, lifecycle="turn_start", epoch=lease.epoch
-        )
+    # An earlier run of node "a" died with a long lease left.
+    await _died_with_unanswered(pg_dsn, cid, node_id="a", ttl=600.0)
     async with _nodes(pg_dsn, redis_server, "a", ttl=600.0) as (a,):
         history = await _answered(a, cid, 1)
         assert history == [("user", "unanswered"), ("assistant", "echo: unanswered")]
@@ -318,31 +323,12 @@ async def test_an_answer_applied_again_never_answers_a_later_question(
 async def test_a_claimed_conversation_that_fails_to_wake_is_let_go_and_claimed_again(
     pg_dsn: str, redis_server: RedisServer
 ) -> None:
-    from sessionvisor.state import Message, State, StoredConversation, dump_state
-
     cid = _cid()
-    # A node that died holding the conversation with a message unanswered: its
-    # lease (0.2 s) runs out at once.
-    async with (
-        LeaseTable(pg_dsn, node_id="gone", incarnation="0000-gone", ttl=0.2) as old,
-        PostgresStore(pg_dsn) as store,
-    ):
-        lease = await old.acquire_fenced(cid, store)
-        assert lease is not None
-        state = State(messages=[Message(role="user", content="unanswered")])
-        record = StoredConversation(state=dump_state(state), route_key="default", owner="u")
-        await store.save(
-            cid, record, expected_version=None, lifecycle="turn_start", epoch=lease.epoch
-        )
-    broken = anyio.Event()  # set: the factory works again
-
-    def router() -> SingleRouter:
-        def make(agent_id: str, config: Any) -> ScriptedAgent:
-            if not broken.is_set():
-                raise RuntimeError("the model provider is down")
-            return ScriptedAgent()
-
-        return SingleRouter(make)
+    # A node that died with a message unanswered; its lease (0.2 s) runs out at once.
+    await _died_with_unanswered(pg_dsn, cid, node_id="gone", ttl=0.2)
+    # ... and its stored row cannot be read: the wake fails before any start.
+    head = sql(pg_dsn, "SELECT head FROM sessionvisor_conversations WHERE id = %s", cid)[0][0]
+    sql(pg_dsn, "UPDATE sessionvisor_conversations SET head = 'not json' WHERE id = %s", cid)
 
     def lease_row() -> tuple[object, ...]:
         return sql(
@@ -352,14 +338,14 @@ async def test_a_claimed_conversation_that_fails_to_wake_is_let_go_and_claimed_a
             cid,
         )[0]
 
-    async with _nodes(pg_dsn, redis_server, "a", router=router, ttl=3.0) as (a,):
+    async with _nodes(pg_dsn, redis_server, "a", ttl=3.0) as (a,):
         with anyio.fail_after(15):
             while a.metrics().cluster.takeovers == 0:  # type: ignore[union-attr]
                 await anyio.sleep(0.02)
-            # The wake failed: the lease is not kept with no session behind it.
+            # Not kept (and renewed for ever) with no session behind it.
             while lease_row() != ("a", False):
                 await anyio.sleep(0.02)
         assert a.get(cid, scope="u") is None
-        broken.set()
-        history = await _answered(a, cid, 1)  # claimed again by the next sweep
+        sql(pg_dsn, "UPDATE sessionvisor_conversations SET head = %s WHERE id = %s", head, cid)
+        history = await _answered(a, cid, 1)  # claimed again by a later sweep
         assert history == [("user", "unanswered"), ("assistant", "echo: unanswered")]

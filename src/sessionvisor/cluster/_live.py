@@ -114,13 +114,11 @@ class ClusterBus(LocalBus):
         # them, the reader of their stream.
         self._follows: dict[str, tuple[Topic, StreamReader | None]] = {}
         self._follows_changed = anyio.Event()
-        self._spawn: Callable[..., None] | None = None
         self.dropped = 0  # events that never reached Redis
 
     def start(self, spawn: Callable[..., None]) -> None:
         """Begin forwarding and following; ``spawn`` keeps a loop running in the node's
         task group."""
-        self._spawn = spawn
         spawn(self._forwarder)
         spawn(self._pump)
 
