@@ -397,8 +397,20 @@ async def w2(sup: SessionSupervisor, store: Any, sizes: Sizes, stack: AsyncExitS
     }
 
 
-async def w3(sup: SessionSupervisor, store: Any, sizes: Sizes, stack: AsyncExitStack) -> dict:
+async def w3(
+    sup: SessionSupervisor,
+    store: Any,
+    sizes: Sizes,
+    stack: AsyncExitStack,
+    *,
+    owner: SessionSupervisor | None = None,
+    prefix: str = "grow-w3",
+) -> dict:
     """S live sessions, M messages each, sent concurrently; order checked per session.
+
+    ``owner`` (cluster mode) gets each conversation's first message, so it holds
+    the conversation, and answers the final check; the messages go through
+    ``sup`` and are read on its subscriptions.
 
     One sender task per session sends its M messages without waiting for replies
     (``send`` returns once the message is accepted and saved); one reader task
@@ -408,9 +420,11 @@ async def w3(sup: SessionSupervisor, store: Any, sizes: Sizes, stack: AsyncExitS
     every session answered the turn that took its last message.
     """
     s, m = sizes.w3_sessions, sizes.w3_msgs
-    clients = [await Client(sup, f"grow-w3-{a}").open(stack) for a in range(s)]
+    first = owner or sup
+    clients = [await Client(sup, f"{prefix}-{a}").open(stack) for a in range(s)]
     for c in clients:
-        await c.request("warm")
+        await first.send(c.cid, "warm")
+        await c.reply()
     expect = [str(i) for i in range(m)]
     last = expect[-1]
     seen: dict[str, list[str]] = {c.cid: [] for c in clients}
@@ -444,7 +458,7 @@ async def w3(sup: SessionSupervisor, store: Any, sizes: Sizes, stack: AsyncExitS
     violations = sum(1 for got in seen.values() if got != expect)
     wrong_state = 0
     for c in clients:
-        state = await sup.load(c.cid)
+        state = await first.load(c.cid)
         users = [msg.content for msg in state.messages if msg.role == "user"][1:]
         if users != expect:
             wrong_state += 1

@@ -76,7 +76,6 @@ from _harness import (
     REPO_DIR,
     BenchFactory,
     Client,
-    MessageAppended,
     SessionSupervisor,
     SingleRouter,
     env_line,
@@ -84,6 +83,7 @@ from _harness import (
     now_ns,
     pct,
 )
+from _harness import w3 as harness_w3
 
 USER = "bench"
 # W2 and W3's options in the harness, together: sessions never stop for inactivity;
@@ -310,59 +310,19 @@ async def w2(owner: Any, via: Any, sizes: Sizes, label: str) -> dict[str, Any]:
 
 
 async def w3(owner: Any, via: Any, sizes: Sizes, label: str) -> dict[str, Any]:
-    """S conversations, M messages each sent without waiting; one reader per conversation."""
-    s, m = sizes.w3_sessions, sizes.w3_msgs
-    expect = [str(i) for i in range(m)]
-    last = expect[-1]
+    """The harness's W3, the messages sent through ``via`` to conversations ``owner`` holds."""
     async with AsyncExitStack() as stack:
         # "grow" ids: the harness's agent keeps the whole history, as in its W3.
-        clients = [await Client(via, f"grow-w3-{label}-{a}").open(stack) for a in range(s)]
-        for c in clients:
-            await warm(owner, c)
-        seen: dict[str, list[str]] = {c.cid: [] for c in clients}
-        turns = 0
-
-        async def sender(c: Client) -> None:
-            for text in expect:
-                await via.send(c.cid, text)
-
-        async def reader(c: Client) -> None:
-            nonlocal turns
-            got = seen[c.cid]
-            while True:
-                ev = await c.event()
-                if type(ev) is MessageAppended:
-                    if ev.message.role == "user":
-                        got.append(ev.message.content)
-                    else:
-                        turns += 1
-                        if got and got[-1] == last:
-                            return
-
-        t0 = now_ns()
-        async with anyio.create_task_group() as tg:
-            for c in clients:
-                tg.start_soon(reader, c)
-            for c in clients:
-                tg.start_soon(sender, c)
-        t1 = now_ns()
-    violations = sum(1 for got in seen.values() if got != expect)
-    wrong_state = 0
-    for c in clients:
-        state = await owner.load(c.cid)
-        users = [msg.content for msg in state.messages if msg.role == "user"][1:]
-        if users != expect:
-            wrong_state += 1
-    seconds = (t1 - t0) / 1e9
+        found = await harness_w3(via, None, sizes, stack, owner=owner, prefix=f"grow-w3-{label}")
     return {
         "workload": "W3",
-        "sessions": s,
-        "msgs_per_session": m,
-        "seconds": round(seconds, 3),
-        "msgs_per_s": round(s * m / seconds, 1),
-        "turns": turns,
-        "order_violations": violations,
-        "sessions_with_wrong_final_state": wrong_state,
+        "sessions": found["sessions"],
+        "msgs_per_session": found["msgs_per_session"],
+        "seconds": round(found["seconds"], 3),
+        "msgs_per_s": round(found["msgs_per_s"], 1),
+        "turns": found["turns"],
+        "order_violations": found["order_violations"],
+        "sessions_with_wrong_final_state": found["sessions_with_wrong_final_state"],
     }
 
 
