@@ -22,6 +22,7 @@ TREE = [
     (sv.RouteChangedError, RuntimeError),
     (sv.RouteChangedError, sv.RouteError),
     (sv.RegistryUnavailable, RuntimeError),
+    (sv.StoreUnavailable, sv.RegistryUnavailable),
     (sv.NotRunning, LookupError),
     (sv.InvalidStatus, RuntimeError),
     (sv.QueueFull, RuntimeError),

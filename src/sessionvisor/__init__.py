@@ -35,6 +35,7 @@ from ._errors import (
     SessionvisorError,
     StaleWriteError,
     StoreClosed,
+    StoreUnavailable,
     SubscriberOverflow,
 )
 from ._options import SupervisorOpts
@@ -129,6 +130,7 @@ __all__ = [
     "Status",
     "StatusChanged",
     "StoreClosed",
+    "StoreUnavailable",
     "StoredConversation",
     "SubscriberOverflow",
     "Subscription",

@@ -13,6 +13,7 @@ ValueError`` keeps working. The tree::
     │   ├── NoRouteError             (LookupError)      no route for the selected key
     │   └── RouteChangedError        (RuntimeError)     sticky route would change
     ├── RegistryUnavailable          (RuntimeError)     supervisor not entered / draining
+    │   └── StoreUnavailable                            a command could not be stored: retry
     ├── NotRunning                   (LookupError)      the handle's session has stopped
     ├── InvalidStatus                (RuntimeError)     the call does not fit the status
     ├── QueueFull                    (RuntimeError)     too many queued messages
@@ -53,6 +54,7 @@ __all__ = [
     "SessionvisorError",
     "StaleWriteError",
     "StoreClosed",
+    "StoreUnavailable",
     "SubscriberOverflow",
 ]
 
@@ -99,6 +101,10 @@ class RouteChangedError(RouteError, RuntimeError):
 
 class RegistryUnavailable(SessionvisorError, RuntimeError):
     """The supervisor cannot answer: not entered yet, draining, or closed."""
+
+
+class StoreUnavailable(RegistryUnavailable):
+    """A command was not stored (the store is failing), so it was not acknowledged: retry it."""
 
 
 class NotRunning(SessionvisorError, LookupError):
