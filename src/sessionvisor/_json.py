@@ -89,7 +89,7 @@ def _scalar_problem(item: Any) -> tuple[str, bool] | None:
         if math.isfinite(item):
             return None
         return f"is {float(item)!r}; only finite numbers are JSON", False
-    return f"is a {type(item).__name__}, not a JSON value", True
+    return f"is of type {type(item).__name__}, not a JSON value", True
 
 
 def json_problem(value: Any, *, max_depth: int = MAX_DEPTH) -> tuple[str, str, bool] | None:

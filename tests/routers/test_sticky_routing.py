@@ -158,7 +158,7 @@ async def test_non_json_request_opts_fail_before_the_router_runs(
 ) -> None:
     select = RecordingSelector()
 
-    with pytest.raises(TypeError, match=r"request_opts of conversation 'c-1' must be JSON"):
+    with pytest.raises(TypeError, match=r"request_opts\['at'\] of conversation 'c-1' is of type"):
         await resolve_sticky(
             _router(select), None, "c-1", {"persona": "analyst", "at": object()}, recorded=recorded
         )

@@ -450,6 +450,13 @@ async def test_conversation_id_of_256_characters_is_accepted(anyio_backend: str)
         assert info.conversation_id == cid
 
 
+def _nested(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 BAD_CONTENT: list[Any] = [
     pytest.param(42, TypeError, id="int"),
     pytest.param(None, TypeError, id="none"),
@@ -459,6 +466,14 @@ BAD_CONTENT: list[Any] = [
     pytest.param([{"type": 3}], TypeError, id="part-with-int-type"),
     pytest.param("x" * 1001, ValueError, id="too-large-str"),
     pytest.param([{"type": "text", "text": "x" * 1000}], ValueError, id="too-large-parts"),
+    # What no store can keep: refused here, not acknowledged and then dropped by the save.
+    pytest.param([{"type": "text", "x": _nested(63)}], ValueError, id="nested-65-levels"),
+    pytest.param([{"type": "text", "x": _nested(300)}], ValueError, id="nested-302-levels"),
+    pytest.param("x\ud800y", ValueError, id="lone-surrogate"),
+    pytest.param([{"type": "text", "\udc00": 1}], ValueError, id="lone-surrogate-key"),
+    pytest.param([{"type": "num", "n": float("inf")}], ValueError, id="infinity"),
+    pytest.param([{"type": "num", "n": 10**1200}], ValueError, id="huge-int"),
+    pytest.param([{"type": "blob", "b": b"raw"}], TypeError, id="bytes"),
 ]
 
 
@@ -474,6 +489,34 @@ async def test_bad_content_is_refused_before_anything_happens(
         assert backend.router_calls == []
         assert await sup.running("c-1") is False
         assert await sup.store.load("c-1") is None
+
+
+@pytest.mark.anyio
+async def test_content_nested_64_levels_deep_is_stored_and_read_back(anyio_backend: str) -> None:
+    content = [{"type": "text", "text": "deep", "x": _nested(62)}]  # list, part, 62 more
+    async with supervisor(Backend()) as sup:
+        await sup.send("c-1", content)
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
+        stored = await stored_state(sup.store, "c-1")
+        assert stored.messages[0].content == content
+
+
+@pytest.mark.anyio
+async def test_an_answer_no_store_can_keep_is_refused_and_the_question_stays(
+    anyio_backend: str,
+) -> None:
+    async with supervisor(Backend()) as sup:
+        await sup.send("c-1", "ask")
+        assert await wait_until_settled(sup, "c-1") is Status.INTERRUPTED
+        for answer in ({"a": _nested(64)}, "yes\ud800", float("nan"), {1, 2}):
+            with pytest.raises((TypeError, ValueError), match="answer"):
+                await sup.resume("c-1", answer)
+        handle = sup.get("c-1")
+        assert handle is not None
+        with pytest.raises(ValueError, match="answer"):
+            await handle.resume({"a": _nested(64)})
+        assert await sup.status("c-1") is Status.INTERRUPTED
+        assert (await stored_state(sup.store, "c-1")).interrupt is not None
 
 
 @pytest.mark.anyio
@@ -500,6 +543,8 @@ async def test_content_of_exactly_max_message_bytes_is_accepted(anyio_backend: s
 BAD_OPTS: list[Any] = [
     pytest.param({"x": object()}, id="object-value"),
     pytest.param({"x": float("nan")}, id="nan"),
+    pytest.param({"x": _nested(65)}, id="too-deep"),
+    pytest.param({"x\udc80": 1}, id="lone-surrogate-key"),
     pytest.param({"x": {1, 2}}, id="set"),
     pytest.param({1: "a"}, id="int-key"),
     pytest.param(["persona"], id="list"),
@@ -515,7 +560,7 @@ async def test_bad_request_opts_are_refused_before_anything_happens(
 ) -> None:
     backend = Backend()
     async with supervisor(backend) as sup:
-        with pytest.raises(TypeError, match="request_opts"):
+        with pytest.raises((TypeError, ValueError), match="request_opts"):
             if call == "send":
                 await sup.send("c-1", "hi", request_opts=opts)
             elif call == "resume":

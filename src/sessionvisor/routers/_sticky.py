@@ -11,6 +11,7 @@ from typing import Any, cast
 import structlog
 
 from .._errors import RouteChangedError
+from .._json import check_json
 from ..factories._describe import describe_callable, short_repr
 from ..state._store import StoredConversation
 from ._route import Route, RouterLike
@@ -31,8 +32,11 @@ def check_request_opts(
         for None.
 
     Raises:
-        TypeError: ``request_opts`` is not a mapping with str keys, or is not
-            JSON-serializable (NaN and infinity included: not every store takes them).
+        TypeError: ``request_opts`` is not a mapping with str keys, or holds a
+            value that is not JSON.
+        ValueError: it is nested more than 64 levels deep, or holds a number
+            that is not finite (not every store takes them), a string with a
+            lone surrogate, or an integer of more than 1,000 digits.
     """
     where = f" of conversation {conversation_id!r}" if conversation_id is not None else ""
     if request_opts is None:
@@ -45,13 +49,10 @@ def check_request_opts(
     bad_keys = [key for key in request_opts if not isinstance(key, str)]
     if bad_keys:
         raise TypeError(f"request_opts{where} must have str keys, got {short_repr(bad_keys)}")
-    try:
-        text = json.dumps(dict(request_opts), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"request_opts{where} must be JSON-serializable, "
-            f"since they are recorded with the conversation: {exc}"
-        ) from exc
+    # Checked without recursion first: the round trip below, the deep copy a router
+    # gets and every store recurse, and a client must not choose how deep.
+    check_json(dict(request_opts), "request_opts", conversation_id=conversation_id)
+    text = json.dumps(dict(request_opts), allow_nan=False)
     return cast(dict[str, Any], json.loads(text))
 
 

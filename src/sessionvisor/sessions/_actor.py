@@ -52,7 +52,7 @@ from ._lifecycle import ActorLife, Life, StopReason
 from ._restarts import restart_by_policy
 from ._stopping import finish_stop, idle_stop, stop_session
 from ._turns import Crash, TurnControl, adopt, describe, display, run_turn
-from ._validation import content_size_ok
+from ._validation import check_content, content_size_ok
 from ._writer import Writer
 
 if TYPE_CHECKING:
@@ -255,6 +255,8 @@ class Actor:
         self.emit(AgentEvent, name=name, data=data)
 
     def _turn_queue(self, content: Content) -> None:
+        # An agent's follow-up is stored like a client's message: held to the same rules.
+        check_content(content, self.opts.max_message_bytes, self.conversation_id)
         self.queue.check_room(self.state, self.opts.max_queued, self.conversation_id)
         message = new_message("user", content, {"origin": "agent"})
         self.state.queued.append(message)

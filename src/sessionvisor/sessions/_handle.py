@@ -94,7 +94,15 @@ class SessionHandle:
         return Delivery(queued=queued, started=False, duplicate=duplicate)
 
     async def resume(self, answer: Any) -> Status:
-        """Answer the pending interrupt. Raises ``InvalidStatus`` when there is none."""
+        """Answer the pending interrupt.
+
+        Raises:
+            InvalidStatus: no interrupt is pending.
+            TypeError, ValueError: the answer is not storable JSON.
+        """
+        from .._json import check_json
+
+        check_json(answer, "answer", conversation_id=self.conversation_id)
         return await self._actor.resume(answer, None)
 
     async def dismiss(self) -> Status:

@@ -20,6 +20,7 @@ import structlog
 
 from .._clock import Clock, SystemClock
 from .._errors import RegistryUnavailable
+from .._json import check_json
 from .._options import SupervisorOpts
 from ..routers import FactoryRouter, check_request_opts
 from ..state import MemoryStore, State, StateStore, load_state
@@ -303,7 +304,9 @@ class SessionSupervisor:
             TypeError/ValueError for bad arguments.
         """
         cid = check_conversation_id(conversation_id)
-        opts = check_request_opts(request_opts)
+        if pending_resume is not None:
+            check_json(pending_resume, "pending_resume", conversation_id=cid)
+        opts = check_request_opts(request_opts, conversation_id=cid)
         try:
             actor, started, resume_error = await self._mailbox.ensure(
                 cid, scope, opts, reroute, NO_RESUME if pending_resume is None else pending_resume
@@ -342,7 +345,7 @@ class SessionSupervisor:
         # A live session's own limit applies (its factory may have raised it); before a
         # wake the supervisor's default is checked so nothing wakes for a refused message.
         check_content(content, (live.opts if live else self._defaults).max_message_bytes, cid)
-        opts = check_request_opts(request_opts)
+        opts = check_request_opts(request_opts, conversation_id=cid)
         return await self._mailbox.send(
             cid, content, scope=scope, request_opts=opts, reroute=reroute, message_id=mid
         )
@@ -366,7 +369,8 @@ class SessionSupervisor:
             AccessDenied, RegistryUnavailable, the errors of ``start``.
         """
         cid = check_conversation_id(conversation_id)
-        opts = check_request_opts(request_opts)
+        check_json(answer, "answer", conversation_id=cid)
+        opts = check_request_opts(request_opts, conversation_id=cid)
         return await self._mailbox.resume(cid, answer, scope=scope, request_opts=opts)
 
     async def dismiss(
@@ -383,7 +387,7 @@ class SessionSupervisor:
             AccessDenied, RegistryUnavailable, the errors of ``start``.
         """
         cid = check_conversation_id(conversation_id)
-        opts = check_request_opts(request_opts)
+        opts = check_request_opts(request_opts, conversation_id=cid)
         return await self._mailbox.dismiss(cid, scope=scope, request_opts=opts)
 
     async def cancel(self, conversation_id: str, *, scope: Any = None) -> Status:

@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .._json import check_json
+
 __all__: list[str] = []
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
@@ -41,6 +43,9 @@ def check_content(content: Any, max_bytes: int | None, conversation_id: str | No
                 )
     else:
         raise TypeError(f"content must be a str or a list of parts, got {type(content).__name__}")
+    # Before the size: measuring it encodes the content, which recursion or a lone
+    # surrogate would break with an error that names nothing.
+    check_json(content, "content", conversation_id=conversation_id)
     if max_bytes is not None and not content_size_ok(content, max_bytes):
         where = "" if conversation_id is None else f" for conversation {conversation_id!r}"
         raise ValueError(
