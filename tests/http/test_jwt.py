@@ -235,3 +235,120 @@ async def test_the_frontend_routes_take_the_same_tokens() -> None:
         stream = await env.client.get("/ai-sdk/chat/c-1/stream", headers=bearer(hs(claims("bob"))))
         assert stream.status_code == 404
         assert (await env.client.get("/ai-sdk/chat/c-1/stream")).status_code == 401
+
+
+async def test_the_query_token_is_accepted_on_the_get_streams_only() -> None:
+    """``?access_token=`` lands in access logs and proxies' logs: only ``EventSource``
+    (which cannot send headers) gets to use it; everywhere else it counts for nothing."""
+    token = hs(claims("alice"))
+    query = {"access_token": token}
+    async with open_app(scope_from_request=hs_scope()) as env:
+        elsewhere: list[tuple[str, str, Any]] = [
+            ("POST", "/conversations/c-1/messages", {"content": "hi"}),
+            ("GET", "/conversations/c-1", None),
+            ("DELETE", "/conversations/c-1", None),
+            ("GET", "/sessions", None),
+            ("GET", "/admin/sessions", None),
+            ("POST", "/conversations/c-1/cancel", {}),
+            ("POST", "/ai-sdk/chat", {"id": "c-1", "messages": []}),
+            ("POST", "/ag-ui", {"threadId": "c-1"}),
+        ]
+        for method, path, body in elsewhere:
+            answer = await env.client.request(method, path, json=body, params=query)
+            assert answer.status_code == 401, (answer.request.url, answer.text)
+            assert answer.json()["error"] == "MissingToken"
+            assert "only on the event streams" in answer.json()["detail"]
+        assert await env.sup.load("c-1") is None
+        # The header still works there, whatever the query says.
+        sent = await send(env, "c-1", bearer(token))
+        assert sent.status_code == 202, sent.text
+        # The two GET streams take it.
+        async with asgi_stream(
+            env.app, "/conversations/c-1/events", headers={}, query=f"access_token={token}"
+        ) as stream:
+            assert stream.status == 200
+        resumed = await env.client.get("/ai-sdk/chat/c-1/stream", params=query)
+        assert resumed.status_code != 401, resumed.text
+
+
+async def test_the_query_token_works_on_the_streams_of_a_mounted_app() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    token = hs(claims("alice"))
+    async with open_app(scope_from_request=hs_scope()) as env:
+        parent = Starlette(routes=[Mount("/chat", app=env.app)])
+        async with asgi_stream(
+            parent, "/chat/conversations/c-1/events", headers={}, query=f"access_token={token}"
+        ) as stream:
+            assert stream.status == 200
+        async with asgi_stream(
+            parent, "/chat/conversations/c-1", headers={}, query=f"access_token={token}"
+        ) as refused:
+            assert refused.status == 401
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"secret": "x"}, "32 bytes"),
+        ({"secret": "s" * 31}, "32 bytes"),
+        ({"secret": "s" * 47, "algorithms": ["HS384"]}, "48 bytes"),
+        ({"secret": "s" * 63, "algorithms": ["HS256", "HS512"]}, "64 bytes"),
+        ({"secret": SECRET, "algorithms": ["none"]}, "'none'"),
+        ({"secret": SECRET, "algorithms": ["HS256", "NoNe"]}, "'none'"),
+        ({"public_key": pem(RSA_KEY), "algorithms": ["None"]}, "'none'"),
+        ({"secret": SECRET, "algorithms": ["RS256"]}, "RS256"),
+        ({"public_key": pem(RSA_KEY), "algorithms": ["HS256"]}, "HS256"),
+    ],
+    ids=["1-byte", "31-bytes", "hs384-47", "hs512-63", "none", "mixed-case-none",
+         "none-with-public-key", "secret-with-rs256", "public-key-with-hs256"],
+)  # fmt: skip
+def test_jwt_scope_refuses_unsafe_configurations(options: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem) as raised:
+        jwt_scope(**options)
+    # The command line names its own option from the parameter.
+    assert type(raised.value).__name__ == "JWTConfigError"
+    assert getattr(raised.value, "parameter", None) in ("secret", "algorithms")
+
+
+def test_a_short_secret_file_and_a_short_jwks_key_are_refused(tmp_path: Path) -> None:
+    short = tmp_path / "secret"
+    short.write_text("s" * 31 + "\n")
+    with pytest.raises(ValueError, match="32 bytes"):
+        jwt_scope(secret_file=short)
+    oct_key = base64.urlsafe_b64encode(b"k" * 16).rstrip(b"=").decode()
+    jwks = {"keys": [{"kty": "oct", "k": oct_key, "alg": "HS256", "kid": "short"}]}
+    with pytest.raises(ValueError, match="32 bytes"):
+        jwt_scope(jwks=jwks)
+    # The minimum itself is fine.
+    jwt_scope(secret="s" * 32)
+    jwt_scope(secret=b"s" * 64, algorithms=["HS512"])
+
+
+def test_without_a_recorded_route_the_path_inside_the_app_decides() -> None:
+    """A scope function called outside Starlette's routing (or on an older Starlette,
+    which does not record the route) matches the path against the route templates."""
+    from starlette.requests import Request
+
+    scope_from_request = hs_scope()
+    token = hs(claims("alice"))
+
+    def request(method: str, path: str, root_path: str = "") -> Request:
+        return Request({
+            "type": "http", "method": method, "path": path, "root_path": root_path,
+            "query_string": f"access_token={token}".encode(), "headers": [],
+        })  # fmt: skip
+
+    assert scope_from_request(request("GET", "/conversations/c-1/events"))["owner"] == "alice"
+    assert scope_from_request(request("GET", "/ai-sdk/chat/c-1/stream"))["owner"] == "alice"
+    mounted = request("GET", "/chat/conversations/c-1/events", root_path="/chat")
+    assert scope_from_request(mounted)["owner"] == "alice"
+    for method, path in (
+        ("POST", "/conversations/c-1/events"),
+        ("GET", "/conversations/c-1"),
+        ("GET", "/conversations/c-1/events/more"),
+        ("GET", "/x/conversations/c-1/events"),
+    ):
+        with pytest.raises(Exception, match="only on the event streams"):
+            scope_from_request(request(method, path))

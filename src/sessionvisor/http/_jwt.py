@@ -1,18 +1,21 @@
 """``jwt_scope``: the scope of a request from a verified JSON Web Token (PyJWT).
 
-The token comes as ``Authorization: Bearer <token>``, or, for a browser's
-``EventSource`` (which cannot set headers), as the ``?access_token=`` query
-parameter. A request without a valid token never reaches the supervisor: it is
-answered 401 with a ``WWW-Authenticate: Bearer`` header (RFC 6750) and a body
-naming what was wrong (``MissingToken``, ``ExpiredToken``,
-``InvalidSignature``, ``InvalidAudience``, ...).
+The token comes as ``Authorization: Bearer <token>``, or, on the two GET event
+streams only (where a browser's ``EventSource`` cannot set headers), as the
+``?access_token=`` query parameter: a URL ends up in access logs, proxies and
+browser history, so everywhere else a token in the query counts for nothing
+(401 ``MissingToken`` without the header). A request without a valid token
+never reaches the supervisor: it is answered 401 with a ``WWW-Authenticate:
+Bearer`` header (RFC 6750) and a body naming what was wrong (``MissingToken``,
+``ExpiredToken``, ``InvalidSignature``, ``InvalidAudience``, ...).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import jwt
@@ -20,14 +23,38 @@ from starlette.requests import Request
 
 from ._errors import HTTPError
 
-__all__ = ["ACCESS_TOKEN_PARAM", "AuthenticationFailed", "jwt_scope"]
+__all__ = [
+    "ACCESS_TOKEN_PARAM",
+    "QUERY_TOKEN_ROUTES",
+    "AuthenticationFailed",
+    "JWTConfigError",
+    "jwt_scope",
+]
 
 #: The query parameter that may carry the token (for ``EventSource``).
 ACCESS_TOKEN_PARAM = "access_token"
+#: The routes (as declared, relative to the app) where a GET may carry the token
+#: in ``?access_token=``: the event streams a browser opens with ``EventSource``.
+QUERY_TOKEN_ROUTES = frozenset({"/conversations/{cid}/events", "/ai-sdk/chat/{cid}/stream"})
 _REALM = "sessionvisor"
 _MAX_TOKEN_LENGTH = 16 * 1024
 _DEFAULT_ALGORITHMS = {"secret": ["HS256"], "public_key": ["RS256", "ES256"]}
 _JWK_ALGORITHMS = {"RSA": "RS256", "EC": "ES256", "OKP": "EdDSA"}
+# RFC 7518 section 3.2: an HMAC key at least as long as the hash output.
+_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+
+class JWTConfigError(ValueError):
+    """A ``jwt_scope`` configuration that would accept forged tokens, or cannot work.
+
+    ``parameter`` names the ``jwt_scope`` argument at fault (``"secret"``,
+    ``"algorithms"``, ``"jwks"``), so a caller such as the command line can
+    name its own option for it.
+    """
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class AuthenticationFailed(HTTPError):
@@ -88,6 +115,7 @@ def jwt_scope(
     owner_claim: str = "sub",
     claims_to_scope: Callable[[dict[str, Any]], Any] | None = None,
     query_param: str | None = ACCESS_TOKEN_PARAM,
+    query_routes: Collection[str] = QUERY_TOKEN_ROUTES,
 ) -> Callable[[Request], Any]:
     """Return a ``scope_from_request`` that verifies a bearer JWT and builds the scope from it.
 
@@ -103,12 +131,25 @@ def jwt_scope(
     ``claims_to_scope(claims)`` returns: map roles or tenants there, the
     claims your factories and routers should trust.
 
+    The token is read from ``Authorization: Bearer``; ``?{query_param}=`` is
+    read only on a GET of one of ``query_routes`` (route paths as the app
+    declares them; by default the two event streams), because a URL is logged
+    by servers and proxies. Pass ``query_param=None`` to refuse it everywhere.
+
+    An HMAC secret must be at least as long as its hash (32 bytes for HS256,
+    48 for HS384, 64 for HS512: RFC 7518 section 3.2), ``none`` is never an
+    accepted algorithm, and the algorithms must fit the key (HS* for a secret,
+    never for a public key).
+
     Usage::
 
         app = create_app(sup, scope_from_request=jwt_scope(jwks_file="jwks.json",
                                                            audience="chat-api"))
 
     Raises:
+        JWTConfigError: an unsafe or unusable configuration: ``none`` among the
+            algorithms, a secret shorter than its algorithm's hash, algorithms
+            that do not fit the key (a ``ValueError``).
         ValueError: no key, more than one, or a key that cannot be read.
     """
     given = {
@@ -145,9 +186,18 @@ def jwt_scope(
         raise ValueError("the JWT secret is empty")
     static_key: Any = secret if secret is not None else public_key
     kind = "secret" if secret is not None else "public_key"
-    allowed = list(algorithms) if algorithms else None
-    if allowed is not None and not allowed:
+    if algorithms is not None and not list(algorithms):
         raise ValueError("algorithms must not be empty")
+    allowed = list(algorithms) if algorithms else None
+    _check_algorithms(allowed, kind if key_set is None else "jwks")
+    if secret is not None:
+        _check_secret(secret, allowed or _DEFAULT_ALGORITHMS["secret"], "secret")
+    if key_set is not None:
+        for jwk in key_set.keys:
+            if str(jwk.key_type) == "oct":
+                name = jwk.algorithm_name or "HS256"
+                _check_secret(jwk.key, [*(allowed or []), name], "jwks")
+    query_allowed = _route_matcher(query_routes)
     audiences = [audience] if isinstance(audience, str) else audience
     options = {"require": list(require), "verify_aud": audience is not None}
 
@@ -172,7 +222,7 @@ def jwt_scope(
         return jwk.key, allowed or [algorithm]
 
     def scope_from_request(request: Request) -> Any:
-        token = _token(request, query_param)
+        token = _token(request, query_param, query_allowed=query_allowed(request))
         key, algs = key_for(token)
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -203,7 +253,74 @@ def jwt_scope(
     return scope_from_request
 
 
-def _token(request: Request, query_param: str | None) -> str:
+def _check_algorithms(allowed: list[str] | None, kind: str) -> None:
+    if allowed is None:
+        return
+    unsigned = [a for a in allowed if a.strip().lower() == "none"]
+    if unsigned:
+        raise JWTConfigError(
+            "algorithms",
+            f"algorithm {unsigned[0]!r} is refused: 'none' accepts unsigned tokens, "
+            "which anyone can forge",
+        )
+    known = jwt.algorithms.get_default_algorithms()
+    unknown = [a for a in allowed if a not in known]
+    if unknown:
+        raise JWTConfigError(
+            "algorithms", f"unknown JWT algorithm(s) {unknown}; known: {sorted(known)}"
+        )
+    hmac = [a for a in allowed if a in _HMAC_MIN_BYTES]
+    if kind == "secret" and len(hmac) != len(allowed):
+        others = [a for a in allowed if a not in _HMAC_MIN_BYTES]
+        raise JWTConfigError(
+            "algorithms", f"{', '.join(others)} verify with a public key, not a secret"
+        )
+    if kind == "public_key" and hmac:
+        # PyJWT refuses a PEM key as an HMAC secret, but a config that asks for it is a
+        # mistake (or the algorithm-confusion attack): say so at start-up.
+        raise JWTConfigError(
+            "algorithms",
+            f"{', '.join(hmac)} verify with a shared secret, not a public key: anyone "
+            "holding the public key could sign",
+        )
+
+
+def _check_secret(secret: str | bytes, algorithms: list[str], parameter: str) -> None:
+    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+    need = max((_HMAC_MIN_BYTES.get(a, 0) for a in algorithms), default=0)
+    if len(raw) < need:
+        strongest = max(algorithms, key=lambda a: _HMAC_MIN_BYTES.get(a, 0))
+        raise JWTConfigError(
+            parameter,
+            f"the JWT secret is {len(raw)} bytes; {strongest} needs at least {need} bytes "
+            "(RFC 7518 section 3.2: a shorter HMAC key can be brute-forced)",
+        )
+
+
+def _route_matcher(templates: Collection[str]) -> Callable[[Request], bool]:
+    """Whether a request is a GET of one of the route templates (``/a/{x}/b``)."""
+    paths = frozenset(templates)
+    patterns = [re.compile(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(path))) for path in paths]
+
+    def allowed(request: Request) -> bool:
+        if request.method != "GET":
+            return False
+        # Starlette records the route it matched; its template is exact.
+        template = getattr(request.scope.get("route"), "path", None)
+        if isinstance(template, str):
+            return template in paths
+        # An older Starlette, or a scope function called outside routing: the path
+        # inside the app (a mounted app's path still carries its prefix).
+        path = str(request.scope.get("path", ""))
+        root = str(request.scope.get("root_path", ""))
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        return any(pattern.fullmatch(path) for pattern in patterns)
+
+    return allowed
+
+
+def _token(request: Request, query_param: str | None, *, query_allowed: bool) -> str:
     header = request.headers.get("authorization")
     token: str | None = None
     if header is not None:
@@ -213,12 +330,14 @@ def _token(request: Request, query_param: str | None) -> str:
                 "InvalidToken", "the Authorization header must be 'Bearer <token>'"
             )
         token = value.strip()
-    elif query_param is not None:
+    elif query_param is not None and query_allowed:
         token = request.query_params.get(query_param) or None
     if token is None:
         where = "an Authorization: Bearer header"
-        if query_param is not None:
+        if query_param is not None and query_allowed:
             where += f" or ?{query_param}="
+        elif query_param is not None and query_param in request.query_params:
+            where += f" (?{query_param}= is accepted only on the event streams, GET)"
         raise AuthenticationFailed("MissingToken", f"a token is required: {where}", invalid=False)
     if len(token) > _MAX_TOKEN_LENGTH:
         raise AuthenticationFailed("InvalidToken", "the token is too long")
