@@ -214,11 +214,16 @@ def _parser() -> argparse.ArgumentParser:
         )
         auth = sub.add_argument_group(
             "authentication",
-            "verify a bearer JWT (Authorization header, or ?access_token= for EventSource); "
-            "its 'sub' claim owns the conversations",
+            "verify a bearer JWT (Authorization header; ?access_token= on the GET event "
+            "streams only, for EventSource); its 'sub' claim owns the conversations",
         )
         keys = auth.add_mutually_exclusive_group()
-        keys.add_argument("--jwt-secret-file", metavar="F", help="HS256 secret (the file's text)")
+        keys.add_argument(
+            "--jwt-secret-file",
+            metavar="F",
+            help="HMAC secret (the file's text): at least 32 bytes for HS256, 48 for HS384, "
+            "64 for HS512",
+        )
         keys.add_argument("--jwt-public-key-file", metavar="F", help="PEM public key (RS256/ES256)")
         keys.add_argument("--jwt-jwks-file", metavar="F", help="JWKS key set (picked by kid)")
         auth.add_argument("--jwt-audience", metavar="AUD", help="required 'aud' claim")
@@ -230,11 +235,12 @@ def _parser() -> argparse.ArgumentParser:
             help="accepted algorithm (repeatable; default HS256 for a secret, "
             "RS256/ES256 for a public key, the key's own for a JWKS)",
         )
+        # No defaults here: a --jwt-* option given without a key must be noticed.
         auth.add_argument(
-            "--jwt-leeway", type=float, default=0.0, metavar="S", help="clock slack for exp/nbf"
+            "--jwt-leeway", type=float, metavar="S", help="clock slack for exp/nbf (default 0)"
         )
         auth.add_argument(
-            "--jwt-owner-claim", default="sub", metavar="CLAIM", help="the claim naming the owner"
+            "--jwt-owner-claim", metavar="CLAIM", help="the claim naming the owner (default sub)"
         )
 
     demo = commands.add_parser(
@@ -297,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = f"python -m sessionvisor {args.command}"
     try:
+        verified = jwt_scope_from_args(args)
         cluster = cluster_from_args(args, args.store)
     except ValueError as exc:
         print(f"{command}: {exc}", file=sys.stderr)
@@ -330,11 +337,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f"store {redact_url(args.store)}"
     if cluster is not None:
         where += f"; node {cluster.node_id} of the cluster at {redact_url(cluster.redis_url)}"
-    try:
-        verified = jwt_scope_from_args(args)
-    except ValueError as exc:
-        print(f"{command}: {exc}", file=sys.stderr)
-        return 2
     if verified is not None:
         if getattr(args, "scope", None):
             print(
@@ -389,11 +391,24 @@ _UNAUTHENTICATED = (
 )
 
 
+_JWT_KEY_OPTIONS = "--jwt-secret-file, --jwt-public-key-file or --jwt-jwks-file"
+# jwt_scope's parameters, as the options that set them.
+_JWT_OPTION_OF = {
+    "secret": "--jwt-secret-file",
+    "public_key": "--jwt-public-key-file",
+    "jwks": "--jwt-jwks-file",
+    "algorithms": "--jwt-algorithm",
+}
+
+
 def jwt_scope_from_args(args: argparse.Namespace) -> Callable[..., Any] | None:
-    """The ``jwt_scope`` the ``--jwt-*`` options describe, or None when no key file is given.
+    """The ``jwt_scope`` the ``--jwt-*`` options describe, or None when none is given.
 
     Raises:
-        ValueError: a key file cannot be read or holds no usable key.
+        ValueError: ``--jwt-*`` options without a key file (the server would check
+            no token at all), a key file that cannot be read or holds no usable
+            key, or an unsafe configuration (``--jwt-algorithm none``, an HMAC
+            secret shorter than its hash); the message names the option.
     """
     files = {
         "secret_file": args.jwt_secret_file,
@@ -402,17 +417,38 @@ def jwt_scope_from_args(args: argparse.Namespace) -> Callable[..., Any] | None:
     }
     given = {k: v for k, v in files.items() if v}
     if not given:
+        stray = [
+            option
+            for option, value in (
+                ("--jwt-audience", args.jwt_audience),
+                ("--jwt-issuer", args.jwt_issuer),
+                ("--jwt-algorithm", args.jwt_algorithm),
+                ("--jwt-leeway", args.jwt_leeway),
+                ("--jwt-owner-claim", args.jwt_owner_claim),
+            )
+            if value is not None
+        ]
+        if stray:
+            verb = "needs" if len(stray) == 1 else "need"
+            raise ValueError(
+                f"{', '.join(stray)} {verb} a key ({_JWT_KEY_OPTIONS}): without one no "
+                "token would be checked at all"
+            )
         return None
-    from .http import jwt_scope
+    from .http._jwt import JWTConfigError, jwt_scope
 
-    return jwt_scope(
-        **given,
-        audience=args.jwt_audience,
-        issuer=args.jwt_issuer,
-        algorithms=args.jwt_algorithm,
-        leeway=args.jwt_leeway,
-        owner_claim=args.jwt_owner_claim,
-    )
+    try:
+        return jwt_scope(
+            **given,
+            audience=args.jwt_audience,
+            issuer=args.jwt_issuer,
+            algorithms=args.jwt_algorithm,
+            leeway=0.0 if args.jwt_leeway is None else args.jwt_leeway,
+            owner_claim=args.jwt_owner_claim or "sub",
+        )
+    except JWTConfigError as exc:
+        option = _JWT_OPTION_OF.get(exc.parameter, f"--jwt-{exc.parameter}")
+        raise ValueError(f"{option}: {exc}") from None
 
 
 def _url_host(host: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from sessionvisor.__main__ import main
 
-from .test_cli import free_port, run_cli, stop
+from .test_cli import REPO, free_port, run_cli, stop
 
 SECRET = "the-demo-secret-of-a-sensible-length-1234"
 
@@ -78,3 +80,51 @@ def test_unreadable_key_files_and_mixed_options_exit_2(
         sys.path.remove(str(tmp_path))
     assert code == 2
     assert "exclude each other" in capsys.readouterr().err
+
+
+def run_to_exit(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to its exit; a server that starts instead of refusing times out."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "sessionvisor", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--jwt-audience", "chat-api"], ["--jwt-audience"]),
+        (["--jwt-issuer", "https://auth", "--jwt-algorithm", "RS256"],
+         ["--jwt-issuer", "--jwt-algorithm"]),
+        (["--jwt-owner-claim", "email", "--jwt-leeway", "5"],
+         ["--jwt-leeway", "--jwt-owner-claim"]),
+        (["--jwt-secret-file", "short"], ["--jwt-secret-file", "32 bytes"]),
+        (["--jwt-secret-file", "long", "--jwt-algorithm", "HS512"],
+         ["--jwt-secret-file", "64 bytes"]),
+        (["--jwt-secret-file", "long", "--jwt-algorithm", "none"], ["--jwt-algorithm", "'none'"]),
+        (["--jwt-secret-file", "long", "--jwt-algorithm", "NoNe"], ["--jwt-algorithm", "'NoNe'"]),
+        (["--jwt-public-key-file", "long", "--jwt-algorithm", "HS256"], ["--jwt-algorithm"]),
+    ],
+    ids=["audience-without-key", "issuer-and-algorithm-without-key", "leeway-and-claim-without-key",
+         "1-byte-secret", "hs512-with-41-bytes", "none", "mixed-case-none", "public-key-as-hmac"],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_unsafe_jwt_options_refuse_to_start(
+    tmp_path: Path, command: str, options: list[str], named: list[str]
+) -> None:
+    (tmp_path / "short").write_text("x\n")
+    (tmp_path / "long").write_text(SECRET + "\n")
+    (tmp_path / "unsafe_routes.py").write_text("def router(scope, cid, opts):\n    return None\n")
+    where = ["serve", "unsafe_routes:router", "--store", "memory"] if command == "serve" else [
+        "demo", "--store", "memory"]  # fmt: skip
+    done = run_to_exit([*where, "--port", "0", *options], cwd=tmp_path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    for text in named:
+        assert text in done.stderr, done.stderr
+    assert SECRET not in done.stderr + done.stdout
+    assert "open http://" not in done.stdout

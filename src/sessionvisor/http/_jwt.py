@@ -292,7 +292,8 @@ def _check_secret(secret: str | bytes, algorithms: list[str], parameter: str) ->
         strongest = max(algorithms, key=lambda a: _HMAC_MIN_BYTES.get(a, 0))
         raise JWTConfigError(
             parameter,
-            f"the JWT secret is {len(raw)} bytes; {strongest} needs at least {need} bytes "
+            f"the JWT secret is {len(raw)} byte{'' if len(raw) == 1 else 's'}; {strongest} "
+            f"needs at least {need} bytes "
             "(RFC 7518 section 3.2: a shorter HMAC key can be brute-forced)",
         )
 
