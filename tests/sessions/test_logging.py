@@ -10,7 +10,14 @@ import attrs
 import pytest
 import structlog
 
-from sessionvisor import MemoryStore, SessionFailed, Shutdown, Status, StoredConversation
+from sessionvisor import (
+    MemoryStore,
+    SessionFailed,
+    Shutdown,
+    Status,
+    StoredConversation,
+    StoreUnavailable,
+)
 from sessionvisor.state import dump_state
 from sessionvisor.testing import FlakyStore, ManualClock, record_events, wait_for_status, wait_until
 
@@ -184,7 +191,8 @@ async def test_every_runtime_line_about_a_session_has_conversation_id_and_agent_
             await saved_as(memory, "a", "cancel")
 
             store.fail_saves = 2  # a store outage, then recovery
-            await sup.send("b", "hello")
+            with pytest.raises(StoreUnavailable):  # not stored, so not acknowledged
+                await sup.send("b", "hello")
             await wait_for_status(sup, "b", Status.IDLE)
             clock.advance(1.0)
             clock.advance(2.0)

@@ -9,7 +9,16 @@ import attrs
 import pytest
 import structlog
 
-from sessionvisor import AgentEvent, MemoryStore, NotRunning, Shutdown, SQLiteStore, Status
+from sessionvisor import (
+    AgentEvent,
+    MemoryStore,
+    NotRunning,
+    SessionSupervisor,
+    Shutdown,
+    SQLiteStore,
+    Status,
+    StoreUnavailable,
+)
 from sessionvisor.state import dump_state
 from sessionvisor.testing import FlakyStore, ManualClock, record_events, wait_for_status, wait_until
 
@@ -27,12 +36,18 @@ from ._support import (
 )
 
 
+async def refused_send(sup: SessionSupervisor, cid: str, text: str, **kwargs: object) -> None:
+    """A send while saves fail: not acknowledged (it is not stored), yet kept in memory."""
+    with pytest.raises(StoreUnavailable, match=f"conversation {cid!r}: the message could not"):
+        await sup.send(cid, text, **kwargs)  # type: ignore[arg-type]
+
+
 def is_store_error(event: object) -> bool:
     return isinstance(event, AgentEvent) and event.name == "store_error"
 
 
 @pytest.mark.anyio
-async def test_failing_saves_keep_the_conversation_in_memory_and_report_store_error(
+async def test_failing_saves_refuse_the_send_but_keep_the_message_and_report_store_error(
     anyio_backend: str,
 ) -> None:
     clock = ManualClock()
@@ -41,9 +56,9 @@ async def test_failing_saves_keep_the_conversation_in_memory_and_report_store_er
     sup, _, _ = counted_supervisor(store=store, clock=clock)
     with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
         async with sup, record_events(sup, "c") as rec:
-            await sup.send("c", "one")
+            await refused_send(sup, "c", "one")
             await wait_for_status(sup, "c", Status.IDLE)
-            await sup.send("c", "two")
+            await refused_send(sup, "c", "two")
             await wait_for_status(sup, "c", Status.IDLE)
 
             handle = sup.get("c")
@@ -76,9 +91,9 @@ async def test_after_the_store_heals_the_next_save_carries_everything(
             await sup.send("c", "one")
             await wait_for_status(sup, "c", Status.IDLE)
             store.fail_saves = True
-            await sup.send("c", "two")
+            await refused_send(sup, "c", "two")
             await wait_for_status(sup, "c", Status.IDLE)
-            await sup.send("c", "three")
+            await refused_send(sup, "c", "three")
             await wait_for_status(sup, "c", Status.IDLE)
             assert user_texts(await stored_state(store.inner, "c")) == ["one"]
 
@@ -108,7 +123,7 @@ async def test_a_failed_save_is_retried_after_the_backoff_which_doubles(
     )
     with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
         async with sup, record_events(sup, "c") as rec:
-            await sup.send("c", "one")
+            await refused_send(sup, "c", "one")
             await wait_for_status(sup, "c", Status.IDLE)
             await rec.wait_for(is_store_error)
             failed = store.failed_saves
@@ -150,7 +165,7 @@ async def test_an_idle_session_whose_store_is_down_does_not_stop_and_lose_its_me
             await sup.send("c", "one")
             await wait_for_status(sup, "c", Status.IDLE)
             store.fail_saves = True
-            await sup.send("c", "two")
+            await refused_send(sup, "c", "two")
             await wait_for_status(sup, "c", Status.IDLE)
 
             failed = store.failed_saves
@@ -171,6 +186,86 @@ async def test_an_idle_session_whose_store_is_down_does_not_stop_and_lose_its_me
 
 
 @pytest.mark.anyio
+@pytest.mark.anyio
+async def test_a_send_retried_with_its_id_is_acknowledged_once_the_store_holds_it(
+    anyio_backend: str,
+) -> None:
+    clock = ManualClock()
+    store = FlakyStore(MemoryStore(), clock=clock)
+    sup, _, _ = counted_supervisor(store=store, clock=clock)
+    with anyio.fail_after(WAIT):
+        async with sup:
+            await sup.send("c", "one")
+            await wait_for_status(sup, "c", Status.IDLE)
+            store.fail_saves = True
+            await refused_send(sup, "c", "two", message_id="m-2")
+            await wait_for_status(sup, "c", Status.IDLE)
+            # The retry meets the same outage: still not acknowledged.
+            await refused_send(sup, "c", "two", message_id="m-2")
+
+            store.heal()
+            delivery = await sup.send("c", "two", message_id="m-2")
+            assert delivery.duplicate
+            state = await stored_state(store.inner, "c")
+            assert user_texts(state) == ["one", "two"]  # stored, and once
+            assert assistant_texts(state) == ["echo: one", "echo: two"]
+
+
+@pytest.mark.anyio
+async def test_a_dismissal_that_cannot_be_stored_is_refused_and_the_notice_stays(
+    anyio_backend: str,
+) -> None:
+    clock = ManualClock()
+    store = FlakyStore(MemoryStore(), clock=clock)
+    sup, _, _ = counted_supervisor(store=store, clock=clock)
+    with anyio.fail_after(WAIT):
+        async with sup:
+            await sup.send("c", "notice")
+            await wait_for_status(sup, "c", Status.INTERRUPTED)
+            store.fail_saves = True
+            with pytest.raises(StoreUnavailable, match="'c': the dismissal could not be stored"):
+                await sup.dismiss("c")
+            assert await sup.status("c") is Status.INTERRUPTED
+            handle = sup.get("c")
+            assert handle is not None
+            interrupt = handle.snapshot().interrupt
+            assert interrupt is not None and interrupt.kind == "notice"
+
+            store.heal()
+            assert await sup.dismiss("c") is Status.IDLE
+            assert (await stored_state(store.inner, "c")).interrupt is None
+
+
+@pytest.mark.anyio
+async def test_save_retries_end_when_the_session_stops(anyio_backend: str) -> None:
+    clock = ManualClock()
+    store = FlakyStore(MemoryStore(), clock=clock)
+    sup, _, _ = counted_supervisor(
+        store=store, clock=clock, supervisor_opts={"save_retry_backoff": 1.0}
+    )
+    with structlog.testing.capture_logs() as logs, anyio.fail_after(WAIT):
+        async with sup:
+            await sup.send("c", "one")
+            await wait_for_status(sup, "c", Status.IDLE)
+            store.fail_saves = True
+            await refused_send(sup, "c", "two")
+            await wait_for_status(sup, "c", Status.IDLE)
+            for _ in range(3):  # a few retries, each failing
+                failed = store.failed_saves
+                clock.advance(60)
+                await wait_until(lambda failed=failed: store.failed_saves > failed)
+            assert await sup.stop("c") == "stopped"
+            await anyio.wait_all_tasks_blocked()
+            after_stop = store.failed_saves
+            for _ in range(20):  # twenty minutes of the clock: no retry is left
+                clock.advance(60)
+                await anyio.wait_all_tasks_blocked()
+            assert store.failed_saves == after_stop
+            retry_lines = [e for e in logs if e["event"] == "store_save_retry_failed"]
+            assert len(retry_lines) == 1  # logged once for the outage, counted every time
+            assert sup.metrics().background_failures["save_retry"] >= 3
+
+
 async def test_a_stale_write_stops_the_session_as_superseded_and_it_writes_nothing_more(
     anyio_backend: str, tmp_path: Path
 ) -> None:

@@ -75,6 +75,15 @@ class _SupervisorCollector(Collector):
             "Events that did not fit a slow subscriber's buffer.",
             m.events_dropped,
         )
+        failures = CounterMetricFamily(
+            "sessionvisor_background_failures",
+            "Steps the runtime takes by itself (fold, save_retry, timer, recovery) that failed "
+            "and were put off with a backoff, by step.",
+            labels=["step"],
+        )
+        for step, count in sorted(m.background_failures.items()):
+            failures.add_metric([step], count)
+        yield failures
         yield _histogram("store_save_seconds", "Time the store took per save.", m.save_seconds)
         yield _histogram(
             "turn_seconds", "Time a turn took, start to saved outcome.", m.turn_seconds

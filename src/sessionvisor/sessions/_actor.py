@@ -28,9 +28,9 @@ from .._clock import utcnow
 from .._errors import (
     InvalidStatus,
     NotRunning,
-    RegistryUnavailable,
     SessionFailedError,
     StaleWriteError,
+    StoreUnavailable,
 )
 from .._options import SupervisorOpts
 from .._telemetry import capture_context
@@ -237,6 +237,14 @@ class Actor:
             AgentEvent, name="store_error", data={"error": describe(error), "lifecycle": lifecycle}
         )
 
+    def retry_failed(self, error: Exception, *, first: bool) -> None:
+        self.host.stats.background_failures["save_retry"] += 1
+        if first:
+            self.log().warning("store_save_retry_failed", error=describe(error))
+
+    def session_ended(self) -> bool:
+        return self.life.ended
+
     def retry_lifecycle(self) -> Lifecycle:
         return "shutdown" if self.closed else self._mid_work_lifecycle()
 
@@ -283,6 +291,7 @@ class Actor:
         if message_id is not None:
             known = accepted(self.state, message_id)
             if known is not None:
+                await self._stored_before_acknowledged()
                 return known, True
         if not content_size_ok(content, self.opts.max_message_bytes):
             raise ValueError(
@@ -299,6 +308,7 @@ class Actor:
             if message_id is not None:
                 known = accepted(self.state, message_id)  # a retry may have won the race meanwhile
                 if known is not None:
+                    await self._stored_before_acknowledged()
                     return known, True
                 if message.id != message_id:
                     message = message.model_copy(update={"id": message_id})
@@ -335,6 +345,18 @@ class Actor:
         self._check_saved(saved)
         return False, False
 
+    async def _stored_before_acknowledged(self) -> None:
+        """A retried send: acknowledge it again only once the store holds it.
+
+        The first attempt may have been refused with ``StoreUnavailable`` while
+        the message stayed in memory; the retry must not be told "stored" until
+        a save carried it.
+        """
+        if self.writer.saved_gen < self.writer.gen:
+            saved = await self.persist(self._mid_work_lifecycle())
+            self._check_superseded()
+            self._check_saved(saved)
+
     def _check_superseded(self) -> None:
         """After a save a send waited on: fail the send if the session is gone."""
         if self.life.error is not None:
@@ -345,17 +367,18 @@ class Actor:
                 "(its stored version moved on); the message was not saved here"
             )
 
-    def _check_saved(self, saved: bool) -> None:
-        """In cluster mode, refuse to acknowledge a message whose save failed.
+    def _check_saved(self, saved: bool, what: str = "the message") -> None:
+        """Refuse to acknowledge a command whose save failed.
 
-        It stays in memory and the save is retried, but this node may lose the
-        conversation (its lease) before the retry lands: the caller is told it
-        is not stored, and a retry with the same message id is recognised.
+        It stays in memory and the save is retried, but a crash before the retry
+        lands (or, in a cluster, losing the lease) would lose what the caller was
+        told is kept: the caller is told it is not stored, and a retry with the
+        same message id is recognised.
         """
-        if not saved and self.host.acknowledge_stored_only:
-            raise RegistryUnavailable(
-                f"conversation {self.conversation_id!r}: the message could not be stored "
-                "(the database is unreachable); retry it with the same message id"
+        if not saved:
+            raise StoreUnavailable(
+                f"conversation {self.conversation_id!r}: {what} could not be stored "
+                "(the store is failing); retry it (a message with the same message id)"
             )
 
     def prepare_resume(self, answer: Any) -> None:
@@ -401,10 +424,20 @@ class Actor:
             self.scope = scope
         self.touch()
         self.state.interrupt = None
+        held = self.queue.held
         self.queue.held = False
         self.writer.changed()
         self.set_status(Status.IDLE)
-        await self.persist("dismiss")
+        saved = await self.persist("dismiss")
+        self._check_superseded()
+        if not saved and self.state.interrupt is None and not self._worker and not self.closed:
+            # Not stored, so not done: the notice is put back (and saved by the retry
+            # with it), and the caller is told to dismiss it again.
+            self.state.interrupt = interrupt
+            self.queue.held = held
+            self.writer.changed()
+            self.set_status(Status.INTERRUPTED)
+        self._check_saved(saved, "the dismissal")
         if self.state.queued and not self._worker and not self.closed:
             self.claim_worker()  # the held queue runs as the next turn
         return self.status

@@ -22,12 +22,15 @@ __all__: list[str] = ["FoldableState"]
 class FoldableState:
     """Holds a State either live or folded into JSON bytes."""
 
-    __slots__ = ("_encoder", "_frozen", "_state")
+    __slots__ = ("_encoder", "_frozen", "_state", "refused_at")
 
     def __init__(self, state: State) -> None:
         self._state: State | None = state
         self._frozen: bytes | None = None
         self._encoder: SnapshotEncoder | None = None
+        # The writer's generation when a fold last failed: the same State would fail
+        # again, so no fold is tried until something changes it.
+        self.refused_at: int | None = None
 
     @property
     def folded(self) -> bool:
@@ -46,19 +49,19 @@ class FoldableState:
         self._state = value
         self._frozen = None
 
-    def fold(self) -> bool:
-        """Fold the State; False when it cannot be (metadata that JSON cannot hold)."""
+    def fold(self) -> Exception | None:
+        """Fold the State; the error when it cannot be (metadata that JSON cannot hold)."""
         state = self._state
         if state is None:
-            return True
+            return None
         try:
             frozen = state.model_dump_json().encode()
-        except Exception:
-            return False
+        except Exception as exc:
+            return exc
         self._frozen = frozen
         self._state = None
         self._encoder = None
-        return True
+        return None
 
     def dump(self) -> dict[str, Any]:
         """The JSON-ready form for a save, re-using what earlier saves dumped."""

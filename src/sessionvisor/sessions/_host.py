@@ -62,12 +62,6 @@ class ActorHost(Protocol):
 
     def viewer_count(self, conversation_id: str) -> int: ...
 
-    @property
-    def acknowledge_stored_only(self) -> bool:
-        """True when a message whose save failed must not be acknowledged (cluster
-        mode: this process may lose the conversation before a retry lands)."""
-        ...
-
     def forget(self, actor: Actor) -> None:
         """The actor ended: drop it from the registry."""
         ...
@@ -87,7 +81,6 @@ class LocalHost:
         "_registry",
         "_stats",
         "_store",
-        "acknowledge_stored_only",
         "rebuild_with",
         "runners",
     )
@@ -110,7 +103,6 @@ class LocalHost:
         self._deadlines = deadlines
         self.runners: Runners | None = None  # the supervisor's, once it is entered
         self.rebuild_with: Callable[[Actor], Awaitable[Rebuilt]] | None = None
-        self.acknowledge_stored_only = False
 
     @property
     def clock(self) -> Clock:

@@ -67,7 +67,11 @@ def _due(actor: Actor) -> tuple[float, IdleAction] | None:
         last_activity=actor.last_activity,
         viewers=actor.host.viewer_count(actor.conversation_id),
         viewers_left_at=actor.viewers_left_at,
-        can_fold=not actor.folded.folded and not actor.topic.subscribers,
+        can_fold=(
+            not actor.folded.folded
+            and not actor.topic.subscribers
+            and actor.folded.refused_at != actor.writer.gen
+        ),
     )
 
 
@@ -95,7 +99,12 @@ def timer_fired(actor: Actor, now: float) -> None:
 def _hibernate(actor: Actor) -> None:
     if actor.folded.folded or actor.busy or actor.closed or actor.topic.subscribers:
         return
-    if actor.folded.fold():
+    error = actor.folded.fold()
+    if error is None:
         actor.topic.drop_replay()
-    else:
-        actor.log().debug("hibernate_skipped")
+        return
+    # Not tried again until the State changes (arm() then skips the fold): retrying
+    # the same dump at once is what made the timer spin.
+    actor.folded.refused_at = actor.writer.gen
+    actor.host.stats.background_failures["fold"] += 1
+    actor.log().warning("hibernate_refused", error=f"{type(error).__name__}: {error}"[:500])

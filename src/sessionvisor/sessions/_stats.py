@@ -77,6 +77,9 @@ class RuntimeStats:
         self.events_dropped = 0
         self.save_seconds = Histogram()
         self.turn_seconds = Histogram()
+        # Steps the runtime takes by itself that failed and were put off (a fold, a
+        # save retry, a timer that asked to run again at once), by step.
+        self.background_failures: Counter[str] = Counter()
 
 
 @attrs.frozen(kw_only=True)
@@ -100,6 +103,9 @@ class Metrics:
         events_dropped: events those cut-off subscribers did not receive.
         save_seconds: how long the store took per save.
         turn_seconds: how long turns took, start to saved outcome.
+        background_failures: steps the runtime takes by itself that failed and
+            were put off with a backoff, by step (``fold``, ``save_retry``,
+            ``timer``, ``recovery``).
         cluster: the cluster node's figures (cluster mode), else None.
     """
 
@@ -118,6 +124,7 @@ class Metrics:
     events_dropped: int
     save_seconds: HistogramSnapshot
     turn_seconds: HistogramSnapshot
+    background_failures: dict[str, int] = attrs.field(factory=dict)
     cluster: ClusterMetrics | None = None
 
 
@@ -173,4 +180,5 @@ def collect_metrics(actors: list[Actor], stats: RuntimeStats) -> Metrics:
         events_dropped=stats.events_dropped,
         save_seconds=stats.save_seconds.snapshot(),
         turn_seconds=stats.turn_seconds.snapshot(),
+        background_failures=dict(stats.background_failures),
     )

@@ -130,7 +130,7 @@ class SessionSupervisor:
             self._store = node.store  # every save carries this node's lease epoch
             self._registry = node.registry
             self._bus = node.bus
-        self._deadlines = Deadlines(self._clock)
+        self._deadlines = Deadlines(self._clock, self._stats)
         self._host = LocalHost(
             clock=self._clock,
             store=self._store,
@@ -164,7 +164,6 @@ class SessionSupervisor:
             )
         )
         self._host.rebuild_with = self._starter.rebuild
-        self._host.acknowledge_stored_only = self._node is not None
         self._tg: anyio.abc.TaskGroup | None = None
         self._phase: Literal["new", "open", "draining", "closed"] = "new"
 

@@ -54,6 +54,14 @@ class WriterOwner(Protocol):
 
     def store_failed(self, error: Exception, lifecycle: str) -> None: ...
 
+    def retry_failed(self, error: Exception, *, first: bool) -> None:
+        """A retried save failed (``first``: the first since the store last took one)."""
+        ...
+
+    def session_ended(self) -> bool:
+        """True once the session has stopped or given up: its retries end with it."""
+        ...
+
     def retry_lifecycle(self) -> Lifecycle: ...
 
     def retry_backoff(self) -> float: ...
@@ -176,22 +184,29 @@ class Writer:
     async def _retry(self, store: StateStore, clock: Clock) -> None:
         owner = self._owner
         delay = max(owner.retry_backoff(), 0.01)
+        failures = 0
         try:
-            while self.saved_gen < self.gen and not owner.write_refused():
+            while self.saved_gen < self.gen and not self._given_up():
                 await clock.sleep_until(clock.now() + delay)
                 delay = min(delay * 2, 30.0)
                 if self._saving or owner.restart_in_progress() is not None:
                     continue
-                if owner.write_refused():
+                if self._given_up():
                     return
                 try:
                     await self._write(store, owner.retry_lifecycle(), 0, True)
-                    owner.log().info("store_save_recovered")
+                    owner.log().info("store_save_recovered", failed_retries=failures)
+                    failures = 0
                 except StaleWriteError:
                     return
                 except Exception as exc:
-                    owner.log().warning(
-                        "store_save_retry_failed", error=f"{type(exc).__name__}: {exc}"
-                    )
+                    # Logged once per outage (the first failure), counted every time.
+                    owner.retry_failed(exc, first=failures == 0)
+                    failures += 1
         finally:
             self._retrying = False
+
+    def _given_up(self) -> bool:
+        # A stopped session's retries end with it: nothing else would ever end them.
+        owner = self._owner
+        return owner.write_refused() or owner.session_ended()
