@@ -349,3 +349,33 @@ async def test_a_claimed_conversation_that_fails_to_wake_is_let_go_and_claimed_a
         sql(pg_dsn, "UPDATE sessionvisor_conversations SET head = %s WHERE id = %s", head, cid)
         history = await _answered(a, cid, 1)  # claimed again by a later sweep
         assert history == [("user", "unanswered"), ("assistant", "echo: unanswered")]
+
+
+async def test_a_conversation_that_keeps_failing_to_wake_is_tried_with_a_backoff(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    """The sweeper does not claim and fail the same conversation on every sweep: each
+    failure puts it off for longer (2 s, 4 s, ...), logged once and counted."""
+    import structlog
+
+    cid = _cid()
+    await _died_with_unanswered(pg_dsn, cid, node_id="gone", ttl=0.2)
+    head = sql(pg_dsn, "SELECT head FROM sessionvisor_conversations WHERE id = %s", cid)[0][0]
+    sql(pg_dsn, "UPDATE sessionvisor_conversations SET head = 'not json' WHERE id = %s", cid)
+
+    with structlog.testing.capture_logs() as logs:
+        # lease_ttl 1 s: a sweep every 0.25 s, which without a backoff would try the
+        # wake about 24 times in the 6 s watched here.
+        async with _nodes(pg_dsn, redis_server, "a", ttl=1.0) as (a,):
+            with anyio.fail_after(15):
+                while a.metrics().background_failures.get("wake", 0) == 0:
+                    await anyio.sleep(0.02)
+            await anyio.sleep(6.0)  # the window whose tries are counted
+            tries = a.metrics().background_failures["wake"]
+            assert 2 <= tries <= 5
+            failed = [e for e in logs if e["event"] == "cluster_wake_failed"]
+            assert len([e for e in failed if e["log_level"] == "warning"]) == 1
+
+            sql(pg_dsn, "UPDATE sessionvisor_conversations SET head = %s WHERE id = %s", head, cid)
+            history = await _answered(a, cid, 1)  # tried again after its backoff, and woken
+            assert history == [("user", "unanswered"), ("assistant", "echo: unanswered")]

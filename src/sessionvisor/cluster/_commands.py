@@ -35,6 +35,7 @@ from ..sessions._mailbox import LocalMailbox
 from ..sessions._recovery import has_unanswered_work
 from ..sessions._registry import LocalRegistry
 from ..sessions._seams import RunningElsewhere
+from ..sessions._stats import RuntimeStats
 from ..state import load_state
 from ._events import Wakeups
 from ._inbox import Command, CommandKind, Inbox
@@ -45,6 +46,10 @@ __all__: list[str] = ["ClusterMailbox", "ClusterRegistry"]
 
 _log = structlog.get_logger("sessionvisor")
 _RECENT_LIMIT = 10_000  # conversations remembered as served elsewhere
+
+
+_FIRST_WAKE_DELAY = 2.0
+_MAX_WAKE_DELAY = 120.0
 
 
 class ClusterRegistry(LocalRegistry):
@@ -99,6 +104,7 @@ class ClusterMailbox:
         check_open: Callable[[str], None],
         spawn: Callable[..., None],
         recent_for: float,
+        stats: RuntimeStats,
     ) -> None:
         self._local = local
         self._registry = registry
@@ -112,6 +118,12 @@ class ClusterMailbox:
         self._locks: dict[str, tuple[anyio.Lock, int]] = {}
         self._probe = _Probe(inbox)
         self._recent: dict[str, tuple[str | None, str | None, float]] = {}
+        # Conversations whose wake for the cluster failed: cid -> (next delay, not
+        # before), on the event loop's clock. The sweeper leaves them alone until
+        # then, so a conversation that cannot start is not claimed and failed on
+        # every sweep for ever.
+        self._wake_backoff: dict[str, tuple[float, float]] = {}
+        self._stats = stats
         self._recent_for = recent_for
         self.posted = 0  # commands stored for another node
         self.applied = 0  # inbox commands applied here
@@ -361,13 +373,32 @@ class ClusterMailbox:
         except (OwnedElsewhere, RunningElsewhere):
             return
         except Exception as exc:
-            _log.warning("cluster_serve_failed", conversation_id=cid, error=repr(exc))
+            if take and self._registry.live(cid) is None:
+                self._wake_failed(cid, exc)
+            else:
+                _log.warning("cluster_serve_failed", conversation_id=cid, error=repr(exc))
+        else:
+            self._wake_backoff.pop(cid, None)
         finally:
             if take:
                 # Nothing serves it here (the wake failed, or there was nothing to
                 # do): a lease kept now would be renewed for ever with no session
                 # behind it, and the conversation would be unreachable.
                 self._leases_done(cid)
+
+    def wake_put_off(self, cid: str) -> bool:
+        """True while a conversation whose wake failed waits out its backoff."""
+        entry = self._wake_backoff.get(cid)
+        return entry is not None and anyio.current_time() < entry[1]
+
+    def _wake_failed(self, cid: str, exc: Exception) -> None:
+        self._stats.background_failures["wake"] += 1
+        known = self._wake_backoff.get(cid)
+        delay = _FIRST_WAKE_DELAY if known is None else known[0]
+        self._wake_backoff[cid] = (min(delay * 2, _MAX_WAKE_DELAY), anyio.current_time() + delay)
+        # Logged once per conversation until it wakes; counted every time.
+        log = _log.warning if known is None else _log.debug
+        log("cluster_wake_failed", conversation_id=cid, error=repr(exc)[:500], retry_in=delay)
 
     async def _wake(self, cid: str) -> Actor | None:
         """Start the conversation here for its inbox or its unanswered work; None

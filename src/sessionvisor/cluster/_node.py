@@ -67,6 +67,7 @@ class ClusterNode:
             on_stale=lambda cid: self._lost(cid, "a newer owner's events are in its stream"),
             stats=stats,
         )
+        self._stats = stats
         self.mailbox: ClusterMailbox | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._draining = False
@@ -92,6 +93,7 @@ class ClusterNode:
             check_open=check_open,
             spawn=self._spawn,
             recent_for=self.cluster.renew_every,
+            stats=self._stats,
         )
         return self.mailbox
 
@@ -189,6 +191,10 @@ class ClusterNode:
                 _log.warning("cluster_sweep_failed", error=repr(exc))
                 continue
             for lease in claimed:
+                if self.mailbox is not None and self.mailbox.wake_put_off(lease.conversation_id):
+                    # Its last wake failed: the claim is left to run out (not renewed,
+                    # not served), and the conversation is tried again after its backoff.
+                    continue
                 try:
                     stored_epoch = await store.fence(lease.conversation_id, lease.epoch)
                 except Exception as exc:
