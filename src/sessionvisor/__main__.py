@@ -22,12 +22,15 @@ from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
+from ._logging import configure_console_logs, configure_json_logs
+
 if TYPE_CHECKING:
     from .cluster import Cluster
     from .state import StateStore
 
 __all__ = [
     "cluster_from_args",
+    "configure_console_logs",
     "configure_json_logs",
     "jwt_scope_from_args",
     "load_object",
@@ -347,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         scope_from_request = verified
     if args.log_format == "json":
         configure_json_logs(args.log_level)
+    else:
+        configure_console_logs(args.log_level)
     if scope_from_request is header_or_query_scope:
         if args.log_format == "json":
             import structlog
@@ -457,62 +462,6 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-# The processors every JSON line goes through, structlog's own and uvicorn's alike.
-def _json_processors() -> list[Any]:
-    import structlog
-
-    return [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        # A traceback becomes a list of frames inside the line, never extra lines.
-        structlog.processors.dict_tracebacks,
-    ]
-
-
-def configure_json_logs(level: str = "info") -> None:
-    """Send structlog's lines to stdout as one JSON object each, from ``level`` up.
-
-    Every line has ``event``, ``level`` and ``timestamp`` (ISO 8601, UTC), plus
-    what the logger bound: a session's lines carry ``conversation_id`` and
-    ``agent_id``. ``serve`` and ``demo`` call it for ``--log-format json`` and
-    hand uvicorn the matching logging configuration.
-    """
-    import logging
-
-    import structlog
-
-    structlog.configure(
-        processors=[*_json_processors(), structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=False,
-    )
-
-
-def _uvicorn_json_config(level: str) -> dict[str, Any]:
-    """uvicorn's ``log_config``: its server and access lines as JSON on stdout too."""
-    import structlog
-
-    formatter = {
-        "()": structlog.stdlib.ProcessorFormatter,
-        "foreign_pre_chain": [structlog.stdlib.add_logger_name, *_json_processors()],
-        "processors": [
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.JSONRenderer(),
-        ],
-    }
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
-    logger = {"handlers": ["json"], "level": level.upper(), "propagate": False}
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": formatter},
-        "handlers": {"json": handler},
-        "loggers": {name: logger for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
-    }
-
-
 async def _run(
     router: Any,
     store: StateStore,
@@ -524,6 +473,7 @@ async def _run(
     import structlog
     import uvicorn
 
+    from ._logging import uvicorn_log_config
     from .http import close_event_streams, create_app
     from .sessions import SessionSupervisor
 
@@ -573,9 +523,6 @@ async def _run(
             raise _Refused(str(exc)) from exc
         await stack.enter_async_context(supervisor)
         app = create_app(supervisor, scope_from_request=scope_from_request)
-        logging_options: dict[str, Any] = {}
-        if args.log_format == "json":
-            logging_options["log_config"] = _uvicorn_json_config(args.log_level)
         config = uvicorn.Config(
             app,
             host=args.host,
@@ -583,7 +530,7 @@ async def _run(
             log_level=args.log_level,
             lifespan="on",
             timeout_graceful_shutdown=5,
-            **logging_options,
+            log_config=uvicorn_log_config(args.log_format, args.log_level),
         )
         await Server(config).serve()
 
