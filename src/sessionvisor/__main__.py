@@ -167,6 +167,16 @@ def _timeout(text: str) -> float | None:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sessionvisor",
@@ -194,6 +204,25 @@ def _parser() -> argparse.ArgumentParser:
             choices=["console", "json"],
             help="console (default: for people) or json (one JSON object per line on "
             "stdout, uvicorn's lines included: for log collectors)",
+        )
+        server = sub.add_argument_group(
+            "server limits",
+            "uvicorn's own bounds (it has no deadline for a request body: put a reverse "
+            "proxy with a client body timeout in front; see docs/operations.md)",
+        )
+        server.add_argument(
+            "--limit-concurrency",
+            type=_positive_int,
+            metavar="N",
+            help="answer 503 once N connections or requests are open (event streams "
+            "included; default: no limit)",
+        )
+        server.add_argument(
+            "--timeout-keep-alive",
+            type=_positive_int,
+            default=5,
+            metavar="S",
+            help="close an idle keep-alive connection after S seconds (default 5)",
         )
         cluster = sub.add_argument_group(
             "cluster",
@@ -530,6 +559,8 @@ async def _run(
             log_level=args.log_level,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            limit_concurrency=args.limit_concurrency,
+            timeout_keep_alive=args.timeout_keep_alive,
             log_config=uvicorn_log_config(args.log_format, args.log_level),
         )
         await Server(config).serve()
