@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-from ._logging import configure_console_logs, configure_json_logs
+from ._logging import configure_console_logs, configure_json_logs, uvicorn_log_config
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -37,6 +37,7 @@ __all__ = [
     "main",
     "open_store",
     "redact_url",
+    "uvicorn_log_config",
 ]
 
 _DEMO_DB = "sessionvisor-demo.db"
@@ -502,7 +503,6 @@ async def _run(
     import structlog
     import uvicorn
 
-    from ._logging import uvicorn_log_config
     from .http import close_event_streams, create_app
     from .sessions import SessionSupervisor
 
