@@ -6,9 +6,11 @@ Client mistakes are 4xx and never a 500 or a hang; internal failures are a
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import anyio
 import pytest
 import structlog
 from pydantic import BaseModel
@@ -19,12 +21,13 @@ from sessionvisor import (
     FactoryValidationError,
     KeyedRouter,
     MemoryStore,
+    RegistryUnavailable,
     SingleRouter,
     Status,
 )
-from sessionvisor.testing import ScriptedAgent, wait_for_status
+from sessionvisor.testing import FlakyStore, ScriptedAgent, wait_for_status
 
-from ._support import ALICE, open_app
+from ._support import ALICE, BOB, WAIT, open_app
 
 pytestmark = pytest.mark.anyio
 
@@ -358,3 +361,285 @@ async def test_a_failing_scope_function_is_a_500() -> None:
         with structlog.testing.capture_logs() as logs:
             response = await env.client.get("/sessions")
         assert_internal(response, logs, "TOKEN42")
+
+
+# -- input no store can keep (issue 17, items 1 and 4) ------------------------------------
+#
+# Every JSON route runs its body through the same reader; each case is refused there
+# with a typed 400 before anything is started or stored.
+
+
+def message_body(value: bytes) -> bytes:
+    return b'{"content": "hi", "request_opts": {"x": ' + value + b"}}"
+
+
+def part_body(value: bytes) -> bytes:
+    return b'{"content": [{"type": "text", "text": ' + value + b"}]}"
+
+
+def ai_sdk_body(cid: str, value: bytes) -> bytes:
+    part = b'{"type": "text", "text": ' + value + b"}"
+    return (
+        b'{"id": "'
+        + cid.encode()
+        + b'", "messages": [{"id": "m-1", "role": "user", "parts": ['
+        + part
+        + b"]}]}"
+    )
+
+
+def ag_ui_body(cid: str, value: bytes) -> bytes:
+    return (
+        b'{"threadId": "' + cid.encode() + b'", "runId": "r-1", '
+        b'"messages": [{"id": "u-1", "role": "user", "content": ' + value + b"}]}"
+    )
+
+
+def ag_ui_run_id(cid: str, value: bytes) -> bytes:
+    return (
+        b'{"threadId": "' + cid.encode() + b'", "runId": ' + value + b", "
+        b'"messages": [{"id": "u-1", "role": "user", "content": "hi"}]}'
+    )
+
+
+# (the value put into the body, what the answer's detail must mention)
+HOSTILE_VALUES = [
+    pytest.param(b'"x\\ud800y"', "lone surrogate", id="surrogate-escape"),
+    pytest.param(b'"x\xed\xa0\x80y"', "lone surrogate", id="surrogate-raw-bytes"),
+    pytest.param(b"1e999", "finite", id="1e999"),
+    pytest.param(b"-1e999", "finite", id="minus-1e999"),
+    pytest.param(b"NaN", "NaN", id="nan"),
+    pytest.param(b"Infinity", "Infinity", id="infinity"),
+    pytest.param(b"[" * 70 + b"1" + b"]" * 70, "64 levels", id="deep"),
+    pytest.param(b"1" * 1001, "digits", id="huge-int"),
+    pytest.param(b'{"\\udfff": 1}', "lone surrogate", id="surrogate-key"),
+]
+
+# (route, the body with the value in it); the conversation is always c-h
+HOSTILE_ROUTES = [
+    pytest.param("/conversations/c-h/messages", message_body, id="messages-opts"),
+    pytest.param("/conversations/c-h/messages", part_body, id="messages-part"),
+    pytest.param(
+        "/conversations/c-h/resume",
+        lambda v: b'{"answer": ' + v + b"}",
+        id="resume",
+    ),
+    pytest.param(
+        "/conversations/c-h/dismiss",
+        lambda v: b'{"request_opts": {"x": ' + v + b"}}",
+        id="dismiss",
+    ),
+    pytest.param("/conversations/c-h/cancel", lambda v: b'{"x": ' + v + b"}", id="cancel"),
+    pytest.param("/ai-sdk/chat", lambda v: ai_sdk_body("c-h", v), id="ai-sdk"),
+    pytest.param("/ag-ui", lambda v: ag_ui_body("c-h", v), id="ag-ui"),
+    pytest.param("/ag-ui", lambda v: ag_ui_run_id("c-h", v), id="ag-ui-run-id"),
+]
+
+
+@pytest.mark.parametrize(("path", "body_with"), HOSTILE_ROUTES)
+@pytest.mark.parametrize(("value", "named"), HOSTILE_VALUES)
+async def test_json_no_store_can_keep_is_a_typed_400_on_every_route(
+    path: str, body_with: Any, value: bytes, named: str
+) -> None:
+    async with open_app() as env:
+        response = await env.client.post(path, content=body_with(value), headers=JSON)
+        body = assert_error(response, 400, "InvalidJSON")
+        assert named in body["detail"], body
+        assert await env.sup.store.load("c-h") is None
+        assert not await env.sup.running("c-h")
+
+
+async def test_a_refused_value_is_named_by_its_path_in_the_body() -> None:
+    async with open_app() as env:
+        response = await env.client.post(
+            "/conversations/c-1/messages", content=message_body(b"[1, 1e999]"), headers=JSON
+        )
+        body = assert_error(response, 400, "InvalidJSON")
+        assert "body['request_opts']['x'][1]" in body["detail"], body
+
+
+async def test_a_body_nested_64_deep_is_accepted_and_65_is_not() -> None:
+    # The body is level 1 and request_opts level 2: the value adds the rest.
+    async with open_app() as env:
+        ok = await env.client.post(
+            "/conversations/c-1/messages",
+            content=message_body(b"[" * 62 + b"]" * 62),
+            headers=JSON,
+        )
+        assert ok.status_code == 202, ok.text
+        deep = await env.client.post(
+            "/conversations/c-2/messages",
+            content=message_body(b"[" * 63 + b"]" * 63),
+            headers=JSON,
+        )
+        assert_error(deep, 400, "InvalidJSON")
+
+
+async def test_a_body_with_too_many_arrays_and_objects_is_a_413_before_parsing() -> None:
+    from sessionvisor.http._bodies import MAX_BODY_CONTAINERS
+
+    many = b"[" + b",".join([b"[]"] * MAX_BODY_CONTAINERS) + b"]"
+    # Brackets inside strings are text, not structure: this body holds two containers.
+    text = b'"' + b"[{" * MAX_BODY_CONTAINERS + b'\\\\"'
+    async with open_app() as env:
+        response = await env.client.post(
+            "/conversations/c-1/messages", content=message_body(many), headers=JSON
+        )
+        body = assert_error(response, 413, "PayloadTooLarge")
+        assert str(MAX_BODY_CONTAINERS) in body["detail"]
+        fine = await env.client.post(
+            "/conversations/c-2/messages", content=message_body(text), headers=JSON
+        )
+        assert fine.status_code == 202, fine.text
+        deep = b"[" * 100_000 + b"]" * 100_000
+        deep_answer = await env.client.post(
+            "/conversations/c-3/messages", content=message_body(deep), headers=JSON
+        )
+        assert "64 levels" in assert_error(deep_answer, 400, "InvalidJSON")["detail"]
+        assert await env.sup.store.load("c-1") is None
+
+
+# -- media types (issue 17, item 8) ---------------------------------------------------------
+
+NOT_JSON = [
+    pytest.param("text/plain", id="text-plain"),
+    pytest.param("application/x-www-form-urlencoded", id="urlencoded"),
+    pytest.param("multipart/form-data; boundary=x", id="multipart"),
+]
+
+
+@pytest.mark.parametrize("content_type", NOT_JSON)
+@pytest.mark.parametrize("action", ["cancel", "dismiss"])
+async def test_an_empty_form_post_to_cancel_or_dismiss_is_a_415_and_does_nothing(
+    content_type: str, action: str
+) -> None:
+    async with open_app() as env:
+        await env.send("c-1", "slow one")
+        with anyio.fail_after(WAIT):
+            await env.agent.started_slow.wait()
+        response = await env.client.post(
+            f"/conversations/c-1/{action}",
+            content=b"",
+            headers={**ALICE, "Content-Type": content_type},
+        )
+        assert_error(response, 415, "UnsupportedMediaType")
+        assert await env.sup.status("c-1", scope="alice") == Status.RUNNING
+        env.agent.release()
+
+
+@pytest.mark.parametrize("action", ["cancel", "dismiss"])
+async def test_a_bodiless_post_without_a_content_type_stays_accepted(action: str) -> None:
+    async with open_app() as env:
+        await env.send("c-1", "hello")
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        response = await env.client.post(f"/conversations/c-1/{action}", headers=ALICE)
+        assert response.status_code in (200, 409), response.text
+        declared = await env.client.post(f"/conversations/c-1/{action}", json={}, headers=ALICE)
+        assert declared.status_code == response.status_code, declared.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/conversations/c-1/resume", "/ai-sdk/chat", "/ag-ui", "/conversations/c-1/cancel"]
+)
+@pytest.mark.parametrize("content_type", NOT_JSON)
+async def test_every_json_route_refuses_other_media_types(path: str, content_type: str) -> None:
+    async with open_app() as env:
+        response = await env.client.post(
+            path, content=b'{"answer": 1}', headers={**ALICE, "Content-Type": content_type}
+        )
+        assert_error(response, 415, "UnsupportedMediaType")
+
+
+# -- naming and logging (issue 17, item 9) -------------------------------------------------
+
+
+async def test_the_404_of_the_frontend_routes_names_the_conversation() -> None:
+    async with open_app() as env:
+        await env.send("c-bob", "mine", headers=BOB)
+        chat = await env.client.post(
+            "/ai-sdk/chat", content=ai_sdk_body("c-bob", b'"hi"'), headers=JSON
+        )
+        assert "'c-bob'" in assert_error(chat, 404, "NotFound")["detail"]
+        run = await env.client.post("/ag-ui", content=ag_ui_body("c-bob", b'"hi"'), headers=JSON)
+        assert "'c-bob'" in assert_error(run, 404, "NotFound")["detail"]
+
+
+async def test_a_client_that_leaves_mid_body_is_logged_as_a_disconnect() -> None:
+    async with open_app() as env:
+        sent = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            sent += 1
+            if sent == 1:
+                return {"type": "http.request", "body": b'{"content": "hal', "more_body": True}
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/conversations/c-1/messages",
+            "raw_path": b"/conversations/c-1/messages",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"x-user", b"alice")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        with structlog.testing.capture_logs() as logs:
+            await env.app(scope, receive, send)
+        events = [e["event"] for e in logs]
+        assert "http_internal_error" not in events, logs
+        [entry] = [e for e in logs if e["event"] == "http_client_disconnected"]
+        assert entry["log_level"] == "info"
+        assert "exc_info" not in entry
+        assert await env.sup.store.load("c-1") is None
+
+
+# -- a store that cannot save (issue 17, item 3) -------------------------------------------
+
+
+def test_store_unavailable_is_a_503_with_retry_after() -> None:
+    from sessionvisor import StoreUnavailable
+    from sessionvisor.http._errors import response_for
+
+    response = response_for(
+        StoreUnavailable("conversation 'c-1': not stored; retry it"),
+        conversation_id="c-1",
+        method="POST",
+        path="/conversations/c-1/messages",
+    )
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert json.loads(response.body) == {
+        "error": "StoreUnavailable",
+        "detail": "conversation 'c-1': not stored; retry it",
+    }
+    # The other RegistryUnavailable answers (starting, draining) are not a retry soon.
+    draining = response_for(
+        RegistryUnavailable("draining"), conversation_id=None, method="GET", path="/sessions"
+    )
+    assert draining.status_code == 503 and "retry-after" not in draining.headers
+
+
+@pytest.mark.parametrize("path", ["/conversations/c-1/messages", "/ai-sdk/chat", "/ag-ui"])
+async def test_a_message_the_store_cannot_save_is_a_503_with_retry_after(path: str) -> None:
+    store = FlakyStore(MemoryStore())
+    bodies = {
+        "/conversations/c-1/messages": b'{"content": "hi"}',
+        "/ai-sdk/chat": ai_sdk_body("c-1", b'"hi"'),
+        "/ag-ui": ag_ui_body("c-1", b'"hi"'),
+    }
+    async with open_app(store=store) as env:
+        store.fail_saves = True
+        response = await env.client.post(path, content=bodies[path], headers=JSON)
+        body = assert_error(response, 503, "StoreUnavailable")
+        assert "c-1" in body["detail"]
+        assert int(response.headers["retry-after"]) >= 1
+        store.heal()

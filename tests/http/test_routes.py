@@ -405,3 +405,61 @@ async def test_a_bad_message_id_is_a_400_naming_it(bad: object) -> None:
         assert response.status_code == 400
         assert "id" in response.json()["detail"]
         assert await env.sup.status("c-id", scope="alice") is Status.NOT_RUNNING
+
+
+# -- cross-site requests (issue 17, item 8) -------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/admin"])
+async def test_the_pages_cannot_be_framed_and_run_only_their_own_scripts(path: str) -> None:
+    import base64
+    import hashlib
+    import re
+
+    async with open_app() as env:
+        response = await env.client.get(path)
+    assert response.status_code == 200
+    assert response.headers["x-frame-options"] == "DENY"
+    policy = {
+        name: values
+        for name, _, values in (
+            d.strip().partition(" ") for d in response.headers["content-security-policy"].split(";")
+        )
+    }
+    assert policy["frame-ancestors"] == "'none'"
+    assert "'unsafe-inline'" not in policy["script-src"]
+    # Each inline script of the page, as served, is allowed by its hash.
+    scripts = re.findall(r"<script>(.*?)</script>", response.text, re.DOTALL)
+    assert scripts
+    for script in scripts:
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy["script-src"].split()
+
+
+async def test_the_user_query_parameter_names_the_caller_of_streams_only() -> None:
+    from sessionvisor.http import header_or_query_scope
+
+    from ._support import asgi_stream
+
+    async with open_app(scope_from_request=header_or_query_scope) as env:
+        await env.send("c-1", "slow one")
+        with anyio.fail_after(WAIT):
+            await env.agent.started_slow.wait()
+        # A form on another site can post here, but ?user= does not make it alice.
+        cancel = await env.client.post("/conversations/c-1/cancel?user=alice")
+        assert cancel.status_code == 404, cancel.text
+        send = await env.client.post(
+            "/conversations/c-1/messages?user=alice", json={"content": "more"}
+        )
+        assert send.status_code == 404, send.text
+        history = await env.client.get("/conversations/c-1?user=alice")
+        assert history.status_code == 404, history.text
+        assert await env.sup.status("c-1", scope="alice") == Status.RUNNING
+        # EventSource cannot send headers: on the event stream the parameter counts.
+        async with asgi_stream(
+            env.app, "/conversations/c-1/events", headers={}, query="user=alice"
+        ) as stream:
+            assert stream.status == 200
+            first = await stream.event()
+            assert first.data["status"] == "running"
+        env.agent.release()

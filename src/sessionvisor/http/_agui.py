@@ -62,7 +62,7 @@ from ..sessions import (
 )
 from ..state import Message, PendingInterrupt, State
 from ._aisdk import send_kwargs
-from ._bodies import check_content_size, check_conversation_id, read_body
+from ._bodies import body_conversation_id, check_content_size
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
 from ._streaming import ChunkStream, Step, follow_turn, reply_text, resubscribing
@@ -464,8 +464,8 @@ class _AGUI:
     async def run(self, request: Request) -> Response:
         """``POST /ag-ui``: send the newest user message (or resume) and stream the run."""
         scope = await self.api.scope(request)
-        body = await read_body(request, RunAgentInput, limit=self.api.body_limit)
-        cid = check_conversation_id(body.thread_id)
+        body = await self.api.body(request, RunAgentInput)
+        cid = body_conversation_id(request, body.thread_id)
         if self.api.streams.closing:
             raise HTTPError(503, "RegistryUnavailable", "the server is shutting down")
         exists = await self.sup.check_access(cid, scope=scope)

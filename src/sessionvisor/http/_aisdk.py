@@ -48,7 +48,12 @@ from ..sessions import (
     Status,
     StatusChanged,
 )
-from ._bodies import check_content_size, check_conversation_id, read_body, reject_trusted_keys
+from ._bodies import (
+    body_conversation_id,
+    check_content_size,
+    check_conversation_id,
+    reject_trusted_keys,
+)
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
 from ._streaming import (
@@ -491,8 +496,8 @@ class _AISDK:
     async def chat(self, request: Request) -> Response:
         """``POST /ai-sdk/chat``: send (or answer an approval) and stream the turn."""
         scope = await self.api.scope(request)
-        body = await read_body(request, ChatBody, limit=self.api.body_limit)
-        cid = check_conversation_id(body.id)
+        body = await self.api.body(request, ChatBody)
+        cid = body_conversation_id(request, body.id)
         if body.trigger == "regenerate-message":
             raise HTTPError(
                 400,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import inspect
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,6 +22,7 @@ from starlette.routing import Route
 from ..sessions import SessionSummary, SessionSupervisor
 from ..state import Message
 from ._bodies import (
+    CancelBody,
     DismissBody,
     ResumeBody,
     SendBody,
@@ -35,8 +41,13 @@ __all__ = ["DEFAULT_HEARTBEAT", "create_app"]
 DEFAULT_HEARTBEAT = 15.0
 # Room for the request options and the JSON around the message content.
 _BODY_SLACK = 64 * 1024
+# Worker threads parsing large bodies at once: the parse holds the GIL most of
+# the time, so more threads would not parse faster, only starve the event loop.
+_BODY_THREADS = 2
+_INLINE_SCRIPT = re.compile(r"<script\b[^>]*>(.*?)</script>", re.DOTALL | re.IGNORECASE)
 
 _Endpoint = Callable[[Request], Awaitable[Response]]
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def metrics_available() -> bool:
@@ -200,7 +211,9 @@ class _Api:
         self.heartbeat = heartbeat
         self.body_limit = body_limit
         self.streams = StreamRegistry()
+        self.body_limiter = anyio.CapacityLimiter(_BODY_THREADS)
         self._pages: dict[str, str] = {}
+        self._rendered: dict[tuple[str, str], tuple[str, str]] = {}
         self._openapi: dict[str, Any] | None = None
 
     def wrap(self, endpoint: _Endpoint) -> _Endpoint:
@@ -210,7 +223,10 @@ class _Api:
             try:
                 return await endpoint(request)
             except Exception as exc:
-                cid = request.path_params.get("cid")
+                # The path names the conversation, or the body did (AI SDK, AG-UI).
+                cid = request.path_params.get("cid") or getattr(
+                    request.state, "conversation_id", None
+                )
                 response = response_for(
                     exc,
                     conversation_id=cid if isinstance(cid, str) else None,
@@ -224,6 +240,14 @@ class _Api:
         handle.__name__ = endpoint.__name__
         handle.__doc__ = endpoint.__doc__
         return handle
+
+    async def body(
+        self, request: Request, model: type[_Model], *, optional: bool = False
+    ) -> _Model:
+        """The JSON body validated with ``model``: ``read_body`` with this app's limits."""
+        return await read_body(
+            request, model, limit=self.body_limit, optional=optional, limiter=self.body_limiter
+        )
 
     async def scope(self, request: Request) -> Any:
         result = self.scope_from_request(request)
@@ -244,7 +268,7 @@ class _Api:
 
     async def send(self, request: Request) -> Response:
         cid, scope = await self._target(request)
-        body = await read_body(request, SendBody, limit=self.body_limit)
+        body = await self.body(request, SendBody)
         check_content_size(body.content, self.supervisor.defaults.max_message_bytes)
         info = await self.supervisor.start(cid, scope=scope, request_opts=body.request_opts)
         delivery = await self.supervisor.send(
@@ -295,7 +319,7 @@ class _Api:
 
     async def resume(self, request: Request) -> Response:
         cid, scope = await self._target(request)
-        body = await read_body(request, ResumeBody, limit=self.body_limit)
+        body = await self.body(request, ResumeBody)
         await self._require(cid, scope)
         status = await self.supervisor.resume(
             cid, body.answer, scope=scope, request_opts=body.request_opts
@@ -304,13 +328,15 @@ class _Api:
 
     async def dismiss(self, request: Request) -> Response:
         cid, scope = await self._target(request)
-        body = await read_body(request, DismissBody, limit=self.body_limit, optional=True)
+        body = await self.body(request, DismissBody, optional=True)
         await self._require(cid, scope)
         status = await self.supervisor.dismiss(cid, scope=scope, request_opts=body.request_opts)
         return JSONResponse({"conversation_id": cid, "status": status.value})
 
     async def cancel(self, request: Request) -> Response:
         cid, scope = await self._target(request)
+        # Read although it carries nothing: a body must be JSON here too (415 for a form).
+        await self.body(request, CancelBody, optional=True)
         await self._require(cid, scope)
         status = await self.supervisor.cancel(cid, scope=scope)
         return JSONResponse({"conversation_id": cid, "status": status.value})
@@ -370,17 +396,31 @@ class _Api:
         return self._static_page(request, "admin.html")
 
     def _static_page(self, request: Request, name: str) -> Response:
-        template = self._pages.get(name)
-        if template is None:
-            template = self._pages[name] = (
-                resources.files("sessionvisor.http")
-                .joinpath("static", name)
-                .read_text(encoding="utf-8")
-            )
         # Mounted under a prefix, the page's relative calls need to know it.
         base = request.scope.get("root_path", "").rstrip("/")
-        html = template.replace("__SESSIONVISOR_BASE__", _js_string(base))
-        return HTMLResponse(html, headers={"cache-control": "no-store"})
+        rendered = self._rendered.get((name, base))
+        if rendered is None:
+            template = self._pages.get(name)
+            if template is None:
+                template = self._pages[name] = (
+                    resources.files("sessionvisor.http")
+                    .joinpath("static", name)
+                    .read_text(encoding="utf-8")
+                )
+            html = template.replace("__SESSIONVISOR_BASE__", _js_string(base))
+            rendered = self._rendered[(name, base)] = (html, _page_policy(html))
+        html, policy = rendered
+        return HTMLResponse(
+            html,
+            headers={
+                "cache-control": "no-store",
+                "content-security-policy": policy,
+                # For browsers that predate CSP's frame-ancestors.
+                "x-frame-options": "DENY",
+                "x-content-type-options": "nosniff",
+                "referrer-policy": "no-referrer",
+            },
+        )
 
     async def admin_sessions(self, request: Request) -> Response:
         """``GET /sessions`` plus each session's queue length, for the admin page."""
@@ -456,6 +496,33 @@ def _summary_json(summary: SessionSummary) -> dict[str, Any]:
         "restarts": summary.restarts,
         "last_activity_at": last.isoformat() if hasattr(last, "isoformat") else last,
     }
+
+
+def _page_policy(html: str) -> str:
+    """The Content-Security-Policy of a page: its own inline scripts and nothing else.
+
+    The scripts are allowed by their hashes, taken from the page as served, so
+    a script injected into it would not run. No page may frame it (clickjacking:
+    a hidden frame of the chat under a decoy button).
+    """
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in _INLINE_SCRIPT.findall(html)
+    )
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src 'self' {hashes}".rstrip(),
+            # Styles may be inline: a style cannot run code, and the pages set some.
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data:",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
 
 
 def _js_string(value: str) -> str:

@@ -2,7 +2,9 @@
 
 Client mistakes and refusals carry the runtime's own message. Anything else
 (a factory breaking its contract, a corrupt snapshot, a bug) is a 500 whose
-body says nothing but "internal error", while the log gets the traceback.
+body says nothing but "internal error", while the log gets the traceback. A
+client that goes away before its body has arrived is not an error of ours: it
+is logged at info (``http_client_disconnected``), with no traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from .._errors import (
@@ -25,11 +28,16 @@ from .._errors import (
     RouteChangedError,
     RouteValidationError,
     SessionFailedError,
+    StoreUnavailable,
 )
 
-__all__ = ["HTTPError", "error_response", "not_found", "response_for"]
+__all__ = ["RETRY_AFTER_SECONDS", "HTTPError", "error_response", "not_found", "response_for"]
 
 _log = structlog.get_logger("sessionvisor.http")
+
+#: ``Retry-After`` of a 503 ``StoreUnavailable``: the command was not stored, and a
+#: store outage is either brief or long enough that backing off a little costs nothing.
+RETRY_AFTER_SECONDS = 2
 
 # Most specific first: the first class that matches decides.
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
@@ -80,6 +88,20 @@ def response_for(
     """
     if isinstance(exc, HTTPError):
         return _from_http_error(exc)
+    if isinstance(exc, ClientDisconnect):
+        # Nobody reads this answer; the log says what happened without a traceback.
+        _log.info(
+            "http_client_disconnected",
+            method=method,
+            path=path,
+            conversation_id=conversation_id,
+        )
+        return error_response(400, "ClientDisconnected", "the client went away mid-request")
+    if isinstance(exc, StoreUnavailable):
+        # The only RegistryUnavailable worth retrying soon: nothing was acknowledged.
+        response = error_response(503, "StoreUnavailable", str(exc))
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     if isinstance(exc, AccessDenied):
         # Never reveal that the conversation exists.
         return _from_http_error(not_found(conversation_id or ""))

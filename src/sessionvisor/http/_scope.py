@@ -7,17 +7,20 @@ middleware), never from the request body: ``request_opts`` cannot set it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from starlette.requests import Request
 
 __all__ = [
+    "STREAM_ROUTES",
     "USER_HEADER",
     "USER_QUERY_PARAM",
     "ScopeFunction",
     "header_or_query_scope",
     "header_scope",
+    "is_stream_get",
 ]
 
 #: The header ``header_scope`` reads.
@@ -27,6 +30,13 @@ USER_QUERY_PARAM = "user"
 
 #: ``scope_from_request(request)``: returns the scope (or an awaitable of it).
 ScopeFunction: TypeAlias = Callable[[Request], Any | Awaitable[Any]]
+
+#: The routes (templates inside the app) a browser opens with ``EventSource``,
+#: which cannot set headers: the only ones where the query string may name the caller.
+STREAM_ROUTES = frozenset({"/conversations/{cid}/events", "/ai-sdk/chat/{cid}/stream"})
+_STREAM_PATHS = [
+    re.compile(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(path))) for path in STREAM_ROUTES
+]
 
 _MAX_USER_LENGTH = 256
 
@@ -61,16 +71,41 @@ def header_scope(request: Request) -> str | None:
     return _clean(request.headers.get(USER_HEADER))
 
 
+def is_stream_get(request: Request) -> bool:
+    """Whether ``request`` is a GET (or HEAD) of one of the ``STREAM_ROUTES``.
+
+    A name in the query string is only taken there: anywhere else it would let
+    a page on another site act for a user with a plain form or link.
+    """
+    if request.method not in ("GET", "HEAD"):
+        return False
+    # Starlette records the route it matched; its template is exact.
+    template = getattr(request.scope.get("route"), "path", None)
+    if isinstance(template, str):
+        return template in STREAM_ROUTES
+    # Called outside routing (a middleware): the path inside the app.
+    path = str(request.scope.get("path", ""))
+    root = str(request.scope.get("root_path", ""))
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return any(pattern.fullmatch(path) for pattern in _STREAM_PATHS)
+
+
 def header_or_query_scope(request: Request) -> str | None:
-    """Like ``header_scope``, but also accepts ``?user=NAME`` (the header wins).
+    """Like ``header_scope``, but a GET of an event stream also accepts ``?user=NAME``.
 
     A browser's ``EventSource`` cannot set headers, so the demo page names its
-    user in the query string of the event stream. It is as unauthenticated as
+    user in the query string of the event stream. Only there: on every other
+    route (a POST above all) the parameter is ignored and the caller is
+    anonymous without the header, so a cross-site form cannot act for a user.
+    The header wins when both are given. It is as unauthenticated as
     ``header_scope`` and meant for the demo only; production replaces it.
 
     Returns:
-        The user name, or None when neither the header nor the parameter is given.
+        The user name, or None when neither the header nor (on a stream) the
+        parameter is given.
     """
-    return _clean(request.headers.get(USER_HEADER)) or _clean(
-        request.query_params.get(USER_QUERY_PARAM)
-    )
+    user = _clean(request.headers.get(USER_HEADER))
+    if user is None and is_stream_get(request):
+        user = _clean(request.query_params.get(USER_QUERY_PARAM))
+    return user
