@@ -71,3 +71,38 @@ def test_the_flag_turns_the_route_off() -> None:
     paths = {getattr(r, "path", None) for r in create_app(sup, metrics=False).routes}
     assert "/metrics" not in paths
     assert "/metrics" in {getattr(r, "path", None) for r in create_app(sup).routes}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn serves on asyncio
+async def test_a_save_that_keeps_failing_shows_in_the_background_failures(
+    anyio_backend: str,
+) -> None:
+    """The figure an operator alerts on when the runtime's own retries keep failing."""
+    from sessionvisor import MemoryStore
+    from sessionvisor.testing import FlakyStore, wait_until
+
+    store = FlakyStore(MemoryStore())
+    sup = SessionSupervisor(
+        SingleRouter(lambda a, c: ScriptedAgent()),
+        store=store,
+        supervisor_opts={"save_retry_backoff": 0.01},
+    )
+    app = create_app(sup)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        await client.post("/conversations/c-1/messages", json={"content": "hi"}, headers=ALICE)
+        await wait_for_status(sup, "c-1", Status.IDLE, scope="alice")
+        store.fail_saves = True
+        refused = await client.post(
+            "/conversations/c-1/messages", json={"content": "again"}, headers=ALICE
+        )
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "StoreUnavailable"
+        assert refused.headers["retry-after"]
+
+        async def counted() -> bool:
+            samples = _samples((await client.get("/metrics")).text)
+            return samples.get("sessionvisor_background_failures_total{step=save_retry}", 0) >= 2
+
+        await wait_until(counted)
+        store.heal()

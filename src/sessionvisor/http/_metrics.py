@@ -46,22 +46,17 @@ class _SupervisorCollector(Collector):
         yield _gauge("sessions_running", "Live sessions with a turn under way.", m.running_sessions)
         yield _gauge("queued_messages", "User messages waiting for a next turn.", m.queued_messages)
         yield _counter("sessions_started", "Sessions started (actors made).", m.sessions_started)
-        stopped = CounterMetricFamily(
-            "sessionvisor_sessions_stopped", "Sessions stopped, by reason.", labels=["reason"]
+        yield _by_label(
+            "sessions_stopped", "Sessions stopped, by reason.", "reason", m.sessions_stopped
         )
-        for reason, count in sorted(m.sessions_stopped.items()):
-            stopped.add_metric([reason], count)
-        yield stopped
         yield _counter("turns_started", "Turns begun.", m.turns_started)
-        ended = CounterMetricFamily(
-            "sessionvisor_turns_ended",
+        yield _by_label(
+            "turns_ended",
             "Turns ended, by outcome (completed, interrupted, paused, failed, cancelled, "
             "handed_back).",
-            labels=["outcome"],
+            "outcome",
+            m.turns_ended,
         )
-        for outcome, count in sorted(m.turns_ended.items()):
-            ended.add_metric([outcome], count)
-        yield ended
         yield _counter("restarts", "Restarts made by the restart policy.", m.restarts)
         yield _counter("give_ups", "Sessions that gave up after repeated crashes.", m.give_ups)
         yield _counter("events_published", "Events issued to conversations.", m.events_published)
@@ -75,15 +70,13 @@ class _SupervisorCollector(Collector):
             "Events that did not fit a slow subscriber's buffer.",
             m.events_dropped,
         )
-        failures = CounterMetricFamily(
-            "sessionvisor_background_failures",
-            "Steps the runtime takes by itself (fold, save_retry, timer, recovery) that failed "
+        yield _by_label(
+            "background_failures",
+            "Steps the runtime takes by itself (fold, save_retry, timer, wake) that failed "
             "and were put off with a backoff, by step.",
-            labels=["step"],
+            "step",
+            m.background_failures,
         )
-        for step, count in sorted(m.background_failures.items()):
-            failures.add_metric([step], count)
-        yield failures
         yield _histogram("store_save_seconds", "Time the store took per save.", m.save_seconds)
         yield _histogram(
             "turn_seconds", "Time a turn took, start to saved outcome.", m.turn_seconds
@@ -104,6 +97,13 @@ class _SupervisorCollector(Collector):
             yield _histogram_of(
                 "sessionvisor_store_batch_size", "Saves committed per store transaction.", batches
             )
+
+
+def _by_label(name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"sessionvisor_{name}", doc, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

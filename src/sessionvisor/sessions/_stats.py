@@ -105,7 +105,7 @@ class Metrics:
         turn_seconds: how long turns took, start to saved outcome.
         background_failures: steps the runtime takes by itself that failed and
             were put off with a backoff, by step (``fold``, ``save_retry``,
-            ``timer``, ``recovery``).
+            ``timer``, ``wake``).
         cluster: the cluster node's figures (cluster mode), else None.
     """
 
