@@ -1,15 +1,11 @@
 """The demo page in headless Chromium against a real server.
 
-Debian's ``chromium`` driven through Playwright's Python package (no browser
-download: ``executable_path`` points at the system one). Outside CI the test
-is skipped when no browser is installed; in CI it must run
-(``scripts/test-services.sh`` installs chromium). asyncio only (uvicorn).
+Chromium is found and launched by ``_browser.py``: skipped outside CI when it
+is not installed, required in CI. asyncio only (uvicorn).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,21 +16,10 @@ from sessionvisor import SQLiteStore
 from sessionvisor.http import header_or_query_scope
 from sessionvisor.http._demo import demo_router
 
+from ._browser import TIMEOUT_MS, browser_tab, send
 from ._support import open_app, serve
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 15_000
 
 
 @pytest.fixture
@@ -42,41 +27,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        message = "no chromium on PATH (Debian: apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the browser test")
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture
 async def page(tmp_path: Path) -> AsyncIterator[tuple[Any, str]]:
-    executable = chromium_path()
-    playwright_api = pytest.importorskip("playwright.async_api")
     router = demo_router(word_delay=0.08)
     async with (
         SQLiteStore(tmp_path / "demo.db") as store,
         open_app(router, store=store, scope_from_request=header_or_query_scope) as env,
         serve(env.app) as url,
-        playwright_api.async_playwright() as playwright,
+        browser_tab() as tab,
     ):
-        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            tab = await browser.new_page(viewport={"width": 1280, "height": 800})
-            errors: list[str] = []
-            tab.on("pageerror", lambda exc: errors.append(str(exc)))
-            yield tab, url
-            assert errors == [], errors
-        finally:
-            await browser.close()
-
-
-async def send(tab: Any, text: str) -> None:
-    await tab.fill("#message", text)
-    await tab.press("#message", "Enter")
+        yield tab, url
 
 
 async def test_the_demo_page_chats_queues_asks_for_approval_and_keeps_the_history(

@@ -55,6 +55,15 @@ def _words(messages: list[Message]) -> set[str]:
     return {w for m in messages for w in _WORD.findall(m.text().lower())}
 
 
+def _caller(scope: Any) -> str | None:
+    """The name to greet: the X-User name, or the owner of a verified token (``jwt_scope``)."""
+    if isinstance(scope, str):
+        return scope
+    if isinstance(scope, Mapping) and isinstance(scope.get("owner"), str):
+        return str(scope["owner"])
+    return None
+
+
 def _approved(answer: Any) -> bool:
     if isinstance(answer, Mapping):
         answer = answer.get("approved")
@@ -119,7 +128,7 @@ class DemoAgent:
                 reply=turn.streamed_text,
             )
         text = " / ".join(m.text() for m in pending) or "(nothing)"
-        user = turn.scope if isinstance(turn.scope, str) else None
+        user = _caller(turn.scope)
         greeting = _PERSONAS[self.persona].format(name=f" {user}" if user else "", text=text)
         if len(pending) > 1:
             greeting += f" ({len(pending)} messages arrived while I was busy; one reply for all.)"
