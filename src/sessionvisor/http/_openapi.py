@@ -209,7 +209,8 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Cancel the running turn",
         "tags": ["conversations"],
         "answers": {200: _json(_ref("ConversationStatus"), "Cancelled")},
-        "errors": (*_CONVERSATION, 409),
+        # No body is needed, but one that is sent must be JSON (a form post is a 415).
+        "errors": (*_CONVERSATION, 409, 413, 415),
     },
     ("GET", "/conversations/{cid}"): {
         "summary": "The conversation's status, history and pending interrupt",
