@@ -271,13 +271,56 @@ async def test_an_unknown_conversation_streams_its_not_running_snapshot_and_wait
         assert frames[0].data["status"] == "idle"
 
 
-async def test_a_stream_is_cut_when_someone_else_creates_the_conversation() -> None:
-    async with open_app() as env, asgi_stream(env.app, "/conversations/x/events") as stream:
+async def test_a_stream_goes_blind_when_someone_else_creates_the_conversation() -> None:
+    async with (
+        open_app(heartbeat=0.05) as env,
+        asgi_stream(env.app, "/conversations/x/events") as stream,
+    ):
         assert (await stream.event()).data["status"] == "not_running"
         assert (await env.send("x", "mine now", headers=BOB)).status_code == 202
         await wait_for_status(env.sup, "x", Status.IDLE, scope="bob")
-        assert await stream.end() == []  # not a single event of bob's conversation
-        assert env.sup.subscriber_count("x") == 0
+        # It lets go of bob's conversation at once...
+        await wait_until(lambda: env.sup.subscriber_count("x") == 0)
+        await wait_until(lambda: env.sup.viewer_count("x") == 0)
+        # ...and does not end (an end would tell alice the id was just taken): it
+        # goes on as a stream on an unused id, with heartbeats and not a single
+        # event of bob's conversation.
+        pings = len(stream.comments)
+        with pytest.raises(TimeoutError):
+            await stream.event(timeout=0.3)
+        assert len(stream.comments) >= pings + 2
+        assert not stream.ended
+
+
+async def test_a_blind_stream_ends_when_the_supervisor_closes() -> None:
+    async with open_app(enter=False, heartbeat=None) as env:
+        leave = anyio.Event()
+        failed: list[BaseException] = []
+
+        async def run_supervisor(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+            async with env.sup:
+                task_status.started()
+                await leave.wait()
+
+        async def stream_until_the_end() -> None:
+            # A failure must not cancel the supervisor's task: it is left, not cancelled.
+            try:
+                await env.send("c-1", "hello", headers=BOB)
+                await wait_for_status(env.sup, "c-1", Status.IDLE, scope="bob")
+                async with asgi_stream(env.app, "/conversations/c-1/events") as stream:
+                    assert (await stream.event()).data["status"] == "not_running"
+                    leave.set()
+                    assert await stream.end() == []
+            except Exception as exc:
+                failed.append(exc)
+            finally:
+                leave.set()
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(run_supervisor)
+            await stream_until_the_end()
+        if failed:
+            raise failed[0]
 
 
 class CrashOnce(ScriptedAgent):

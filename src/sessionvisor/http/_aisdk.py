@@ -56,6 +56,7 @@ from ._bodies import (
 )
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
+from ._sse import read_as_unknown_would
 from ._streaming import (
     ChunkStream,
     Step,
@@ -604,18 +605,24 @@ class _AISDK:
         return self.api.streams.closing
 
     async def resume_stream(self, request: Request) -> Response:
-        """``GET /ai-sdk/chat/{id}/stream``: the running turn from its start, or 204."""
+        """``GET /ai-sdk/chat/{id}/stream``: the running turn from its start, or 204.
+
+        Another owner's conversation answers 204, as an unknown id does (and in
+        the same time): a 404 would tell that the id is taken.
+        """
         cid = check_conversation_id(str(request.path_params["cid"]))
         scope = await self.api.scope(request)
         if self.streams_closing():
             raise HTTPError(503, "RegistryUnavailable", "the server is shutting down")
         try:
             exists = await self.sup.check_access(cid, scope=scope)
+            if not exists or await self.sup.status(cid, scope=scope) is not Status.RUNNING:
+                return Response(status_code=204)
+            # Someone else may take the id over between these calls: still a 204.
+            return await self._replay(cid, scope)
         except AccessDenied:
-            raise not_found(cid) from None
-        if not exists or await self.sup.status(cid, scope=scope) is not Status.RUNNING:
+            await read_as_unknown_would(self.sup, cid, scope)
             return Response(status_code=204)
-        return await self._replay(cid, scope)
 
     async def _replay(self, cid: str, scope: Any) -> Response:
         """Stream the running turn from its start (204 when it ended meanwhile)."""

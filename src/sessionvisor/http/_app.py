@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..sessions import SessionSummary, SessionSupervisor
+from .._errors import AccessDenied
+from ..sessions import SessionSummary, SessionSupervisor, Subscription
 from ..state import Message
 from ._bodies import (
     CancelBody,
@@ -33,7 +34,13 @@ from ._bodies import (
 from ._errors import HTTPError, error_response, not_found, response_for
 from ._openapi import openapi_document
 from ._scope import ScopeFunction, header_scope
-from ._sse import EventStream, StreamRegistry
+from ._sse import (
+    BlindSubscription,
+    EventStream,
+    StreamRegistry,
+    read_as_unknown_would,
+    unknown_conversation_start,
+)
 
 __all__ = ["DEFAULT_HEARTBEAT", "create_app"]
 
@@ -261,7 +268,13 @@ class _Api:
 
     async def _require(self, cid: str, scope: Any) -> None:
         """404 unless the conversation exists for this scope (live or stored)."""
-        if not await self.supervisor.check_access(cid, scope=scope):
+        try:
+            found = await self.supervisor.check_access(cid, scope=scope)
+        except AccessDenied:
+            # The 404 of an unknown id, after the same store read.
+            await read_as_unknown_would(self.supervisor, cid, scope)
+            found = False
+        if not found:
             raise not_found(cid)
 
     # -- routes --------------------------------------------------------------------
@@ -291,17 +304,41 @@ class _Api:
         after = _after(request)
         supervisor = self.supervisor
         stack = AsyncExitStack()
+        # Another owner's conversation gets the answer of an unknown one, in the
+        # same time: every step runs either way, and a refused one still costs
+        # what it costs for an id nobody uses.
+        denied = False
+        subscription: Subscription | BlindSubscription | None = None
         try:
-            # Whether the conversation exists now: if not, the stream checks the
-            # owner again once someone creates it.
-            exists = await supervisor.check_access(cid, scope=scope)
-            subscription = await stack.enter_async_context(
-                supervisor.subscribe(cid, after=after, scope=scope)
-            )
-            await stack.enter_async_context(supervisor.viewing(cid, scope=scope))
+            try:
+                # Whether the conversation exists now: if not, the stream checks
+                # the owner again once someone creates it.
+                exists = await supervisor.check_access(cid, scope=scope)
+            except AccessDenied:
+                exists, denied = False, True
+                await read_as_unknown_would(supervisor, cid, scope)
+            try:
+                subscription = await stack.enter_async_context(
+                    supervisor.subscribe(cid, after=after, scope=scope)
+                )
+            except AccessDenied:
+                denied = True
+                await read_as_unknown_would(supervisor, cid, scope)
+            try:
+                await stack.enter_async_context(supervisor.viewing(cid, scope=scope))
+            except AccessDenied:
+                denied = True
+                await read_as_unknown_would(supervisor, cid, scope)
         except BaseException:
             await stack.aclose()
             raise
+        if denied or subscription is None:
+            # Hold nothing of the conversation: no subscription, no viewer mark.
+            await stack.aclose()
+            subscription = BlindSubscription(
+                supervisor, unknown_conversation_start(supervisor, cid, after)
+            )
+            exists = False  # its snapshot gets the check an unknown id's snapshot gets
         if request.method == "HEAD":
             # The access checks ran; a HEAD gets the headers, not an endless stream.
             await stack.aclose()
@@ -345,7 +382,11 @@ class _Api:
         if request.method == "DELETE":
             return await self.delete(request)
         cid, scope = await self._target(request)
-        state = await self.supervisor.load(cid, scope=scope)
+        try:
+            state = await self.supervisor.load(cid, scope=scope)
+        except AccessDenied:
+            await read_as_unknown_would(self.supervisor, cid, scope)
+            state = None
         if state is None:
             raise not_found(cid)
         status = await self.supervisor.status(cid, scope=scope)

@@ -18,9 +18,10 @@ timeout armed around every wait for the next event or a task of their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,15 +30,19 @@ import attrs
 import structlog
 from starlette.types import Receive, Scope, Send
 
+from .._clock import utcnow
 from .._errors import AccessDenied, SubscriberOverflow
-from ..sessions import Delta, Event, SessionSupervisor, Subscription
+from ..sessions import Delta, Event, SessionSupervisor, Status, StatusChanged, Subscription
 
 __all__ = [
+    "BlindSubscription",
     "EncodedEvents",
     "EventStream",
     "StreamRegistry",
     "close_event_streams",
     "format_event",
+    "read_as_unknown_would",
+    "unknown_conversation_start",
 ]
 
 _log = structlog.get_logger("sessionvisor.http")
@@ -52,6 +57,8 @@ _HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _PING = b": ping\n\n"
+# How often a blind stream looks whether the supervisor closed.
+_BLIND_POLL = 0.5
 # One write carries at most this many queued events (and about this many bytes),
 # so a subscriber far behind still lets the loop serve the other streams.
 _MAX_BATCH_EVENTS = 64
@@ -84,6 +91,91 @@ def format_event(event: Event) -> bytes:
     else:
         data = _dumps(event.to_json())
     return f"id: {event.seq}\nevent: {event.event_type}\ndata: {data}\n\n".encode()
+
+
+async def read_as_unknown_would(supervisor: SessionSupervisor, cid: str, scope: Any) -> None:
+    """After a refusal, spend the store read an unknown id costs, if the refusal skipped it.
+
+    A conversation live in this process is refused before the store is read,
+    while an unknown id is looked up there; without this, another owner's live
+    conversation would answer measurably faster than an id nobody uses.
+    """
+    try:
+        await supervisor.running(cid, scope=scope)
+    except AccessDenied:
+        # Only the time matters; a store that fails here fails an unknown id's read too,
+        # but the refusal is the answer either way.
+        with contextlib.suppress(Exception):
+            await supervisor.store.load(cid)
+    except Exception:
+        return
+
+
+def unknown_conversation_start(
+    supervisor: SessionSupervisor, conversation_id: str, after: int | None
+) -> list[Event]:
+    """The events a subscription to a conversation nobody created starts with.
+
+    Nothing was ever published for it, so its seq is 0 and it is not running:
+    a plain subscription gets that snapshot, ``after=0`` gets nothing, and a
+    seq it never issued gets the snapshot marked as a gap (as ``subscribe`` does).
+    """
+    if after == 0:
+        return []
+    return [
+        StatusChanged(
+            seq=0,
+            # The agent id is a function of the conversation id alone, so this is
+            # the one a subscription to the unknown conversation would name.
+            agent_id=supervisor._agent_id(conversation_id),
+            conversation_id=conversation_id,
+            at=utcnow(),
+            status=Status.NOT_RUNNING,
+            gap=after is not None,
+        )
+    ]
+
+
+class BlindSubscription:
+    """Reads like a subscription to an unknown conversation, and never delivers anything else.
+
+    A stream on another owner's conversation (or on one someone else created
+    while the stream waited) must look exactly like a stream on an id nobody
+    uses: the same first events, then silence until the supervisor closes. It
+    holds nothing of the real conversation (no subscription, no viewer mark),
+    so the owner's events cannot reach it and the stranger keeps nothing alive.
+    """
+
+    def __init__(
+        self,
+        supervisor: SessionSupervisor,
+        events: list[Event],
+        *,
+        poll: float = _BLIND_POLL,
+    ) -> None:
+        self._supervisor = supervisor
+        self._events: deque[Event] = deque(events)
+        self._poll = poll
+
+    def __aiter__(self) -> BlindSubscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._events:
+            return self._events.popleft()
+        # A real subscription ends when the supervisor closes its topics. Nothing a
+        # stranger may hold announces that, so look now and then (blind streams are
+        # rare, and the app's own shutdown cancels them at once through the registry).
+        while self._supervisor.phase != "closed":  # noqa: ASYNC110
+            await anyio.sleep(self._poll)
+        raise StopAsyncIteration
+
+    def pending(self) -> int:
+        return len(self._events)
+
+
+async def _nothing() -> None:
+    return None
 
 
 class EncodedEvents:
@@ -181,12 +273,15 @@ class EventStream:
     response starts (so ownership errors become ordinary error answers), and
     ``cleanup`` leaves them. The stream ends when the subscription ends (drain),
     overflows (the client reconnects with ``Last-Event-ID``), the client
-    disconnects, or the registry closes it.
+    disconnects, or the registry closes it. A stream that turns out to be on
+    someone else's conversation (created by another owner after it opened)
+    does not end, which would tell the client the id was just taken: it lets
+    go of the subscription and goes on as a stream on an unknown id would.
     """
 
     def __init__(
         self,
-        subscription: Subscription,
+        subscription: Subscription | BlindSubscription,
         *,
         supervisor: SessionSupervisor,
         scope: Any,
@@ -241,9 +336,6 @@ class EventStream:
         except SubscriberOverflow as exc:
             # The client reconnects with Last-Event-ID and gets what it missed (or a gap).
             self._log.info("event_stream_overflow", error=str(exc))
-        except AccessDenied:
-            # Opened before the conversation existed, which someone else then created.
-            self._log.info("event_stream_denied")
         except Exception as exc:
             # The answer has started: all that is left is to log and end it.
             self._log.error(
@@ -253,18 +345,21 @@ class EventStream:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _forward(self, send: Send) -> None:
-        sub = self._sub
-        events = aiter(sub)
         encode = self._registry.encoded.encode
         while True:
+            sub = self._sub
             try:
-                event = await anext(events)
+                event = await anext(sub)
             except StopAsyncIteration:
                 self._log.debug("event_stream_ended")
                 return
+            except AccessDenied:
+                # Opened before the conversation existed, which someone else then created.
+                await self._go_blind()
+                continue
             if not self._verified and not await self._still_allowed():
-                self._log.info("event_stream_denied")
-                return
+                await self._go_blind()
+                continue
             first = encode(event)
             self._writes += 1
             if not sub.pending():
@@ -274,7 +369,7 @@ class EventStream:
             batch = [first]
             size = len(first)
             while sub.pending() and len(batch) < _MAX_BATCH_EVENTS and size < _MAX_BATCH_BYTES:
-                data = encode(await anext(events))
+                data = encode(await anext(sub))
                 batch.append(data)
                 size += len(data)
             await _body(send, b"".join(batch))
@@ -318,6 +413,16 @@ class EventStream:
                     return
             seen = [seen[1], now]
 
+    async def _go_blind(self) -> None:
+        """Let go of the conversation and send nothing more, as if it still did not exist."""
+        self._log.info("event_stream_denied")
+        cleanup, self._cleanup = self._cleanup, _nothing
+        with anyio.CancelScope(shield=True):
+            await cleanup()
+        # The client has had the unknown conversation's first events already.
+        self._sub = BlindSubscription(self._supervisor, [])
+        self._verified = True
+
     async def _still_allowed(self) -> bool:
         """Check ownership once the conversation exists.
 
@@ -327,6 +432,12 @@ class EventStream:
         try:
             exists = await self._supervisor.check_access(self._cid, scope=self._scope)
         except AccessDenied:
+            if isinstance(self._sub, BlindSubscription):
+                # Its events are an unknown id's own: the check only has to take
+                # the time it takes for an unknown id.
+                await read_as_unknown_would(self._supervisor, self._cid, self._scope)
+                self._verified = True
+                return True
             return False
         self._verified = exists
         return True
