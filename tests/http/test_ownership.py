@@ -351,3 +351,51 @@ async def test_a_strangers_id_costs_the_store_reads_of_an_unknown_one(
             answers[cid] = (response.status_code, text)
         assert answers["live"] == answers["stored"] == answers["nobody"]
         assert reads["live"] == reads["stored"] == reads["nobody"], reads
+
+
+def _ai_sdk_answer(cid: str) -> dict[str, Any]:
+    """An approval for a tool call: it needs the conversation, and never creates it."""
+    part = {
+        "type": "tool-delete",
+        "toolCallId": "call-1",
+        "state": "approval-responded",
+        "approval": {"approved": True},
+    }
+    return {"id": cid, "messages": [{"id": "m-1", "role": "assistant", "parts": [part]}]}
+
+
+def _ag_ui_answer(cid: str) -> dict[str, Any]:
+    resume = [{"interruptId": "call-1", "status": "resolved", "payload": True}]
+    return {
+        "threadId": cid,
+        "runId": "run-1",
+        "messages": [],
+        "resume": resume,
+        "state": None,
+        "tools": [],
+        "context": [],
+        "forwardedProps": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "body"), [("/ai-sdk/chat", _ai_sdk_answer), ("/ag-ui", _ag_ui_answer)]
+)
+async def test_an_answer_to_a_strangers_conversation_is_an_unknown_ids_404(
+    path: str, body: Callable[[str], dict[str, Any]]
+) -> None:
+    store = CountingStore()
+    async with open_app(store=store) as env:
+        await _alice_conversations(env)
+        answers: dict[str, tuple[int, str, int]] = {}
+        for cid in ("live", "stored", "nobody"):
+            before = store.loads
+            response = await env.client.post(path, json=body(cid), headers=BOB)
+            text = response.text.replace(repr(cid), "<cid>")
+            answers[cid] = (response.status_code, text, store.loads - before)
+        assert answers["live"] == answers["stored"] == answers["nobody"]
+        assert answers["nobody"][:2] == (
+            404,
+            '{"error":"NotFound","detail":"conversation <cid> not found"}',
+        )
+        assert env.agent.answers == []

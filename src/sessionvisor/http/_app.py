@@ -234,6 +234,10 @@ class _Api:
                 cid = request.path_params.get("cid") or getattr(
                     request.state, "conversation_id", None
                 )
+                if isinstance(exc, AccessDenied) and isinstance(cid, str):
+                    # The 404 of an unknown id, after the same store read.
+                    scope = getattr(request.state, "sessionvisor_scope", None)
+                    await read_as_unknown_would(self.supervisor, cid, scope)
                 response = response_for(
                     exc,
                     conversation_id=cid if isinstance(cid, str) else None,
@@ -260,6 +264,7 @@ class _Api:
         result = self.scope_from_request(request)
         if inspect.isawaitable(result):
             result = await result
+        request.state.sessionvisor_scope = result  # for the refusal in ``wrap``
         return result
 
     async def _target(self, request: Request) -> tuple[str, Any]:
