@@ -488,7 +488,7 @@ async def test_a_body_with_too_many_arrays_and_objects_is_a_413_before_parsing()
         body = assert_error(response, 413, "PayloadTooLarge")
         assert str(MAX_BODY_CONTAINERS) in body["detail"]
         fine = await env.client.post(
-            "/conversations/c-2/messages", content=message_body(text), headers=JSON
+            "/conversations/c-2/messages", content=b'{"content": ' + text + b"}", headers=JSON
         )
         assert fine.status_code == 202, fine.text
         deep = b"[" * 100_000 + b"]" * 100_000
@@ -643,3 +643,31 @@ async def test_a_message_the_store_cannot_save_is_a_503_with_retry_after(path: s
         assert "c-1" in body["detail"]
         assert int(response.headers["retry-after"]) >= 1
         store.heal()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/conversations/c-1/messages", b'{"content": "hi", "request_opts": {"x": %s}}'),
+        ("/ai-sdk/chat", b'{"id": "c-1", "request_opts": {"x": %s}, "messages": '
+         b'[{"id": "m", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]}'),
+        ("/ag-ui", b'{"threadId": "c-1", "runId": "r", "forwardedProps": {"request_opts": '
+         b'{"x": %s}}, "messages": [{"id": "u", "role": "user", "content": "hi"}]}'),
+        ("/conversations/c-1/dismiss", b'{"request_opts": {"x": %s}}'),
+    ],
+    ids=["messages", "ai-sdk", "ag-ui", "dismiss"],
+)  # fmt: skip
+async def test_request_opts_over_64_kib_are_a_413(path: str, body: bytes) -> None:
+    from sessionvisor.http._bodies import MAX_REQUEST_OPTS_BYTES
+
+    # Valid JSON that the runtime would deep-copy and walk on the event loop.
+    ints = b"[" + b",".join([b"1"] * (MAX_REQUEST_OPTS_BYTES // 2)) + b"]"
+    async with open_app() as env:
+        response = await env.client.post(path, content=body % ints, headers=JSON)
+        detail = assert_error(response, 413, "PayloadTooLarge")["detail"]
+        assert "request_opts" in detail and str(MAX_REQUEST_OPTS_BYTES) in detail
+        assert await env.sup.store.load("c-1") is None
+        small = b"[" + b",".join([b"1"] * 1000) + b"]"
+        if path != "/conversations/c-1/dismiss":
+            accepted = await env.client.post(path, content=body % small, headers=JSON)
+            assert accepted.status_code in (200, 202), accepted.text

@@ -413,6 +413,7 @@ HOSTILE_BODIES = {
     "1 MiB string, raw surrogate at its end": b'{"content": "'
     + b"x" * (MiB - 40)
     + b'\xed\xa0\x80"}',
+    "500k ints as request_opts": _in_opts(b"[" + b",".join([b"1"] * (MiB // 2 - 40)) + b"]"),
     "260k strings then a lone one": _in_opts(
         b"[" + b",".join([b'"a"'] * (MiB // 4 - 40)) + b', "\\udfff"]'
     ),

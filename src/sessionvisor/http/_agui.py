@@ -62,7 +62,7 @@ from ..sessions import (
 )
 from ..state import Message, PendingInterrupt, State
 from ._aisdk import send_kwargs
-from ._bodies import body_conversation_id, check_content_size
+from ._bodies import body_conversation_id, check_content_size, check_request_opts
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
 from ._streaming import ChunkStream, Step, follow_turn, reply_text, resubscribing
@@ -589,11 +589,7 @@ def _request_opts(forwarded: Any) -> dict[str, Any]:
         return {}
     if not isinstance(opts, Mapping):
         raise HTTPError(400, "ValidationError", "forwardedProps.request_opts must be an object")
-    named = sorted({"scope", "conversation_id"} & set(opts))
-    if named:
-        raise HTTPError(
-            400,
-            "ValidationError",
-            f"request_opts cannot set {', '.join(named)}: it comes from the server",
-        )
-    return dict(opts)
+    try:
+        return check_request_opts(opts)
+    except ValueError as exc:
+        raise HTTPError(400, "ValidationError", str(exc)) from None

@@ -52,7 +52,7 @@ from ._bodies import (
     body_conversation_id,
     check_content_size,
     check_conversation_id,
-    reject_trusted_keys,
+    check_request_opts,
 )
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
@@ -108,7 +108,7 @@ class ChatBody(BaseModel):
     @field_validator("request_opts")
     @classmethod
     def _no_trusted_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return reject_trusted_keys(value)
+        return check_request_opts(value)
 
 
 def ai_sdk_routes(api: _Api, prefix: str = "/ai-sdk/chat") -> list[Route]:
