@@ -135,18 +135,21 @@ async def test_the_demo_personas_are_sticky() -> None:
 
 
 async def test_the_demo_scope_accepts_the_user_query_parameter_for_event_source() -> None:
+    async def first_event(cid: str, query: str, headers: dict[str, str]) -> tuple[Any, ...]:
+        async with asgi_stream(
+            env.app, f"/conversations/{cid}/events", headers=headers, query=query
+        ) as stream:
+            event = await stream.event()
+            return stream.status, event.event, event.data["status"], event.data["seq"]
+
     async with demo_app() as env:
         await env.send("c-1", "hello")
-        async with asgi_stream(
-            env.app, "/conversations/c-1/events", headers={}, query="user=alice"
-        ) as stream:
-            assert stream.status == 200
-        async with asgi_stream(
-            env.app, "/conversations/c-1/events", headers={}, query="user=bob"
-        ) as stream:
-            assert stream.status == 404
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        status, event, state, seq = await first_event("c-1", "user=alice", {})
+        assert (status, event, state) == (200, "StatusChanged", "idle") and seq > 0
+        # Bob is answered as for an id nobody uses, and learns nothing of alice's.
+        unknown = await first_event("c-nobody", "user=bob", {})
+        assert unknown == (200, "StatusChanged", "not_running", 0)
+        assert await first_event("c-1", "user=bob", {}) == unknown
         # The header wins over the parameter.
-        async with asgi_stream(
-            env.app, "/conversations/c-1/events", headers={"X-User": "bob"}, query="user=alice"
-        ) as stream:
-            assert stream.status == 404
+        assert await first_event("c-1", "user=alice", {"X-User": "bob"}) == unknown
