@@ -82,14 +82,29 @@ def check_request_opts(request_opts: Mapping[str, Any]) -> dict[str, Any]:
     named = sorted(_TRUSTED_KEYS & set(request_opts))
     if named:
         raise ValueError(f"request_opts cannot set {', '.join(named)}: it comes from the server")
-    size = len(json.dumps(request_opts, ensure_ascii=False).encode())
-    if size > MAX_REQUEST_OPTS_BYTES:
+    if _json_size_over(request_opts, MAX_REQUEST_OPTS_BYTES):
         raise HTTPError(
             413,
             "PayloadTooLarge",
-            f"request_opts are {size} bytes as JSON; the limit is {MAX_REQUEST_OPTS_BYTES}",
+            f"request_opts are more than {MAX_REQUEST_OPTS_BYTES} bytes as JSON",
         )
     return dict(request_opts)
+
+
+# json.dumps' own layout; iterencode without _one_shot takes the pure-Python path,
+# which yields pieces: the count stops as soon as it is over, and in a worker
+# thread the event loop gets its turns in between.
+_PIECES = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+
+
+def _json_size_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` is more than ``limit`` bytes as JSON (read_body checked it is JSON)."""
+    size = 0
+    for piece in _PIECES.iterencode(value):
+        size += len(piece.encode())
+        if size > limit:
+            return True
+    return False
 
 
 class _Body(BaseModel):
