@@ -202,7 +202,13 @@ test("another owner's conversation is refused; a bad body is a 400", async () =>
   assert.match(bob.chat.error.message, /NotFound/);
   bob.chat.clearError();
   await bob.chat.resumeStream();
-  assert.equal(bob.requests[1].status, 404);
+  // The resume stream answers as it does for an id nobody uses: it must not tell bob
+  // that alice's conversation exists.
+  assert.equal(bob.requests[1].status, 204);
+  const nobody = await fetch(`${BASE}/ai-sdk/chat/${newId('ai-unknown')}/stream`, {
+    headers: { 'X-User': 'bob' },
+  });
+  assert.equal(nobody.status, 204);
   assert.equal((await stored(id, 'alice')).body.messages.length, 2);
 
   const bad = await fetch(`${BASE}/ai-sdk/chat`, {
