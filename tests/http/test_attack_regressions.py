@@ -67,3 +67,42 @@ def test_the_requests_that_took_the_demo_down_are_refused_and_it_keeps_serving(
     assert len(out) < 64_000, f"{len(out)} characters of log"
     assert "RecursionError" not in out
     assert "http_internal_error" not in out
+
+
+def test_a_conversation_stored_too_deep_before_the_limit_answers_at_once(tmp_path: Path) -> None:
+    """A record written before the depth limit (300 levels in one part): its history
+    cannot be rendered, so it is a plain 500 — at once, with a short log line and no
+    locals, where rendering the traceback's locals used to freeze every GET for seconds."""
+    import anyio
+
+    from sessionvisor import SQLiteStore, StoredConversation
+
+    deep: object = "x"
+    for _ in range(300):
+        deep = [deep]
+    message = {"id": "m1", "role": "user", "content": [{"type": "t", "x": deep}], "metadata": {}}
+    state = {"version": 1, "messages": [message], "queued": [], "metadata": {}, "interrupt": None}
+
+    async def seed() -> None:
+        async with SQLiteStore(tmp_path / "demo.db") as store:
+            record = StoredConversation(state=state, owner="mallory")
+            await store.save("old", record, expected_version=None, lifecycle="completion")
+
+    anyio.run(seed)
+    port = free_port()
+    args = ("demo", "--port", str(port), "--db", str(tmp_path / "demo.db"))
+    with (
+        run_cli(*args, cwd=tmp_path) as (proc, _banner),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        for _ in range(3):
+            answer = client.get("/conversations/old", headers=HEADERS)
+            assert answer.status_code == 500
+            assert answer.json() == {"error": "internal", "detail": "internal error"}
+        assert client.get("/healthz").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out[-2000:]
+    assert out.count("http_internal_error") == 3
+    assert len(out) < 3 * 20_000, f"{len(out)} characters of log"
+    assert "['x']" not in out and "[[[" not in out  # the data is not dumped into the log
