@@ -146,6 +146,40 @@ async def test_after_query_parameter_works_like_last_event_id_and_the_header_win
             assert (await stream.event()).id == 6
 
 
+@pytest.mark.parametrize(
+    ("header", "query"),
+    [
+        ("+3", ""),
+        ("1_000", ""),
+        ("\u0663", ""),  # an Arabic-Indic three: int() takes it, the document does not
+        ("1" * 19, ""),
+        ("3", "after=x"),  # checked although the header wins
+        (None, "after=1&after=2"),
+        (None, "after="),
+    ],
+)
+async def test_resume_points_take_exactly_what_the_document_says(
+    header: str | None, query: str
+) -> None:
+    headers = dict(ALICE) if header is None else {**ALICE, "Last-Event-ID": header}
+    async with (
+        open_app() as env,
+        asgi_stream(env.app, "/conversations/c-1/events", headers=headers, query=query) as s,
+    ):
+        assert s.status == 400
+        assert (await s.json())["error"] == "ValidationError"
+
+
+async def test_a_blank_last_event_id_is_no_resume_point() -> None:
+    headers = {**ALICE, "Last-Event-ID": " "}
+    async with (
+        open_app() as env,
+        asgi_stream(env.app, "/conversations/c-1/events", headers=headers) as s,
+    ):
+        assert s.status == 200
+        assert (await s.event()).data["status"] == "not_running"
+
+
 async def test_a_gap_in_the_replay_buffer_starts_with_a_marked_snapshot() -> None:
     async with open_app(supervisor_opts={"replay_buffer": 4}) as env:
         await env.send("c-1", "a long enough reply to fall out of the buffer")

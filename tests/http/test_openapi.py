@@ -9,8 +9,10 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
+from sessionvisor import Status
 from sessionvisor.http import create_app
 from sessionvisor.http._openapi import openapi_document, route_operations, undocumented_routes
+from sessionvisor.testing import wait_for_status
 
 from ._support import ALICE, open_app
 
@@ -121,3 +123,183 @@ def test_the_admin_and_page_routes_follow_their_flags() -> None:
     paths = {path for _, path in route_operations(bare.routes)}
     assert "/" not in paths and "/admin" not in paths and "/openapi.json" in paths
     assert undocumented_routes(bare.routes) == []
+
+
+# -- the document says exactly what the server accepts and answers ------------------
+
+
+def body_validator(document: dict[str, Any], method: str, path: str) -> Any:
+    """A JSON Schema validator for the operation's request body, its $refs resolved."""
+    from jsonschema import Draft202012Validator
+
+    operation = document["paths"][path][method]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    return Draft202012Validator({**schema, "components": document["components"]})
+
+
+def event_validator(document: dict[str, Any], path: str, method: str = "get") -> Any:
+    """A validator for one event of the operation's event stream, as SSE clients read it."""
+    from jsonschema import Draft202012Validator
+
+    answer = document["paths"][path][method]["responses"]["200"]
+    return Draft202012Validator(answer["content"]["text/event-stream"]["schema"])
+
+
+async def test_event_streams_describe_each_event_not_a_plain_string() -> None:
+    async with open_app() as env:
+        document = (await env.client.get("/openapi.json")).json()
+    native = event_validator(document, "/conversations/{cid}/events")
+    snapshot = '{"type":"StatusChanged","seq":0,"agent_id":"a","conversation_id":"c"}'
+    assert native.is_valid({"id": "0", "event": "StatusChanged", "data": snapshot})
+    assert not native.is_valid("id: 0\nevent: StatusChanged\ndata: {}\n\n")
+    assert not native.is_valid({"id": "x", "event": "StatusChanged", "data": snapshot})
+    assert not native.is_valid({"id": "1", "event": "Nonsense", "data": snapshot})
+    ai_sdk = event_validator(document, "/ai-sdk/chat", "post")
+    assert ai_sdk.is_valid({"event": "message", "data": '{"type":"start"}'})
+    assert ai_sdk.is_valid({"event": "message", "data": "[DONE]"})
+    assert not ai_sdk.is_valid({"event": "message", "data": "nonsense"})
+    resumed = event_validator(document, "/ai-sdk/chat/{cid}/stream")
+    assert resumed.schema == ai_sdk.schema
+    ag_ui = event_validator(document, "/ag-ui", "post")
+    assert ag_ui.is_valid({"event": "message", "data": '{"type":"RUN_STARTED","threadId":"t"}'})
+    assert not ag_ui.is_valid({"event": "StatusChanged", "data": "{}"})
+
+
+async def test_bodies_the_frontend_routes_refuse_are_invalid_in_the_document() -> None:
+    async with open_app() as env:
+        document = (await env.client.get("/openapi.json")).json()
+        ag_ui = body_validator(document, "post", "/ag-ui")
+        ai_sdk = body_validator(document, "post", "/ai-sdk/chat")
+        run = {"threadId": "t-1", "runId": "r-1", "messages": [], "resume": []}
+        part_less = {"id": "c-1", "messages": [{"id": "m-1", "role": "user", "parts": []}]}
+        refused = [
+            ("/ag-ui", ag_ui, run),
+            ("/ag-ui", ag_ui, {**run, "messages": [{"id": "u", "role": "user", "content": ""}]}),
+            ("/ag-ui", ag_ui, {**run, "messages": [{"id": "u", "content": "no role"}]}),
+            ("/ai-sdk/chat", ai_sdk, part_less),
+            ("/ai-sdk/chat", ai_sdk, {**part_less, "trigger": "regenerate-message"}),
+        ]
+        for path, validator, body in refused:
+            assert not validator.is_valid(body), body
+            answer = await env.client.post(path, json=body, headers=ALICE)
+            assert answer.status_code == 400, (body, answer.text)
+        # What the schema accepts, the server takes.
+        accepted = [
+            ("/ag-ui", ag_ui, {**run, "messages": [{"id": "u", "role": "user", "content": "hi"}]}),
+            (
+                "/ai-sdk/chat",
+                ai_sdk,
+                {
+                    "id": "c-1",
+                    "messages": [
+                        {"id": "m", "role": "user", "parts": [{"type": "file", "url": "u"}]}
+                    ],
+                },
+            ),
+        ]
+        for path, validator, body in accepted:
+            assert validator.is_valid(body), body
+            answer = await env.client.post(path, json=body, headers=ALICE)
+            assert answer.status_code == 200, (body, answer.text)
+
+
+async def test_an_answer_when_nothing_is_pending_is_a_409_as_the_document_says() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "hello")
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        document = (await env.client.get("/openapi.json")).json()
+        approval = {
+            "type": "tool-delete",
+            "toolCallId": "call-9",
+            "state": "approval-responded",
+            "approval": {"approved": True},
+        }
+        assistant = {"id": "m-2", "role": "assistant", "parts": [approval]}
+        bodies = [
+            ("/ai-sdk/chat", {"id": "c-1", "messages": [assistant]}),
+            (
+                "/ag-ui",
+                {
+                    "threadId": "c-1",
+                    "runId": "r-1",
+                    "messages": [],
+                    "resume": [{"interruptId": "call-9", "status": "resolved"}],
+                },
+            ),
+        ]
+        for path, body in bodies:
+            assert body_validator(document, "post", path).is_valid(body)
+            answer = await env.client.post(path, json=body, headers=ALICE)
+            assert (answer.status_code, answer.json()["error"]) == (409, "InvalidStatus")
+
+
+async def test_the_bearer_scheme_is_declared_exactly_when_the_app_checks_tokens() -> None:
+    from sessionvisor.http import jwt_scope
+
+    async with open_app() as env:
+        plain = (await env.client.get("/openapi.json")).json()
+    assert "securitySchemes" not in plain["components"]
+    assert all("security" not in op for ops in plain["paths"].values() for op in ops.values())
+
+    async with open_app(scope_from_request=jwt_scope(secret="s" * 48)) as env:
+        document = (await env.client.get("/openapi.json")).json()
+        validate(document)
+        schemes = document["components"]["securitySchemes"]
+        assert schemes["bearerAuth"]["type"] == "http"
+        assert schemes["bearerAuth"]["scheme"] == "bearer"
+        assert schemes["accessTokenQuery"] == {**schemes["accessTokenQuery"], "in": "query"}
+        paths = document["paths"]
+        bearer = [{"bearerAuth": []}]
+        assert paths["/conversations/{cid}/messages"]["post"]["security"] == bearer
+        assert paths["/sessions"]["get"]["security"] == bearer
+        # The token may come in the query on the GET event streams only.
+        either = [{"bearerAuth": []}, {"accessTokenQuery": []}]
+        assert paths["/conversations/{cid}/events"]["get"]["security"] == either
+        assert paths["/ai-sdk/chat/{cid}/stream"]["get"]["security"] == either
+        for public in ("/healthz", "/readyz", "/openapi.json", "/", "/admin"):
+            assert paths[public]["get"]["security"] == [], public
+        # And the server does what it says: no token, a 401 with its challenge.
+        refused = await env.client.get("/sessions")
+        assert refused.status_code == 401 and "WWW-Authenticate" in refused.headers
+        assert "401" in paths["/sessions"]["get"]["responses"]
+        assert (await env.client.get("/healthz")).status_code == 200
+
+
+async def test_each_route_declares_the_errors_it_can_give_and_their_headers() -> None:
+    async with open_app() as env:
+        document = (await env.client.get("/openapi.json")).json()
+    paths = document["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            statuses = set(operation["responses"])
+            if method == "post":
+                # A body that is not JSON, or too large, on every POST.
+                assert {"400", "413", "415", "503"} <= statuses, (method, path)
+            if "503" in statuses:
+                # A store outage answers 503 with Retry-After (the command was not stored).
+                retry = operation["responses"]["503"]["headers"]["Retry-After"]
+                assert retry["schema"]["pattern"] == "^[0-9]+$"
+    # The streams never say whether a conversation exists.
+    assert "404" not in paths["/conversations/{cid}/events"]["get"]["responses"]
+    assert "404" not in paths["/ai-sdk/chat/{cid}/stream"]["get"]["responses"]
+    assert "404" in paths["/conversations/{cid}"]["get"]["responses"]
+
+
+@pytest.mark.parametrize("value", ["TRUE", " true", "maybe"])
+async def test_purge_takes_exactly_the_documented_values(value: str) -> None:
+    async with open_app() as env:
+        document = (await env.client.get("/openapi.json")).json()
+        [purge] = [
+            p
+            for p in document["paths"]["/conversations/{cid}"]["delete"]["parameters"]
+            if p["name"] == "purge"
+        ]
+        assert value not in purge["schema"]["enum"]
+        await env.send("c-1", "hello")
+        answer = await env.client.delete(
+            "/conversations/c-1", params={"purge": value}, headers=ALICE
+        )
+        assert answer.status_code == 400
+        twice = await env.client.delete("/conversations/c-1?purge=true&purge=no", headers=ALICE)
+        assert twice.status_code == 400
+        assert (await env.client.delete("/conversations/c-1?purge=true", headers=ALICE)).is_success

@@ -216,6 +216,9 @@ def _decisions(entries: list[ResumeEntry], calls: list[ToolCall]) -> list[Decisi
             elif call is not None and not call.native:
                 # A plain interrupt's question: the payload is the answer itself.
                 decisions.append(Decision(entry.interrupt_id, output=payload))
+            elif call is None:
+                # Not a call the interrupt waits on: resume_answer refuses it (409).
+                decisions.append(Decision(entry.interrupt_id, output=payload))
             else:
                 raise HTTPError(
                     400,

@@ -32,7 +32,7 @@ from ._bodies import (
     read_body,
 )
 from ._errors import HTTPError, error_response, not_found, response_for
-from ._openapi import openapi_document
+from ._openapi import openapi_document, security_of
 from ._scope import ScopeFunction, header_scope
 from ._sse import (
     BlindSubscription,
@@ -487,35 +487,59 @@ class _Api:
                 app.routes,
                 version=__version__,
                 server_url=request.scope.get("root_path", "") or "/",
+                security=security_of(self.scope_from_request),
             )
         return JSONResponse(self._openapi)
 
 
+# A seq as ``Last-Event-ID`` or ``?after=`` give it (at most 18 digits: an int64).
+_SEQ = re.compile(r"[0-9]{1,18}")
+_BLANK = " \t"
+
+
 def _after(request: Request) -> int | None:
-    """The seq to resume after: the ``Last-Event-ID`` header (a reconnect), else ``?after=``."""
-    raw = request.headers.get("last-event-id")
-    source = "Last-Event-ID"
-    if raw is None or not raw.strip():
-        raw = request.query_params.get("after")
-        source = "after"
-    if raw is None or not raw.strip():
-        return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        value = -1
-    if value < 0:
+    """The seq to resume after: the ``Last-Event-ID`` header (a reconnect), else ``?after=``.
+
+    Both are checked when both are given, so that a bad one is refused even where
+    the other wins, as the OpenAPI document describes them.
+    """
+    header = request.headers.get("last-event-id")
+    from_header = None if header is None else _seq(header, "Last-Event-ID", blank_ok=True)
+    query = _single(request, "after")
+    from_query = None if query is None else _seq(query, "after", blank_ok=False)
+    return from_header if from_header is not None else from_query
+
+
+def _seq(raw: str, source: str, *, blank_ok: bool) -> int | None:
+    # ASCII digits only: int() would also take "+3", "1_000" or other scripts'
+    # digits, and str.strip() more than blanks.
+    value = raw.strip(_BLANK)
+    if not value and blank_ok:
+        return None  # an EventSource that has no id yet
+    if not _SEQ.fullmatch(value):
         raise HTTPError(400, "ValidationError", f"{source} must be a non-negative integer")
-    return value
+    return int(value)
+
+
+def _single(request: Request, name: str) -> str | None:
+    """The query parameter's value; 400 when it is given more than once."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise HTTPError(400, "ValidationError", f"?{name}= must be given at most once")
+    return values[0] if values else None
+
+
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True}
+_FLAGS.update({"": False, "0": False, "false": False, "no": False, "off": False})
 
 
 def _flag(request: Request, name: str) -> bool:
-    raw = request.query_params.get(name, "false").strip().lower()
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    raise HTTPError(400, "ValidationError", f"?{name}= must be true or false, got {raw!r}")
+    # Exactly the values the OpenAPI document lists: no case folding, no blanks.
+    raw = _single(request, name)
+    flag = _FLAGS.get("false" if raw is None else raw)
+    if flag is None:
+        raise HTTPError(400, "ValidationError", f"?{name}= must be true or false, got {raw!r}")
+    return flag
 
 
 def _message_json(message: Message, *, queued: bool = False) -> dict[str, Any]:

@@ -16,12 +16,13 @@ import json
 import os
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jwt
 from starlette.requests import Request
 
 from ._errors import HTTPError
+from ._openapi import bearer_security
 
 __all__ = [
     "ACCESS_TOKEN_PARAM",
@@ -250,6 +251,10 @@ def jwt_scope(
             )
         return {"owner": owner, "claims": claims}
 
+    # So that the app's OpenAPI document declares the bearer scheme.
+    cast(Any, scope_from_request).openapi_security = bearer_security(
+        query_param=query_param, query_routes=query_routes
+    )
     return scope_from_request
 
 

@@ -22,7 +22,15 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from ._bodies import DismissBody, ResumeBody, SendBody
 
-__all__ = ["ERROR_STATUSES", "openapi_document", "route_operations", "undocumented_routes"]
+__all__ = [
+    "ERROR_STATUSES",
+    "SECURITY_ATTRIBUTE",
+    "bearer_security",
+    "openapi_document",
+    "route_operations",
+    "security_of",
+    "undocumented_routes",
+]
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -43,6 +51,29 @@ ERROR_STATUSES: Mapping[int, str] = {
     "unavailable, or the session gave up",
 }
 
+#: The attribute of a scope function that says how it authenticates (``bearer_security``).
+SECURITY_ATTRIBUTE = "openapi_security"
+_BEARER = "bearerAuth"
+_QUERY_TOKEN = "accessTokenQuery"
+
+# Headers some error answers carry (none is always there).
+_ERROR_HEADERS: Mapping[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "The bearer challenge (RFC 6750), from a scope function that "
+            "checks tokens",
+            "schema": {"type": "string"},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying: the store is unavailable and "
+            "the command was not stored",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    },
+}
+
 # Answers of every route that asks the scope function who calls (401 when it
 # checks tokens, as jwt_scope does), bad path parameters, the supervisor not open.
 _ALWAYS = (400, 401, 503)
@@ -57,6 +88,9 @@ def _json(schema: Mapping[str, Any], description: str) -> dict[str, Any]:
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
+
+# The largest seq ``after``/``Last-Event-ID`` take: 18 digits (an int64 holds them all).
+_MAX_SEQ = 10**18 - 1
 
 _STATUS_VALUES = ["idle", "running", "interrupted", "paused", "cancelled", "error", "not_running"]
 
@@ -142,17 +176,96 @@ _COMPONENTS: dict[str, Any] = {
     },
 }
 
-_SSE_NATIVE = {
-    "description": "Server-Sent Events: `id:` is the event's seq, `event:` its type "
-    "(StatusChanged, MessageAppended, Delta, MessageQueued, AgentEvent, Restarted, "
-    "SessionFailed, Shutdown), `data:` its JSON. The first event is a StatusChanged "
-    "snapshot. Comment lines (`: ping`) are heartbeats. The stream stays open.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+# An event stream's schema describes one event as an SSE client reads it (the
+# ``id``, ``event`` and ``data`` fields; comments and ``retry:`` are not events),
+# which is how OpenAPI 3.2's ``itemSchema`` says it and how 3.1 tools read ``schema``.
+_EVENT_TYPES = [
+    "StatusChanged",
+    "MessageAppended",
+    "Delta",
+    "MessageQueued",
+    "AgentEvent",
+    "Restarted",
+    "SessionFailed",
+    "Shutdown",
+]
+_NATIVE_EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "pattern": "^(0|[1-9][0-9]*)$", "description": "The seq"},
+        "event": {"type": "string", "enum": _EVENT_TYPES},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "required": ["type", "seq", "agent_id", "conversation_id", "at"],
+                "properties": {
+                    "type": {"type": "string", "enum": _EVENT_TYPES},
+                    "seq": {"type": "integer", "minimum": 0},
+                    "agent_id": {"type": "string"},
+                    "conversation_id": {"type": "string"},
+                    "at": {"type": "string", "format": "date-time"},
+                },
+            },
+            "description": "The event as JSON (`to_json()`): its type, seq, agent and "
+            "conversation ids, time, and the fields of its type",
+        },
+    },
 }
-_SSE_PROTOCOL = {
-    "description": "The turn's stream in the frontend protocol's own event format; "
-    "it ends when the turn ends",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+_SSE_NATIVE = {
+    "description": "Server-Sent Events: `id:` is the event's seq, `event:` its type, `data:` "
+    "its JSON. The first event is a StatusChanged snapshot (after a `retry:` line); comment "
+    "lines (`: ping`) are heartbeats. The stream stays open. A conversation that does not "
+    "exist, or that belongs to another caller, streams the `not_running` snapshot at seq 0 "
+    "and then nothing but heartbeats (the same answer either way).",
+    "content": {"text/event-stream": {"schema": _NATIVE_EVENT}},
+}
+
+
+def _protocol_event(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A frontend protocol's event: ``data:`` lines only, so every event is a "message"."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "additionalProperties": False,
+        "properties": {"event": {"const": "message"}, "data": dict(data)},
+    }
+
+
+_SSE_AI_SDK = {
+    "description": "The UI message stream (protocol v1, header `x-vercel-ai-ui-message-stream: "
+    "v1`): one JSON chunk per event (`start`, `text-delta`, `tool-approval-request`, `finish`, "
+    "`data-*`, ...), then `[DONE]`; it ends when the turn ends",
+    "content": {
+        "text/event-stream": {
+            "schema": _protocol_event(
+                {
+                    "type": "string",
+                    "description": 'A JSON chunk with a string "type", or `[DONE]`',
+                    "anyOf": [{"pattern": '^\\{"type":'}, {"const": "[DONE]"}],
+                }
+            )
+        }
+    },
+}
+_SSE_AG_UI = {
+    "description": "AG-UI events, one JSON object each (`RUN_STARTED`, `TEXT_MESSAGE_*`, "
+    "`TOOL_CALL_*`, `CUSTOM`, then `RUN_FINISHED` or `RUN_ERROR`); it ends with the run",
+    "content": {
+        "text/event-stream": {
+            "schema": _protocol_event(
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "pattern": '^\\{"type":"[A-Z_]+"',
+                    "description": "An AG-UI event as JSON",
+                }
+            )
+        }
+    },
 }
 _HTML = {"description": "An HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
 
@@ -183,12 +296,21 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             _query(
                 "after",
                 "Resume after this seq (the Last-Event-ID header wins)",
-                {"type": "integer", "minimum": 0},
+                {"type": "integer", "minimum": 0, "maximum": _MAX_SEQ},
             ),
         ],
-        "headers": ["Last-Event-ID"],
+        "headers": [
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "The seq of the last event received (a reconnect); empty means none",
+                "schema": {"type": "string", "pattern": "^[ \\t]*([0-9]{1,18}[ \\t]*)?$"},
+            }
+        ],
         "answers": {200: _SSE_NATIVE},
-        "errors": _CONVERSATION,
+        # No 404: an unknown or another caller's conversation streams like any other.
+        "errors": _ALWAYS,
     },
     ("POST", "/conversations/{cid}/resume"): {
         "summary": "Answer the pending interrupt",
@@ -225,7 +347,10 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             _query(
                 "purge",
                 "Also delete the stored conversation",
-                {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]},
+                {
+                    "type": "string",
+                    "enum": ["true", "false", "1", "0", "yes", "no", "on", "off", ""],
+                },
             ),
         ],
         "answers": {200: _json(_ref("StopResult"), "Stopped (or was not running)")},
@@ -244,18 +369,21 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "errors": _ALWAYS,
     },
     ("GET", "/healthz"): {
+        "public": True,
         "summary": "Liveness: the process answers",
         "tags": ["operations"],
         "answers": {200: _json(_ref("Health"), "Alive")},
         "errors": (),
     },
     ("GET", "/readyz"): {
+        "public": True,
         "summary": "Readiness: 503 while starting, draining or shutting down",
         "tags": ["operations"],
         "answers": {200: _json(_ref("Health"), "Ready for traffic")},
         "errors": (503,),
     },
     ("GET", "/metrics"): {
+        "public": True,
         "summary": "Prometheus metrics (sessions, turns, restarts, events, saves, streams)",
         "tags": ["operations"],
         "answers": {
@@ -268,18 +396,21 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "errors": (),
     },
     ("GET", "/openapi.json"): {
+        "public": True,
         "summary": "This document",
         "tags": ["operations"],
         "answers": {200: _json({"type": "object"}, "The OpenAPI document")},
         "errors": (),
     },
     ("GET", "/"): {
+        "public": True,
         "summary": "The demo chat page",
         "tags": ["pages"],
         "answers": {200: _HTML},
         "errors": (),
     },
     ("GET", "/admin"): {
+        "public": True,
         "summary": "The admin page: live sessions, status, restarts, queue, last activity",
         "tags": ["pages"],
         "answers": {200: _HTML},
@@ -289,22 +420,30 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Vercel AI SDK (useChat): send the newest message, stream the turn",
         "tags": ["frontend protocols"],
         "body": ("sessionvisor.http._aisdk", "ChatBody"),
+        "refine": "ai-sdk",
         "conversation_field": "id",
-        "answers": {200: _SSE_PROTOCOL},
+        "answers": {200: _SSE_AI_SDK},
         "errors": (*_WITH_BODY, 403, 409, 429),
     },
     ("GET", "/ai-sdk/chat/{cid}/stream"): {
         "summary": "Vercel AI SDK: resume the running turn's stream (204 when none runs)",
         "tags": ["frontend protocols"],
-        "answers": {200: _SSE_PROTOCOL, 204: {"description": "No turn is running"}},
-        "errors": _CONVERSATION,
+        "answers": {
+            200: _SSE_AI_SDK,
+            204: {
+                "description": "No turn is running (also the answer for a conversation that "
+                "does not exist or belongs to another caller)"
+            },
+        },
+        "errors": _ALWAYS,
     },
     ("POST", "/ag-ui"): {
         "summary": "AG-UI (HttpAgent): run a turn of threadId's conversation, stream it",
         "tags": ["frontend protocols"],
         "body": ("ag_ui.core", "RunAgentInput"),
+        "refine": "ag-ui",
         "conversation_field": "threadId",
-        "answers": {200: _SSE_PROTOCOL},
+        "answers": {200: _SSE_AG_UI},
         "errors": (*_WITH_BODY, 403, 409, 429),
     },
 }
@@ -329,6 +468,30 @@ def undocumented_routes(routes: Iterable[BaseRoute]) -> list[tuple[str, str]]:
     return [op for op in route_operations(routes) if op not in _OPERATIONS]
 
 
+def _tags_required(schema: Any, components: dict[str, Any]) -> None:
+    """Make the tag of every discriminated union a required property of each member.
+
+    pydantic picks a member by its tag and refuses an object without one (400),
+    even where the member's own schema gives the tag a default.
+    """
+    stack = [schema, *components.values()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        discriminator = node.get("discriminator")
+        if isinstance(discriminator, dict):
+            tag = discriminator.get("propertyName")
+            for ref in discriminator.get("mapping", {}).values():
+                member = components.get(str(ref).rsplit("/", 1)[-1])
+                if isinstance(member, dict) and tag not in member.setdefault("required", []):
+                    member["required"].append(tag)
+        stack.extend(node.values())
+
+
 def _body_schema(spec: Any, components: dict[str, Any]) -> dict[str, Any]:
     """The JSON schema of a body model; its nested definitions join ``components``.
 
@@ -341,6 +504,7 @@ def _body_schema(spec: Any, components: dict[str, Any]) -> dict[str, Any]:
     for name, definition in schema.pop("$defs", {}).items():
         components.setdefault(name, definition)
     schema.pop("title", None)
+    _tags_required(schema, components)
     opts = schema.get("properties", {}).get("request_opts")
     if isinstance(opts, dict):
         # The server sets these from trusted values; a body naming them is refused.
@@ -357,6 +521,103 @@ def _body_schema(spec: Any, components: dict[str, Any]) -> dict[str, Any]:
                 }
     return schema
 
+
+# What ``send`` accepts as a client message id: 1-128 characters, no control character.
+_MESSAGE_ID = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$",
+}
+
+
+def _refine_ai_sdk(schema: dict[str, Any], components: dict[str, Any]) -> None:
+    """What ``POST /ai-sdk/chat`` refuses beyond its model, said in the schema.
+
+    The newest message is the one acted on: a user message needs a text or a file
+    part and an id ``send`` takes. JSON Schema cannot single out the last item
+    of an array, so the rule is stated for every user message (which real
+    clients' histories keep anyway).
+    """
+    props = schema["properties"]
+    props["messages"]["description"] = (
+        "The client's copy of the conversation; only the newest message is acted on: a user "
+        "message is sent, an assistant message carrying tool answers (approval responses, "
+        "outputs) answers the pending interrupt (409 when nothing is pending). A newest "
+        "system message, or an assistant message that answers no pending call, is refused "
+        "(400)."
+    )
+    # The stored history is the conversation: a regenerate, which rewrites it, is a 400.
+    props["trigger"] = {**props["trigger"], "enum": ["submit-message"]}
+    message = components["UIMessage"]
+    text = {
+        "type": "object",
+        "required": ["type", "text"],
+        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    }
+    file = {
+        "type": "object",
+        "required": ["type", "url"],
+        "properties": {"type": {"const": "file"}, "url": {"type": "string"}},
+    }
+    message["if"] = {"properties": {"role": {"const": "user"}}, "required": ["role"]}
+    message["then"] = {
+        "properties": {"id": dict(_MESSAGE_ID), "parts": {"contains": {"anyOf": [text, file]}}}
+    }
+    # A tool part that says it carries an approval response carries it.
+    approval_part = {
+        "type": "object",
+        "required": ["type", "toolCallId", "state"],
+        "properties": {
+            "type": {"type": "string", "pattern": "^(tool-|dynamic-tool$)"},
+            "toolCallId": {"type": "string"},
+            "state": {"const": "approval-responded"},
+        },
+    }
+    message["properties"]["parts"]["items"] = {
+        **message["properties"]["parts"]["items"],
+        "if": approval_part,
+        "then": {
+            "required": ["approval"],
+            "properties": {
+                "approval": {
+                    "type": "object",
+                    "required": ["approved"],
+                    "properties": {"approved": {"type": "boolean"}},
+                }
+            },
+        },
+    }
+
+
+def _refine_ag_ui(schema: dict[str, Any], components: dict[str, Any]) -> None:
+    """What ``POST /ag-ui`` refuses beyond ``RunAgentInput``, said in the schema.
+
+    A run needs something to do: a newest message (a user message to send, or
+    a tool result for the pending call) or a non-empty ``resume``. A user
+    message needs content and an id ``send`` takes; as for the AI SDK, this is
+    said of every user message, since JSON Schema cannot single out the newest.
+    """
+    schema["properties"]["messages"]["description"] = (
+        "The client's copy of the conversation; only the newest message is acted on: a user "
+        "message is sent, a tool message answers the pending call (409 when nothing is "
+        "pending). With a non-empty resume, resume answers instead. Any other newest message "
+        "with no resume is refused (400)."
+    )
+    schema["anyOf"] = [
+        {"properties": {"messages": {"minItems": 1}}},
+        {"required": ["resume"], "properties": {"resume": {"type": "array", "minItems": 1}}},
+    ]
+    user = components["UserMessage"]
+    user["properties"]["id"] = {**user["properties"]["id"], **_MESSAGE_ID}
+    for choice in user["properties"]["content"]["anyOf"]:
+        if choice.get("type") == "string":
+            choice["minLength"] = 1
+        elif choice.get("type") == "array":
+            choice["minItems"] = 1
+
+
+_REFINERS = {"ai-sdk": _refine_ai_sdk, "ag-ui": _refine_ag_ui}
 
 # What check_conversation_id accepts: 1-256 characters, no control character.
 _CONVERSATION_ID = {
@@ -382,7 +643,11 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
 
 
 def _operation(
-    method: str, path: str, spec: Mapping[str, Any] | None, components: dict[str, Any]
+    method: str,
+    path: str,
+    spec: Mapping[str, Any] | None,
+    components: dict[str, Any],
+    security: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     op_id = (method.lower() + path.replace("/", "_").replace("{", "").replace("}", "")).replace(
         ".", "_"
@@ -397,10 +662,7 @@ def _operation(
             "responses": {"default": _json(_ref("Error"), "Any answer")},
         }
     params.extend(copy.deepcopy(spec.get("query", [])))
-    for header in spec.get("headers", ()):
-        params.append(
-            {"name": header, "in": "header", "required": False, "schema": {"type": "string"}}
-        )
+    params.extend(copy.deepcopy(spec.get("headers", [])))
     operation: dict[str, Any] = {
         "operationId": op_id,
         "summary": spec["summary"],
@@ -416,6 +678,8 @@ def _operation(
             # The body names the conversation; the same id rules as in a path apply.
             described = schema["properties"][field]
             schema["properties"][field] = {**described, **_CONVERSATION_ID}
+    if schema is not None and spec.get("refine") is not None:
+        _REFINERS[spec["refine"]](schema, components)
     if schema is not None:
         operation["requestBody"] = {
             "required": not spec.get("body_optional", False),
@@ -427,7 +691,16 @@ def _operation(
         errors |= {413, 415}
     for status in sorted(errors):
         responses[str(status)] = _json(_ref("Error"), ERROR_STATUSES[status])
+        if status in _ERROR_HEADERS:
+            responses[str(status)]["headers"] = copy.deepcopy(_ERROR_HEADERS[status])
     operation["responses"] = responses
+    if security is not None:
+        if spec.get("public"):
+            operation["security"] = []
+        elif method == "GET" and path in security.get("query_routes", ()):
+            operation["security"] = [{_BEARER: []}, {_QUERY_TOKEN: []}]
+        else:
+            operation["security"] = [{_BEARER: []}]
     return operation
 
 
@@ -437,6 +710,7 @@ def openapi_document(
     title: str = "sessionvisor",
     version: str = "0",
     server_url: str = "/",
+    security: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return the OpenAPI 3.1 document describing ``routes`` (an app's ``app.routes``).
 
@@ -445,6 +719,8 @@ def openapi_document(
         title: ``info.title``.
         version: ``info.version`` (the API's version, here the package's).
         server_url: where the routes are served (the mount prefix, if any).
+        security: how the app's scope function authenticates a request, as
+            ``security_of`` finds it (None: the document declares no scheme).
 
     Returns:
         The document as a JSON-ready dict. Routes with no description are
@@ -454,7 +730,12 @@ def openapi_document(
     components = copy.deepcopy(_COMPONENTS)
     for method, path in route_operations(routes):
         spec = _OPERATIONS.get((method, path))
-        paths.setdefault(path, {})[method.lower()] = _operation(method, path, spec, components)
+        paths.setdefault(path, {})[method.lower()] = _operation(
+            method, path, spec, components, security
+        )
+    document_components: dict[str, Any] = {"schemas": components}
+    if security is not None:
+        document_components["securitySchemes"] = _security_schemes(security)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -466,5 +747,49 @@ def openapi_document(
         },
         "servers": [{"url": server_url or "/"}],
         "paths": paths,
-        "components": {"schemas": components},
+        "components": document_components,
     }
+
+
+def bearer_security(
+    *, query_param: str | None = None, query_routes: Iterable[str] = ()
+) -> dict[str, Any]:
+    """What a scope function that verifies bearer tokens (``jwt_scope``) says about itself.
+
+    Set as its ``openapi_security`` attribute, it makes the document declare an
+    HTTP bearer scheme on every route that asks who calls, and ``query_param``
+    (e.g. ``access_token``) as a second way on a GET of ``query_routes``.
+    """
+    return {
+        "scheme": "bearer",
+        "bearer_format": "JWT",
+        "query_param": query_param,
+        "query_routes": sorted(query_routes) if query_param else [],
+    }
+
+
+def security_of(scope_from_request: Any) -> Mapping[str, Any] | None:
+    """The ``openapi_security`` a scope function carries (see ``bearer_security``), or None."""
+    found = getattr(scope_from_request, SECURITY_ATTRIBUTE, None)
+    return found if isinstance(found, Mapping) else None
+
+
+def _security_schemes(security: Mapping[str, Any]) -> dict[str, Any]:
+    schemes: dict[str, Any] = {
+        _BEARER: {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": security.get("bearer_format", "JWT"),
+            "description": "Authorization: Bearer <token>; its owner claim owns the "
+            "conversations it creates",
+        }
+    }
+    if security.get("query_param"):
+        schemes[_QUERY_TOKEN] = {
+            "type": "apiKey",
+            "in": "query",
+            "name": security["query_param"],
+            "description": "The same token, for EventSource (which cannot send headers); "
+            "accepted on the GET event streams only",
+        }
+    return schemes
