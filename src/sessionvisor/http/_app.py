@@ -88,7 +88,8 @@ def create_app(
     the admin page at ``GET /admin`` and this API's OpenAPI document at ``GET
     /openapi.json``.
     Errors answer ``{"error", "detail"}``; a conversation that does not exist
-    and one owned by another scope get the same 404.
+    and one owned by another scope get the same answer (the same 404, or on the
+    event streams the same stream of an unused id).
 
     The app's lifespan enters the supervisor (and leaves it, which drains) when
     nobody entered it yet. Mounted in another app (``fastapi_app.mount("/chat",

@@ -743,7 +743,8 @@ def openapi_document(
             "version": version,
             "description": "A chat backend: one supervised session per conversation. "
             'Errors answer {"error", "detail"}; a conversation owned by another '
-            "caller answers 404, as one that does not exist.",
+            "caller gets exactly the answer of one that does not exist (a 404, or on "
+            "the event streams the stream of an unused id).",
         },
         "servers": [{"url": server_url or "/"}],
         "paths": paths,

@@ -14,6 +14,11 @@ waiting in a subscription when the writer wakes go out as one write, not one
 each; and heartbeats come from the task that already waits for the client to
 disconnect (it looks at a write counter every half heartbeat), instead of a
 timeout armed around every wait for the next event or a task of their own.
+
+A stream on another owner's conversation must not tell that it exists: it is a
+``BlindSubscription``, which starts exactly as a subscription to an unused id
+(the ``not_running`` snapshot at seq 0) and then delivers nothing, and a stream
+whose id someone else takes while it waits turns into one.
 """
 
 from __future__ import annotations
