@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
@@ -23,6 +22,7 @@ from starlette.requests import Request
 
 from ._errors import HTTPError
 from ._openapi import bearer_security
+from ._scope import route_matcher
 
 __all__ = [
     "ACCESS_TOKEN_PARAM",
@@ -198,7 +198,7 @@ def jwt_scope(
             if str(jwk.key_type) == "oct":
                 name = jwk.algorithm_name or "HS256"
                 _check_secret(jwk.key, [*(allowed or []), name], "jwks")
-    query_allowed = _route_matcher(query_routes)
+    query_allowed = route_matcher(query_routes, ("GET",))
     audiences = [audience] if isinstance(audience, str) else audience
     options = {"require": list(require), "verify_aud": audience is not None}
 
@@ -301,29 +301,6 @@ def _check_secret(secret: str | bytes, algorithms: list[str], parameter: str) ->
             f"needs at least {need} bytes "
             "(RFC 7518 section 3.2: a shorter HMAC key can be brute-forced)",
         )
-
-
-def _route_matcher(templates: Collection[str]) -> Callable[[Request], bool]:
-    """Whether a request is a GET of one of the route templates (``/a/{x}/b``)."""
-    paths = frozenset(templates)
-    patterns = [re.compile(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(path))) for path in paths]
-
-    def allowed(request: Request) -> bool:
-        if request.method != "GET":
-            return False
-        # Starlette records the route it matched; its template is exact.
-        template = getattr(request.scope.get("route"), "path", None)
-        if isinstance(template, str):
-            return template in paths
-        # An older Starlette, or a scope function called outside routing: the path
-        # inside the app (a mounted app's path still carries its prefix).
-        path = str(request.scope.get("path", ""))
-        root = str(request.scope.get("root_path", ""))
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        return any(pattern.fullmatch(path) for pattern in patterns)
-
-    return allowed
 
 
 def _token(request: Request, query_param: str | None, *, query_allowed: bool) -> str:

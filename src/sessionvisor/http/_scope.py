@@ -8,7 +8,7 @@ middleware), never from the request body: ``request_opts`` cannot set it.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeAlias
 
 from starlette.requests import Request
@@ -34,9 +34,6 @@ ScopeFunction: TypeAlias = Callable[[Request], Any | Awaitable[Any]]
 #: The routes (templates inside the app) a browser opens with ``EventSource``,
 #: which cannot set headers: the only ones where the query string may name the caller.
 STREAM_ROUTES = frozenset({"/conversations/{cid}/events", "/ai-sdk/chat/{cid}/stream"})
-_STREAM_PATHS = [
-    re.compile(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(path))) for path in STREAM_ROUTES
-]
 
 _MAX_USER_LENGTH = 256
 
@@ -71,24 +68,37 @@ def header_scope(request: Request) -> str | None:
     return _clean(request.headers.get(USER_HEADER))
 
 
-def is_stream_get(request: Request) -> bool:
-    """Whether ``request`` is a GET (or HEAD) of one of the ``STREAM_ROUTES``.
+def route_matcher(
+    templates: Collection[str], methods: Collection[str]
+) -> Callable[[Request], bool]:
+    """A test of whether a request is one of ``methods`` on one of the route templates
+    (``/conversations/{cid}/events``), mounted under a prefix or not."""
+    paths = frozenset(templates)
+    allowed_methods = frozenset(methods)
+    patterns = [re.compile(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(path))) for path in paths]
 
-    A name in the query string is only taken there: anywhere else it would let
-    a page on another site act for a user with a plain form or link.
-    """
-    if request.method not in ("GET", "HEAD"):
-        return False
-    # Starlette records the route it matched; its template is exact.
-    template = getattr(request.scope.get("route"), "path", None)
-    if isinstance(template, str):
-        return template in STREAM_ROUTES
-    # Called outside routing (a middleware): the path inside the app.
-    path = str(request.scope.get("path", ""))
-    root = str(request.scope.get("root_path", ""))
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    return any(pattern.fullmatch(path) for pattern in _STREAM_PATHS)
+    def matches(request: Request) -> bool:
+        if request.method not in allowed_methods:
+            return False
+        # Starlette records the route it matched; its template is exact.
+        template = getattr(request.scope.get("route"), "path", None)
+        if isinstance(template, str):
+            return template in paths
+        # Called outside routing (a middleware, an older Starlette): the path inside
+        # the app (a mounted app's path still carries its prefix).
+        path = str(request.scope.get("path", ""))
+        root = str(request.scope.get("root_path", ""))
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        return any(pattern.fullmatch(path) for pattern in patterns)
+
+    return matches
+
+
+#: Whether a request is a GET (or HEAD) of one of the ``STREAM_ROUTES``. A name in
+#: the query string is only taken there: anywhere else it would let a page on
+#: another site act for a user with a plain form or link.
+is_stream_get = route_matcher(STREAM_ROUTES, ("GET", "HEAD"))
 
 
 def header_or_query_scope(request: Request) -> str | None:
