@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from .test_cli import free_port, run_cli
+from ._cli import free_port, run_cli
 
 HEADERS = {"X-User": "mallory", "Content-Type": "application/json"}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from .test_cli import free_port
+from ._cli import free_port
 from .test_log_redaction import DEADLINE, running
 
 

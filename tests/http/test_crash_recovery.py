@@ -18,7 +18,7 @@ import httpx
 from sessionvisor import SQLiteStore
 from sessionvisor.state import State
 
-from .test_cli import free_port, run_cli
+from ._cli import free_port, run_cli
 
 ALICE = {"X-User": "alice"}
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import structlog
 
-from .test_cli import free_port
+from ._cli import free_port
 from .test_log_redaction import running
 
 BOUND = 64 * 1024

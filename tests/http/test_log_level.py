@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .test_cli import free_port
+from ._cli import free_port
 from .test_log_redaction import running
 
 

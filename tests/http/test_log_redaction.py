@@ -24,7 +24,7 @@ import httpx
 import jwt
 import pytest
 
-from .test_cli import REPO, free_port
+from ._cli import REPO, free_port
 
 DEADLINE = 30.0
 SECRET = "a-secret-for-the-redaction-tests-0123456789"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
+from ._cli import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def parse_lines(out: str) -> list[dict[str, Any]]:

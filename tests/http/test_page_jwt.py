@@ -22,8 +22,8 @@ from starlette.requests import Request
 from sessionvisor.http._errors import HTTPError
 
 from ._browser import browser_tab, send
+from ._cli import free_port, run_cli, stop
 from ._support import open_app, serve
-from .test_cli import free_port, run_cli, stop
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 

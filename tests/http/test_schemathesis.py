@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from ._cli import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -48,12 +49,6 @@ include-path = "/conversations/{cid}/events"
 max-stream-events = 1
 request-timeout = 1
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def schemathesis_command() -> list[str]:
