@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 
 from sessionvisor import (
@@ -194,3 +195,41 @@ async def test_a_supervisor_left_by_cancellation_drains_at_once_and_keeps_the_me
     assert [m["content"] for m in record.state["queued"]] == ["slow"]  # handed back
     assert record.lifecycle == "queued"  # the next wake (or a recovery) answers it
     assert [m["content"] for m in record.state["messages"]] == []  # nothing half-done
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("subscribed", [False, True], ids=["alone", "subscribed"])
+async def test_a_supervisor_in_a_cancelled_task_group_stops_its_idle_sessions(
+    anyio_backend: str, subscribed: bool
+) -> None:
+    """An idle session needs a new task to stop: one started in the cancelled group
+    never ran, and leaving the supervisor waited for it for ever."""
+    from sessionvisor import SessionSupervisor, SingleRouter
+    from sessionvisor.testing import ScriptedAgent
+
+    store = MemoryStore()
+    sup = SessionSupervisor(SingleRouter(lambda a, c: ScriptedAgent()), store=store)
+
+    async def supervise(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with sup:
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async def watch() -> None:
+        async with sup.subscribe("c-1") as events:  # a subscriber keeps the topic open
+            async for _ in events:
+                pass
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(supervise)
+            if subscribed:
+                tg.start_soon(watch)
+            await sup.send("c-1", "hello")
+            await wait_for_status(sup, "c-1", Status.IDLE)
+            tg.cancel_scope.cancel()
+    record = await store.load("c-1")
+    assert record is not None and record.lifecycle == "shutdown"
+    assert [m["content"] for m in record.state["messages"]] == ["hello", "echo: hello"]
+    with pytest.raises(RegistryUnavailable):
+        sup.get("c-1")

@@ -224,16 +224,26 @@ class SessionSupervisor:
             self._node.begin_drain()
         log = _log.bind(sessions=len(self._registry.actors()))
         log.info("supervisor_draining")
+        runners = self._host.runners
         try:
             with anyio.CancelScope(shield=True):
-                await self._registry.wait_starts()
-                await drain(self._registry.actors(), grace=grace)
-                self._bus.close_all()
-                if self._node is not None:
-                    await self._node.close()  # gives up the leases: others take over at once
+                async with anyio.create_task_group() as drain_tg:
+                    if not grace:
+                        # The supervisor's own task group sits inside the cancelled scope:
+                        # a task started there now (a stop's worker), or an idle runner
+                        # handed work, is cancelled before it can run, and the drain
+                        # would wait for it for ever. The drain's work runs here instead.
+                        self._host.runners = Runners(drain_tg)
+                    await self._registry.wait_starts()
+                    await drain(self._registry.actors(), grace=grace)
+                    self._bus.close_all()
+                    if self._node is not None:
+                        await self._node.close()  # gives up the leases: others take over
+                    drain_tg.cancel_scope.cancel()  # the drain's idle runners
         finally:
-            if self._host.runners is not None:
-                self._host.runners.cancel_all()  # a save retry waiting on a dead store
+            for pool in {runners, self._host.runners}:
+                if pool is not None:
+                    pool.cancel_all()  # a save retry waiting on a dead store
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._phase = "closed"
