@@ -140,8 +140,9 @@ def json_problem(value: Any, *, max_depth: int = MAX_DEPTH) -> tuple[str, str, b
             elif item is None or kind is bool:
                 continue
             elif kind is dict or kind is list or isinstance(item, Mapping | list | tuple):
-                push((item, depth + 1, entry, key))
-                continue
+                if item or depth >= max_depth:
+                    push((item, depth + 1, entry, key))
+                continue  # an empty one within the limit holds nothing to look at
             found = _scalar_problem(item)
             if found is not None:
                 return (_path((item, depth + 1, entry, key)), *found)
