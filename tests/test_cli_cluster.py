@@ -26,7 +26,7 @@ from tests.cluster.conftest import (  # noqa: F401 - fixtures: a fresh database,
     pg_dsn,
     redis_server,
 )
-from tests.http.test_cli import free_port, run_cli, stop
+from tests.http._cli import free_port, run_cli, stop
 
 PG = "postgresql://root@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/0"

@@ -15,7 +15,7 @@ import pytest
 
 from sessionvisor.__main__ import main
 
-from .test_cli import REPO, free_port, run_cli, stop
+from ._cli import REPO, free_port, run_cli, stop
 
 SECRET = "the-demo-secret-of-a-sensible-length-1234"
 
