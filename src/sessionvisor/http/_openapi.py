@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Mount, Route
 
+from ..sessions import Event
 from ._bodies import DismissBody, ResumeBody, SendBody
 
 __all__ = [
@@ -179,16 +180,9 @@ _COMPONENTS: dict[str, Any] = {
 # An event stream's schema describes one event as an SSE client reads it (the
 # ``id``, ``event`` and ``data`` fields; comments and ``retry:`` are not events),
 # which is how OpenAPI 3.2's ``itemSchema`` says it and how 3.1 tools read ``schema``.
-_EVENT_TYPES = [
-    "StatusChanged",
-    "MessageAppended",
-    "Delta",
-    "MessageQueued",
-    "AgentEvent",
-    "Restarted",
-    "SessionFailed",
-    "Shutdown",
-]
+# Every event the runtime issues, named as the stream names it (its class name): taken
+# from the classes, so an event added there is in the document too.
+_EVENT_TYPES = sorted(cls.__name__ for cls in Event.__subclasses__())
 _NATIVE_EVENT = {
     "type": "object",
     "required": ["id", "event", "data"],
