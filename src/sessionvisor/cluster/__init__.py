@@ -16,9 +16,10 @@ importing this package needs neither.
 """
 
 from ._config import Cluster
-from ._events import EventStreams, ReadResult, StreamEvent, StreamReader, WakeupListener, Wakeups
+from ._events import EventStreams, ReadResult, StreamEvent, StreamReader
 from ._inbox import COMMAND_KINDS, Command, CommandKind, Inbox, InboxListener, Posted
 from ._leases import Fencing, Lease, LeaseTable, Owner, Renewal
+from ._wakeups import WakeupListener, Wakeups
 
 __all__ = [
     "COMMAND_KINDS",

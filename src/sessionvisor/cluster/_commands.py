@@ -37,10 +37,10 @@ from ..sessions._registry import LocalRegistry
 from ..sessions._seams import RunningElsewhere
 from ..sessions._stats import RuntimeStats
 from ..state import load_state
-from ._events import Wakeups
 from ._inbox import Command, CommandKind, Inbox
 from ._ownership import Leases, OwnedElsewhere, unavailable
 from ._pg import monotonic
+from ._wakeups import Wakeups
 
 __all__: list[str] = ["ClusterMailbox", "ClusterRegistry"]
 

@@ -7,9 +7,10 @@ import unicodedata
 from typing import Any
 
 from ._common import check_table_name, default_node_id, new_incarnation
-from ._events import EventStreams, Wakeups
+from ._events import EventStreams
 from ._inbox import Inbox
 from ._leases import LeaseTable
+from ._wakeups import Wakeups
 
 __all__ = ["Cluster"]
 

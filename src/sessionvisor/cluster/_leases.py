@@ -9,101 +9,23 @@ from typing import Any, Protocol
 
 import attrs
 
+from ._lease_sql import (
+    ACQUIRE,
+    CLAIM,
+    CREATE_INDEX,
+    CREATE_TABLE,
+    EARLIER,
+    EPOCH_AFTER_STORE,
+    OWNER,
+    RELEASE,
+    RENEW,
+    WORK,
+    WORK_INBOX_ONLY,
+    WORK_WITH_INBOX,
+)
 from ._pg import Clock, PgTable, check_conversation_id, check_ids, monotonic
 
 __all__ = ["Fencing", "Lease", "LeaseTable", "Owner", "Renewal"]
-
-# One statement takes a conversation: a new row (epoch 1), or the existing row
-# when its lease ran out, or when this node_id holds it with this incarnation
-# or an earlier one (a restarted node takes its leases back without waiting
-# out the TTL). Every take increments the epoch. Only the database's clock is
-# read, so the nodes' clocks may disagree. Under concurrency the losing INSERT
-# waits for the winner's row, then re-evaluates the WHERE on it and returns
-# nothing: of N nodes taking one conversation, exactly one gets a row back.
-_ACQUIRE = """
-INSERT INTO {t} AS l (conversation_id, node_id, incarnation, epoch, lease_until)
-VALUES (%(cid)s, %(node)s, %(inc)s, 1, now() + make_interval(secs => %(ttl)s))
-ON CONFLICT (conversation_id) DO UPDATE
-SET node_id = EXCLUDED.node_id, incarnation = EXCLUDED.incarnation,
-    epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until
-WHERE l.lease_until < now()
-    OR (l.node_id = EXCLUDED.node_id
-        AND l.incarnation COLLATE "C" <= EXCLUDED.incarnation COLLATE "C")
-RETURNING epoch
-"""
-
-# Renewal keeps the epoch: only this incarnation can hold a row with its
-# incarnation, so a row that still names it was not taken by anyone since. A
-# released row stays released: a renewal sent before the release but run after
-# it must not hand the conversation back to a node that let it go.
-_RENEW = """
-UPDATE {t} SET lease_until = now() + make_interval(secs => %(ttl)s)
-WHERE conversation_id = ANY(%(ids)s) AND node_id = %(node)s AND incarnation = %(inc)s
-    AND lease_until > '-infinity'
-RETURNING conversation_id
-"""
-
-# A released row is kept (expired at once), not deleted: the epoch must never
-# go back, or the next owner's epoch would sit below the one the store holds.
-_RELEASE = """
-UPDATE {t} SET lease_until = '-infinity'
-WHERE conversation_id = ANY(%(ids)s) AND node_id = %(node)s AND incarnation = %(inc)s
-RETURNING conversation_id
-"""
-
-# The leases an earlier run of this node still holds (it was killed, or
-# restarted faster than its leases ran out): the new run takes them back.
-_EARLIER = """
-SELECT conversation_id FROM {t}
-WHERE node_id = %(node)s AND incarnation COLLATE "C" < %(inc)s COLLATE "C"
-    AND lease_until >= now()
-"""
-_OWNER = """
-SELECT node_id, incarnation, epoch, lease_until, EXTRACT(EPOCH FROM lease_until - now())
-FROM {t} WHERE conversation_id = %s AND lease_until >= now()
-"""
-
-# The sweeper's claim. ``work`` is every conversation with something waiting:
-# the store's unanswered flag (read through its partial index) and, when the
-# table knows the inbox, pending inbox rows (a command posted just before its
-# owner died). Expired leases of those are locked with SKIP LOCKED, so the
-# sweepers of several nodes split them instead of queueing on the same rows;
-# conversations with waiting work and no lease row at all (stored before the
-# cluster mode) are taken too, their first epoch above the store's. Two
-# sweepers inserting the same one: the second's ON CONFLICT DO NOTHING finds
-# the first's row and returns nothing.
-_WORK = "SELECT id AS cid FROM {s} WHERE unanswered"
-_WORK_WITH_INBOX = _WORK + " UNION SELECT conversation_id FROM {i}"
-_WORK_INBOX_ONLY = "SELECT DISTINCT conversation_id AS cid FROM {i}"
-_EPOCH_AFTER_STORE = "COALESCE((SELECT s.epoch FROM {s} s WHERE s.id = w.cid), 0) + 1"
-_CLAIM = """
-WITH work AS ({work}),
-expired AS (
-    SELECT l.conversation_id FROM {t} l JOIN work w ON w.cid = l.conversation_id
-    WHERE l.lease_until < now()
-    ORDER BY l.lease_until LIMIT %(limit)s
-    FOR UPDATE OF l SKIP LOCKED
-),
-taken AS (
-    UPDATE {t} AS l SET node_id = %(node)s, incarnation = %(inc)s, epoch = l.epoch + 1,
-        lease_until = now() + make_interval(secs => %(ttl)s)
-    FROM expired WHERE l.conversation_id = expired.conversation_id
-    RETURNING l.conversation_id, l.epoch
-),
-orphans AS (
-    INSERT INTO {t} (conversation_id, node_id, incarnation, epoch, lease_until)
-    SELECT w.cid, %(node)s, %(inc)s,
-        {first_epoch},
-        now() + make_interval(secs => %(ttl)s)
-    FROM work w
-    WHERE NOT EXISTS (SELECT 1 FROM {t} l WHERE l.conversation_id = w.cid)
-    LIMIT GREATEST(%(limit)s - (SELECT count(*) FROM expired), 0)
-    ON CONFLICT (conversation_id) DO NOTHING
-    RETURNING conversation_id, epoch
-)
-SELECT conversation_id, epoch FROM taken
-UNION ALL SELECT conversation_id, epoch FROM orphans
-"""
 
 
 @attrs.frozen
@@ -243,27 +165,27 @@ class LeaseTable(PgTable):
         from psycopg import sql
 
         store = sql.Identifier(*self._store_parts)
-        self._acquire = self._compose(_ACQUIRE)
-        self._renew = self._compose(_RENEW)
-        self._release = self._compose(_RELEASE)
-        self._owner = self._compose(_OWNER)
-        self._earlier = self._compose(_EARLIER)
-        after_store = sql.SQL(_EPOCH_AFTER_STORE).format(s=store)
+        self._acquire = self._compose(ACQUIRE)
+        self._renew = self._compose(RENEW)
+        self._release = self._compose(RELEASE)
+        self._owner = self._compose(OWNER)
+        self._earlier = self._compose(EARLIER)
+        after_store = sql.SQL(EPOCH_AFTER_STORE).format(s=store)
         self._inbox_parts = inbox_parts
         self._claim_inbox_only = None
         if inbox_parts is None:
-            work = sql.SQL(_WORK).format(s=store)
+            work = sql.SQL(WORK).format(s=store)
         else:
             inbox = sql.Identifier(*inbox_parts)
-            work = sql.SQL(_WORK_WITH_INBOX).format(s=store, i=inbox)
+            work = sql.SQL(WORK_WITH_INBOX).format(s=store, i=inbox)
             # Before any conversation was stored, the store's table may not
             # exist; the inbox's does (this table creates it).
             self._claim_inbox_only = self._compose(
-                _CLAIM,
-                work=sql.SQL(_WORK_INBOX_ONLY).format(i=inbox),
+                CLAIM,
+                work=sql.SQL(WORK_INBOX_ONLY).format(i=inbox),
                 first_epoch=sql.SQL("1"),
             )
-        self._claim = self._compose(_CLAIM, work=work, first_epoch=after_store)
+        self._claim = self._compose(CLAIM, work=work, first_epoch=after_store)
 
     def __repr__(self) -> str:
         return f"LeaseTable(table={self._table!r}, node_id={self.node_id!r})"
@@ -274,16 +196,8 @@ class LeaseTable(PgTable):
         inbox = [] if self._inbox_parts is None else inbox_schema(self._inbox_parts)
         return [
             *inbox,
-            self._compose(
-                "CREATE TABLE IF NOT EXISTS {t} ("
-                "conversation_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, "
-                "incarnation TEXT NOT NULL, epoch BIGINT NOT NULL, "
-                "lease_until TIMESTAMPTZ NOT NULL)"
-            ),
-            self._compose(
-                "CREATE INDEX IF NOT EXISTS {i} ON {t} (lease_until)",
-                i=self._index_name("_until"),
-            ),
+            self._compose(CREATE_TABLE),
+            self._compose(CREATE_INDEX, i=self._index_name("_until")),
         ]
 
     def _index_name(self, suffix: str) -> Any:

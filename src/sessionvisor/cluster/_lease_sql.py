@@ -1,0 +1,121 @@
+"""The lease table's SQL statements (``LeaseTable`` composes them with its table names).
+
+``{t}`` is the lease table, ``{s}`` the store's table and ``{i}`` the inbox's.
+"""
+
+__all__ = [
+    "ACQUIRE",
+    "CLAIM",
+    "CREATE_INDEX",
+    "CREATE_TABLE",
+    "EARLIER",
+    "EPOCH_AFTER_STORE",
+    "OWNER",
+    "RELEASE",
+    "RENEW",
+    "WORK",
+    "WORK_INBOX_ONLY",
+    "WORK_WITH_INBOX",
+]
+
+# The table, created on first use: a row per conversation a node ever took.
+CREATE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS {t} ("
+    "conversation_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, "
+    "incarnation TEXT NOT NULL, epoch BIGINT NOT NULL, "
+    "lease_until TIMESTAMPTZ NOT NULL)"
+)
+# ``{i}``: the index's name (the table's name and ``_until``).
+CREATE_INDEX = "CREATE INDEX IF NOT EXISTS {i} ON {t} (lease_until)"
+
+# One statement takes a conversation: a new row (epoch 1), or the existing row
+# when its lease ran out, or when this node_id holds it with this incarnation
+# or an earlier one (a restarted node takes its leases back without waiting
+# out the TTL). Every take increments the epoch. Only the database's clock is
+# read, so the nodes' clocks may disagree. Under concurrency the losing INSERT
+# waits for the winner's row, then re-evaluates the WHERE on it and returns
+# nothing: of N nodes taking one conversation, exactly one gets a row back.
+ACQUIRE = """
+INSERT INTO {t} AS l (conversation_id, node_id, incarnation, epoch, lease_until)
+VALUES (%(cid)s, %(node)s, %(inc)s, 1, now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (conversation_id) DO UPDATE
+SET node_id = EXCLUDED.node_id, incarnation = EXCLUDED.incarnation,
+    epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until
+WHERE l.lease_until < now()
+    OR (l.node_id = EXCLUDED.node_id
+        AND l.incarnation COLLATE "C" <= EXCLUDED.incarnation COLLATE "C")
+RETURNING epoch
+"""
+
+# Renewal keeps the epoch: only this incarnation can hold a row with its
+# incarnation, so a row that still names it was not taken by anyone since. A
+# released row stays released: a renewal sent before the release but run after
+# it must not hand the conversation back to a node that let it go.
+RENEW = """
+UPDATE {t} SET lease_until = now() + make_interval(secs => %(ttl)s)
+WHERE conversation_id = ANY(%(ids)s) AND node_id = %(node)s AND incarnation = %(inc)s
+    AND lease_until > '-infinity'
+RETURNING conversation_id
+"""
+
+# A released row is kept (expired at once), not deleted: the epoch must never
+# go back, or the next owner's epoch would sit below the one the store holds.
+RELEASE = """
+UPDATE {t} SET lease_until = '-infinity'
+WHERE conversation_id = ANY(%(ids)s) AND node_id = %(node)s AND incarnation = %(inc)s
+RETURNING conversation_id
+"""
+
+# The leases an earlier run of this node still holds (it was killed, or
+# restarted faster than its leases ran out): the new run takes them back.
+EARLIER = """
+SELECT conversation_id FROM {t}
+WHERE node_id = %(node)s AND incarnation COLLATE "C" < %(inc)s COLLATE "C"
+    AND lease_until >= now()
+"""
+OWNER = """
+SELECT node_id, incarnation, epoch, lease_until, EXTRACT(EPOCH FROM lease_until - now())
+FROM {t} WHERE conversation_id = %s AND lease_until >= now()
+"""
+
+# The sweeper's claim. ``work`` is every conversation with something waiting:
+# the store's unanswered flag (read through its partial index) and, when the
+# table knows the inbox, pending inbox rows (a command posted just before its
+# owner died). Expired leases of those are locked with SKIP LOCKED, so the
+# sweepers of several nodes split them instead of queueing on the same rows;
+# conversations with waiting work and no lease row at all (stored before the
+# cluster mode) are taken too, their first epoch above the store's. Two
+# sweepers inserting the same one: the second's ON CONFLICT DO NOTHING finds
+# the first's row and returns nothing.
+WORK = "SELECT id AS cid FROM {s} WHERE unanswered"
+WORK_WITH_INBOX = WORK + " UNION SELECT conversation_id FROM {i}"
+WORK_INBOX_ONLY = "SELECT DISTINCT conversation_id AS cid FROM {i}"
+EPOCH_AFTER_STORE = "COALESCE((SELECT s.epoch FROM {s} s WHERE s.id = w.cid), 0) + 1"
+CLAIM = """
+WITH work AS ({work}),
+expired AS (
+    SELECT l.conversation_id FROM {t} l JOIN work w ON w.cid = l.conversation_id
+    WHERE l.lease_until < now()
+    ORDER BY l.lease_until LIMIT %(limit)s
+    FOR UPDATE OF l SKIP LOCKED
+),
+taken AS (
+    UPDATE {t} AS l SET node_id = %(node)s, incarnation = %(inc)s, epoch = l.epoch + 1,
+        lease_until = now() + make_interval(secs => %(ttl)s)
+    FROM expired WHERE l.conversation_id = expired.conversation_id
+    RETURNING l.conversation_id, l.epoch
+),
+orphans AS (
+    INSERT INTO {t} (conversation_id, node_id, incarnation, epoch, lease_until)
+    SELECT w.cid, %(node)s, %(inc)s,
+        {first_epoch},
+        now() + make_interval(secs => %(ttl)s)
+    FROM work w
+    WHERE NOT EXISTS (SELECT 1 FROM {t} l WHERE l.conversation_id = w.cid)
+    LIMIT GREATEST(%(limit)s - (SELECT count(*) FROM expired), 0)
+    ON CONFLICT (conversation_id) DO NOTHING
+    RETURNING conversation_id, epoch
+)
+SELECT conversation_id, epoch FROM taken
+UNION ALL SELECT conversation_id, epoch FROM orphans
+"""
