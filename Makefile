@@ -57,4 +57,4 @@ bench-cluster: $(STAMP)
 	$(BIN)/python bench/cluster.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
