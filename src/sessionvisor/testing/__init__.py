@@ -4,14 +4,19 @@
 crashes or stalls on cue; ``FlakyStore`` wraps a store to inject failures and
 delays; ``wait_for_status``/``wait_for_event``/``collect_until`` wait for what
 a user would see; ``record_events`` keeps every event of a conversation in an
-``EventRecorder`` while a test runs; ``wait_until`` waits for any condition and
-``wait_until_settled`` until a conversation has nothing left to do (without a
-wall-clock sleep). Nothing in sessionvisor imports this package.
+``EventRecorder`` while a test runs; ``wait_until`` waits for any condition
+(``wait_until_sync`` without an event loop) and ``wait_until_settled`` until a
+conversation has nothing left to do (without a wall-clock sleep);
+``subscriber_backlogs`` shows the events held for each subscriber of a
+conversation; ``free_port`` finds a TCP port for a server a test starts.
+Nothing in sessionvisor imports this package.
 """
 
 from ._agent import ScriptedAgent
 from ._clock import ManualClock
 from ._events import EventRecorder, record_events
+from ._net import free_port
+from ._observe import subscriber_backlogs
 from ._store import FlakyStore, StoreUnavailable
 from ._wait import (
     collect_until,
@@ -19,6 +24,7 @@ from ._wait import (
     wait_for_status,
     wait_until,
     wait_until_settled,
+    wait_until_sync,
 )
 
 __all__ = [
@@ -28,9 +34,12 @@ __all__ = [
     "ScriptedAgent",
     "StoreUnavailable",
     "collect_until",
+    "free_port",
     "record_events",
+    "subscriber_backlogs",
     "wait_for_event",
     "wait_for_status",
     "wait_until",
     "wait_until_settled",
+    "wait_until_sync",
 ]

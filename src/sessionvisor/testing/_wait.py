@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -13,6 +15,7 @@ __all__ = [
     "wait_for_status",
     "wait_until",
     "wait_until_settled",
+    "wait_until_sync",
 ]
 
 
@@ -63,24 +66,77 @@ async def collect_until(
 
 
 async def wait_until(
-    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 5.0
-) -> None:
-    """Return once ``condition()`` is true; it may be a plain or an async function.
+    condition: Callable[[], object],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.001,
+    message: str | Callable[[], str] | None = None,
+) -> float:
+    """Return once ``condition()`` is true, with the seconds that took.
 
-    It is checked at once, then every millisecond: use it for what no event
-    announces (a counter of a fake, a row in a store written from a thread).
+    ``condition`` may be a plain or an async function; what it returns counts
+    by its truth (a non-empty list is true). It is checked at once, then every
+    ``interval`` seconds: use it for what no event announces (a counter of a
+    fake, a row in a store written from a thread, a server in another process;
+    poll those less often, say every 0.05 s).
+
+    Args:
+        condition: what to wait for.
+        timeout: how long to wait, in seconds.
+        interval: the pause between two checks, in seconds.
+        message: what was awaited, for the error; a function is called only
+            on timeout, so it can describe the state at that moment (the end
+            of a server's log, say).
 
     Raises:
-        TimeoutError: the condition was still false after ``timeout`` seconds.
+        TimeoutError: the condition was still false after ``timeout`` seconds;
+            its message says how long it waited and ``message``.
     """
-    with anyio.fail_after(timeout):
+    started = anyio.current_time()
+    with anyio.move_on_after(timeout):
         while True:
             result = condition()
-            if not isinstance(result, bool):
+            if inspect.isawaitable(result):
                 result = await result
             if result:
-                return
-            await anyio.sleep(0.001)
+                return anyio.current_time() - started
+            await anyio.sleep(interval)
+    raise TimeoutError(_timed_out(timeout, message))
+
+
+def wait_until_sync(
+    condition: Callable[[], object],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    message: str | Callable[[], str] | None = None,
+) -> float:
+    """``wait_until`` for code without an event loop: a test driving a subprocess.
+
+    Return once ``condition()`` (a plain function) is true, with the seconds
+    that took; it is checked at once, then every ``interval`` seconds, with
+    ``time.sleep`` in between (never call it from async code).
+
+    Raises:
+        TimeoutError: the condition was still false after ``timeout`` seconds;
+            its message says how long it waited and ``message``.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        if condition():
+            return time.monotonic() - started
+        now = time.monotonic()
+        if now >= deadline:
+            raise TimeoutError(_timed_out(timeout, message))
+        time.sleep(min(interval, deadline - now))
+
+
+def _timed_out(timeout: float, message: str | Callable[[], str] | None) -> str:
+    text = f"timed out after {timeout} s"
+    if message is None:
+        return text
+    return f"{text} waiting until {message if isinstance(message, str) else message()}"
 
 
 async def wait_until_settled(
