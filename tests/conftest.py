@@ -1,13 +1,17 @@
-"""Shared fixtures: every async test runs on asyncio and on trio."""
+"""Shared fixtures: every async test runs on asyncio and on trio; a fresh
+PostgreSQL database (``pg_dsn``) and a redis-server of the module's own
+(``redis_server``) for the tests that need real servers."""
 
 from __future__ import annotations
 
-import os
-import socket
+import shutil
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
-IN_CI = bool(os.environ.get("CI"))
+from tests._support.servers import RedisServer, absent, require_server
+from tests._support.sql import POSTGRES_DSN, sql
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -15,19 +19,29 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[str]:
+    """A DSN to a database created for this module, dropped afterwards."""
+    require_server("PostgreSQL", 5432)
+    from psycopg.conninfo import make_conninfo
+
+    name = f"sv_cluster_{uuid.uuid4().hex[:12]}"
+    sql(POSTGRES_DSN, f"CREATE DATABASE {name}")
     try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+        yield make_conninfo(POSTGRES_DSN, dbname=name)
+    finally:
+        sql(POSTGRES_DSN, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def require_server(name: str, port: int) -> None:
-    """Skip (outside CI) or fail (in CI) when a server the test needs is absent."""
-    if port_open(port):
-        return
-    message = f"{name} is not listening on 127.0.0.1:{port}"
-    if IN_CI:
-        pytest.fail(f"{message}; CI must run this test (scripts/test-services.sh starts it)")
-    pytest.skip(f"{message}; start it to run this test")
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the module's own on a free port (a test may stop and start it)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        absent("the redis-server binary is not on PATH")
+    server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -5,13 +5,13 @@ The refusals are checked through ``main([...])``: each one exits with status 2
 and says why before anything connects to PostgreSQL or Redis, so those tests
 need no server. The others run the real command line: the demo on the store
 ``--store`` names, and two demo nodes of one cluster (a fresh PostgreSQL
-database and a redis-server of their own, from ``tests/cluster/conftest.py``).
+database and a redis-server of their own: the fixtures ``pg_dsn`` and
+``redis_server``).
 """
 
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,9 @@ import pytest
 
 from sessionvisor import SQLiteStore
 from sessionvisor.__main__ import main, redact_url
-from tests.cluster.conftest import (  # noqa: F401 - fixtures: a fresh database, a redis-server
-    RedisServer,
-    pg_dsn,
-    redis_server,
-)
-from tests.http._cli import free_port, run_cli, stop
+from sessionvisor.testing import free_port, wait_until_sync
+from tests._support.servers import RedisServer
+from tests.http._cli import run_cli, stop
 
 PG = "postgresql://root@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -148,14 +145,15 @@ def test_redact_url_hides_passwords_only() -> None:
 
 def wait_for_reply(client: httpx.Client, cid: str, user: str) -> list[dict[str, str]]:
     """Poll ``GET /conversations/{cid}`` until it holds an assistant message."""
-    deadline = time.monotonic() + 20
-    while True:
-        body = client.get(f"/conversations/{cid}", headers={"X-User": user}).json()
-        messages = body.get("messages", [])
-        if any(m["role"] == "assistant" for m in messages):
-            return [{"role": m["role"], "content": m["content"]} for m in messages]
-        assert time.monotonic() < deadline, f"no reply in 20 s: {body}"
-        time.sleep(0.05)
+    body: dict[str, Any] = {}
+
+    def replied() -> bool:
+        body.clear()
+        body.update(client.get(f"/conversations/{cid}", headers={"X-User": user}).json())
+        return any(m["role"] == "assistant" for m in body.get("messages", []))
+
+    wait_until_sync(replied, timeout=20, interval=0.05, message=lambda: f"a reply: {body}")
+    return [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
 
 
 def test_demo_serves_from_the_store_it_is_given(tmp_path: Path) -> None:
@@ -182,7 +180,7 @@ def test_demo_serves_from_the_store_it_is_given(tmp_path: Path) -> None:
     assert record is not None
 
 
-def test_demo_on_postgres_never_prints_the_password(tmp_path: Path, pg_dsn: str) -> None:  # noqa: F811
+def test_demo_on_postgres_never_prints_the_password(tmp_path: Path, pg_dsn: str) -> None:
     from psycopg.conninfo import conninfo_to_dict
 
     info = conninfo_to_dict(pg_dsn)
@@ -206,8 +204,8 @@ def test_demo_on_postgres_never_prints_the_password(tmp_path: Path, pg_dsn: str)
 
 def test_two_demo_nodes_share_a_conversation_and_drain_on_sigterm(
     tmp_path: Path,
-    pg_dsn: str,  # noqa: F811
-    redis_server: RedisServer,  # noqa: F811
+    pg_dsn: str,
+    redis_server: RedisServer,
 ) -> None:
     from psycopg.conninfo import conninfo_to_dict
 
@@ -256,15 +254,15 @@ def test_two_demo_nodes_share_a_conversation_and_drain_on_sigterm(
                 headers={"X-User": "u"},
             )
             assert again.status_code == 202
-            deadline = time.monotonic() + 20
-            while True:
-                messages = a.get("/conversations/shared-1", headers={"X-User": "u"}).json()[
-                    "messages"
-                ]
-                roles = [m["role"] for m in messages]
-                if roles == ["user", "assistant", "user", "assistant"]:
-                    break
-                assert time.monotonic() < deadline, messages
-                time.sleep(0.05)
+            messages: list[dict[str, Any]] = []
+
+            def both_answered() -> bool:
+                got = a.get("/conversations/shared-1", headers={"X-User": "u"}).json()
+                messages[:] = got["messages"]
+                return [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+
+            wait_until_sync(
+                both_answered, timeout=20, interval=0.05, message=lambda: f"two replies: {messages}"
+            )
         stop(proc_a, signal.SIGTERM)
         stop(proc_b, signal.SIGTERM)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, require_server
+from tests._support.servers import IN_CI, require_server
 
 REPO = Path(__file__).resolve().parents[2]
 

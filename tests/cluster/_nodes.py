@@ -23,7 +23,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,11 +35,15 @@ from typing import Any
 import anyio
 import httpx
 
+from sessionvisor.testing import free_port, wait_until
+from tests._support.sql import sql
+
 REPO = Path(__file__).resolve().parents[2]
 USER = "alice"
 HEADERS = {"X-User": USER}
 LEASE_TTL = 2.0
 RENEW_EVERY = LEASE_TTL / 4  # Cluster's default renew_every
+POLL = 0.05  # how often a wait looks at the nodes (HTTP) or the database again
 WORD_DELAY = 0.005
 STORE_TABLE = "sessionvisor_conversations"
 LEASE_TABLE = "sessionvisor_leases"
@@ -50,12 +53,6 @@ INBOX_TABLE = "sessionvisor_inbox"
 # session woke for a request; a session recovered by another node wakes with no
 # scope (the scope is never stored, see sessions/_recovery.py) and greets nobody.
 _REPLY_PREFIXES = (f"Hello {USER}! You said: “", "Hello! You said: “")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def postgres_url(dsn: str) -> str:
@@ -69,29 +66,10 @@ def postgres_url(dsn: str) -> str:
     return f"postgresql://{user}@{host}:{port}/{info['dbname']}"
 
 
-async def wait_for(
-    condition: Callable[[], Any],
-    what: str,
-    timeout: float,
-    *,
-    every: float = 0.05,
-    report: Callable[[], str] | None = None,
-) -> float:
-    """Poll ``condition()`` (sync, or async when it returns an awaitable) until
-    it is true; return the seconds it took. Fails after ``timeout`` seconds,
-    with ``report()`` appended to the message."""
-    start = time.monotonic()
-    while True:
-        result = condition()
-        if hasattr(result, "__await__"):
-            result = await result
-        if result:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            extra = f"\n{report()}" if report is not None else ""
-            # AssertionError, not pytest.fail: it may be raised inside a task group.
-            raise AssertionError(f"timed out after {timeout} s waiting until {what}{extra}")
-        await anyio.sleep(every)
+def explained(what: str, report: Callable[[], str]) -> Callable[[], str]:
+    """A ``wait_until`` message: ``what`` was awaited, then ``report()`` (a log's
+    tail, the nodes' state) as it is when the wait times out."""
+    return lambda: f"{what}\n{report()}"
 
 
 # -- node processes -------------------------------------------------------------
@@ -156,7 +134,12 @@ class Node:
                     return False
                 return answer.status_code == 200
 
-            took = await wait_for(ready, f"{self.node_id} is ready", timeout, report=self.tail)
+            took = await wait_until(
+                ready,
+                timeout=timeout,
+                interval=POLL,
+                message=explained(f"{self.node_id} is ready", self.tail),
+            )
         self.ready = True
         return took
 
@@ -186,11 +169,11 @@ class Node:
         """Wait for the process to end; return its exit status."""
         process = self.process
         assert process is not None
-        await wait_for(
+        await wait_until(
             lambda: process.poll() is not None,
-            f"{self.node_id} exits",
-            timeout,
-            report=self.tail,
+            timeout=timeout,
+            interval=POLL,
+            message=explained(f"{self.node_id} exits", self.tail),
         )
         return int(process.returncode)
 
@@ -444,13 +427,6 @@ class Client:
 # -- what PostgreSQL holds ------------------------------------------------------
 
 
-def _query(dsn: str, query: str, *params: object) -> list[tuple[Any, ...]]:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
-
-
 @dataclass
 class Stored:
     """A conversation's stored row and its message rows."""
@@ -534,7 +510,7 @@ def read_leases(dsn: str, prefix: str) -> dict[str, LeaseRow]:
     import psycopg
 
     try:
-        rows = _query(
+        rows = sql(
             dsn,
             f"SELECT conversation_id, node_id, incarnation, epoch, lease_until >= now() "
             f"FROM {LEASE_TABLE} WHERE starts_with(conversation_id, %s)",
@@ -549,7 +525,7 @@ def read_leases(dsn: str, prefix: str) -> dict[str, LeaseRow]:
 
 def lease_row_counts(dsn: str, prefix: str) -> dict[str, int]:
     """How many lease rows each conversation has (the primary key makes it one)."""
-    rows = _query(
+    rows = sql(
         dsn,
         f"SELECT conversation_id, count(*) FROM {LEASE_TABLE} "
         "WHERE starts_with(conversation_id, %s) GROUP BY conversation_id",
@@ -700,7 +676,9 @@ async def wait_all_answered(
             "\n" + nodes.report() if nodes is not None else ""
         )
 
-    took = await wait_for(done, "every message is answered", timeout, every=0.2, report=report)
+    took = await wait_until(
+        done, timeout=timeout, interval=0.2, message=explained("every message is answered", report)
+    )
     wrong = {cid: v for cid, v in latest.items() if v.wrong}
     assert not wrong, f"wrong conversations:\n{describe(wrong)}"
     return took

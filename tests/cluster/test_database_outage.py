@@ -20,9 +20,9 @@ import pytest
 from sessionvisor import RegistryUnavailable, SessionSupervisor, SingleRouter
 from sessionvisor.cluster import Cluster
 from sessionvisor.state.postgres import PostgresStore
-from sessionvisor.testing import ScriptedAgent
-
-from .conftest import RedisServer, sql
+from sessionvisor.testing import ScriptedAgent, wait_until
+from tests._support.servers import RedisServer
+from tests._support.sql import sql
 
 pytestmark = pytest.mark.anyio
 
@@ -122,27 +122,31 @@ async def test_while_the_database_is_unreachable_nothing_unstored_is_acknowledge
                 await node.send("c-new-" + cid, "hello", scope="u")
             # Unable to renew its lease, the node stops serving the conversation at
             # the lease's deadline: past it another node could have taken it.
-            while node.get(cid, scope="u") is not None:
-                await anyio.sleep(0.05)
+            await wait_until(lambda: node.get(cid, scope="u") is None, timeout=60, interval=0.05)
         relay.restore()
+
         # The client retries the refused message with its id, once the database is back.
+        async def accepted() -> bool:
+            try:
+                await node.send(cid, "during", scope="u", message_id="m2")
+            except RegistryUnavailable:
+                return False
+            return True
+
+        rows: list[tuple[object, ...]] = []
+
+        def answered() -> bool:
+            rows[:] = sql(
+                pg_dsn,
+                "SELECT body FROM sessionvisor_conversations_messages "
+                "WHERE conversation_id = %s ORDER BY position",
+                cid,
+            )
+            return len(rows) >= 4
+
         with anyio.fail_after(60):
-            while True:
-                try:
-                    await node.send(cid, "during", scope="u", message_id="m2")
-                    break
-                except RegistryUnavailable:
-                    await anyio.sleep(0.2)
-            while True:
-                rows = sql(
-                    pg_dsn,
-                    "SELECT body FROM sessionvisor_conversations_messages "
-                    "WHERE conversation_id = %s ORDER BY position",
-                    cid,
-                )
-                if len(rows) >= 4:
-                    break
-                await anyio.sleep(0.05)
+            await wait_until(accepted, timeout=60, interval=0.2)
+            await wait_until(answered, timeout=60, interval=0.05)
     import json
 
     messages = [json.loads(str(row[0])) for row in rows]

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
 
 from sessionvisor.cluster import EventStreams, Wakeups
 from sessionvisor.cluster._events import StreamEvent, _Filter
-
-from .conftest import RedisServer
+from tests._support.servers import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -23,6 +23,18 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 async def streams(redis_server: RedisServer) -> AsyncIterator[EventStreams]:
     async with EventStreams(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}") as made:
         yield made
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """A client of the test's own, to look at (or lose) keys as another process would."""
+    import redis.asyncio
+
+    client = redis.asyncio.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 async def append(streams: EventStreams, cid: str, epoch: int, seqs: range | list[int]) -> None:
@@ -49,12 +61,11 @@ async def test_a_read_replays_the_events_after_a_seq_in_order(streams: EventStre
 
 
 async def test_the_stream_is_capped_and_a_reader_behind_the_cap_sees_a_gap(
-    redis_server: RedisServer,
+    redis_server: RedisServer, redis: Any
 ) -> None:
     async with EventStreams(redis_server.url, prefix=uuid.uuid4().hex, maxlen=50) as streams:
         await append(streams, "c-1", 1, range(1, 1001))
-        client = streams._redis()
-        kept = await client.xlen(streams.key("c-1"))
+        kept = await redis.xlen(streams.key("c-1"))
 
         behind = await streams.read("c-1", after_seq=0)
         recent = await streams.read("c-1", after_seq=990)
@@ -66,7 +77,9 @@ async def test_the_stream_is_capped_and_a_reader_behind_the_cap_sees_a_gap(
     assert [e.seq for e in recent.events] == list(range(991, 1001)) and not recent.gap
 
 
-async def test_a_stream_expires_a_while_after_its_last_event(redis_server: RedisServer) -> None:
+async def test_a_stream_expires_a_while_after_its_last_event(
+    redis_server: RedisServer, redis: Any
+) -> None:
     prefix = uuid.uuid4().hex
     async with (
         EventStreams(redis_server.url, prefix=prefix, ttl=60) as expiring,
@@ -74,14 +87,16 @@ async def test_a_stream_expires_a_while_after_its_last_event(redis_server: Redis
     ):
         await append(expiring, "c-1", 1, [1, 2])
         await append(kept, "c-1", 1, [1])
-        expiring_ms = await expiring._redis().pttl(expiring.key("c-1"))
-        kept_ms = await kept._redis().pttl(kept.key("c-1"))
+        expiring_ms = await redis.pttl(expiring.key("c-1"))
+        kept_ms = await redis.pttl(kept.key("c-1"))
 
     assert 59_000 < expiring_ms <= 60_000
     assert kept_ms == -1  # no expiry
 
 
-async def test_appends_of_an_older_epoch_are_refused_at_the_door(streams: EventStreams) -> None:
+async def test_appends_of_an_older_epoch_are_refused_at_the_door(
+    streams: EventStreams, redis: Any
+) -> None:
     from sessionvisor._errors import StaleWriteError
 
     await append(streams, "c-1", 1, [1, 2])
@@ -97,17 +112,17 @@ async def test_appends_of_an_older_epoch_are_refused_at_the_door(streams: EventS
 
     result = await streams.read("c-1", after_seq=0)
     assert seqs(result.events) == [(1, 1), (2, 1), (3, 2), (4, 3)]
-    ttl = await streams._redis().pttl(streams.epoch_key("c-1"))
+    ttl = await redis.pttl(streams.epoch_key("c-1"))
     assert 0 < ttl <= 86_400_000  # the epoch key leaves with the stream
 
 
-async def test_a_stale_owners_events_are_dropped(streams: EventStreams) -> None:
+async def test_a_stale_owners_events_are_dropped(streams: EventStreams, redis: Any) -> None:
     # Owner of epoch 1 appended 1-5 but persisted only up to 3; the owner of
     # epoch 2 continues from 4; the stale owner, still running, appends 6 and 7,
     # which get in because Redis lost the epoch key (evicted, say).
     await append(streams, "c-1", 1, range(1, 6))
     await append(streams, "c-1", 2, [4, 5])
-    await streams._redis().delete(streams.epoch_key("c-1"))
+    await redis.delete(streams.epoch_key("c-1"))
     await append(streams, "c-1", 1, [6, 7])
     await append(streams, "c-1", 2, [6])
 
@@ -150,9 +165,9 @@ async def test_a_blocked_reader_gets_the_next_event(streams: EventStreams) -> No
     assert got == [4]
 
 
-async def test_a_reader_from_now_skips_the_kept_events(streams: EventStreams) -> None:
+async def test_a_reader_from_now_skips_the_kept_events(streams: EventStreams, redis: Any) -> None:
     await append(streams, "c-1", 3, range(1, 6))
-    await streams._redis().delete(streams.epoch_key("c-1"))  # lost: stale entries get in
+    await redis.delete(streams.epoch_key("c-1"))  # lost: stale entries get in
     await append(streams, "c-1", 2, [6])  # a stale owner's entry last
     reader = streams.reader("c-1", after_seq=None)
     assert (await reader.read()).events == []

@@ -10,8 +10,7 @@ import anyio
 import pytest
 
 from sessionvisor.cluster import Inbox
-
-from .conftest import sql
+from tests._support.sql import sql
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 

@@ -16,8 +16,8 @@ from sessionvisor._errors import StaleWriteError
 from sessionvisor.cluster import Lease, LeaseTable
 from sessionvisor.cluster._common import new_incarnation
 from sessionvisor.state import Message, State, StoredConversation, dump_state
-
-from .conftest import sql, wait_until
+from sessionvisor.testing import wait_until
+from tests._support.sql import sql
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -53,13 +53,15 @@ def record(text: str) -> StoredConversation:
     )
 
 
-def wait_expired(dsn: str, table: str, cid: str) -> None:
-    wait_until(
+async def wait_expired(dsn: str, table: str, cid: str) -> None:
+    await wait_until(
         lambda: (
             sql(dsn, f"SELECT lease_until < now() FROM {table} WHERE conversation_id = %s", cid)
             == [(True,)]
         ),
-        f"the lease of {cid} expired on the database's clock",
+        timeout=10,
+        interval=0.02,
+        message=f"the lease of {cid} expired on the database's clock",
     )
 
 
@@ -105,7 +107,7 @@ async def test_an_expired_lease_is_taken_over_with_the_next_epoch(
     assert first is not None and first.epoch == 1
     assert await b.acquire("c-1") is None  # live: not taken
 
-    wait_expired(pg_dsn, names["table"], "c-1")
+    await wait_expired(pg_dsn, names["table"], "c-1")
     assert await a.owner("c-1") is None  # expired: no live owner
     second = await b.acquire("c-1")
 
@@ -228,7 +230,7 @@ async def test_fencing_refuses_every_write_of_the_old_owner_after_a_takeover(
         v1 = await store_a.save(
             "c-1", record("from a"), expected_version=None, lifecycle="completion", epoch=1
         )
-        wait_expired(pg_dsn, names["table"], "c-1")
+        await wait_expired(pg_dsn, names["table"], "c-1")
 
         lease_b = await b.acquire_fenced("c-1", store_b)
         assert lease_b is not None and lease_b.epoch == 2
@@ -293,7 +295,7 @@ async def test_the_sweeper_claims_expired_leases_of_unanswered_conversations_onc
         # Stored before the cluster mode: no lease row at all.
         await store.save("orphan", record("x"), expected_version=None, lifecycle="turn_start")
         for cid in [*work, "answered"]:
-            wait_expired(pg_dsn, names["table"], cid)
+            await wait_expired(pg_dsn, names["table"], cid)
 
         s1 = await open_table("sweeper-1", ttl=60)
         s2 = await open_table("sweeper-2", ttl=60)
@@ -338,7 +340,7 @@ async def test_the_sweeper_also_claims_conversations_with_pending_commands(
         await inbox.post("never-leased", "send", {"content": "hi"})
         await inbox.post("stored", "cancel")  # stored at epoch 0, never leased
         await store.fence("stored", 4)
-        wait_expired(pg_dsn, names["table"], "posted")
+        await wait_expired(pg_dsn, names["table"], "posted")
 
         sweeper = await open_table("sweeper", ttl=60, inbox_table=inbox_table)
         claimed = await sweeper.claim_expired()
@@ -420,11 +422,13 @@ async def test_three_nodes_racing_for_expired_leases_take_each_once_with_the_nex
     cids = [f"c-{i}" for i in range(60)]
     for cid in cids:
         await dead.acquire(cid)
-    wait_until(
+    await wait_until(
         lambda: (
             sql(pg_dsn, f"SELECT bool_and(lease_until < now()) FROM {names['table']}") == [(True,)]
         ),
-        "every lease of the dead node expired",
+        timeout=10,
+        interval=0.02,
+        message="every lease of the dead node expired",
     )
     won: list[Lease] = []
 
@@ -448,7 +452,7 @@ async def test_an_expired_lease_nobody_took_is_renewed_with_its_epoch(
 ) -> None:
     a = await open_table("node-a", ttl=0.2)
     await a.acquire("c-1")
-    wait_expired(pg_dsn, names["table"], "c-1")
+    await wait_expired(pg_dsn, names["table"], "c-1")
 
     renewal = await a.renew(["c-1"])
 

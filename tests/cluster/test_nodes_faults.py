@@ -15,18 +15,21 @@ from collections import Counter
 import anyio
 import pytest
 
+from sessionvisor.testing import wait_until
+
 from ._nodes import (
     LEASE_TTL,
+    POLL,
     RENEW_EVERY,
     Client,
     Node,
     Nodes,
     check_one_owner,
+    explained,
     judge,
     read_leases,
     read_store,
     wait_all_answered,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
@@ -87,11 +90,15 @@ async def test_kill_9_of_a_node_under_load_its_conversations_go_on_elsewhere_una
                 now = read_leases(pg_dsn, prefix + "q")
                 return all(now[cid].node_id != victim.node_id and now[cid].live for cid in orphans)
 
-            await wait_for(
+            # The bound is measured below and reported if later.
+            await wait_until(
                 taken_over,
-                f"the others hold the leases of {len(orphans)} conversations of the dead node",
-                TAKEOVER_BOUND + TAKEOVER_SLACK + 10,  # measured below, reported if later
-                report=nodes.report,
+                timeout=TAKEOVER_BOUND + TAKEOVER_SLACK + 10,
+                interval=POLL,
+                message=explained(
+                    f"the others hold the leases of {len(orphans)} conversations of the dead node",
+                    nodes.report,
+                ),
             )
             takeover = time.monotonic() - killed_at
             orphan_sent = {cid: client.sent[cid] for cid in orphans}
@@ -136,7 +143,12 @@ async def test_sigstop_of_an_owner_past_its_lease_then_sigcont_its_writes_are_re
             stored = read_store(pg_dsn, prefix)
             return all(stored[cid].messages[-1].get("id") == f"{cid}-long" for cid in mine)
 
-        await wait_for(turns_begun, "the long turns began", 20, report=nodes.report)
+        await wait_until(
+            turns_begun,
+            timeout=20,
+            interval=POLL,
+            message=explained("the long turns began", nodes.report),
+        )
         victim.pause()
         frozen_at = time.monotonic()
 
@@ -144,8 +156,11 @@ async def test_sigstop_of_an_owner_past_its_lease_then_sigcont_its_writes_are_re
             now = read_leases(pg_dsn, prefix)
             return all(now[cid].node_id != victim.node_id and now[cid].live for cid in mine)
 
-        await wait_for(
-            taken_over, "the others took the frozen owner's leases", 20, report=nodes.report
+        await wait_until(
+            taken_over,
+            timeout=20,
+            interval=POLL,
+            message=explained("the others took the frozen owner's leases", nodes.report),
         )
         takeover = time.monotonic() - frozen_at
         # The new owners run the turns again and answer them, once.
@@ -162,11 +177,11 @@ async def test_sigstop_of_an_owner_past_its_lease_then_sigcont_its_writes_are_re
                 any(f"conversation_id={cid} " in f"{line} " for line in lines) for cid in mine
             )
 
-        await wait_for(
+        await wait_until(
             all_superseded,
-            f"{victim.node_id} logs its sessions as superseded",
-            20,
-            report=victim.tail,
+            timeout=20,
+            interval=POLL,
+            message=explained(f"{victim.node_id} logs its sessions as superseded", victim.tail),
         )
         # Nothing the stale owner did got in: the store is as the new owners left it.
         assert read_store(pg_dsn, prefix) == after_takeover

@@ -16,16 +16,18 @@ import anyio
 import httpx
 import pytest
 
+from sessionvisor.testing import wait_until
+from tests._support.sql import sql
+
 from ._nodes import (
     HEADERS,
+    POLL,
     Client,
     Nodes,
     check_one_owner,
     read_leases,
     wait_all_answered,
-    wait_for,
 )
-from .conftest import sql
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -99,7 +101,12 @@ async def test_rolling_restart_under_load_loses_nothing_and_fails_no_request(
             for cid in cids:
                 load.start_soon(lambda c=cid: client.keep_sending(c, stop, pace=0.3))
             # Load first, so each node owns conversations with turns running.
-            await wait_for(lambda: len(client.sent) == len(cids), "every conversation began", 30)
+            await wait_until(
+                lambda: len(client.sent) == len(cids),
+                timeout=30,
+                interval=POLL,
+                message="every conversation began",
+            )
             for node in nodes:
                 incarnation = node.incarnation()
                 began = time.monotonic()

@@ -15,20 +15,23 @@ from typing import Any
 import anyio
 import pytest
 
+from sessionvisor.testing import wait_until
+from tests._support.servers import RedisServer
+
 from ._nodes import (
+    POLL,
     Client,
     EventReader,
     Node,
     Nodes,
     assistant_texts,
+    explained,
     read_leases,
     read_store,
     text_of,
     user_ids,
     wait_all_answered,
-    wait_for,
 )
-from .conftest import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -62,35 +65,51 @@ async def test_events_read_on_a_non_owner_arrive_in_order_and_continue_on_a_thir
         reader = EventReader(cid, lambda: reading if reading.running else spare)
         async with anyio.create_task_group() as tg:
             tg.start_soon(reader.run)
-            await wait_for(lambda: reader.events, "the snapshot arrives", 10, report=nodes.report)
+            await wait_until(
+                lambda: reader.events,
+                timeout=10,
+                interval=POLL,
+                message=explained("the snapshot arrives", nodes.report),
+            )
             for i in (1, 2):
                 await client.send(cid, f"{cid} message {i}", f"{cid}-m{i}")
-                await wait_for(
+                await wait_until(
                     lambda t=f"{cid} message {i}": replied(reader, t),
-                    f"{reading.node_id}'s stream carries the reply to message {i}",
-                    20,
-                    report=nodes.report,
+                    timeout=20,
+                    interval=POLL,
+                    message=explained(
+                        f"{reading.node_id}'s stream carries the reply to message {i}", nodes.report
+                    ),
                 )
             # A long reply (2 s or more of deltas), and the reading node dies in
             # the middle of it: the reader goes on from its Last-Event-ID elsewhere.
             long = f"{cid} long " + " ".join(f"word{n}" for n in range(400))
             await client.send(cid, long, f"{cid}-m3")
             seen = len(reader.events)
-            await wait_for(lambda: len(reader.events) > seen + 20, "the long reply streams", 20)
+            await wait_until(
+                lambda: len(reader.events) > seen + 20,
+                timeout=20,
+                interval=POLL,
+                message="the long reply streams",
+            )
             seen_on_a = len(reader.events)
             reading.kill()
-            await wait_for(
+            await wait_until(
                 lambda: replied(reader, long),
-                f"{spare.node_id}'s stream carries the rest of the long reply",
-                30,
-                report=nodes.report,
+                timeout=30,
+                interval=POLL,
+                message=explained(
+                    f"{spare.node_id}'s stream carries the rest of the long reply", nodes.report
+                ),
             )
             await client.send(cid, f"{cid} message 4", f"{cid}-m4")
-            await wait_for(
+            await wait_until(
                 lambda: replied(reader, f"{cid} message 4"),
-                f"{spare.node_id}'s stream carries the reply to message 4",
-                20,
-                report=nodes.report,
+                timeout=20,
+                interval=POLL,
+                message=explained(
+                    f"{spare.node_id}'s stream carries the reply to message 4", nodes.report
+                ),
             )
             tg.cancel_scope.cancel()
         await wait_all_answered(pg_dsn, cid, client.sent, 20, nodes, others=False)
@@ -154,11 +173,11 @@ async def test_redis_stopped_and_started_under_load_loses_no_message_and_readers
                     for cid in load:
                         tg.start_soon(lambda c=cid: client.keep_sending(c, stop, pace=0.2))
                     await client.send(watched, f"{watched} before", f"{watched}-m1")
-                    await wait_for(
+                    await wait_until(
                         lambda: replied(reader, f"{watched} before"),
-                        "the reader gets events through Redis",
-                        20,
-                        report=nodes.report,
+                        timeout=20,
+                        interval=POLL,
+                        message=explained("the reader gets events through Redis", nodes.report),
                     )
 
                     redis_server.stop()
@@ -170,11 +189,13 @@ async def test_redis_stopped_and_started_under_load_loses_no_message_and_readers
                     redis_server.start()
 
                     await client.send(watched, f"{watched} after", f"{watched}-m3")
-                    await wait_for(
+                    await wait_until(
                         lambda: replied(reader, f"{watched} after"),
-                        "the reader gets events again after Redis is back",
-                        30,
-                        report=nodes.report,
+                        timeout=30,
+                        interval=POLL,
+                        message=explained(
+                            "the reader gets events again after Redis is back", nodes.report
+                        ),
                     )
                     stop.set()  # the load ends with its last acknowledged send
                 readers.cancel_scope.cancel()

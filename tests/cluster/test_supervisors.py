@@ -20,9 +20,9 @@ from sessionvisor import InvalidStatus, SessionSupervisor, SingleRouter, Status
 from sessionvisor.cluster import Cluster, LeaseTable
 from sessionvisor.sessions._events import Delta, Event, StatusChanged
 from sessionvisor.state.postgres import PostgresStore
-from sessionvisor.testing import ScriptedAgent
-
-from .conftest import RedisServer, sql
+from sessionvisor.testing import ScriptedAgent, wait_until
+from tests._support.servers import RedisServer
+from tests._support.sql import sql
 
 pytestmark = pytest.mark.anyio
 
@@ -30,13 +30,6 @@ pytestmark = pytest.mark.anyio
 def _echo() -> SingleRouter:
     """Replies "echo: <text>", streamed word by word."""
     return SingleRouter(lambda agent_id, config: ScriptedAgent(stream=True))
-
-
-async def _poll(condition: Callable[[], Any], timeout: float = 15.0) -> None:
-    """Until the async ``condition()`` holds (a store read: every 20 ms, not every 1 ms)."""
-    with anyio.fail_after(timeout):
-        while not await condition():
-            await anyio.sleep(0.02)
 
 
 @asynccontextmanager
@@ -67,7 +60,8 @@ async def _answered(node: SessionSupervisor, cid: str, count: int) -> list[tuple
         replies = [m for m in state.messages if m.role == "assistant"] if state else []
         return len(replies) >= count
 
-    await _poll(done)
+    # A store read: every 20 ms, not every 1 ms.
+    await wait_until(done, timeout=15, interval=0.02, message=f"{count} replies in {cid}")
     state = await node.load(cid, scope="u")
     assert state is not None
     return [(m.role, str(m.content)) for m in state.messages]
@@ -176,9 +170,7 @@ async def test_resume_and_stop_reach_the_owner_from_another_node(
         with pytest.raises(InvalidStatus):
             await b.resume(cid, "yes", scope="u")  # nothing is pending: refused at once
         assert await b.stop(cid, scope="u") == "stopped"
-        with anyio.fail_after(10):
-            while a.get(cid, scope="u") is not None:
-                await anyio.sleep(0.02)
+        await wait_until(lambda: a.get(cid, scope="u") is None, timeout=10, interval=0.02)
         # Stopped and released: the next message is answered again (by the node
         # that takes the conversation: b, or a if b still thought a had it).
         await b.send(cid, "again", scope="u")
@@ -267,14 +259,17 @@ async def test_a_subscriber_elsewhere_starts_from_the_owner_s_status_and_interru
         async def first_seen_on_b(wanted: Status) -> StatusChanged:
             """The first event of a new subscription on b, once it shows ``wanted``
             (the owner's events reach Redis a moment after they happen)."""
-            with anyio.fail_after(15):
-                while True:
-                    async with b.subscribe(cid, scope="u") as sub:
-                        first = await sub.__anext__()
-                    assert isinstance(first, StatusChanged)
-                    if first.status is wanted:
-                        return first
-                    await anyio.sleep(0.02)
+            seen: list[StatusChanged] = []
+
+            async def shows_it() -> bool:
+                async with b.subscribe(cid, scope="u") as sub:
+                    first = await sub.__anext__()
+                assert isinstance(first, StatusChanged)
+                seen.append(first)
+                return first.status is wanted
+
+            await wait_until(shows_it, timeout=15, interval=0.02)
+            return seen[-1]
 
         first = await first_seen_on_b(Status.INTERRUPTED)
         assert first.interrupt is not None and first.seq > 0
@@ -302,11 +297,14 @@ async def test_an_answer_applied_again_never_answers_a_later_question(
     async with _nodes(pg_dsn, redis_server, "a", "b", router=router) as (a, b):
         cid = _cid()
         await a.send(cid, "please interrupt", scope="u")
-        with anyio.fail_after(15):
-            while (handle := a.get(cid, scope="u")) is None or handle.status is not (
-                Status.INTERRUPTED
-            ):
-                await anyio.sleep(0.02)
+        await wait_until(
+            lambda: (
+                (handle := a.get(cid, scope="u")) is not None
+                and handle.status is Status.INTERRUPTED
+            ),
+            timeout=15,
+            interval=0.02,
+        )
         # A row left over from an earlier question (its owner died before deleting
         # it), then the user's answer to the question pending now, through b.
         async with Inbox(pg_dsn) as inbox:
@@ -340,11 +338,13 @@ async def test_a_claimed_conversation_that_fails_to_wake_is_let_go_and_claimed_a
 
     async with _nodes(pg_dsn, redis_server, "a", ttl=3.0) as (a,):
         with anyio.fail_after(15):
-            while a.metrics().cluster.takeovers == 0:  # type: ignore[union-attr]
-                await anyio.sleep(0.02)
+            await wait_until(
+                lambda: a.metrics().cluster.takeovers > 0,  # type: ignore[union-attr]
+                timeout=15,
+                interval=0.02,
+            )
             # Not kept (and renewed for ever) with no session behind it.
-            while lease_row() != ("a", False):
-                await anyio.sleep(0.02)
+            await wait_until(lambda: lease_row() == ("a", False), timeout=15, interval=0.02)
         assert a.get(cid, scope="u") is None
         sql(pg_dsn, "UPDATE sessionvisor_conversations SET head = %s WHERE id = %s", head, cid)
         history = await _answered(a, cid, 1)  # claimed again by a later sweep
@@ -367,9 +367,11 @@ async def test_a_conversation_that_keeps_failing_to_wake_is_tried_with_a_backoff
         # lease_ttl 1 s: a sweep every 0.25 s, which without a backoff would try the
         # wake about 24 times in the 6 s watched here.
         async with _nodes(pg_dsn, redis_server, "a", ttl=1.0) as (a,):
-            with anyio.fail_after(15):
-                while a.metrics().background_failures.get("wake", 0) == 0:
-                    await anyio.sleep(0.02)
+            await wait_until(
+                lambda: a.metrics().background_failures.get("wake", 0) > 0,
+                timeout=15,
+                interval=0.02,
+            )
             await anyio.sleep(6.0)  # the window whose tries are counted
             tries = a.metrics().background_failures["wake"]
             assert 2 <= tries <= 5

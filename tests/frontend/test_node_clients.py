@@ -36,7 +36,7 @@ from sessionvisor.factories import SessionOpts
 from sessionvisor.http import create_app
 from sessionvisor.http._demo import DemoAgent
 
-from ..conftest import IN_CI
+from tests._support.servers import IN_CI
 from ..http._support import serve
 
 pytestmark = pytest.mark.anyio

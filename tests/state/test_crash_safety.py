@@ -29,9 +29,8 @@ import anyio
 import pytest
 
 from sessionvisor.state import SQLiteStore
-from tests.conftest import require_server
-
-from .conftest import POSTGRES_DSN
+from tests._support.servers import require_server
+from tests._support.sql import POSTGRES_DSN, sql
 
 CONVERSATIONS = 1000
 ROUNDS = 20
@@ -222,8 +221,6 @@ async def _load_all(store: Any, prefix: str = "-") -> dict[str, list[str]]:
 @pytest.mark.postgres
 def test_postgres_keeps_every_acknowledged_save_across_kill_9(zygote: Zygote) -> None:
     require_server("PostgreSQL", 5432)
-    import psycopg
-
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     # One table for every round (its tables are made once), fresh ids per round.
@@ -235,14 +232,14 @@ def test_postgres_keeps_every_acknowledged_save_across_kill_9(zygote: Zygote) ->
             acked = zygote.round("postgres", f"{POSTGRES_DSN}|{table}", backend, kill_after, prefix)
 
             stored = anyio.run(_load_all_postgres, table, prefix)
-            with psycopg.connect(POSTGRES_DSN) as conn:
-                counts = dict(
-                    conn.execute(  # type: ignore[arg-type]
-                        f"SELECT conversation_id, count(*) FROM {table}_messages "
-                        "WHERE conversation_id LIKE %s GROUP BY 1",
-                        (prefix + "%",),
-                    ).fetchall()
+            counts = dict(
+                sql(
+                    POSTGRES_DSN,
+                    f"SELECT conversation_id, count(*) FROM {table}_messages "
+                    "WHERE conversation_id LIKE %s GROUP BY 1",
+                    prefix + "%",
                 )
+            )
             try:
                 check(stored, counts, acked, prefix)
             except AssertionError as exc:
@@ -250,11 +247,10 @@ def test_postgres_keeps_every_acknowledged_save_across_kill_9(zygote: Zygote) ->
                     f"round {round_no} (seed {seed}, kill after {kill_after})"
                 ) from exc
     finally:
-        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-            names = ", ".join(
-                f"{table}{suffix}" for suffix in ("", "_messages", "_quarantine", "_qmessages")
-            )
-            conn.execute(f"DROP TABLE IF EXISTS {names}")  # type: ignore[arg-type]
+        names = ", ".join(
+            f"{table}{suffix}" for suffix in ("", "_messages", "_quarantine", "_qmessages")
+        )
+        sql(POSTGRES_DSN, f"DROP TABLE IF EXISTS {names}")
 
 
 async def _load_all_postgres(table: str, prefix: str) -> dict[str, list[str]]:

@@ -13,7 +13,7 @@ import pytest
 from sessionvisor._errors import StaleWriteError
 from sessionvisor.state import Message, State, StoredConversation, dump_state
 
-from .conftest import Backend
+from ._backends import Backend
 
 pytestmark = pytest.mark.anyio
 

@@ -12,9 +12,8 @@ import pytest
 
 from sessionvisor._errors import CorruptStateError, NothingStored, StaleWriteError
 from sessionvisor.state import Message, State, StoredConversation, dump_state
-from tests.conftest import require_server
-
-from .conftest import POSTGRES_DSN
+from tests._support.servers import require_server
+from tests._support.sql import POSTGRES_DSN, sql
 
 pytestmark = pytest.mark.anyio
 
@@ -48,20 +47,14 @@ def test_postgres_store_refuses_a_table_name_it_cannot_quote_safely(table: str) 
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     require_server("PostgreSQL", 5432)
-    import psycopg
-
     schema = f"sv_schema_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")  # type: ignore[arg-type]
+    sql(POSTGRES_DSN, f"CREATE SCHEMA {schema}")
     yield schema
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")  # type: ignore[arg-type]
+    sql(POSTGRES_DSN, f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.mark.postgres
 async def test_postgres_store_works_in_a_named_schema(anyio_backend: str, pg_schema: str) -> None:
-    import psycopg
-
     from sessionvisor.state.postgres import PostgresStore
 
     async with PostgresStore(POSTGRES_DSN, table=f"{pg_schema}.convs") as store:
@@ -69,12 +62,12 @@ async def test_postgres_store_works_in_a_named_schema(anyio_backend: str, pg_sch
         loaded = await store.load("c-1")
 
     assert loaded is not None
-    with psycopg.connect(POSTGRES_DSN) as conn:
-        found = conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
-            "ORDER BY table_name",
-            (pg_schema,),
-        ).fetchall()
+    found = sql(
+        POSTGRES_DSN,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+        "ORDER BY table_name",
+        pg_schema,
+    )
     assert [row[0] for row in found] == [
         "convs",
         "convs_messages",
@@ -87,8 +80,6 @@ async def test_postgres_store_works_in_a_named_schema(anyio_backend: str, pg_sch
 async def test_postgres_keeps_one_text_row_per_message_and_reads_damage_as_corrupt(
     anyio_backend: str, pg_schema: str
 ) -> None:
-    import psycopg
-
     from sessionvisor.state.postgres import PostgresStore
 
     table = f"{pg_schema}.convs"
@@ -98,11 +89,8 @@ async def test_postgres_keeps_one_text_row_per_message_and_reads_damage_as_corru
         loaded = await store.load("c-1")
         assert loaded is not None
         assert loaded.state["messages"][0]["content"] == "hi\u0000there"
-        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-            rows = conn.execute(
-                f"SELECT position, body FROM {table}_messages"  # type: ignore[arg-type]
-            ).fetchall()
-            conn.execute(f"UPDATE {table} SET head = '[1, 2]'")  # type: ignore[arg-type]
+        rows = sql(POSTGRES_DSN, f"SELECT position, body FROM {table}_messages")
+        sql(POSTGRES_DSN, f"UPDATE {table} SET head = '[1, 2]'")
 
         with pytest.raises(CorruptStateError, match=r"'c-1'.*head is a JSON list"):
             await store.load("c-1")
@@ -115,8 +103,6 @@ async def test_postgres_keeps_one_text_row_per_message_and_reads_damage_as_corru
 async def test_a_missing_or_garbled_message_row_is_corrupt_and_left_alone(
     anyio_backend: str, pg_schema: str
 ) -> None:
-    import psycopg
-
     from sessionvisor.state.postgres import PostgresStore
 
     table = f"{pg_schema}.convs"
@@ -125,18 +111,13 @@ async def test_a_missing_or_garbled_message_row_is_corrupt_and_left_alone(
         await store.save(
             "c-1", StoredConversation(state=state), expected_version=None, lifecycle="queued"
         )
-        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-            conn.execute(f"DELETE FROM {table}_messages WHERE position = 1")  # type: ignore[arg-type]
-            with pytest.raises(CorruptStateError, match=r"'c-1'.*position 1 is missing"):
-                await store.load("c-1")
-            conn.execute(
-                f"INSERT INTO {table}_messages VALUES ('c-1', 1, '{{\"role\": ')"  # type: ignore[arg-type]
-            )
-            with pytest.raises(CorruptStateError, match=r"'c-1'.*position 1 is not valid JSON"):
-                await store.load("c-1")
-            (body,) = conn.execute(  # type: ignore[misc]
-                f"SELECT body FROM {table}_messages WHERE position = 1"  # type: ignore[arg-type]
-            ).fetchone()
+        sql(POSTGRES_DSN, f"DELETE FROM {table}_messages WHERE position = 1")
+        with pytest.raises(CorruptStateError, match=r"'c-1'.*position 1 is missing"):
+            await store.load("c-1")
+        sql(POSTGRES_DSN, f"INSERT INTO {table}_messages VALUES ('c-1', 1, '{{\"role\": ')")
+        with pytest.raises(CorruptStateError, match=r"'c-1'.*position 1 is not valid JSON"):
+            await store.load("c-1")
+        [(body,)] = sql(POSTGRES_DSN, f"SELECT body FROM {table}_messages WHERE position = 1")
     assert body == '{"role": '
 
 
@@ -150,14 +131,14 @@ async def test_postgres_store_reconnects_after_its_connection_dies(
 
     async with PostgresStore(POSTGRES_DSN, table=f"{pg_schema}.convs", max_connections=1) as store:
         await store.save("c-1", record("hi"), expected_version=None, lifecycle="queued")
-        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-            # Kill the store's pooled session, as a server restart would.
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND query LIKE %s",
-                (f"%{pg_schema}%",),
-            )
+        # Kill the store's pooled session, as a server restart would.
+        sql(
+            POSTGRES_DSN,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query LIKE %s",
+            f"%{pg_schema}%",
+        )
 
         failures: list[Any] = []
         for _ in range(2):

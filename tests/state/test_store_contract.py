@@ -25,7 +25,7 @@ from sessionvisor.state import (
     load_state,
 )
 
-from .conftest import Backend
+from ._backends import Backend
 
 pytestmark = pytest.mark.anyio
 

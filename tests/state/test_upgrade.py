@@ -20,9 +20,8 @@ from sessionvisor.state import (
     dump_state,
     load_state,
 )
-from tests.conftest import require_server
-
-from .conftest import POSTGRES_DSN
+from tests._support.servers import require_server
+from tests._support.sql import POSTGRES_DSN, sql
 
 pytestmark = pytest.mark.anyio
 
@@ -162,22 +161,23 @@ async def test_an_old_sqlite_file_is_upgraded_on_first_open(
 @pytest.fixture
 def old_pg_table() -> Iterator[str]:
     require_server("PostgreSQL", 5432)
-    import psycopg
     from psycopg.types.json import Jsonb
 
     table = f"sv_old_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-        for ddl in OLD_PG_DDL:
-            conn.execute(ddl.format(t=table, q=f"{table}_quarantine"))  # type: ignore[arg-type]
-        for cid, state, version, lifecycle in OLD_ROWS:
-            conn.execute(
-                f"INSERT INTO {table} VALUES (%s, %s, %s, 'owner-1', 'r', '{{}}', 7, now(), %s)",  # type: ignore[arg-type]
-                (cid, Jsonb(state), version, lifecycle),
-            )
+    for ddl in OLD_PG_DDL:
+        sql(POSTGRES_DSN, ddl.format(t=table, q=f"{table}_quarantine"))
+    for cid, state, version, lifecycle in OLD_ROWS:
+        sql(
+            POSTGRES_DSN,
+            f"INSERT INTO {table} VALUES (%s, %s, %s, 'owner-1', 'r', '{{}}', 7, now(), %s)",
+            cid,
+            Jsonb(state),
+            version,
+            lifecycle,
+        )
     yield table
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_quarantine CASCADE")  # type: ignore[arg-type]
-        conn.execute(f"DROP TABLE IF EXISTS {table}_messages, {table}_qmessages CASCADE")  # type: ignore[arg-type]
+    sql(POSTGRES_DSN, f"DROP TABLE IF EXISTS {table}, {table}_quarantine CASCADE")
+    sql(POSTGRES_DSN, f"DROP TABLE IF EXISTS {table}_messages, {table}_qmessages CASCADE")
 
 
 @pytest.mark.postgres
@@ -203,16 +203,12 @@ async def test_an_old_postgres_table_is_upgraded_on_first_open(
         )
         assert texts(await store.load("c-done")) == ["a", "b", "c", "d"]
 
-    import psycopg
-
-    with psycopg.connect(POSTGRES_DSN) as conn:
-        legacy = conn.execute(
-            f"SELECT count(*) FROM {old_pg_table} WHERE state IS NOT NULL"  # type: ignore[arg-type]
-        ).fetchone()
-        rows = conn.execute(
-            f"SELECT conversation_id, count(*) FROM {old_pg_table}_messages "  # type: ignore[arg-type]
-            "GROUP BY conversation_id ORDER BY conversation_id"
-        ).fetchall()
+    [legacy] = sql(POSTGRES_DSN, f"SELECT count(*) FROM {old_pg_table} WHERE state IS NOT NULL")
+    rows = sql(
+        POSTGRES_DSN,
+        f"SELECT conversation_id, count(*) FROM {old_pg_table}_messages "
+        "GROUP BY conversation_id ORDER BY conversation_id",
+    )
     assert legacy == (0,)
     assert rows == [("c-done", 4), ("c-held", 1), ("c-turn", 1)]
 
