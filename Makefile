@@ -40,6 +40,7 @@ test: $(STAMP) $(FRONTEND)/node_modules/.installed
 	bash scripts/test-services.sh
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -71,7 +71,8 @@ def test_a_cluster_needs_a_store_that_fences_stale_writers() -> None:
     from sessionvisor.cluster import Cluster
 
     cluster = Cluster("redis://127.0.0.1:6379", node_id="a")
-    with pytest.raises(ValueError, match=r"PostgresStore.*MemoryStore"):
+    # A store that cannot fence is the wrong type of store for a cluster.
+    with pytest.raises(TypeError, match=r"PostgresStore.*MemoryStore"):
         SessionSupervisor(_router(), cluster=cluster)
-    with pytest.raises(ValueError, match=r"PostgresStore.*SQLiteStore"):
+    with pytest.raises(TypeError, match=r"PostgresStore.*SQLiteStore"):
         SessionSupervisor(_router(), store=SQLiteStore(":memory:"), cluster=cluster)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._common import check_table_name, default_node_id, new_incarnation
 from ._events import EventStreams
 from ._inbox import Inbox
 from ._leases import LeaseTable
 from ._wakeups import Wakeups
+
+if TYPE_CHECKING:
+    from ..sessions.spi import RuntimeStats
+    from ..state import StateStore
+    from ._node import ClusterNode
 
 __all__ = ["Cluster"]
 
@@ -150,6 +155,26 @@ class Cluster:
             f"Cluster(redis=...{host!r}, node_id={self.node_id!r}, "
             f"lease_ttl={self.lease_ttl:g}, renew_every={self.renew_every:g})"
         )
+
+    def build_runtime(self, *, store: StateStore, stats: RuntimeStats) -> ClusterNode:
+        """This node's runtime (``SessionSupervisor(cluster=self)`` calls it once).
+
+        Raises:
+            TypeError: ``store`` cannot fence stale writers (a cluster needs a
+                ``FencingStore`` shared by the nodes: ``PostgresStore``).
+        """
+        from ..state import FencingStore
+
+        dsn = getattr(store, "dsn", None)
+        if not isinstance(store, FencingStore) or not isinstance(dsn, str):
+            raise TypeError(
+                "SessionSupervisor(cluster=...) needs a store shared by the nodes that fences "
+                f"stale writers: store=PostgresStore(dsn); got {type(store).__name__}"
+            )
+        from ._node import ClusterNode  # the node needs psycopg and redis; asyncio only
+
+        table = getattr(store, "table", "sessionvisor_conversations")
+        return ClusterNode(self, store, dsn=dsn, store_table=table, stats=stats)
 
     def lease_table_for(
         self, dsn: str, *, store_table: str = "sessionvisor_conversations", **kwargs: Any

@@ -26,9 +26,8 @@ from typing import Any
 import anyio
 import structlog
 
-from ..sessions import _events as ev
-from ..sessions._bus import LocalBus, Subscription, Topic
-from ..sessions._stats import RuntimeStats
+from .. import sessions as ev
+from ..sessions.spi import LocalBus, RuntimeStats, Subscription, Topic
 from ..state import Message, PendingInterrupt
 from ._events import EventStreams, ReadResult, StreamReader
 
@@ -77,21 +76,9 @@ def decode_event(text: str) -> ev.Event:
     return cls(**data)
 
 
-class _ClusterTopic(Topic):
-    __slots__ = ("_forward",)
-
-    def __init__(self, forward: Callable[[Topic, ev.Event], None], *args: Any) -> None:
-        super().__init__(*args)
-        self._forward = forward
-
-    def publish(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
-        event = super().publish(cls, **fields)
-        self._forward(self, event)
-        return event
-
-
-class ClusterBus(LocalBus):
-    """Implements ``Bus`` across nodes (see the module docstring)."""
+class ClusterBus:
+    """Implements ``Bus`` across nodes (see the module docstring), around a
+    ``LocalBus`` whose publish hook forwards this node's events."""
 
     def __init__(
         self,
@@ -102,7 +89,7 @@ class ClusterBus(LocalBus):
         on_stale: Callable[[str], None],
         stats: RuntimeStats | None = None,
     ) -> None:
-        super().__init__(stats)
+        self._local = LocalBus(stats, on_publish=self._forward)
         self._streams = streams
         self._epoch_of = epoch_of
         self._serving = serving
@@ -122,10 +109,25 @@ class ClusterBus(LocalBus):
         spawn(self._forwarder)
         spawn(self._pump)
 
-    def _new_topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
-        return _ClusterTopic(
-            self._forward, conversation_id, agent_id, last_seq, replay, self._stats
-        )
+    # -- the local bus's calls --------------------------------------------------------
+
+    def topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
+        return self._local.topic(conversation_id, agent_id, last_seq, replay)
+
+    def existing(self, conversation_id: str) -> Topic | None:
+        return self._local.existing(conversation_id)
+
+    def subscriber_count(self, conversation_id: str) -> int:
+        return self._local.subscriber_count(conversation_id)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._local.unsubscribe(sub)
+
+    def release(self, conversation_id: str, still_live: Callable[[str], bool]) -> None:
+        self._local.release(conversation_id, still_live)
+
+    def close_all(self) -> None:
+        self._local.close_all()
 
     def subscribe(
         self,
@@ -147,9 +149,8 @@ class ClusterBus(LocalBus):
             # Served elsewhere and followed by nobody here yet: the stream, not this
             # node's empty replay buffer, knows the events after ``after``. Follow
             # it from there (a position the stream no longer holds shows as a gap).
-            topic.last_seq = after
-            topic.drop_replay()
-        sub = super().subscribe(
+            topic.follow_from(after)
+        sub = self._local.subscribe(
             topic, owner=owner, capacity=capacity, after=after, status=status, interrupt=interrupt
         )
         self._follow(topic)
@@ -178,8 +179,7 @@ class ClusterBus(LocalBus):
 
     # -- the owner's side ----------------------------------------------------------
 
-    def _forward(self, topic: Topic, event: ev.Event) -> None:
-        cid = topic.conversation_id
+    def _forward(self, cid: str, event: ev.Event) -> None:
         epoch = self._epoch_of(cid)
         if epoch is None:
             return  # not the owner (any more): its writes are refused too
@@ -248,7 +248,7 @@ class ClusterBus(LocalBus):
         while True:
             readers: dict[int, Topic] = {}
             for cid, (topic, reader) in list(self._follows.items()):
-                if not topic.subscribers or self._topics.get(cid) is not topic:
+                if not topic.subscribers or self._local.existing(cid) is not topic:
                     del self._follows[cid]
                 elif self._serving(cid):
                     self._follows[cid] = (topic, None)
@@ -281,9 +281,7 @@ class ClusterBus(LocalBus):
 def _feed(topic: Topic, result: ReadResult) -> None:
     """Deliver what a stream read found to the topic's subscribers, seqs kept."""
     if result.gap:
-        first = result.events[0].seq if result.events else topic.last_seq + 1
-        topic.last_seq = first - 1
-        topic.deliver(topic.snapshot(ev.Status.NOT_RUNNING, None, gap=True))
+        topic.mark_gap(result.events[0].seq if result.events else topic.last_seq + 1)
     for entry in result.events:
         if entry.seq <= topic.last_seq:
             continue  # this node published it itself, when it was the owner
@@ -294,5 +292,4 @@ def _feed(topic: Topic, result: ReadResult) -> None:
                 "cluster_event_unreadable", conversation_id=topic.conversation_id, error=repr(exc)
             )
             continue
-        topic.last_seq = entry.seq
-        topic.deliver(event)
+        topic.deliver_from_elsewhere(event)

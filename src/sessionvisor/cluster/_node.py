@@ -1,9 +1,13 @@
-"""One node of the cluster: the seams a ``SessionSupervisor`` runs on, and its loops.
+"""One node of the cluster: the runtime a ``SessionSupervisor`` runs on, and its loops.
 
-``ClusterNode`` is made by the supervisor when given a ``Cluster``. It swaps the
-three seams for their cluster versions (the registry takes leases, the mailbox
-posts to the owner, the bus carries events through Redis), fences the store,
-and while the supervisor is open runs:
+``ClusterNode`` implements the supervisor's ``Runtime`` Protocol; the
+supervisor gets it from ``Cluster.build_runtime`` when given a ``Cluster``. Its
+parts are the local ones, composed: the registry takes the lease before a
+start and gives it up when the session ends (the registry's hooks), the
+mailbox posts to the owner (``ClusterMailbox`` around the local mailbox), the
+bus carries events through Redis (``ClusterBus`` around the local bus), and
+the store is fenced with the lease's epoch. While the supervisor is open it
+runs:
 
 - the renewal of its leases (``Leases.run``);
 - the sweeper: every ``renew_every`` it claims expired leases of conversations
@@ -19,22 +23,25 @@ its leases, so other nodes take over without waiting out the TTL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import structlog
 
 from .._errors import StaleWriteError
-from ..sessions._boot import Starter
-from ..sessions._mailbox import LocalMailbox
-from ..sessions._stats import ClusterMetrics, RuntimeStats
-from ._commands import ClusterMailbox, ClusterRegistry
+from ..sessions import ClusterMetrics
+from ..sessions.spi import LocalMailbox, LocalRegistry, Mailbox, RuntimeStats
+from ._commands import ClusterMailbox
 from ._common import require_asyncio
 from ._config import Cluster
 from ._live import ClusterBus
 from ._ownership import FencedStore, Leases
+from ._serving import InboxServer
+
+if TYPE_CHECKING:
+    from ..state import FencingStore
 
 __all__: list[str] = ["ClusterNode"]
 
@@ -45,10 +52,19 @@ _POLL_EVERY = 5.0  # seconds between inbox polls (behind the wake-ups and NOTIFY
 class ClusterNode:
     """The cluster side of one supervisor (see the module docstring)."""
 
-    def __init__(self, cluster: Cluster, store: Any, stats: RuntimeStats) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        store: FencingStore,
+        *,
+        dsn: str,
+        store_table: str,
+        stats: RuntimeStats,
+    ) -> None:
         self.cluster = cluster
-        self._table = cluster.lease_table_for(store.dsn, store_table=store.table)
-        self._inbox = cluster.inbox_for(store.dsn)
+        self._inner_store = store
+        self._table = cluster.lease_table_for(dsn, store_table=store_table)
+        self._inbox = cluster.inbox_for(dsn)
         self._streams = cluster.event_streams()
         self._wakeups = cluster.wakeups()
         self.leases = Leases(
@@ -58,44 +74,65 @@ class ClusterNode:
             renew_every=cluster.renew_every,
             on_lost=self._lost,
         )
-        self.store = FencedStore(store, self.leases)
-        self.registry = ClusterRegistry(self.leases)
-        self.bus = ClusterBus(
+        self._store = FencedStore(store, self.leases)
+        self._registry = LocalRegistry(claim=self.leases.take, release=self._release)
+        self._bus = ClusterBus(
             self._streams,
             epoch_of=self.leases.epoch,
-            serving=lambda cid: self.registry.live(cid) is not None,
+            serving=lambda cid: self._registry.live(cid) is not None,
             on_stale=lambda cid: self._lost(cid, "a newer owner's events are in its stream"),
             stats=stats,
         )
         self._stats = stats
-        self.mailbox: ClusterMailbox | None = None
+        self._mailbox: ClusterMailbox | None = None
+        self._server: InboxServer | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._draining = False
         self.takeovers = 0
         self.lost = 0
 
-    def make_mailbox(
-        self,
-        local: LocalMailbox,
-        *,
-        starter: Starter,
-        owner_of: Callable[[Any], str | None],
-        check_open: Callable[[str], None],
-    ) -> ClusterMailbox:
-        self.mailbox = ClusterMailbox(
+    # -- the Runtime Protocol ----------------------------------------------------------
+
+    @property
+    def store(self) -> FencedStore:
+        return self._store
+
+    @property
+    def registry(self) -> LocalRegistry:
+        return self._registry
+
+    @property
+    def bus(self) -> ClusterBus:
+        return self._bus
+
+    def mailbox(self, local: LocalMailbox) -> Mailbox:
+        self._server = InboxServer(
             local,
-            registry=self.registry,
-            starter=starter,
+            registry=self._registry,
+            starter=local.starter,
+            inbox=self._inbox,
+            release=self._release,
+            stats=self._stats,
+        )
+        self._mailbox = ClusterMailbox(
+            local,
+            server=self._server,
+            registry=self._registry,
+            starter=local.starter,
             leases=self.leases,
             inbox=self._inbox,
             wakeups=self._wakeups,
-            owner_of=owner_of,
-            check_open=check_open,
+            owner_of=local.owner_of,
+            check_open=local.check_open,
             spawn=self._spawn,
             recent_for=self.cluster.renew_every,
-            stats=self._stats,
         )
-        return self.mailbox
+        return self._mailbox
+
+    def _release(self, conversation_id: str) -> None:
+        """Give the lease up soon: the session ended (or never started) here."""
+        if self._tg is not None:
+            self.leases.release_soon(conversation_id, self._spawn)
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         if self._tg is not None:
@@ -103,18 +140,26 @@ class ClusterNode:
 
     # -- life --------------------------------------------------------------------------
 
-    async def open(self, tg: anyio.abc.TaskGroup) -> None:
-        """Create the tables, take back an earlier run's leases, start the loops."""
+    async def open(
+        self,
+        tasks: anyio.abc.TaskGroup,
+        *,
+        recover: Callable[[str], Awaitable[bool]] | None,
+    ) -> None:
+        """Create the tables, take back an earlier run's leases, start the loops.
+
+        ``recover`` is not used: the sweepers of all nodes wake the conversations
+        with unanswered work, under leases.
+        """
         require_asyncio("the cluster mode")
-        self._tg = tg
-        self.registry.spawn = self._spawn
+        tg = self._tg = tasks
         await self._table.__aenter__()
         await self._inbox.__aenter__()
 
         def keep(loop: Callable[[], Coroutine[Any, Any, Any]]) -> None:
             tg.start_soon(_keep_running, loop)
 
-        self.bus.start(keep)
+        self._bus.start(keep)
         for loop in (
             self.leases.run,
             self._sweep,
@@ -142,7 +187,7 @@ class ClusterNode:
     async def close(self) -> None:
         """Give up every lease (the sessions saved already) and close the connections."""
         with anyio.CancelScope(shield=True):
-            await self.bus.flush(2.0)  # the sessions' last events, for the other nodes
+            await self._bus.flush(2.0)  # the sessions' last events, for the other nodes
             with anyio.move_on_after(5.0):
                 await self.leases.wait_releases()
             await self.leases.release_all()
@@ -154,14 +199,14 @@ class ClusterNode:
         _log.info("cluster_node_left", node_id=self.cluster.node_id)
 
     def metrics(self) -> ClusterMetrics:
-        assert self.mailbox is not None
+        assert self._mailbox is not None and self._server is not None
         return ClusterMetrics(
             leases_held=len(self.leases.held),
             takeovers=self.takeovers,
             leases_lost=self.lost,
-            commands_posted=self.mailbox.posted,
-            commands_applied=self.mailbox.applied,
-            events_not_forwarded=self.bus.dropped,
+            commands_posted=self._mailbox.posted,
+            commands_applied=self._server.applied,
+            events_not_forwarded=self._bus.dropped,
         )
 
     # -- losing a conversation -----------------------------------------------------------
@@ -169,18 +214,18 @@ class ClusterNode:
     def _lost(self, conversation_id: str, why: str) -> None:
         self.lost += 1
         self.leases.held.pop(conversation_id, None)
-        actor = self.registry.entry(conversation_id)
+        actor = self._registry.entry(conversation_id)
         if actor is not None:
             actor.superseded(StaleWriteError(f"conversation {conversation_id!r}: {why}"))
 
     # -- the loops -------------------------------------------------------------------------
 
     async def _serve(self, cid: str, take: bool) -> None:
-        assert self.mailbox is not None
-        await self.mailbox.serve(cid, take=take)
+        assert self._server is not None
+        await self._server.serve(cid, take=take)
 
     async def _sweep(self) -> None:
-        store = self.leases._store
+        store = self._inner_store
         while True:
             await anyio.sleep(self.cluster.renew_every)
             if self._draining:
@@ -191,7 +236,7 @@ class ClusterNode:
                 _log.warning("cluster_sweep_failed", error=repr(exc))
                 continue
             for lease in claimed:
-                if self.mailbox is not None and self.mailbox.wake_put_off(lease.conversation_id):
+                if self._server is not None and self._server.wake_put_off(lease.conversation_id):
                     # Its last wake failed: the claim is left to run out (not renewed,
                     # not served), and the conversation is tried again after its backoff.
                     continue
@@ -230,7 +275,7 @@ class ClusterNode:
                 async with self._inbox.listen() as listener:
                     while True:
                         for cid in await listener.wait(30.0):
-                            if self.registry.live(cid) is not None:
+                            if self._registry.live(cid) is not None:
                                 self._spawn(self._serve, cid, False)
             except Exception as exc:
                 _log.info("cluster_notify_unavailable", error=type(exc).__name__)
@@ -244,7 +289,7 @@ class ClusterNode:
             except Exception:
                 continue
             for cid in pending:
-                if self.registry.live(cid) is not None:
+                if self._registry.live(cid) is not None:
                     self._spawn(self._serve, cid, False)
 
 

@@ -8,6 +8,7 @@ imports it.
 """
 
 from ._bus import Subscription
+from ._construction import default_owner_of
 from ._events import (
     AgentEvent,
     Delta,
@@ -23,7 +24,7 @@ from ._events import (
 from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
 from ._intake import PreprocessContext
 from ._stats import ClusterMetrics, HistogramSnapshot, Metrics
-from ._supervisor import SessionSupervisor, default_owner_of
+from ._supervisor import SessionSupervisor
 
 __all__ = [
     "AgentEvent",

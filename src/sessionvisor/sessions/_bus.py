@@ -2,8 +2,13 @@
 
 One ``Topic`` per conversation carries the sequence counter, a bounded replay
 buffer and the subscribers. A topic belongs to the conversation, not to an
-actor, so subscriptions survive restarts, idle shutdown and wake. A cluster
-implementation would replace this module behind the same small surface.
+actor, so subscriptions survive restarts, idle shutdown and wake.
+
+An alternative runtime composes ``LocalBus`` rather than subclassing it: the
+``on_publish`` hook sees every event an actor of this process publishes (a
+cluster forwards them to the other nodes), and ``Topic.follow_from`` and
+``Topic.deliver_from_elsewhere`` feed a topic with events published by another
+process, keeping their seqs.
 """
 
 from __future__ import annotations
@@ -107,8 +112,11 @@ _NO_SUBSCRIBERS: list[Subscription] = []  # never appended to: see LocalBus.subs
 
 
 class Topic:
+    """One conversation's seq counter, replay buffer and subscribers."""
+
     __slots__ = (
         "_delivered",
+        "_on_publish",
         "_stats",
         "agent_id",
         "conversation_id",
@@ -125,8 +133,10 @@ class Topic:
         last_seq: int,
         replay: int,
         stats: RuntimeStats | None = None,
+        on_publish: Callable[[str, Event], None] | None = None,
     ) -> None:
         self._stats = stats
+        self._on_publish = on_publish
         self.conversation_id = conversation_id
         self.agent_id = agent_id
         self.last_seq = last_seq
@@ -149,7 +159,30 @@ class Topic:
             **fields,
         )
         self.deliver(event)
+        if self._on_publish is not None:
+            self._on_publish(self.conversation_id, event)
         return event
+
+    def follow_from(self, seq: int) -> None:
+        """Take events published elsewhere from after ``seq`` on (this process's
+        replay buffer knows nothing of them)."""
+        self.last_seq = seq
+        self.replay = None
+
+    def deliver_from_elsewhere(self, event: Event) -> bool:
+        """Deliver an event another process published, with its seq; False (and
+        nothing delivered) when this topic has it already."""
+        if event.seq <= self.last_seq:
+            return False
+        self.last_seq = event.seq
+        self.deliver(event)
+        return True
+
+    def mark_gap(self, next_seq: int) -> None:
+        """Events before ``next_seq`` were lost on their way here: tell the
+        subscribers with a snapshot marked ``gap=True``."""
+        self.last_seq = next_seq - 1
+        self.deliver(self.snapshot(Status.NOT_RUNNING, None, gap=True))
 
     def deliver(self, event: Event) -> None:
         """Keep ``event`` for replay and hand it to every subscriber (it carries its seq)."""
@@ -204,15 +237,21 @@ class Topic:
 class LocalBus:
     """Topics by conversation id; a topic lives while an actor or a subscriber holds it."""
 
-    def __init__(self, stats: RuntimeStats | None = None) -> None:
+    def __init__(
+        self,
+        stats: RuntimeStats | None = None,
+        *,
+        on_publish: Callable[[str, Event], None] | None = None,
+    ) -> None:
         self._topics: dict[str, Topic] = {}
         self._stats = stats
+        self._on_publish = on_publish
 
     def topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
         topic = self._topics.get(conversation_id)
         if topic is None:
-            topic = self._topics[conversation_id] = self._new_topic(
-                conversation_id, agent_id, last_seq, replay
+            topic = self._topics[conversation_id] = Topic(
+                conversation_id, agent_id, last_seq, replay, self._stats, self._on_publish
             )
         else:
             # The store may know of later events than a topic that outlived its actor.
@@ -224,11 +263,12 @@ class LocalBus:
                     topic.replay = deque(topic.replay, maxlen=replay)
         return topic
 
-    def _new_topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
-        return Topic(conversation_id, agent_id, last_seq, replay, self._stats)
-
     def existing(self, conversation_id: str) -> Topic | None:
         return self._topics.get(conversation_id)
+
+    def subscriber_count(self, conversation_id: str) -> int:
+        topic = self._topics.get(conversation_id)
+        return 0 if topic is None else len(topic.subscribers)
 
     async def status_elsewhere(self, conversation_id: str) -> tuple[Status, Any] | None:
         return None  # one process: there is no elsewhere

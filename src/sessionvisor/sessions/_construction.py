@@ -7,11 +7,26 @@ was given instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-__all__: list[str] = ["check_constructor_args"]
+__all__: list[str] = ["check_constructor_args", "default_agent_id", "default_owner_of"]
 
 _STORE_METHODS = ("load", "save", "delete", "quarantine")
+
+
+def default_owner_of(scope: Any) -> str | None:
+    """The owner key of a scope: ``scope["owner"]``, ``scope.owner``, a str itself, or None."""
+    if scope is None:
+        return None
+    if isinstance(scope, str):
+        return scope
+    value = scope.get("owner") if isinstance(scope, Mapping) else getattr(scope, "owner", None)
+    return None if value is None else str(value)
+
+
+def default_agent_id(conversation_id: str) -> str:
+    return f"conversation-{conversation_id}"
 
 
 def _given(value: Any) -> str:
@@ -64,17 +79,9 @@ def check_constructor_args(
         raise ValueError(f"on_corrupt must be 'fail' or 'quarantine', got {on_corrupt!r}")
     if not isinstance(recover, bool):
         raise TypeError(f"SessionSupervisor(recover=...) must be a bool; got {_given(recover)}")
-    if cluster is not None:
-        from ..cluster import Cluster  # only when asked for: it needs the extra "cluster"
-
-        if not isinstance(cluster, Cluster):
-            raise TypeError(
-                "SessionSupervisor(cluster=...) must be a sessionvisor.cluster.Cluster or None; "
-                f"got {_given(cluster)}"
-            )
-        if store is None or not callable(getattr(store, "fence", None)):
-            raise ValueError(
-                "SessionSupervisor(cluster=...) needs a store shared by the nodes that fences "
-                "stale writers: store=PostgresStore(dsn); got "
-                + ("the default MemoryStore" if store is None else type(store).__name__)
-            )
+    if cluster is not None and not callable(getattr(cluster, "build_runtime", None)):
+        # Any RuntimeProvider would do; the cluster is the one users meet.
+        raise TypeError(
+            "SessionSupervisor(cluster=...) must be a sessionvisor.cluster.Cluster or None; "
+            f"got {_given(cluster)}"
+        )

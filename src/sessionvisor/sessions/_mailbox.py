@@ -4,22 +4,59 @@ In one process the owner is the live actor in the registry; a command for a
 conversation with no live actor wakes it first (through the registry's single
 flight and the start pipeline), then is delivered. Ownership (the trusted
 scope) is checked before anything is created or changed.
+
+The rules a command meets before anything wakes (``require_interrupt``,
+``require_notice``) and the delivery of a message with its retries
+(``LocalMailbox.deliver``) live here once; a cluster's mailbox uses them
+through ``sessions.spi``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidStatus, NotRunning, SessionFailedError
-from ..state import load_state
-from ._actor import Actor
+from ..state import PendingInterrupt, StoredConversation, load_state
 from ._boot import NO_RESUME, Starter, check_owner
 from ._events import Status
 from ._handle import Delivery
-from ._seams import Registry
+from ._seams import Reached, Registry
 
-__all__: list[str] = ["LocalMailbox"]
+if TYPE_CHECKING:
+    from ._actor import Actor
+
+__all__: list[str] = ["LocalMailbox", "require_interrupt", "require_notice"]
+
+_ATTEMPTS = 3  # a session that stops between lookup and delivery is woken again
+
+
+def require_interrupt(
+    conversation_id: str, interrupt: PendingInterrupt | None, *, status: Status
+) -> PendingInterrupt:
+    """The pending interrupt an answer is for; InvalidStatus when there is none."""
+    if interrupt is None:
+        raise InvalidStatus(
+            f"cannot resume conversation {conversation_id!r}: it holds no interrupt",
+            status.value,
+        )
+    return interrupt
+
+
+def require_notice(
+    conversation_id: str, interrupt: PendingInterrupt | None, *, status: Status
+) -> PendingInterrupt:
+    """The pending ``notice`` a dismiss is for; InvalidStatus when there is none."""
+    if interrupt is None or interrupt.kind != "notice":
+        raise InvalidStatus(
+            f"cannot dismiss conversation {conversation_id!r}: it has no 'notice' interrupt",
+            status.value,
+        )
+    return interrupt
+
+
+def stored_interrupt(stored: StoredConversation | None, cid: str) -> PendingInterrupt | None:
+    return None if stored is None else load_state(stored.state, cid).interrupt
 
 
 class LocalMailbox:
@@ -38,42 +75,93 @@ class LocalMailbox:
         self._owner_of = owner_of
         self._check_open = check_open
 
+    @property
+    def starter(self) -> Starter:
+        """The start pipeline this mailbox wakes conversations with."""
+        return self._starter
+
+    @property
+    def owner_of(self) -> Callable[[Any], str | None]:
+        return self._owner_of
+
+    @property
+    def check_open(self) -> Callable[[str], None]:
+        """Raises ``RegistryUnavailable`` unless the supervisor is open."""
+        return self._check_open
+
     def _check_owner(self, owner: str | None, scope: Any, cid: str) -> None:
         check_owner(self._owner_of, owner, scope, cid)
 
     async def ensure(
         self,
-        cid: str,
+        conversation_id: str,
+        *,
+        scope: Any,
+        request_opts: dict[str, Any] | None = None,
+        reroute: bool = False,
+        pending_resume: Any = NO_RESUME,
+        trusted: bool = False,
+    ) -> Reached:
+        """Return the live actor of the conversation, starting it (once) if needed.
+
+        ``trusted`` skips the ownership check: the runtime's own wake (recovery).
+
+        Raises:
+            InvalidStatus: a ``pending_resume`` met a stored state with no interrupt
+                (the session started all the same).
+        """
+        cid = conversation_id
+        self._check_open(cid)
+        start = _Start(
+            self._starter,
+            cid=cid,
+            scope=scope,
+            request_opts=request_opts or {},
+            reroute=reroute,
+            pending_resume=pending_resume,
+            still_live=self._registry.holds,
+            check_access=not trusted,
+        )
+        actor, started = await self._registry.ensure(cid, start.run)
+        if not started and not trusted:
+            self._check_owner(actor.owner, scope, cid)
+        if start.resume_refused is not None:
+            raise start.resume_refused
+        return Reached(actor=actor, started=started)
+
+    async def deliver(
+        self,
+        conversation_id: str,
+        content: Any,
+        *,
         scope: Any,
         request_opts: dict[str, Any],
         reroute: bool,
-        pending_resume: Any = NO_RESUME,
-        *,
-        trusted: bool = False,
-    ) -> tuple[Actor, bool, Exception | None]:
-        """Return the live actor of ``cid``, starting it (once) if needed.
+        message_id: str | None,
+        first: Callable[[str, Actor], Awaitable[None]] | None = None,
+    ) -> Delivery:
+        """Reach the session and hand it the message; ``first`` runs just before
+        (a cluster applies the commands stored earlier for the conversation).
 
-        ``trusted`` skips the ownership check: the runtime's own wake (recovery).
+        A session that stopped (or gave up) between lookup and delivery is woken
+        again from the store, at most ``_ATTEMPTS`` times in all.
         """
-        self._check_open(cid)
-        resume_error: list[Exception | None] = [None]
-
-        async def start() -> Actor:
-            actor, resume_error[0] = await self._starter.build(
-                cid,
-                scope,
-                request_opts,
-                reroute,
-                pending_resume,
-                self._registry.holds,
-                check_access=not trusted,
+        cid = conversation_id
+        for attempt in range(1, _ATTEMPTS + 1):
+            reached = await self.ensure(
+                cid, scope=scope, request_opts=request_opts, reroute=reroute
             )
-            return actor
-
-        actor, started = await self._registry.ensure(cid, start)
-        if not started and not trusted:
-            self._check_owner(actor.owner, scope, cid)
-        return actor, started, resume_error[0]
+            actor = reached.actor
+            try:
+                if first is not None:
+                    await first(cid, actor)
+                queued, duplicate = await actor.send(content, scope, message_id=message_id)
+            except (NotRunning, SessionFailedError):
+                if attempt == _ATTEMPTS:
+                    raise
+                continue
+            return Delivery(queued=queued, started=reached.started, duplicate=duplicate)
+        raise AssertionError("unreachable")
 
     async def send(
         self,
@@ -85,18 +173,14 @@ class LocalMailbox:
         reroute: bool,
         message_id: str | None,
     ) -> Delivery:
-        for attempt in range(3):
-            actor, started, _ = await self.ensure(conversation_id, scope, request_opts, reroute)
-            try:
-                queued, duplicate = await actor.send(content, scope, message_id=message_id)
-            except (NotRunning, SessionFailedError):
-                # It stopped (or gave up) between lookup and delivery: wake it again
-                # from the store.
-                if attempt == 2:
-                    raise
-                continue
-            return Delivery(queued=queued, started=started, duplicate=duplicate)
-        raise AssertionError("unreachable")
+        return await self.deliver(
+            conversation_id,
+            content,
+            scope=scope,
+            request_opts=request_opts,
+            reroute=reroute,
+            message_id=message_id,
+        )
 
     async def resume(
         self, conversation_id: str, answer: Any, *, scope: Any, request_opts: dict[str, Any]
@@ -118,13 +202,13 @@ class LocalMailbox:
             )
         if stored is not None:
             self._check_owner(stored.owner, scope, cid)
-        actor, started, resume_error = await self.ensure(cid, scope, request_opts, False, answer)
-        if resume_error is not None:
-            raise resume_error
-        if not started:
+        reached = await self.ensure(
+            cid, scope=scope, request_opts=request_opts, pending_resume=answer
+        )
+        if not reached.started:
             # Someone else woke it between our live attempt and the wake.
-            return await actor.resume(answer, scope)
-        return actor.status
+            return await reached.actor.resume(answer, scope)
+        return reached.actor.status
 
     async def dismiss(
         self, conversation_id: str, *, scope: Any, request_opts: dict[str, Any]
@@ -139,14 +223,9 @@ class LocalMailbox:
                     Status.NOT_RUNNING.value,
                 )
             self._check_owner(stored.owner, scope, cid)
-            interrupt = load_state(stored.state, cid).interrupt
-            if interrupt is None or interrupt.kind != "notice":
-                raise InvalidStatus(
-                    f"cannot dismiss conversation {cid!r}: it has no 'notice' interrupt",
-                    Status.NOT_RUNNING.value,
-                )
-        actor, _, _ = await self.ensure(cid, scope, request_opts, False)
-        return await actor.dismiss(scope)
+            require_notice(cid, stored_interrupt(stored, cid), status=Status.NOT_RUNNING)
+        reached = await self.ensure(cid, scope=scope, request_opts=request_opts)
+        return await reached.actor.dismiss(scope)
 
     async def cancel(self, conversation_id: str, *, scope: Any) -> Status:
         cid = conversation_id
@@ -171,3 +250,28 @@ class LocalMailbox:
             return "not_running"
         await actor.stop()
         return "stopped"
+
+
+class _Start:
+    """One start through the registry's single flight; keeps what a pending
+    resume met, raised once the registry holds the new actor."""
+
+    __slots__ = ("_args", "_starter", "resume_refused")
+
+    def __init__(self, starter: Starter, **args: Any) -> None:
+        self._starter = starter
+        self._args = args
+        self.resume_refused: Exception | None = None
+
+    async def run(self) -> Actor:
+        a = self._args
+        actor, self.resume_refused = await self._starter.build(
+            a["cid"],
+            a["scope"],
+            a["request_opts"],
+            a["reroute"],
+            a["pending_resume"],
+            a["still_live"],
+            check_access=a["check_access"],
+        )
+        return actor

@@ -15,14 +15,17 @@ their router and agent see ``scope=None`` for that wake.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
 from ..state import StoredConversation
 
-__all__: list[str] = ["has_unanswered_work", "recover_unanswered"]
+if TYPE_CHECKING:
+    from ._seams import Mailbox, Registry
+
+__all__: list[str] = ["has_unanswered_work", "recover_unanswered", "wake_for_recovery"]
 
 _log = structlog.get_logger("sessionvisor")
 _AT_ONCE = 16  # conversations woken concurrently
@@ -68,3 +71,35 @@ async def recover_unanswered(store: Any, wake: Callable[[str], Awaitable[bool]])
         for _ in range(min(_AT_ONCE, len(found))):
             tg.start_soon(waker)
     _log.info("supervisor_recovery_finished", conversations=len(found), woken=woken)
+
+
+async def wake_for_recovery(
+    conversation_id: str,
+    *,
+    is_open: Callable[[], bool],
+    registry: Registry,
+    load: Callable[[str], Awaitable[StoredConversation | None]],
+    mailbox: Mailbox,
+    agent_id: str,
+) -> bool:
+    """Wake one conversation found with unanswered work; False when it was
+    already live, had nothing left to answer, or failed to wake (logged)."""
+    cid = conversation_id
+    try:
+        if not is_open() or registry.entry(cid) is not None:
+            return False
+        stored = await load(cid)
+        # Checked again now: since the store was asked, a user may have woken and
+        # stopped it, and nothing may be left to answer.
+        if stored is None or not has_unanswered_work(stored):
+            return False
+        reached = await mailbox.ensure(cid, scope=None, trusted=True)
+        return reached.started
+    except Exception as exc:
+        _log.warning(
+            "recovery_wake_failed",
+            conversation_id=cid,
+            agent_id=agent_id,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return False

@@ -1,12 +1,20 @@
-"""The local registry: the live actors of this process, starts in flight, viewers."""
+"""The local registry: the live actors of this process, starts in flight, viewers.
+
+An alternative runtime extends it through two constructor hooks instead of
+subclassing it: ``claim`` runs before a start (a cluster takes the
+conversation's lease there and raises when another node holds it) and
+``release`` runs when a start failed or the registered actor ended.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 
-from ._actor import Actor
+if TYPE_CHECKING:
+    from ._actor import Actor
 
 __all__: list[str] = ["LocalRegistry"]
 
@@ -24,7 +32,14 @@ class _Flight:
 class LocalRegistry:
     """Implements ``Registry`` for one process (see ``_seams.Registry``)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        claim: Callable[[str], Awaitable[object]] | None = None,
+        release: Callable[[str], None] | None = None,
+    ) -> None:
+        self._claim = claim
+        self._release = release
         self._actors: dict[str, Actor] = {}
         self._flights: dict[str, _Flight] = {}
         self._viewers: dict[str, int] = {}
@@ -62,7 +77,14 @@ class LocalRegistry:
                 continue
             flight = self._flights[conversation_id] = _Flight()
             try:
-                actor = await start()
+                if self._claim is not None:
+                    await self._claim(conversation_id)
+                try:
+                    actor = await start()
+                except BaseException:
+                    if self._release is not None:
+                        self._release(conversation_id)
+                    raise
                 self._actors[conversation_id] = actor
             except Exception as exc:
                 flight.error = exc
@@ -76,6 +98,12 @@ class LocalRegistry:
         cid = actor.conversation_id
         if self._actors.get(cid) is actor:
             del self._actors[cid]
+            if self._release is not None:
+                self._release(cid)
+
+    def in_use(self, conversation_id: str) -> bool:
+        """True while an actor is registered for the conversation or starting."""
+        return conversation_id in self._actors or conversation_id in self._flights
 
     async def wait_starts(self) -> None:
         while self._flights:

@@ -1,11 +1,14 @@
-"""The three seams of the runtime: registry, mailbox and event bus.
+"""The seams of the runtime: the mode (``Runtime``) and the three parts it
+provides, the registry, the mailbox and the event bus.
 
-The supervisor talks to these Protocols only. Each has one local
-implementation (``_registry.LocalRegistry``, ``_mailbox.LocalMailbox``,
-``_bus.LocalBus``), chosen in one place (``SessionSupervisor.__init__``), so a
-second implementation - several processes sharing a database, for example - can
-be plugged in without touching the actor or the turn logic. The docstrings say
-what any implementation must guarantee.
+The supervisor talks to these Protocols only. The mode is one object, chosen
+once when the supervisor is built: ``_runtime.LocalRuntime`` for one process,
+or whatever the object given as ``SessionSupervisor(cluster=...)`` builds
+through ``RuntimeProvider.build_runtime`` (``sessionvisor.cluster.Cluster``
+builds a cluster node). Nothing else in ``sessions`` knows which mode runs.
+An alternative runtime builds its parts from the local ones through the
+provider module ``sessions.spi``. The docstrings say what any implementation
+must guarantee.
 """
 
 from __future__ import annotations
@@ -13,13 +16,29 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import attrs
+
 if TYPE_CHECKING:
+    import anyio.abc
+
+    from ..state import State, StateStore
     from ._actor import Actor
     from ._bus import Subscription, Topic
     from ._events import Status
     from ._handle import Delivery
+    from ._mailbox import LocalMailbox
+    from ._stats import ClusterMetrics, RuntimeStats
 
-__all__: list[str] = ["Bus", "Mailbox", "Registry", "RunningElsewhere"]
+__all__: list[str] = [
+    "Bus",
+    "Mailbox",
+    "Reached",
+    "Registry",
+    "RunningElsewhere",
+    "Runtime",
+    "RuntimeProvider",
+    "Session",
+]
 
 
 class RunningElsewhere(Exception):
@@ -34,6 +53,52 @@ class RunningElsewhere(Exception):
         super().__init__(f"conversation {conversation_id!r} runs on node {node_id!r}")
         self.conversation_id = conversation_id
         self.node_id = node_id
+
+
+class Session(Protocol):
+    """One live session, as a mailbox (local or not) drives it."""
+
+    @property
+    def conversation_id(self) -> str: ...
+
+    @property
+    def owner(self) -> str | None:
+        """The owner key the conversation belongs to (None: nobody's)."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """True once it stopped or is stopping: commands go to the next session."""
+        ...
+
+    @property
+    def status(self) -> Status: ...
+
+    @property
+    def state(self) -> State:
+        """The live State (read it, never change it)."""
+        ...
+
+    async def send(self, content: Any, scope: Any, *, message_id: str | None = None) -> object:
+        """Queue a user message, stored before this returns."""
+        ...
+
+    async def resume(self, answer: Any, scope: Any) -> Status: ...
+
+    async def dismiss(self, scope: Any) -> Status: ...
+
+    async def cancel(self) -> Status: ...
+
+    async def stop(self) -> None: ...
+
+
+@attrs.frozen
+class Reached:
+    """What ``Mailbox.ensure`` found: the conversation's live actor, and whether
+    this call started it."""
+
+    actor: Actor
+    started: bool
 
 
 class Registry(Protocol):
@@ -58,6 +123,10 @@ class Registry(Protocol):
 
     def holds(self, conversation_id: str) -> bool:
         """True while an actor, serving or stopping, is registered for the conversation."""
+        ...
+
+    def in_use(self, conversation_id: str) -> bool:
+        """True while an actor is registered for the conversation or starting."""
         ...
 
     def actors(self) -> list[Actor]:
@@ -108,19 +177,22 @@ class Mailbox(Protocol):
     async def ensure(
         self,
         conversation_id: str,
-        scope: Any,
-        request_opts: dict[str, Any],
-        reroute: bool,
-        pending_resume: Any = ...,
         *,
+        scope: Any,
+        request_opts: dict[str, Any] | None = None,
+        reroute: bool = False,
+        pending_resume: Any = ...,
         trusted: bool = False,
-    ) -> tuple[Actor, bool, Exception | None]:
+    ) -> Reached:
         """Reach the conversation's session, waking it when nothing holds it.
 
-        Returns:
-            The actor, True when this call started it, and the error a pending
-            resume met (its stored state held no interrupt). ``trusted`` skips
-            the ownership check (the runtime's own wake, for recovery).
+        ``trusted`` skips the ownership check (the runtime's own wake, for
+        recovery).
+
+        Raises:
+            RunningElsewhere: another node serves it (after the access check).
+            InvalidStatus: a ``pending_resume`` met a stored state with no
+                interrupt (the session started all the same).
         """
         ...
 
@@ -171,6 +243,10 @@ class Bus(Protocol):
 
     def existing(self, conversation_id: str) -> Topic | None: ...
 
+    def subscriber_count(self, conversation_id: str) -> int:
+        """How many subscriptions of this process follow the conversation."""
+        ...
+
     async def status_elsewhere(self, conversation_id: str) -> tuple[Status, Any] | None:
         """The status (and pending interrupt) of the conversation's session on
         another node, when known (None in one process, or when no other node
@@ -197,3 +273,56 @@ class Bus(Protocol):
     def close_all(self) -> None:
         """End every subscription (the supervisor drained)."""
         ...
+
+
+class Runtime(Protocol):
+    """The mode the supervisor runs in: one object that provides the parts and
+    the life of the runtime (``LocalRuntime`` in one process; a cluster node).
+
+    Guarantees, beyond those of its parts:
+        - Every save of ``store`` is refused once this runtime no longer owns
+          the conversation (a cluster fences stale owners).
+        - ``open`` starts whatever recovers unanswered work (``recover`` is
+          None when the supervisor was built with ``recover=False``).
+        - ``close`` runs after the drain saved every session, and hands the
+          conversations over (a cluster gives up its leases).
+    """
+
+    @property
+    def store(self) -> StateStore:
+        """The store every save and load of the sessions goes through."""
+        ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def bus(self) -> Bus: ...
+
+    def mailbox(self, local: LocalMailbox) -> Mailbox:
+        """The mailbox commands go through, built around the local one."""
+        ...
+
+    async def open(
+        self,
+        tasks: anyio.abc.TaskGroup,
+        *,
+        recover: Callable[[str], Awaitable[bool]] | None,
+    ) -> None: ...
+
+    def begin_drain(self) -> None:
+        """The supervisor is leaving: take on no new conversation."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def metrics(self) -> ClusterMetrics | None:
+        """The mode's own figures (``Metrics.cluster``), or None."""
+        ...
+
+
+class RuntimeProvider(Protocol):
+    """What ``SessionSupervisor(cluster=...)`` accepts: an object that builds the
+    runtime (``sessionvisor.cluster.Cluster`` is one)."""
+
+    def build_runtime(self, *, store: StateStore, stats: RuntimeStats) -> Runtime: ...

@@ -1,10 +1,8 @@
-"""``SessionSupervisor``: the public calls, the drain, and the host of the actors.
+"""``SessionSupervisor``: the public calls.
 
-The supervisor checks arguments and ownership, then hands each call to one of
-the three seams (``_seams``): the registry (who holds a conversation), the
-mailbox (how a command reaches it) and the bus (how events reach
-subscribers). The start pipeline is ``_boot.Starter``; crash recovery at
-start-up is ``_recovery``.
+The supervisor checks arguments and ownership, then hands each call to the
+parts of its runtime (``_seams.Runtime``, chosen once in ``__init__``): the
+registry, the mailbox and the bus. Its life (enter, drain) is ``_lifetime``.
 """
 
 from __future__ import annotations
@@ -13,52 +11,30 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-import anyio
-import anyio.abc
 import attrs
-import structlog
 
 from .._clock import Clock, SystemClock
-from .._errors import RegistryUnavailable
 from .._json import check_json
 from .._options import SupervisorOpts
 from ..routers import FactoryRouter, check_request_opts
 from ..state import MemoryStore, State, StateStore, load_state
 from ._actor import Actor
 from ._boot import NO_RESUME, Starter, check_owner
-from ._bus import LocalBus, Subscription, Topic
-from ._construction import check_constructor_args
+from ._bus import Subscription
+from ._construction import check_constructor_args, default_agent_id, default_owner_of
 from ._events import Status
 from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
-from ._host import LocalHost
+from ._lifetime import Lifetime, Phase
 from ._mailbox import LocalMailbox
-from ._recovery import has_unanswered_work, recover_unanswered
-from ._registry import LocalRegistry
-from ._runners import Runners
-from ._seams import Bus, Mailbox, Registry, RunningElsewhere
+from ._recovery import wake_for_recovery
+from ._runtime import LOCAL
+from ._seams import Mailbox, RunningElsewhere, Runtime, RuntimeProvider
 from ._stats import Metrics, RuntimeStats, collect_metrics
-from ._stopping import drain
-from ._timers import Deadlines
 from ._validation import check_content, check_conversation_id, check_message_id
+from ._watching import open_subscription, viewer_of
 
 __all__ = ["SessionSupervisor", "default_owner_of"]
-
-_log = structlog.get_logger("sessionvisor")
 _ANY: Any = object()
-
-
-def default_owner_of(scope: Any) -> str | None:
-    """The owner key of a scope: ``scope["owner"]``, ``scope.owner``, a str itself, or None."""
-    if scope is None:
-        return None
-    if isinstance(scope, str):
-        return scope
-    value = scope.get("owner") if isinstance(scope, Mapping) else getattr(scope, "owner", None)
-    return None if value is None else str(value)
-
-
-def _default_agent_id(conversation_id: str) -> str:
-    return f"conversation-{conversation_id}"
 
 
 class SessionSupervisor:
@@ -98,7 +74,7 @@ class SessionSupervisor:
         clock: Clock | None = None,
         on_corrupt: Literal["fail", "quarantine"] = "fail",
         recover: bool = True,
-        cluster: Any = None,
+        cluster: RuntimeProvider | None = None,
     ) -> None:
         check_constructor_args(
             router=router,
@@ -111,34 +87,27 @@ class SessionSupervisor:
             cluster=cluster,
         )
         self._router = router
-        self._store: StateStore = store if store is not None else MemoryStore()
-        self._agent_id = agent_id or _default_agent_id
+        self._agent_id = agent_id or default_agent_id
         self._defaults = SupervisorOpts().merged(supervisor_opts)
         self._owner_of = owner_of or default_owner_of
         self._clock: Clock = clock or SystemClock()
-        self._recover = recover
-        # The three seams, chosen here and nowhere else.
         self._stats = RuntimeStats()
-        self._node: Any = None
-        if cluster is None:
-            self._registry: Registry = LocalRegistry()
-            self._bus: Bus = LocalBus(self._stats)
-        else:
-            from ..cluster._node import ClusterNode  # the extra "cluster"; asyncio only
-
-            self._node = node = ClusterNode(cluster, self._store, self._stats)
-            self._store = node.store  # every save carries this node's lease epoch
-            self._registry = node.registry
-            self._bus = node.bus
-        self._deadlines = Deadlines(self._clock, self._stats)
-        self._host = LocalHost(
-            clock=self._clock,
-            store=self._store,
-            registry=self._registry,
-            bus=self._bus,
-            deadlines=self._deadlines,
-            stats=self._stats,
+        # The mode: one object, chosen here and nowhere else.
+        provider: RuntimeProvider = cluster if cluster is not None else LOCAL
+        self._runtime: Runtime = provider.build_runtime(
+            store=store if store is not None else MemoryStore(), stats=self._stats
         )
+        self._store = self._runtime.store
+        self._registry = self._runtime.registry
+        self._bus = self._runtime.bus
+        self._life = Lifetime(
+            runtime=self._runtime,
+            clock=self._clock,
+            stats=self._stats,
+            recover=self._wake_for_recovery if recover else None,
+        )
+        self._host = self._life.host
+        self._check_open = self._life.check_open
         self._starter = Starter(
             router=router,
             store=self._store,
@@ -148,7 +117,7 @@ class SessionSupervisor:
             on_corrupt=on_corrupt,
             bus=self._bus,
             host=self._host,
-            is_open=lambda: self._phase == "open",
+            is_open=self._life.is_open,
         )
         local = LocalMailbox(
             registry=self._registry,
@@ -156,16 +125,8 @@ class SessionSupervisor:
             owner_of=self._owner_of,
             check_open=self._check_open,
         )
-        self._mailbox: Mailbox = (
-            local
-            if self._node is None
-            else self._node.make_mailbox(
-                local, starter=self._starter, owner_of=self._owner_of, check_open=self._check_open
-            )
-        )
+        self._mailbox: Mailbox = self._runtime.mailbox(local)
         self._host.rebuild_with = self._starter.rebuild
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._phase: Literal["new", "open", "draining", "closed"] = "new"
 
     @property
     def store(self) -> StateStore:
@@ -178,112 +139,37 @@ class SessionSupervisor:
         return self._defaults
 
     @property
-    def phase(self) -> Literal["new", "open", "draining", "closed"]:
+    def phase(self) -> Phase:
         """Where the supervisor is in its life: not entered yet, open, draining, closed."""
-        return self._phase
+        return self._life.phase
 
     @property
     def draining(self) -> bool:
         """True while leaving the ``async with`` block."""
-        return self._phase == "draining"
+        return self._life.phase == "draining"
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def __aenter__(self) -> SessionSupervisor:
-        if self._phase != "new":
-            raise RuntimeError("a SessionSupervisor can be entered only once")
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._host.runners = Runners(self._tg)
-        self._tg.start_soon(self._deadlines.run)
-        if self._node is not None:
-            try:
-                await self._node.open(self._tg)
-            except BaseException:
-                self._tg.cancel_scope.cancel()
-                await self._tg.__aexit__(None, None, None)
-                self._phase = "closed"
-                raise
-        self._phase = "open"
-        if self._recover and self._node is None:
-            # In a cluster the sweepers of all nodes do this, under leases.
-            self._tg.start_soon(recover_unanswered, self._store, self._wake_for_recovery)
+        await self._life.enter()
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
-        assert self._tg is not None
-        # Left because the enclosing scope was cancelled (a deadline, a test's timeout):
-        # whoever cancelled wants out now, so running turns get no shutdown_timeout
-        # (with a hand-driven clock they would wait forever). They still hand their
-        # messages back and every session persists.
-        grace = not (
-            isinstance(exc_type, type) and issubclass(exc_type, anyio.get_cancelled_exc_class())
-        )
-        self._phase = "draining"
-        if self._node is not None:
-            self._node.begin_drain()
-        log = _log.bind(sessions=len(self._registry.actors()))
-        log.info("supervisor_draining")
-        runners = self._host.runners
-        try:
-            with anyio.CancelScope(shield=True):
-                async with anyio.create_task_group() as drain_tg:
-                    if not grace:
-                        # The supervisor's own task group sits inside the cancelled scope:
-                        # a task started there now (a stop's worker), or an idle runner
-                        # handed work, is cancelled before it can run, and the drain
-                        # would wait for it for ever. The drain's work runs here instead.
-                        self._host.runners = Runners(drain_tg)
-                    await self._registry.wait_starts()
-                    await drain(self._registry.actors(), grace=grace)
-                    self._bus.close_all()
-                    if self._node is not None:
-                        await self._node.close()  # gives up the leases: others take over
-                    drain_tg.cancel_scope.cancel()  # the drain's idle runners
-        finally:
-            for pool in {runners, self._host.runners}:
-                if pool is not None:
-                    pool.cancel_all()  # a save retry waiting on a dead store
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
-            self._phase = "closed"
-            log.info("supervisor_drained")
+        await self._life.leave(exc_type)
         return None
-
-    def _check_open(self, conversation_id: str | None = None) -> None:
-        if self._phase != "open":
-            reason = {
-                "new": "has not been entered (use `async with`)",
-                "draining": "is draining",
-                "closed": "is closed",
-            }[self._phase]
-            subject = "" if conversation_id is None else f"conversation {conversation_id!r}: "
-            raise RegistryUnavailable(f"{subject}the session supervisor {reason}")
 
     def _check_owner(self, owner: str | None, scope: Any, conversation_id: str) -> None:
         check_owner(self._owner_of, owner, scope, conversation_id)
 
     async def _wake_for_recovery(self, conversation_id: str) -> bool:
-        """Wake one conversation found with unanswered work; False when it was already live."""
-        cid = conversation_id
-        try:
-            if self._phase != "open" or self._registry.entry(cid) is not None:
-                return False
-            stored = await self._starter.load(cid)
-            # Checked again now: since the store was asked, a user may have woken and
-            # stopped it, and nothing may be left to answer.
-            if stored is None or not has_unanswered_work(stored):
-                return False
-            _, started, _ = await self._mailbox.ensure(cid, None, {}, False, trusted=True)
-            return started
-        except Exception as exc:
-            _log.warning(
-                "recovery_wake_failed",
-                conversation_id=cid,
-                agent_id=self._agent_id(cid),
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            return False
+        return await wake_for_recovery(
+            conversation_id,
+            is_open=self._life.is_open,
+            registry=self._registry,
+            load=self._starter.load,
+            mailbox=self._mailbox,
+            agent_id=self._agent_id(conversation_id),
+        )
 
     # -- public calls ----------------------------------------------------------------
 
@@ -317,16 +203,19 @@ class SessionSupervisor:
             check_json(pending_resume, "pending_resume", conversation_id=cid)
         opts = check_request_opts(request_opts, conversation_id=cid)
         try:
-            actor, started, resume_error = await self._mailbox.ensure(
-                cid, scope, opts, reroute, NO_RESUME if pending_resume is None else pending_resume
+            reached = await self._mailbox.ensure(
+                cid,
+                scope=scope,
+                request_opts=opts,
+                reroute=reroute,
+                pending_resume=NO_RESUME if pending_resume is None else pending_resume,
             )
         except RunningElsewhere:
             if pending_resume is not None:
                 await self._mailbox.resume(cid, pending_resume, scope=scope, request_opts=opts)
             return SessionInfo(self._agent_id(cid), cid, False, None)
-        if resume_error is not None:
-            raise resume_error
-        return SessionInfo(actor.agent_id, cid, started, actor.handle)
+        actor = reached.actor
+        return SessionInfo(actor.agent_id, cid, reached.started, actor.handle)
 
     async def send(
         self,
@@ -505,9 +394,7 @@ class SessionSupervisor:
         sessions' queues are not unfolded to be counted (they hold none that run).
         """
         metrics = collect_metrics(self._registry.actors(), self._stats)
-        if self._node is not None:
-            metrics = attrs.evolve(metrics, cluster=self._node.metrics())
-        return metrics
+        return attrs.evolve(metrics, cluster=self._runtime.metrics())
 
     def viewer_count(self, conversation_id: str) -> int:
         """How many ``viewing`` blocks are open for the conversation (this process)."""
@@ -515,8 +402,7 @@ class SessionSupervisor:
 
     def subscriber_count(self, conversation_id: str) -> int:
         """How many subscriptions are open for the conversation (this process)."""
-        topic = self._bus.existing(conversation_id)
-        return 0 if topic is None else len(topic.subscribers)
+        return self._bus.subscriber_count(conversation_id)
 
     @asynccontextmanager
     async def subscribe(
@@ -535,44 +421,19 @@ class SessionSupervisor:
         cid = check_conversation_id(conversation_id)
         if after is not None and (not isinstance(after, int) or after < 0):
             raise ValueError(f"after must be a non-negative int or None, got {after!r}")
-        actor = self._local(cid, scope)
-        topic: Topic
-        status, interrupt = Status.NOT_RUNNING, None
-        if actor is None:
-            stored = await self._store.load(cid)
-            if stored is not None:
-                self._check_owner(stored.owner, scope, cid)
-            # Served by another node (cluster mode): its stream knows the status.
-            elsewhere = await self._bus.status_elsewhere(cid)
-            if elsewhere is not None:
-                status, interrupt = elsewhere
-            actor = self._local(cid, scope)  # it may have started while we read the store
-            if actor is None:
-                topic = self._bus.topic(
-                    cid,
-                    self._agent_id(cid),
-                    stored.last_seq if stored is not None else 0,
-                    self._defaults.replay_buffer,
-                )
-        if actor is not None:
-            topic = actor.topic
-            status, interrupt = actor.status, actor.state.interrupt
-        sub = self._bus.subscribe(
-            topic,
-            owner=self._owner_of(scope),
-            capacity=(actor.opts if actor else self._defaults).subscriber_buffer,
+        async with open_subscription(
+            cid,
             after=after,
-            status=status,
-            interrupt=interrupt,
-        )
-        try:
+            owner=self._owner_of(scope),
+            live=lambda: self._local(cid, scope),
+            check_stored=lambda owner: self._check_owner(owner, scope, cid),
+            store=self._store,
+            registry=self._registry,
+            bus=self._bus,
+            agent_id=self._agent_id(cid),
+            defaults=self._defaults,
+        ) as sub:
             yield sub
-        finally:
-            self._bus.unsubscribe(sub)
-            self._bus.release(cid, self._registry.holds)
-            live = self._registry.live(cid)
-            if live is not None and not live.topic.subscribers:
-                live.arm()  # nobody listens any more: it may hibernate
 
     @asynccontextmanager
     async def viewing(self, conversation_id: str, *, scope: Any = None) -> AsyncIterator[None]:
@@ -585,11 +446,5 @@ class SessionSupervisor:
         cid = check_conversation_id(conversation_id)
         self._check_open(cid)
         await self.check_access(cid, scope=scope)
-        self._registry.add_viewer(cid)
-        try:
+        async with viewer_of(cid, self._registry):
             yield
-        finally:
-            if not self._registry.remove_viewer(cid):
-                actor = self._registry.live(cid)
-                if actor is not None:
-                    actor.viewers_left()

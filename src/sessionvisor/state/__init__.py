@@ -13,12 +13,13 @@ from ._memory import MemoryStore
 from ._models import SCHEMA_VERSION, Content, Message, PendingInterrupt, State
 from ._serializer import MigrationRegistry, dump_state, load_state, register_migration
 from ._sqlite import SQLiteStore
-from ._store import LIFECYCLES, Lifecycle, StateStore, StoredConversation
+from ._store import LIFECYCLES, FencingStore, Lifecycle, StateStore, StoredConversation
 
 __all__ = [
     "LIFECYCLES",
     "SCHEMA_VERSION",
     "Content",
+    "FencingStore",
     "Lifecycle",
     "MemoryStore",
     "Message",

@@ -105,3 +105,32 @@ class StateStore(Protocol):
     async def quarantine(self, conversation_id: str) -> str:
         """Move an unreadable row aside under a new key and return that key."""
         ...
+
+
+@runtime_checkable
+class FencingStore(StateStore, Protocol):
+    """A ``StateStore`` that several processes share and that refuses stale writers.
+
+    A cluster of supervisors needs this capability (``PostgresStore`` has it):
+    each owner of a conversation holds a lease with an epoch, raises the stored
+    epoch with ``fence`` before loading, and passes its epoch with every
+    ``save``; the store refuses a save whose epoch is lower than the stored one.
+    """
+
+    async def fence(self, conversation_id: str, epoch: int) -> int:
+        """Raise the conversation's stored epoch to at least ``epoch``; return it
+        (above ``epoch`` when a newer owner fenced it already)."""
+        ...
+
+    async def save(
+        self,
+        conversation_id: str,
+        record: StoredConversation,
+        *,
+        expected_version: int | None,
+        lifecycle: Lifecycle,
+        epoch: int | None = None,
+    ) -> int:
+        """``StateStore.save``; with ``epoch``, refused (``StaleWriteError``) when
+        the stored epoch is higher."""
+        ...
