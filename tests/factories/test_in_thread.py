@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from sessionvisor.factories import FactoryContractError, SessionOpts, in_thread, invoke_factory
+from sessionvisor.testing import wait_until
 
 from ._agents import EchoAgent
 
@@ -49,10 +50,12 @@ async def test_object_with_sync_create_agent_runs_on_a_worker_thread(anyio_backe
 
 @pytest.mark.anyio
 async def test_event_loop_keeps_running_while_the_factory_blocks(anyio_backend: str) -> None:
+    entered = threading.Event()
     released = threading.Event()
     results: list[Any] = []
 
     def waits_for_the_loop(agent_id: str, config: Any) -> EchoAgent:
+        entered.set()
         # Only a task on the event loop sets the event: if this ran on the
         # loop thread, nothing could, and the wait would time out.
         if not released.wait(timeout=5):
@@ -64,7 +67,7 @@ async def test_event_loop_keeps_running_while_the_factory_blocks(anyio_backend: 
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(start)
-        await anyio.sleep(0.01)
+        await wait_until(entered.is_set)  # the factory blocks, and the loop still runs
         released.set()
 
     assert isinstance(results[0][0], EchoAgent)

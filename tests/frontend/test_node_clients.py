@@ -35,8 +35,8 @@ from sessionvisor.agents import Outcome, Turn
 from sessionvisor.factories import SessionOpts
 from sessionvisor.http import create_app
 from sessionvisor.http._demo import DemoAgent
-
 from tests._support.servers import IN_CI
+
 from ..http._support import serve
 
 pytestmark = pytest.mark.anyio

@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from sessionvisor import SessionSupervisor, SingleRouter, StateStore
 from sessionvisor.http import close_event_streams, create_app, header_scope
-from sessionvisor.testing import ScriptedAgent
+from sessionvisor.testing import ScriptedAgent, wait_until
 
 #: The longest any single wait may take before it counts as a hang.
 WAIT = 5.0
@@ -205,7 +205,7 @@ class AsgiStream(StreamReader):
     """One event-stream request run straight through the app's ASGI interface."""
 
     def __init__(self, messages: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
-        super().__init__(self._chunk)
+        super().__init__(self.chunk)
         self._messages = messages
         self._complete = False
         self.status = 0
@@ -213,14 +213,16 @@ class AsgiStream(StreamReader):
         self.disconnected = anyio.Event()
         self.finished = anyio.Event()
 
-    async def _start(self) -> None:
+    async def start(self) -> None:
+        """Wait for the start of the response: its status and headers."""
         with anyio.fail_after(WAIT):
             message = await self._messages.receive()
         assert message["type"] == "http.response.start", message
         self.status = message["status"]
         self.headers = {k.decode(): v.decode() for k, v in message.get("headers", [])}
 
-    async def _chunk(self) -> bytes:
+    async def chunk(self) -> bytes:
+        """The next piece of the body, as the app sent it (EOFError at its end)."""
         while not self._complete:
             try:
                 message = await self._messages.receive()
@@ -239,7 +241,7 @@ class AsgiStream(StreamReader):
         with anyio.fail_after(WAIT):
             while True:
                 try:
-                    body += await self._chunk()
+                    body += await self.chunk()
                 except EOFError:
                     return json.loads(body)
 
@@ -303,7 +305,7 @@ async def asgi_stream(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
-        await stream._start()
+        await stream.start()
         try:
             yield stream
         finally:
@@ -344,9 +346,7 @@ async def serve(app: Any, *, lifespan: str = "on", sndbuf: int | None = None) ->
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(WAIT):
-            while not server.started:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: server.started, timeout=WAIT, interval=0.01)
         try:
             yield f"http://127.0.0.1:{port}"
         finally:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import httpx
 
-from ._cli import free_port, run_cli
+from sessionvisor.testing import free_port
+
+from ._cli import run_cli
 
 HEADERS = {"X-User": "mallory", "Content-Type": "application/json"}
 

@@ -6,6 +6,7 @@ import signal
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -13,8 +14,9 @@ import pytest
 
 from sessionvisor import MemoryStore, SQLiteStore
 from sessionvisor.__main__ import load_object, main, open_store
+from sessionvisor.testing import free_port, wait_until_sync
 
-from ._cli import free_port, run_cli, stop
+from ._cli import run_cli, stop
 
 
 def test_open_store_understands_the_store_urls(tmp_path: Path) -> None:
@@ -87,12 +89,13 @@ def test_serve_runs_a_users_router_and_drains_on_ctrl_c(tmp_path: Path) -> None:
             f"{base}/conversations/c-1/messages", json={"content": "hi"}, headers=headers
         )
         assert sent.status_code == 202
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            body = httpx.get(f"{base}/conversations/c-1", headers=headers).json()
-            if body["status"] == "idle":
-                break
-            time.sleep(0.02)
+        body: dict[str, Any] = {}
+
+        def idle() -> bool:
+            body.update(httpx.get(f"{base}/conversations/c-1", headers=headers).json())
+            return bool(body["status"] == "idle")
+
+        wait_until_sync(idle, timeout=10, interval=0.02, message=lambda: f"idle: {body}")
         assert [m["content"] for m in body["messages"]] == ["hi", "echo: hi"]
         output = stop(proc)
     assert "supervisor_drained" in output

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from ._cli import free_port
-from .test_log_redaction import DEADLINE, running
+from sessionvisor.testing import free_port, wait_until_sync
+
+from ._cli import DEADLINE, running
 
 
 def test_limit_concurrency_answers_503_beyond_the_limit(tmp_path: Path) -> None:
@@ -30,13 +31,15 @@ def test_limit_concurrency_answers_503_beyond_the_limit(tmp_path: Path) -> None:
             # The stream holds one connection: a second one reaches the limit of 2.
             with httpx.Client(base_url=base, timeout=10) as other:
                 assert other.get("/healthz").status_code == 503
+
         # Once the stream is closed, the server takes requests again.
-        deadline = time.monotonic() + DEADLINE
-        while True:
+        def serving() -> bool:
             with httpx.Client(base_url=base, timeout=10) as other:
-                if other.get("/healthz").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "still 503 after the stream closed"
+                return other.get("/healthz").status_code == 200
+
+        wait_until_sync(
+            serving, timeout=DEADLINE, interval=0.01, message="/healthz answers 200 again"
+        )
         out = server.stop()
     assert "Exceeded concurrency limit" in out
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import httpx
 
 from sessionvisor import SQLiteStore
 from sessionvisor.state import State
+from sessionvisor.testing import free_port, wait_until_sync
 
-from ._cli import free_port, run_cli
+from ._cli import run_cli
 
 ALICE = {"X-User": "alice"}
 
@@ -63,15 +63,15 @@ def test_work_left_by_a_killed_server_is_answered_when_it_starts_again(tmp_path:
     assert [m.text() for m in left.queued] == ["second", "third"]
 
     with run_cli("demo", "--db", str(db), "--port", str(port), "--word-delay", "0", cwd=tmp_path):
-        deadline = time.monotonic() + 30
         state = left
-        # No request at all: only the store is read until everything is answered.
-        while time.monotonic() < deadline:
+
+        def answered() -> bool:
+            nonlocal state
             state = _stored(db, cid) or left
-            users, replies = _user_and_replies(state)
-            if replies >= 2 and not state.queued:
-                break
-            time.sleep(0.05)
+            return _user_and_replies(state)[1] >= 2 and not state.queued
+
+        # No request at all: only the store is read until everything is answered.
+        wait_until_sync(answered, timeout=30, interval=0.05, message=lambda: f"answered: {state}")
         users, replies = _user_and_replies(state)
         assert users == ["first", "second", "third"]  # each stored once, in order
         assert replies == 2  # the rerun turn, then one turn for both queued messages

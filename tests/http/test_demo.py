@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import pytest
 
 from sessionvisor import Status
 from sessionvisor.http import header_or_query_scope
 from sessionvisor.http._demo import DANGEROUS_TOOL, demo_router
-from sessionvisor.testing import wait_for_status
+from sessionvisor.testing import wait_for_status, wait_until
 
 from ._support import ALICE, WAIT, asgi_stream, open_app
 
@@ -28,6 +27,11 @@ def demo_app(**options: Any) -> Any:
 async def history(env: Any, cid: str) -> list[tuple[str, str]]:
     body = (await env.client.get(f"/conversations/{cid}", headers=ALICE)).json()
     return [(m["role"], m["content"]) for m in body["messages"]]
+
+
+async def has_messages(env: Any, cid: str, count: int) -> bool:
+    """The conversation's history, as ``GET`` shows it, holds ``count`` messages or more."""
+    return len(await history(env, cid)) >= count
 
 
 async def test_the_demo_streams_its_reply_word_by_word() -> None:
@@ -91,9 +95,7 @@ async def test_the_demo_crashes_on_request_is_restarted_and_answers_the_next_mes
         assert "crashed on purpose" in restarted.data["error"]
         await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
         await env.send("c-1", "are you back?")
-        with anyio.fail_after(WAIT):
-            while len(await history(env, "c-1")) < 4:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: has_messages(env, "c-1", 4), timeout=WAIT, interval=0.01)
         messages = await history(env, "c-1")
         assert [role for role, _ in messages] == ["user", "system", "user", "assistant"]
         assert "restarted" in messages[1][1]
@@ -107,14 +109,10 @@ async def test_the_demo_answers_queued_messages_with_one_reply() -> None:
         demo_router(word_delay=0.02), scope_from_request=header_or_query_scope
     ) as env:
         await env.send("c-1", "first")
-        with anyio.fail_after(WAIT):
-            while (await env.sup.status("c-1", scope="alice")) != Status.RUNNING:
-                await anyio.sleep(0.001)
+        await wait_for_status(env.sup, "c-1", Status.RUNNING, timeout=WAIT, scope="alice")
         assert (await env.send("c-1", "second")).json()["queued"] is True
         assert (await env.send("c-1", "third")).json()["queued"] is True
-        with anyio.fail_after(WAIT):
-            while len(await history(env, "c-1")) < 5:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: has_messages(env, "c-1", 5), timeout=WAIT, interval=0.01)
         await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
         messages = await history(env, "c-1")
         assert [role for role, _ in messages] == ["user", "assistant", "user", "user", "assistant"]

@@ -212,15 +212,14 @@ async def test_a_client_that_disconnects_is_unsubscribed_at_once() -> None:
     async with open_app(heartbeat=None) as env:
         await env.send("c-1", "hello")
         await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
-        topic = env.sup._bus.existing("c-1")
         async with asgi_stream(env.app, "/conversations/c-1/events") as stream:
             await stream.event()
-            assert len(topic.subscribers) == 1
+            assert env.sup.subscriber_count("c-1") == 1
             assert env.sup.viewer_count("c-1") == 1
             stream.disconnect()
             with anyio.fail_after(0.5):
                 await stream.finished.wait()
-            assert topic.subscribers == []
+            assert env.sup.subscriber_count("c-1") == 0
             assert env.sup.viewer_count("c-1") == 0
 
 

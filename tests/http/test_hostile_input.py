@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sessionvisor import Status
-from sessionvisor.testing import ScriptedAgent, wait_for_status
+from sessionvisor.testing import ScriptedAgent, free_port, wait_for_status, wait_until_sync
 
 from ._support import ALICE, open_app
 
@@ -423,29 +423,23 @@ HOSTILE_BODIES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def server_process() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
         with httpx.Client(base_url=url, timeout=5) as client:
-            while True:
+
+            def healthy() -> bool:
                 assert proc.poll() is None, "the server exited"
                 try:
-                    if client.get("/healthz").status_code == 200:
-                        break
+                    return client.get("/healthz").status_code == 200
                 except httpx.TransportError:
-                    assert time.monotonic() < deadline, "the server did not start"
-                    time.sleep(0.05)  # polling for the port to open
+                    return False  # the port is not open yet
+
+            wait_until_sync(healthy, timeout=30, interval=0.05, message="the server started")
         yield url
     finally:
         proc.terminate()

@@ -14,8 +14,9 @@ import jwt
 import pytest
 
 from sessionvisor.__main__ import main
+from sessionvisor.testing import free_port
 
-from ._cli import REPO, free_port, run_cli, stop
+from ._cli import REPO, run_cli, stop
 
 SECRET = "the-demo-secret-of-a-sensible-length-1234"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import socket
 import time
-from typing import Any
 
 import anyio
 import httpx
@@ -20,7 +19,8 @@ import psutil
 import pytest
 import structlog
 
-from sessionvisor import Done, SingleRouter, Status, Turn
+from sessionvisor import Done, SessionSupervisor, SingleRouter, Status, Turn
+from sessionvisor.testing import subscriber_backlogs, wait_until
 
 from ._support import ALICE, SSEParser, open_app, serve
 
@@ -104,10 +104,16 @@ def stall(port: int, cid: str) -> socket.socket:
     return sock
 
 
-def buffered(sup: Any) -> tuple[int, int]:
-    """(subscriptions, the most events any one of them holds) over every conversation."""
-    subs = [sub for topic in list(sup._bus._topics.values()) for sub in topic.subscribers]
-    return len(subs), max((sub.pending() for sub in subs), default=0)
+def buffered(sup: SessionSupervisor, cids: list[str]) -> tuple[int, int]:
+    """(subscriptions, the most events any one of them holds) over the conversations."""
+    backlogs = [n for cid in cids for n in subscriber_backlogs(sup, cid)]
+    return len(backlogs), max(backlogs, default=0)
+
+
+async def last_seq(sup: SessionSupervisor, cid: str) -> int:
+    """The seq of the conversation's last event: a new subscription's snapshot carries it."""
+    async with sup.subscribe(cid, scope="alice") as sub:
+        return (await sub.__anext__()).seq
 
 
 async def test_200_clients_on_50_conversations_get_every_event_in_order() -> None:
@@ -174,7 +180,7 @@ async def _load(cids: list[str], clients: list[Client]) -> Run:
 
         async def sample() -> None:
             while True:
-                count, most = buffered(env.sup)
+                count, most = buffered(env.sup, cids)
                 run.peak_subscriptions = max(run.peak_subscriptions, count)
                 run.peak_pending = max(run.peak_pending, most)
                 await anyio.sleep(0.005)
@@ -187,10 +193,13 @@ async def _load(cids: list[str], clients: list[Client]) -> Run:
                 await client.connected.wait()
 
         stalled = [stall(port, flood_cid) for _ in range(STALLED_CLIENTS)]
-        flood_topic = env.sup._bus.existing(flood_cid)
-        with anyio.fail_after(10):
-            while len(flood_topic.subscribers) < CLIENTS_PER_CONVERSATION + STALLED_CLIENTS:
-                await anyio.sleep(0.01)
+        await wait_until(
+            lambda: (
+                env.sup.subscriber_count(flood_cid) >= CLIENTS_PER_CONVERSATION + STALLED_CLIENTS
+            ),
+            timeout=10,
+            interval=0.01,
+        )
 
         started = time.monotonic()
 
@@ -207,29 +216,32 @@ async def _load(cids: list[str], clients: list[Client]) -> Run:
             for cid in cids:
                 talk.start_soon(converse, cid)
 
+        def answered(cid: str) -> bool:
+            handle = env.sup.get(cid, scope="alice")
+            assert handle is not None
+            return handle.status == Status.IDLE and not handle.snapshot().queued
+
         with anyio.fail_after(60):
             for cid in cids:
-                while True:
-                    handle = env.sup.get(cid, scope="alice")
-                    assert handle is not None
-                    if handle.status == Status.IDLE and not handle.snapshot().queued:
-                        break
-                    await anyio.sleep(0.01)
-        run.finals = {cid: env.sup._bus.existing(cid).last_seq for cid in cids}
+                await wait_until(lambda cid=cid: answered(cid), timeout=60, interval=0.01)
+        run.finals = {cid: await last_seq(env.sup, cid) for cid in cids}
         with anyio.fail_after(60):
             for client in clients:
-                while client.last < run.finals[client.cid]:
-                    await anyio.sleep(0.01)
+                await wait_until(
+                    lambda c=client: c.last >= run.finals[c.cid], timeout=60, interval=0.01
+                )
         run.elapsed = time.monotonic() - started
         run.rss_after = process.memory_info().rss
 
         # The stalled readers were cut off: the conversation no longer feeds them.
-        assert len(flood_topic.subscribers) == CLIENTS_PER_CONVERSATION
+        assert env.sup.subscriber_count(flood_cid) == CLIENTS_PER_CONVERSATION
         for sock in stalled:
             sock.close()
         # Closing them ends their streams: they stop counting as viewers.
-        with anyio.fail_after(10):
-            while env.sup.viewer_count(flood_cid) > CLIENTS_PER_CONVERSATION:
-                await anyio.sleep(0.01)
+        await wait_until(
+            lambda: env.sup.viewer_count(flood_cid) <= CLIENTS_PER_CONVERSATION,
+            timeout=10,
+            interval=0.01,
+        )
         tg.cancel_scope.cancel()
     return run

@@ -19,8 +19,9 @@ import httpx
 import pytest
 import structlog
 
-from ._cli import free_port
-from .test_log_redaction import running
+from sessionvisor.testing import free_port
+
+from ._cli import running
 
 BOUND = 64 * 1024
 MARKER = "LOCAL-VARIABLE-MARKER"

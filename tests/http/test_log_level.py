@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ._cli import free_port
-from .test_log_redaction import running
+from sessionvisor.testing import free_port
+
+from ._cli import running
 
 
 @pytest.mark.parametrize("log_format", ["console", "json"])

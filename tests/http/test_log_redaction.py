@@ -9,14 +9,7 @@ collector would.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,95 +17,11 @@ import httpx
 import jwt
 import pytest
 
-from ._cli import REPO, free_port
+from sessionvisor.testing import free_port
 
-DEADLINE = 30.0
+from ._cli import running
+
 SECRET = "a-secret-for-the-redaction-tests-0123456789"
-
-
-class Running:
-    """``python -m sessionvisor ARGS`` in a subprocess; every line it prints is kept."""
-
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sessionvisor", *args],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = DEADLINE) -> None:
-        """Return once a line containing ``text`` was printed."""
-
-        def seen() -> bool:
-            return self._eof or any(text in line for line in self.lines)
-
-        with self._changed:
-            self._changed.wait_for(seen, timeout)
-            if any(text in line for line in self.lines):
-                return
-        pytest.fail(f"never printed {text!r}; exit code {self.proc.poll()}; output:\n{self.output}")
-
-    def wait_healthy(self, port: int, timeout: float = DEADLINE) -> None:
-        """Return once ``GET /healthz`` answers 200 (for a server told to print nothing)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            with self._changed:  # wakes early when the process prints or exits
-                self._changed.wait(0.05)
-        pytest.fail(f"never healthy; exit code {self.proc.poll()}; output:\n{self.output}")
-
-    def stop(self) -> str:
-        """Ctrl+C, wait for the exit and the last line; return the whole output."""
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(DEADLINE)
-        self._reader.join(DEADLINE)
-        assert self.proc.returncode == 0, self.output
-        return self.output
-
-
-@contextmanager
-def running(*args: str, cwd: Path, healthy_on: int | None = None) -> Iterator[Running]:
-    """The CLI, once it serves: it printed its banner, or ``/healthz`` answers on
-    port ``healthy_on``."""
-    server = Running(list(args), cwd)
-    try:
-        if healthy_on is None:
-            server.wait_for("open http://")
-        else:
-            server.wait_healthy(healthy_on)
-        yield server
-    finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(10)
 
 
 def token(sub: str) -> str:

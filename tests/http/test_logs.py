@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ._cli import free_port
+from sessionvisor.testing import free_port, wait_until_sync
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 30.0
@@ -80,13 +80,19 @@ def test_json_log_format_prints_one_json_object_per_line_with_the_session_ids(
             sent = client.post("/conversations/c-logs/messages", json={"content": "crash now"})
             assert sent.status_code == 202, sent.text
             agent_id = sent.json()["agent_id"]
-            deadline = time.monotonic() + DEADLINE
-            while time.monotonic() < deadline:
-                history = client.get("/conversations/c-logs").json()
-                if any(m["role"] == "system" for m in history["messages"]):
-                    break  # the restarted agent noted the crash
-            else:
-                pytest.fail(f"the demo agent never restarted: {history}")
+            history: dict[str, Any] = {}
+
+            def restarted() -> bool:
+                history.update(client.get("/conversations/c-logs").json())
+                # The restarted agent notes the crash.
+                return any(m["role"] == "system" for m in history["messages"])
+
+            wait_until_sync(
+                restarted,
+                timeout=DEADLINE,
+                interval=0.02,
+                message=lambda: f"the demo agent restarted: {history}",
+            )
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=DEADLINE)
     finally:

@@ -20,9 +20,10 @@ import pytest
 from starlette.requests import Request
 
 from sessionvisor.http._errors import HTTPError
+from sessionvisor.testing import free_port
 
 from ._browser import browser_tab, send
-from ._cli import free_port, run_cli, stop
+from ._cli import run_cli, stop
 from ._support import open_app, serve
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]

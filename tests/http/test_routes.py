@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from sessionvisor import Message, SessionSupervisor, Status
 from sessionvisor.http import create_app
-from sessionvisor.testing import ScriptedAgent, wait_for_status
+from sessionvisor.testing import ScriptedAgent, wait_for_status, wait_until
 
 from ._support import ALICE, BOB, WAIT, open_app, scripted_router
 
@@ -250,9 +250,7 @@ async def test_readyz_answers_503_before_start_and_while_draining() -> None:
             with anyio.fail_after(WAIT):
                 await env.agent.started_slow.wait()
             leave.set()  # the supervisor drains, waiting for the slow turn
-            with anyio.fail_after(WAIT):
-                while not env.sup.draining:
-                    await anyio.sleep(0.001)
+            await wait_until(lambda: env.sup.draining, timeout=WAIT)
             ready = await env.client.get("/readyz")
             refused = await env.send("c-2", "hello")
             env.agent.release()

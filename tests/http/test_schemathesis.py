@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ._cli import free_port
+from sessionvisor.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

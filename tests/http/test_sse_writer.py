@@ -74,7 +74,7 @@ async def test_events_queued_behind_a_blocked_write_go_out_together_and_in_order
 
         with anyio.fail_after(WAIT):
             while not idle():
-                chunk = await stream._chunk()
+                chunk = await stream.chunk()
                 chunks += 1
                 frames.extend(f for f in parser.feed(chunk) if f.comment is None)
     events = [f for f in frames if "id" in f.fields]

@@ -674,13 +674,16 @@ async def test_send_racing_stop_is_not_lost(anyio_backend: str) -> None:
                 tg.start_soon(sup.stop, "c-1")
                 tg.start_soon(sup.send, "c-1", "after")
 
-        with anyio.fail_after(WAIT):
-            while "re: after" not in texts(await stored_state(sup.store, "c-1")):
-                if await sup.running("c-1"):
-                    await wait_until_settled(sup, "c-1")
-                else:
-                    await sup.start("c-1")
-                await anyio.sleep(0.001)
+        async def answered() -> bool:
+            if "re: after" in texts(await stored_state(sup.store, "c-1")):
+                return True
+            if await sup.running("c-1"):
+                await wait_until_settled(sup, "c-1")
+            else:
+                await sup.start("c-1")
+            return False
+
+        await wait_until(answered, timeout=WAIT)
         state = await stored_state(sup.store, "c-1")
         assert texts(state).count("after") == 1
         assert state.queued == []
