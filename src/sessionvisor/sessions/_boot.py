@@ -28,10 +28,10 @@ from ..factories import SessionOpts, invoke_factory
 from ..routers import resolve_sticky
 from ..state import Message, State, StateStore, StoredConversation, load_state
 from ._actor import Actor
-from ._events import Status
+from ._events import describe
 from ._host import Rebuilt
+from ._intake import held_after_boot
 from ._restarts import restart_by_policy
-from ._turns import describe
 
 if TYPE_CHECKING:
     from ._host import ActorHost
@@ -138,8 +138,8 @@ class Starter:
         topic = self._bus.topic(cid, agent_id, last_seq, opts.replay_buffer)
         actor = Actor(
             self._host,
-            cid,
-            agent_id,
+            conversation_id=cid,
+            agent_id=agent_id,
             owner=owner,
             route_key=route.key,
             request_opts=recorded_opts or _EMPTY,
@@ -157,7 +157,7 @@ class Starter:
         if stored is not None and (
             stored.route_key != route.key or stored.request_opts != recorded_opts
         ):
-            actor.record_changed()  # the next save records the new route
+            actor.mark_changed()  # the next save records the new route
         await run_on_start(actor)
         if not self._is_open():
             self._bus.release(cid, still_live)
@@ -223,7 +223,7 @@ async def run_on_start(actor: Actor) -> None:
     if on_start is None:
         return
     try:
-        actor.state = await on_start(actor.state)
+        actor.replace_state(await on_start(actor.state))
     except Exception as exc:
         if not await restart_by_policy(actor, exc):
             raise SessionFailedError(
@@ -235,10 +235,10 @@ def go_live(actor: Actor, *, stored_lifecycle: str | None, restored: bool) -> No
     """Announce the first status and start whatever work was left waiting."""
     # The first broadcast: with a pending resume it is already `running`.
     actor.set_status(actor.status)
-    actor.queue.held_after_boot(actor.state, stored_lifecycle, restored)
     state = actor.state
+    actor.hold_queue(held_after_boot(state, stored_lifecycle=stored_lifecycle, restored=restored))
     if actor.turn.resume is not None:
-        actor.queue.held = False
+        actor.hold_queue(False)
         actor.claim_worker()
     elif (
         stored_lifecycle == "turn_start"
@@ -250,11 +250,8 @@ def go_live(actor: Actor, *, stored_lifecycle: str | None, restored: bool) -> No
         # start, or for a message queued behind it): the turn's user messages end the
         # history unanswered. Run that turn again (a turn is at-least-once), then the
         # queue.
-        actor.queue.taken = _trailing_user_messages(state.messages)
-        actor.turn.active = True
-        actor.set_status(Status.RUNNING)
-        actor.claim_worker(begun=True)
-    elif actor.queue.ready(state):
+        actor.rerun_unfinished_turn(taken=_trailing_user_messages(state.messages))
+    elif actor.queue_ready:
         actor.claim_worker()
     else:
         actor.arm()

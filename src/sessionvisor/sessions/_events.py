@@ -36,6 +36,11 @@ class Status(StrEnum):
     NOT_RUNNING = "not_running"
 
 
+def describe(error: BaseException) -> str:
+    """An error as events and logs show it: ``"TypeName: message"``."""
+    return f"{type(error).__name__}: {error}"
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Message | PendingInterrupt):
         return value.model_dump(mode="json")

@@ -1,4 +1,5 @@
-"""A session's State, folded into compact JSON while nobody looks at it.
+"""A session's State: folded into compact JSON while nobody looks at it, and
+dumped incrementally for its saves.
 
 A chat backend holds far more open conversations than busy ones. After
 ``hibernate_after`` an idle session with no subscriber keeps its State as the
@@ -6,23 +7,109 @@ bytes of its own JSON dump (and drops its replay buffer); the first access
 unfolds it. A folded session can still be saved and stopped without unfolding:
 its bytes already are the dump, and unfolding 100,000 of them to stop them is
 what would make a drain slow and memory-hungry.
+
+Every save needs the whole State as JSON-ready data, and the history only
+grows at its end. Re-dumping the history at each turn would make a turn cost
+O(history); instead the State keeps each message's dict in an append-only
+list and dumps only the messages appended since the last save. Messages are
+frozen models, so a message's dict never goes stale; an agent that rewrites
+history builds a new list (or truncates it), which the checks below detect
+and answer with a full re-dump.
+
+The list handed to the store is this cache itself, valid for the duration of
+``save``: the actor never saves concurrently with itself, and a store copies
+what it keeps (the ``StateStore`` contract).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Any
 
-from ..state import PendingInterrupt, State
-from ._snapshot import SnapshotEncoder
+from ..state import SCHEMA_VERSION, Message, PendingInterrupt, State
 
-__all__: list[str] = ["FoldableState"]
+__all__: list[str] = ["DumpedHistory", "FoldableState"]
+
+
+class DumpedHistory(list[dict[str, Any]]):
+    """The encoder's append-only list of message dicts.
+
+    Weakly referenceable, so a store can recognise the next save as an
+    extension of this very list without keeping it (or its dicts) alive.
+    """
+
+    __slots__ = ("__weakref__",)
+
+
+def dump_message(message: Message) -> dict[str, Any]:
+    if not message.metadata and isinstance(message.content, str):
+        # The common case, without pydantic's general serializer; same JSON shape.
+        created = message.created_at
+        stamp = (
+            created.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            if created.tzinfo is not None
+            else created.isoformat()
+        )
+        return {
+            "id": message.id,
+            "role": message.role,
+            "content": message.content,
+            "created_at": stamp,
+            "metadata": {},
+        }
+    return message.model_dump(mode="json")
+
+
+class _ListDump:
+    """The dicts of one append-only list of messages, extended as the list grows."""
+
+    __slots__ = ("dicts", "last", "source")
+
+    def __init__(self) -> None:
+        self.dicts = DumpedHistory()
+        self.source: list[Message] | None = None
+        self.last: Message | None = None
+
+    def dump(self, messages: list[Message]) -> DumpedHistory:
+        done = len(self.dicts)
+        if (
+            messages is not self.source
+            or done > len(messages)
+            or (done and messages[done - 1] is not self.last)
+        ):
+            # The list was replaced or cut: start a new one (the old one may still be
+            # referenced by a store mid-save, so it is never edited backwards).
+            self.dicts = DumpedHistory()
+            self.source = messages
+            done = 0
+        if done < len(messages):
+            self.dicts.extend(dump_message(m) for m in messages[done:])
+            self.last = messages[-1]
+        return self.dicts
+
+
+class SnapshotEncoder:
+    """Dumps a State for a save, re-using the dicts of messages it dumped before."""
+
+    __slots__ = ("_messages", "_queued")
+
+    def __init__(self) -> None:
+        self._messages = _ListDump()
+        self._queued = _ListDump()  # queued messages pile up the same way mid-turn
+
+    def dump(self, state: State) -> dict[str, Any]:
+        data = state.model_dump(mode="json", exclude={"messages", "queued"})
+        data["messages"] = self._messages.dump(state.messages)
+        data["queued"] = self._queued.dump(state.queued)
+        data["version"] = SCHEMA_VERSION if state.version is None else state.version
+        return data
 
 
 class FoldableState:
-    """Holds a State either live or folded into JSON bytes."""
+    """Holds a State either live or folded into JSON bytes (changed only by its methods)."""
 
-    __slots__ = ("_encoder", "_frozen", "_state", "refused_at")
+    __slots__ = ("_encoder", "_frozen", "_refused_at", "_state")
 
     def __init__(self, state: State) -> None:
         self._state: State | None = state
@@ -30,11 +117,15 @@ class FoldableState:
         self._encoder: SnapshotEncoder | None = None
         # The writer's generation when a fold last failed: the same State would fail
         # again, so no fold is tried until something changes it.
-        self.refused_at: int | None = None
+        self._refused_at: int | None = None
 
     @property
     def folded(self) -> bool:
         return self._state is None
+
+    def can_fold(self, gen: int) -> bool:
+        """True when unfolded and no fold failed at this generation of the State."""
+        return self._state is not None and self._refused_at != gen
 
     def get(self) -> State:
         state = self._state
@@ -49,19 +140,24 @@ class FoldableState:
         self._state = value
         self._frozen = None
 
-    def fold(self) -> Exception | None:
-        """Fold the State; the error when it cannot be (metadata that JSON cannot hold)."""
+    def fold(self, gen: int) -> None:
+        """Fold the State (``gen``: the writer's generation of it).
+
+        Raises:
+            Exception: what the dump raised (metadata that JSON cannot hold); no
+                fold is tried again until the generation moves on.
+        """
         state = self._state
         if state is None:
-            return None
+            return
         try:
             frozen = state.model_dump_json().encode()
-        except Exception as exc:
-            return exc
+        except Exception:
+            self._refused_at = gen
+            raise
         self._frozen = frozen
         self._state = None
         self._encoder = None
-        return None
 
     def dump(self) -> dict[str, Any]:
         """The JSON-ready form for a save, re-using what earlier saves dumped."""

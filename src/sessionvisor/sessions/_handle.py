@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .._json import check_json
 from ..state import Content, State
 from ._events import Status
+from ._validation import check_content
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -87,11 +89,9 @@ class SessionHandle:
         Raises:
             NotRunning, SessionFailedError, QueueFull, MessageRejected, ValueError.
         """
-        from ._validation import check_content
-
         check_content(content, self._actor.opts.max_message_bytes, self.conversation_id)
-        queued, duplicate = await self._actor.send(content, None)
-        return Delivery(queued=queued, started=False, duplicate=duplicate)
+        accepted = await self._actor.send(content, None)
+        return Delivery(queued=accepted.queued, started=False, duplicate=accepted.duplicate)
 
     async def resume(self, answer: Any) -> Status:
         """Answer the pending interrupt.
@@ -100,8 +100,6 @@ class SessionHandle:
             InvalidStatus: no interrupt is pending.
             TypeError, ValueError: the answer is not storable JSON.
         """
-        from .._json import check_json
-
         check_json(answer, "answer", conversation_id=self.conversation_id)
         return await self._actor.resume(answer, None)
 

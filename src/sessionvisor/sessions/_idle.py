@@ -12,8 +12,8 @@ import enum
 from typing import TYPE_CHECKING
 
 from .._options import SupervisorOpts
-from ._events import Status
-from ._lifecycle import StopReason
+from ._events import Status, describe
+from ._stopping import StopReason
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -67,11 +67,7 @@ def _due(actor: Actor) -> tuple[float, IdleAction] | None:
         last_activity=actor.last_activity,
         viewers=actor.host.viewer_count(actor.conversation_id),
         viewers_left_at=actor.viewers_left_at,
-        can_fold=(
-            not actor.folded.folded
-            and not actor.topic.subscribers
-            and actor.folded.refused_at != actor.writer.gen
-        ),
+        can_fold=actor.folded.can_fold(actor.changes) and not actor.topic.subscribers,
     )
 
 
@@ -99,12 +95,10 @@ def timer_fired(actor: Actor, now: float) -> None:
 def _hibernate(actor: Actor) -> None:
     if actor.folded.folded or actor.busy or actor.closed or actor.topic.subscribers:
         return
-    error = actor.folded.fold()
-    if error is None:
-        actor.topic.drop_replay()
-        return
-    # Not tried again until the State changes (arm() then skips the fold): retrying
-    # the same dump at once is what made the timer spin.
-    actor.folded.refused_at = actor.writer.gen
-    actor.host.stats.background_failures["fold"] += 1
-    actor.log().warning("hibernate_refused", error=f"{type(error).__name__}: {error}"[:500])
+    try:
+        actor.fold_state()
+    except Exception as error:
+        # Not tried again until the State changes (arm() then skips the fold): retrying
+        # the same dump at once is what made the timer spin.
+        actor.host.stats.background_failures["fold"] += 1
+        actor.log().warning("hibernate_refused", error=describe(error)[:500])

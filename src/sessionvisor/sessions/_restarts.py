@@ -13,19 +13,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import anyio
 import attrs
 
 from .._options import SupervisorOpts
-from ._events import Restarted, SessionFailed, Status
-from ._turns import describe
+from ._events import Restarted, describe
 
 if TYPE_CHECKING:
-    from ..state import State
     from ._actor import Actor
-    from ._host import Rebuilt
 
-__all__: list[str] = ["RestartDecision", "decide_restart", "give_up", "restart_by_policy"]
+__all__: list[str] = ["RestartDecision", "decide_restart", "restart_by_policy"]
 
 
 @attrs.frozen
@@ -38,7 +34,9 @@ class RestartDecision:
     times: tuple[float, ...] = ()
 
 
-def decide_restart(times: tuple[float, ...], now: float, opts: SupervisorOpts) -> RestartDecision:
+def decide_restart(
+    times: tuple[float, ...], *, now: float, opts: SupervisorOpts
+) -> RestartDecision:
     """Decide what to do about a crash at ``now``, given the earlier restart times."""
     window = tuple(t for t in times if now - t <= opts.max_seconds)
     if opts.restart == "temporary" or len(window) >= opts.max_restarts:
@@ -50,25 +48,22 @@ def decide_restart(times: tuple[float, ...], now: float, opts: SupervisorOpts) -
 
 async def restart_by_policy(actor: Actor, error: BaseException) -> bool:
     """Restart by policy; return False when the session gave up."""
-    restarting = actor.restarting = anyio.Event()
+    restarting = actor.begin_restart()
     try:
         return await _restart_loop(actor, error)
     finally:
-        actor.restarting = None
-        restarting.set()
+        actor.end_restart(restarting)
 
 
 async def _restart_loop(actor: Actor, error: BaseException) -> bool:
     clock = actor.host.clock
     while True:
         now = clock.now()
-        decision = decide_restart(actor.restart_times, now, actor.opts)
+        decision = decide_restart(actor.restart_times, now=now, opts=actor.opts)
         if decision.give_up:
-            give_up(actor, error)
+            actor.give_up(error)
             return False
-        actor.restart_times = decision.times
-        actor.restarts += 1
-        actor.host.stats.restarts += 1
+        actor.count_restart(decision.times)
         attempt = decision.attempt
         actor.log().warning("session_restarting", attempt=attempt, error=describe(error))
         if decision.delay > 0:
@@ -83,38 +78,9 @@ async def _restart_loop(actor: Actor, error: BaseException) -> bool:
             actor.emit(Restarted, attempt=attempt, error=describe(error))
             error = exc
             continue
-        _adopt_rebuilt(actor, rebuilt)
-        actor.queue.held = actor.state.interrupt is not None  # queued messages run next
-        actor.emit(Restarted, attempt=attempt, error=describe(error))
-        actor.status = Status.RUNNING  # so the next line announces the settled status
-        actor.set_status(Status.INTERRUPTED if actor.state.interrupt else Status.IDLE)
+        # The mailbox survives the crash (queued messages come along), the queue
+        # runs next unless an interrupt holds it; subscribers hear of the restart
+        # and then of the settled status.
+        actor.adopt_rebuilt(rebuilt, attempt=attempt, error=describe(error))
         actor.log().info("session_restarted", attempt=attempt)
         return True
-
-
-def _adopt_rebuilt(actor: Actor, rebuilt: Rebuilt) -> None:
-    state: State = rebuilt.state
-    # The mailbox survives the crash: queued messages the store has not seen come
-    # along. Computed after the host's last await, so a send that raced the restart
-    # counts.
-    known = {m.id for m in state.queued}
-    known.update(m.id for m in state.messages)
-    carried = [m for m in actor.state.queued if m.id not in known]
-    state.queued.extend(carried)
-    actor.agent = rebuilt.agent
-    actor.opts = rebuilt.opts
-    actor.extra = rebuilt.extra
-    actor.state = state
-    actor.writer.reset(rebuilt.version)
-    if carried:
-        actor.writer.changed()
-
-
-def give_up(actor: Actor, error: BaseException) -> None:
-    actor.host.stats.give_ups += 1
-    actor.life.fail(error)
-    actor.status = Status.NOT_RUNNING
-    actor.emit(SessionFailed, error=describe(error))
-    actor.log().error("session_failed", error=describe(error), restarts=actor.restarts)
-    actor.turn.release_waiters()
-    actor.host.forget(actor)

@@ -1,11 +1,18 @@
-"""Running one turn: calling the agent, adopting its outcome, rolling back a failure.
+"""The worker, and running one turn: calling the agent, adopting its outcome,
+rolling back a failure.
 
-A turn works on the session's State in place. The user's messages (taken from
-the queue before the turn) stay whatever happens; what the agent added is rolled
-back when the turn fails or is cancelled, without copying the history (messages
-are frozen, so cutting the list back is enough). A turn cut short by a stop,
-unlike a user's cancel, hands its work back: its messages return to the front of
-the queue and an answered interrupt is pending again, so the next wake does it.
+The worker (``work``) exists only while a session has work that awaits: it
+runs the begun turn, a resume, the queue, a restart or the final stop, then
+hands the actor back (``Actor.release_worker``). A turn works on the session's
+State in place. The user's messages (taken from the queue before the turn)
+stay whatever happens; what the agent added is rolled back when the turn fails
+or is cancelled, without copying the history (messages are frozen, so cutting
+the list back is enough). A turn cut short by a stop, unlike a user's cancel,
+hands its work back: its messages return to the front of the queue and an
+answered interrupt is pending again, so the next wake does it.
+
+Everything here changes the session through the actor's transitions
+(``begin_turn``, ``announce_added``, ``roll_back``, ``hand_back_turn``, ...).
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import anyio
 from .._telemetry import span
 from ..agents import Done, Interrupt, Pause, Turn
 from ..state import Content, Message, PendingInterrupt, State
-from ._events import MessageAppended, Status
+from ._events import AgentEvent, Status, describe
+from ._restarts import restart_by_policy
+from ._stopping import StopReason, finish_stop, idle_stop
 
 if TYPE_CHECKING:
     from ._actor import Actor
 
-__all__: list[str] = ["Crash", "TurnControl", "adopt", "display", "run_turn"]
+__all__: list[str] = ["Crash", "TurnControl", "adopt", "display", "run_turn", "work"]
 
 NO_ANSWER: Any = object()
 
@@ -40,18 +49,45 @@ class Crash(Exception):
 
 
 class TurnControl:
-    """The running turn's controls: its cancel scope, a pending resume, who waits for it."""
+    """The running turn's controls: its cancel scope, a pending resume, who waits for it.
 
-    __slots__ = ("active", "cancel_requested", "next_context", "resume", "scope", "waiter")
+    Read its fields; they change only through its methods, called by the actor's
+    transitions (``Conversation.enter_turn``, ``end_turn``, ...).
+    """
+
+    __slots__ = ("active", "cancel_requested", "resume", "scope", "taken", "waiter")
 
     def __init__(self) -> None:
         self.scope: anyio.CancelScope | None = None
         self.active = False  # a turn was begun and has not ended yet
         self.cancel_requested = False
         self.resume: tuple[Any, PendingInterrupt] | None = None  # (answer, interrupt)
+        self.taken = 0  # how many queued messages the current turn took
         self.waiter: anyio.Event | None = None  # made only when someone waits
-        # The trace context of the request that caused the next turn (None: untraced).
-        self.next_context: Any = None
+
+    def begin(self, *, taken: int) -> None:
+        self.active = True
+        self.taken = taken
+
+    def begin_resume(self, answer: Any, interrupt: PendingInterrupt) -> None:
+        self.resume = (answer, interrupt)
+        self.active = True
+
+    def enter(self, scope: anyio.CancelScope) -> None:
+        """The agent is called inside ``scope`` (cancelled at once if a cancel came first)."""
+        self.scope = scope
+        if self.cancel_requested:
+            scope.cancel()
+
+    def leave(self) -> None:
+        """The agent returned: the scope, the resume and a cancel request are spent."""
+        self.scope = None
+        self.resume = None
+        self.cancel_requested = False
+
+    def end(self) -> None:
+        self.active = False
+        self.release_waiters()
 
     def cancel(self) -> None:
         self.cancel_requested = True
@@ -71,13 +107,61 @@ class TurnControl:
             done.set()
 
 
+# -- the worker --------------------------------------------------------------------
+
+
+async def work(actor: Actor, *, begun: bool = False, idle_reason: StopReason | None = None) -> None:
+    """The worker: run what waits (``begun``: a turn begun by the caller) until nothing
+    is left, restart by policy on a crash, finish a requested stop."""
+    try:
+        if idle_reason is not None and await idle_stop(actor, idle_reason):
+            return
+        while True:
+            reason = actor.life.reason
+            # A turn this worker was spawned for still runs on drain (its message is
+            # already saved); any other stop wins over further work.
+            if reason is not None and not (begun and reason is StopReason.DRAIN):
+                if begun:
+                    actor.hand_back_unstarted_turn()
+                await finish_stop(actor)
+                return
+            try:
+                if begun:
+                    begun = False
+                    await run_turn(actor)
+                elif actor.turn.resume is not None:
+                    await run_turn(actor, resume=True)
+                elif actor.queue_ready:
+                    if actor.state.interrupt is not None:
+                        actor.abandon_interrupt()
+                    actor.begin_turn()
+                    await actor.persist("turn_start", shield=False)
+                    if actor.closed:
+                        continue
+                    await run_turn(actor)
+                else:
+                    break
+            except Crash as crash:
+                if not await restart_by_policy(actor, crash.error):
+                    return
+            except Exception as exc:  # an internal invariant broke: restart by policy
+                actor.log().exception("actor_internal_error")
+                if not await restart_by_policy(actor, exc):
+                    return
+    finally:
+        actor.release_worker()
+
+
+# -- one turn ----------------------------------------------------------------------
+
+
 async def run_turn(actor: Actor, *, resume: bool = False) -> None:
     """Run one turn of ``actor`` and save its outcome, in a ``sessionvisor.turn`` span.
 
     Raises:
         Crash: the turn failed and the options ask for a restart.
     """
-    parent, actor.turn.next_context = actor.turn.next_context, None
+    parent = actor.take_turn_context()
     stats = actor.host.stats
     stats.turns_started += 1
     began = time.perf_counter()
@@ -105,10 +189,11 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
     metadata = copy.deepcopy(state.metadata) if state.metadata else {}
     answer: Any = NO_ANSWER
     answered: PendingInterrupt | None = None
-    taken = 0 if resume else actor.queue.taken  # user messages this turn took from the queue
+    taken = 0 if resume else control.taken  # user messages this turn took from the queue
     if resume:
         assert control.resume is not None
         answer, answered = control.resume
+    agent = actor.agent
     turn = Turn(
         state=state,
         agent_id=actor.agent_id,
@@ -120,28 +205,31 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
     outcome: Any = None
     error: Exception | None = None
     with anyio.CancelScope() as scope:
-        control.scope = scope
-        if control.cancel_requested:
-            scope.cancel()
+        actor.enter_turn(scope)
         try:
             if answer is NO_ANSWER:
-                outcome = await actor.agent.run(turn)
+                outcome = await agent.run(turn)
             else:
-                outcome = await _call_resume(actor.agent, turn, answer)
+                outcome = await _call_resume(agent, turn, answer)
             if not isinstance(outcome, Done | Interrupt | Pause):
                 raise TypeError(
-                    f"agent {actor.agent!r} returned {outcome!r}; expected Done, Interrupt or Pause"
+                    f"agent {agent!r} returned {outcome!r}; expected Done, Interrupt or Pause"
                 )
         except Exception as exc:
             error = exc
-    control.scope = None
-    control.resume = None
-    cancelled = scope.cancel_called
-    control.cancel_requested = False
+    actor.leave_turn()
     try:
-        if cancelled or error is not None:
-            return await _roll_back(actor, state, history, mark, metadata, taken, answered, error)
-        _finish_outcome(actor, outcome, turn, history, mark)
+        if scope.cancel_called or error is not None:
+            return await _roll_back(
+                actor,
+                state,
+                mark=mark,
+                metadata=metadata,
+                taken=taken,
+                answered=answered,
+                error=error,
+            )
+        _finish_outcome(actor, outcome, turn=turn, history=history, mark=mark)
         if isinstance(outcome, Interrupt):
             await actor.persist("interrupt")
             return "interrupted"
@@ -151,14 +239,13 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
         await actor.persist("completion", shield=False)
         return "completed"
     finally:
-        control.active = False
-        control.release_waiters()
+        actor.end_turn()
 
 
 async def _roll_back(
     actor: Actor,
     state: State,
-    history: list[Message],
+    *,
     mark: int,
     metadata: dict[str, Any],
     taken: int,
@@ -168,21 +255,12 @@ async def _roll_back(
     stop_reason = actor.life.reason
     # A turn cut short by a stop does not hold the queue: those messages were never
     # refused by the user, so the next wake answers them.
-    actor.queue.held = stop_reason is None or error is not None
-    # Roll back what the agent did; the user's messages (before the mark) stay.
-    del history[mark:]
-    state.messages = history
-    state.metadata = metadata
-    actor.state = state
-    actor.writer.changed()
+    actor.roll_back(
+        state, mark=mark, metadata=metadata, held=stop_reason is None or error is not None
+    )
     if error is None and stop_reason is not None:
         # Stopped (or drained) mid-turn, not cancelled by the user: hand the work back.
-        if answered is not None:
-            state.interrupt = answered
-            actor.set_status(Status.INTERRUPTED)
-        else:
-            actor.queue.give_back(state, history, mark, taken)
-            actor.set_status(Status.CANCELLED)
+        actor.hand_back_turn(answered=answered, mark=mark, taken=taken)
         actor.log().info("turn_cancelled", by=str(stop_reason))
         return "handed_back"
     if error is None:
@@ -210,11 +288,10 @@ async def _call_resume(agent: Any, turn: Turn, answer: Any) -> Any:
 
 
 def _finish_outcome(
-    actor: Actor, outcome: Any, turn: Turn, history: list[Message], mark: int
+    actor: Actor, outcome: Any, *, turn: Turn, history: list[Message], mark: int
 ) -> None:
-    old = actor.state
-    new = adopt(outcome.state, old)
-    actor.state = new
+    new = adopt(outcome.state, actor.state)
+    actor.replace_state(new)
     added = _added_messages(new.messages, history, mark)
     reply = outcome.reply
     if reply is None and isinstance(outcome, Done):
@@ -225,19 +302,13 @@ def _finish_outcome(
         message = Message(role="assistant", content=reply)  # agent output: validated
         new.messages.append(message)
         added.append(message)
-    for message in added:
-        actor.emit(MessageAppended, message=display(message))
-    actor.writer.changed()
+    actor.announce_added(added)
     if isinstance(outcome, Interrupt):
-        new.interrupt = PendingInterrupt(kind=outcome.kind, data=outcome.data)
-        actor.queue.held = True
-        actor.set_status(Status.INTERRUPTED)
+        interrupt = PendingInterrupt(kind=outcome.kind, data=outcome.data)
+        actor.hold_after_turn(Status.INTERRUPTED, interrupt=interrupt)
     elif isinstance(outcome, Pause):
-        actor.queue.held = True
-        actor.set_status(Status.PAUSED)
+        actor.hold_after_turn(Status.PAUSED)
         if outcome.reason:
-            from ._events import AgentEvent
-
             actor.emit(AgentEvent, name="paused", data={"reason": outcome.reason})
     # A Done turn stays `running`: the worker announces `idle` only when it has
     # nothing left, so queued messages run next with no idle in between.
@@ -268,10 +339,6 @@ def display(message: Message) -> Message:
     if shown is None:
         return message
     return Message.model_validate(shown)
-
-
-def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
 
 
 def _as_content(answer: Any) -> Content:

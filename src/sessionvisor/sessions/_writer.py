@@ -7,7 +7,9 @@ once for everyone who changed something meanwhile, so versions advance one at a
 time and the store sees exactly one writer. A save that fails because the store
 is down is retried with backoff by the same path; a save refused as stale
 (``StaleWriteError``) means another owner took the conversation, and the session
-stops as ``superseded`` without writing again.
+stops as ``superseded`` without writing again. What the writer needs from the
+session (``WriterOwner``) an actor answers through ``ActorWriterOwner``, from
+the actor's read-only views and named transitions.
 """
 
 from __future__ import annotations
@@ -20,19 +22,25 @@ import anyio
 
 from .._errors import StaleWriteError
 from .._telemetry import span
+from ..state import StoredConversation
+from ._events import AgentEvent, describe
 
 if TYPE_CHECKING:
     from .._clock import Clock
-    from ..state import Lifecycle, StateStore, StoredConversation
+    from ..state import Lifecycle, StateStore
+    from ._actor import Actor
 
-__all__: list[str] = ["Writer"]
+__all__: list[str] = ["ActorWriterOwner", "Writer"]
 
 
 class WriterOwner(Protocol):
     """What the writer needs from the session it writes for."""
 
-    conversation_id: str
-    agent_id: str
+    @property
+    def conversation_id(self) -> str: ...
+
+    @property
+    def agent_id(self) -> str: ...
 
     def save_took(self, seconds: float) -> None:
         """How long one save took (for the operators' figures)."""
@@ -122,7 +130,7 @@ class Writer:
                 await self._wait()
                 continue
             try:
-                await self._write(store, lifecycle, reserve, shield)
+                await self._write(store, lifecycle, reserve=reserve, shield=shield)
             except StaleWriteError:
                 return False
             except Exception as exc:
@@ -134,7 +142,7 @@ class Writer:
         return True
 
     async def _write(
-        self, store: StateStore, lifecycle: Lifecycle, reserve: int, shield: bool
+        self, store: StateStore, lifecycle: Lifecycle, *, reserve: int, shield: bool
     ) -> None:
         """One save of the current generation; the only place that calls ``store.save``."""
         owner = self._owner
@@ -194,7 +202,7 @@ class Writer:
                 if self._given_up():
                     return
                 try:
-                    await self._write(store, owner.retry_lifecycle(), 0, True)
+                    await self._write(store, owner.retry_lifecycle(), reserve=0, shield=True)
                     owner.log().info("store_save_recovered", failed_retries=failures)
                     failures = 0
                 except StaleWriteError:
@@ -210,3 +218,74 @@ class Writer:
         # A stopped session's retries end with it: nothing else would ever end them.
         owner = self._owner
         return owner.write_refused() or owner.session_ended()
+
+
+class ActorWriterOwner:
+    """An actor as the writer sees it (implements ``WriterOwner``)."""
+
+    __slots__ = ("_actor",)
+
+    def __init__(self, actor: Actor) -> None:
+        self._actor = actor
+
+    @property
+    def conversation_id(self) -> str:
+        return self._actor.conversation_id
+
+    @property
+    def agent_id(self) -> str:
+        return self._actor.agent_id
+
+    def log(self) -> Any:
+        return self._actor.log()
+
+    def record(self, lifecycle: Lifecycle, reserve: int) -> StoredConversation:
+        actor = self._actor
+        data = actor.folded.dump()
+        resume = actor.turn.resume
+        if resume is not None:
+            # Until the resume turn ends, the store keeps the interrupt it answers.
+            data["interrupt"] = resume[1].model_dump(mode="json")
+        return StoredConversation(
+            state=data,
+            owner=actor.owner,
+            route_key=actor.route_key,
+            request_opts=actor.request_opts,
+            last_seq=actor.topic.last_seq + reserve,
+            lifecycle=lifecycle,
+        )
+
+    def save_took(self, seconds: float) -> None:
+        self._actor.host.stats.save_seconds.observe(seconds)
+
+    def write_refused(self) -> bool:
+        life = self._actor.life
+        return life.superseded or life.error is not None
+
+    def restart_in_progress(self) -> anyio.Event | None:
+        return self._actor.restarting
+
+    def superseded(self, error: StaleWriteError) -> None:
+        self._actor.superseded(error)
+
+    def store_failed(self, error: Exception, lifecycle: str) -> None:
+        actor = self._actor
+        actor.log().error("store_save_failed", lifecycle=lifecycle, error=describe(error))
+        actor.emit(
+            AgentEvent, name="store_error", data={"error": describe(error), "lifecycle": lifecycle}
+        )
+
+    def retry_failed(self, error: Exception, *, first: bool) -> None:
+        self._actor.host.stats.background_failures["save_retry"] += 1
+        if first:
+            self._actor.log().warning("store_save_retry_failed", error=describe(error))
+
+    def session_ended(self) -> bool:
+        return self._actor.life.ended
+
+    def retry_lifecycle(self) -> Lifecycle:
+        actor = self._actor
+        return "shutdown" if actor.closed else actor.mid_work_lifecycle
+
+    def retry_backoff(self) -> float:
+        return self._actor.opts.save_retry_backoff
