@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -11,9 +13,13 @@ from sessionvisor.testing import (
     EventRecorder,
     ManualClock,
     ScriptedAgent,
+    free_port,
     record_events,
+    subscriber_backlogs,
+    wait_for_status,
     wait_until,
     wait_until_settled,
+    wait_until_sync,
 )
 
 from ._support import WAIT
@@ -178,3 +184,69 @@ async def test_wait_for_sleepers_returns_once_a_task_sleeps_on_the_clock(
         assert clock.sleepers == 2
         clock.advance(5.0)
     assert woke == [5.0, 5.0]
+
+
+@pytest.mark.anyio
+async def test_wait_until_counts_any_truthy_result_and_says_what_it_waited_for(
+    anyio_backend: str,
+) -> None:
+    items: list[int] = []
+
+    async def add_later() -> None:
+        await anyio.sleep(0.01)
+        items.append(1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(add_later)
+        took = await wait_until(lambda: items, timeout=WAIT, interval=0.005)
+    assert items == [1] and 0 < took < WAIT
+
+    with pytest.raises(TimeoutError, match=r"after 0.01 s waiting until the list fills"):
+        await wait_until(lambda: items[1:], timeout=0.01, message="the list fills")
+    described: list[str] = []
+
+    def describe() -> str:
+        described.append("asked")
+        return f"two items (now {items})"
+
+    with pytest.raises(TimeoutError, match=r"two items \(now \[1\]\)"):
+        await wait_until(lambda: len(items) == 2, timeout=0.01, message=describe)
+    assert described == ["asked"]  # only once it timed out
+
+
+def test_wait_until_sync_polls_without_an_event_loop() -> None:
+    calls: list[int] = []
+
+    def third_time() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    assert wait_until_sync(third_time, timeout=WAIT, interval=0.001) >= 0
+    assert len(calls) == 3
+    with pytest.raises(TimeoutError, match="waiting until never"):
+        wait_until_sync(lambda: False, timeout=0.02, message="never")
+
+
+def test_free_port_can_be_bound_at_once() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # nothing else holds it
+        assert sock.getsockname()[1] == port
+
+
+@pytest.mark.anyio
+async def test_subscriber_backlogs_shows_the_events_each_subscriber_has_not_read(
+    anyio_backend: str,
+) -> None:
+    async with SessionSupervisor(SingleRouter(lambda agent_id, config: ScriptedAgent())) as sup:
+        assert subscriber_backlogs(sup, "c") == []
+        async with sup.subscribe("c") as reading, sup.subscribe("c"):
+            assert subscriber_backlogs(sup, "c") == [1, 1]  # each one's snapshot
+            await reading.__anext__()
+            assert subscriber_backlogs(sup, "c") == [0, 1]
+            await sup.send("c", "hi")
+            await wait_for_status(sup, "c", Status.IDLE)
+            first, second = subscriber_backlogs(sup, "c")
+            assert first > 0 and second == first + 1
+            assert len(subscriber_backlogs(sup, "c")) == sup.subscriber_count("c")
+        assert subscriber_backlogs(sup, "c") == []
