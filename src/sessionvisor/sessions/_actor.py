@@ -239,7 +239,7 @@ class Actor(Conversation):
             was already accepted (then nothing changed, and ``queued`` says whether
             it still waits).
         """
-        return await send_message(self, content, scope, message_id=message_id)
+        return await send_message(self, content, scope=scope, message_id=message_id)
 
     async def resume(self, answer: Any, scope: Any) -> Status:
         self.check_open()

@@ -210,7 +210,7 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
             if answer is NO_ANSWER:
                 outcome = await agent.run(turn)
             else:
-                outcome = await _call_resume(agent, turn, answer)
+                outcome = await _call_resume(agent, turn, answer=answer)
             if not isinstance(outcome, Done | Interrupt | Pause):
                 raise TypeError(
                     f"agent {agent!r} returned {outcome!r}; expected Done, Interrupt or Pause"
@@ -276,7 +276,7 @@ async def _roll_back(
     return "failed"
 
 
-async def _call_resume(agent: Any, turn: Turn, answer: Any) -> Any:
+async def _call_resume(agent: Any, turn: Turn, *, answer: Any) -> Any:
     hook: Callable[[Turn, Any], Awaitable[Any]] | None = getattr(agent, "resume", None)
     if hook is None:
         # Without a resume hook the answer reaches the agent as a user message.
@@ -292,7 +292,7 @@ def _finish_outcome(
 ) -> None:
     new = adopt(outcome.state, actor.state)
     actor.replace_state(new)
-    added = _added_messages(new.messages, history, mark)
+    added = _added_messages(new.messages, history=history, mark=mark)
     reply = outcome.reply
     if reply is None and isinstance(outcome, Done):
         streamed = turn.streamed_text
@@ -324,7 +324,7 @@ def adopt(new: State, old: State) -> State:
     return new
 
 
-def _added_messages(messages: list[Message], history: list[Message], mark: int) -> list[Message]:
+def _added_messages(messages: list[Message], *, history: list[Message], mark: int) -> list[Message]:
     if messages is history or (
         len(messages) >= mark and (mark == 0 or messages[mark - 1] is history[mark - 1])
     ):
