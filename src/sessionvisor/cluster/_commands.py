@@ -125,7 +125,7 @@ class ClusterMailbox:
         elsewhere = self._elsewhere(cid)
         try:
             if elsewhere is not None:
-                check_owner(self._owner_of, elsewhere[1], scope, cid)
+                check_owner(self._owner_of, elsewhere[1], scope=scope, conversation_id=cid)
                 raise OwnedElsewhere(cid, elsewhere[0])
             # On the owner, the commands stored before this one go first.
             return await self._local.deliver(
@@ -230,7 +230,7 @@ class ClusterMailbox:
     async def _stored_for(self, cid: str, scope: Any) -> Any:
         stored = await self._starter.load(cid)
         if stored is not None:
-            check_owner(self._owner_of, stored.owner, scope, cid)
+            check_owner(self._owner_of, stored.owner, scope=scope, conversation_id=cid)
         return stored
 
     async def _owner_node(self, cid: str) -> str | None:

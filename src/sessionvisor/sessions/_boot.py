@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import structlog
 
 from .._errors import (
@@ -48,13 +49,21 @@ _EMPTY: dict[str, Any] = {}
 
 
 def check_owner(
-    owner_of: Callable[[Any], str | None], owner: str | None, scope: Any, conversation_id: str
+    owner_of: Callable[[Any], str | None], owner: str | None, *, scope: Any, conversation_id: str
 ) -> None:
     """Raise AccessDenied when ``scope`` may not touch a conversation owned by ``owner``."""
     if owner is not None and owner_of(scope) != owner:
         raise AccessDenied(
             f"access to conversation {conversation_id!r} denied: it belongs to another owner"
         )
+
+
+@attrs.frozen
+class Built:
+    """A started actor, and the refusal its pending resume met, if any."""
+
+    actor: Actor
+    resume_refused: InvalidStatus | None
 
 
 class Starter:
@@ -102,23 +111,25 @@ class Starter:
     async def build(
         self,
         cid: str,
+        *,
         scope: Any,
         request_opts: dict[str, Any],
         reroute: bool,
         pending_resume: Any,
         still_live: Callable[[str], bool],
-        *,
         check_access: bool = True,
-    ) -> tuple[Actor, Exception | None]:
+    ) -> Built:
         """Make the conversation's actor and bring it live.
 
-        Returns:
-            The actor, and the error a pending resume met (no interrupt stored).
+        A pending resume that meets a stored state with no interrupt does not
+        stop the start: the session goes live and ``Built.resume_refused`` says
+        why the answer was dropped (the mailbox raises it once the registry
+        holds the actor).
         """
         stored = await self.load(cid)
         if stored is not None:
             if check_access:
-                check_owner(self._owner_of, stored.owner, scope, cid)
+                check_owner(self._owner_of, stored.owner, scope=scope, conversation_id=cid)
             owner = stored.owner
         elif not check_access:
             # The runtime's own wake (recovery) never creates a conversation.
@@ -162,7 +173,7 @@ class Starter:
         if not self._is_open():
             self._bus.release(cid, still_live)
             raise RegistryUnavailable("the session supervisor is draining")
-        resume_error: Exception | None = None
+        resume_error: InvalidStatus | None = None
         if pending_resume is not NO_RESUME:
             if actor.state.interrupt is None:
                 resume_error = InvalidStatus(
@@ -181,7 +192,7 @@ class Starter:
             stored_lifecycle=stored.lifecycle if stored is not None else None,
             restored=stored is not None,
         )
-        return actor, resume_error
+        return Built(actor=actor, resume_refused=resume_error)
 
     async def rebuild(self, actor: Actor) -> Rebuilt:
         """Consult router and factory again and reload the State from the store."""

@@ -370,7 +370,7 @@ class Conversation:
     def _turn_queue(self, content: Content) -> None:
         # An agent's follow-up is stored like a client's message: held to the same rules.
         opts, cid = self._opts, self._conversation_id
-        check_content(content, opts.max_message_bytes, cid)
+        check_content(content, max_bytes=opts.max_message_bytes, conversation_id=cid)
         check_room(self.state, max_queued=opts.max_queued, conversation_id=cid)
         message = new_message("user", content, metadata={"origin": "agent"})
         self.state.queued.append(message)

@@ -89,7 +89,11 @@ class SessionHandle:
         Raises:
             NotRunning, SessionFailedError, QueueFull, MessageRejected, ValueError.
         """
-        check_content(content, self._actor.opts.max_message_bytes, self.conversation_id)
+        check_content(
+            content,
+            max_bytes=self._actor.opts.max_message_bytes,
+            conversation_id=self.conversation_id,
+        )
         accepted = await self._actor.send(content, None)
         return Delivery(queued=accepted.queued, started=False, duplicate=accepted.duplicate)
 

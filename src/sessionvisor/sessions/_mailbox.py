@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from .._errors import InvalidStatus, NotRunning, SessionFailedError
 from ..state import PendingInterrupt, StoredConversation, load_state
 from ._boot import NO_RESUME, Starter, check_owner
@@ -90,7 +92,7 @@ class LocalMailbox:
         return self._check_open
 
     def _check_owner(self, owner: str | None, scope: Any, cid: str) -> None:
-        check_owner(self._owner_of, owner, scope, cid)
+        check_owner(self._owner_of, owner, scope=scope, conversation_id=cid)
 
     async def ensure(
         self,
@@ -114,7 +116,7 @@ class LocalMailbox:
         self._check_open(cid)
         start = _Start(
             self._starter,
-            cid=cid,
+            cid,
             scope=scope,
             request_opts=request_opts or {},
             reroute=reroute,
@@ -122,12 +124,12 @@ class LocalMailbox:
             still_live=self._registry.holds,
             check_access=not trusted,
         )
-        actor, started = await self._registry.ensure(cid, start.run)
-        if not started and not trusted:
-            self._check_owner(actor.owner, scope, cid)
+        reached = await self._registry.ensure(cid, start.run)
+        if not reached.started and not trusted:
+            self._check_owner(reached.actor.owner, scope, cid)
         if start.resume_refused is not None:
             raise start.resume_refused
-        return Reached(actor=actor, started=started)
+        return reached
 
     async def deliver(
         self,
@@ -155,12 +157,14 @@ class LocalMailbox:
             try:
                 if first is not None:
                     await first(cid, actor)
-                queued, duplicate = await actor.send(content, scope, message_id=message_id)
+                accepted = await actor.send(content, scope, message_id=message_id)
             except (NotRunning, SessionFailedError):
                 if attempt == _ATTEMPTS:
                     raise
                 continue
-            return Delivery(queued=queued, started=reached.started, duplicate=duplicate)
+            return Delivery(
+                queued=accepted.queued, started=reached.started, duplicate=accepted.duplicate
+            )
         raise AssertionError("unreachable")
 
     async def send(
@@ -252,26 +256,31 @@ class LocalMailbox:
         return "stopped"
 
 
+@attrs.define
 class _Start:
-    """One start through the registry's single flight; keeps what a pending
-    resume met, raised once the registry holds the new actor."""
+    """One start through the registry's single flight. The registry keeps the
+    actor; the refusal its pending resume met is kept here for the caller that
+    made the start, which raises it."""
 
-    __slots__ = ("_args", "_starter", "resume_refused")
-
-    def __init__(self, starter: Starter, **args: Any) -> None:
-        self._starter = starter
-        self._args = args
-        self.resume_refused: Exception | None = None
+    starter: Starter
+    cid: str
+    scope: Any
+    request_opts: dict[str, Any]
+    reroute: bool
+    pending_resume: Any
+    still_live: Callable[[str], bool]
+    check_access: bool
+    resume_refused: InvalidStatus | None = None
 
     async def run(self) -> Actor:
-        a = self._args
-        actor, self.resume_refused = await self._starter.build(
-            a["cid"],
-            a["scope"],
-            a["request_opts"],
-            a["reroute"],
-            a["pending_resume"],
-            a["still_live"],
-            check_access=a["check_access"],
+        built = await self.starter.build(
+            self.cid,
+            scope=self.scope,
+            request_opts=self.request_opts,
+            reroute=self.reroute,
+            pending_resume=self.pending_resume,
+            still_live=self.still_live,
+            check_access=self.check_access,
         )
-        return actor
+        self.resume_refused = built.resume_refused
+        return built.actor

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from ._seams import Reached
+
 if TYPE_CHECKING:
     from ._actor import Actor
 
@@ -59,16 +61,14 @@ class LocalRegistry:
     def actors(self) -> list[Actor]:
         return list(self._actors.values())
 
-    async def ensure(
-        self, conversation_id: str, start: Callable[[], Awaitable[Actor]]
-    ) -> tuple[Actor, bool]:
+    async def ensure(self, conversation_id: str, start: Callable[[], Awaitable[Actor]]) -> Reached:
         while True:
             actor = self._actors.get(conversation_id)
             if actor is not None:
                 if actor.closed:
                     await actor.wait_stopped()  # its final save must land before a new start
                     continue
-                return actor, False
+                return Reached(actor=actor, started=False)
             flight = self._flights.get(conversation_id)
             if flight is not None:
                 await flight.done.wait()
@@ -92,7 +92,7 @@ class LocalRegistry:
             finally:
                 del self._flights[conversation_id]
                 flight.done.set()
-            return actor, True
+            return Reached(actor=actor, started=True)
 
     def forget(self, actor: Actor) -> None:
         cid = actor.conversation_id

@@ -133,14 +133,9 @@ class Registry(Protocol):
         """Every registered actor."""
         ...
 
-    async def ensure(
-        self, conversation_id: str, start: Callable[[], Awaitable[Actor]]
-    ) -> tuple[Actor, bool]:
-        """Return the live actor, running ``start`` (once) when there is none.
-
-        Returns:
-            The actor, and True when this call started it.
-        """
+    async def ensure(self, conversation_id: str, start: Callable[[], Awaitable[Actor]]) -> Reached:
+        """Return the live actor, running ``start`` (once) when there is none
+        (``started`` is True for the call that ran it)."""
         ...
 
     def forget(self, actor: Actor) -> None:

@@ -148,8 +148,6 @@ class SessionSupervisor:
         """True while leaving the ``async with`` block."""
         return self._life.phase == "draining"
 
-    # -- lifecycle -----------------------------------------------------------------
-
     async def __aenter__(self) -> SessionSupervisor:
         await self._life.enter()
         return self
@@ -159,7 +157,7 @@ class SessionSupervisor:
         return None
 
     def _check_owner(self, owner: str | None, scope: Any, conversation_id: str) -> None:
-        check_owner(self._owner_of, owner, scope, conversation_id)
+        check_owner(self._owner_of, owner, scope=scope, conversation_id=conversation_id)
 
     async def _wake_for_recovery(self, conversation_id: str) -> bool:
         return await wake_for_recovery(
@@ -240,9 +238,10 @@ class SessionSupervisor:
         cid = check_conversation_id(conversation_id)
         mid = check_message_id(message_id, cid)
         live = self._registry.live(cid)
-        # A live session's own limit applies (its factory may have raised it); before a
-        # wake the supervisor's default is checked so nothing wakes for a refused message.
-        check_content(content, (live.opts if live else self._defaults).max_message_bytes, cid)
+        # A live session's own limit applies (its factory may have raised it); before a wake
+        # the default is checked, so nothing wakes for a refused message.
+        limit = (live.opts if live else self._defaults).max_message_bytes
+        check_content(content, max_bytes=limit, conversation_id=cid)
         opts = check_request_opts(request_opts, conversation_id=cid)
         return await self._mailbox.send(
             cid, content, scope=scope, request_opts=opts, reroute=reroute, message_id=mid

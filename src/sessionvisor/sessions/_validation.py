@@ -31,7 +31,9 @@ def check_conversation_id(conversation_id: Any) -> str:
     return conversation_id
 
 
-def check_content(content: Any, max_bytes: int | None, conversation_id: str | None = None) -> None:
+def check_content(
+    content: Any, *, max_bytes: int | None, conversation_id: str | None = None
+) -> None:
     """Raise TypeError/ValueError naming ``content`` unless it is a valid message body."""
     if isinstance(content, str):
         pass
