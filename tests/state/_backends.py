@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sessionvisor.state import MemoryStore, MigrationRegistry, SQLiteStore, StoredConversation
+from sessionvisor.testing import overwrite_stored_state, raw_quarantined_record, raw_record
 from tests._support.sql import POSTGRES_DSN, sql
 
 #: A truncated state, as a write cut off mid-way leaves it.
@@ -74,49 +75,22 @@ class MemoryBackend(Backend):
         return self.stores[0]  # type: ignore[no-any-return]
 
     def garble(self, conversation_id: str) -> None:
-        row = self.store._records[conversation_id]
-        row.head, row.raw = TRUNCATED.encode(), True
+        overwrite_stored_state(self.store, conversation_id, TRUNCATED.encode())
 
     def raw_row(self, conversation_id: str) -> tuple[Any, ...] | None:
-        row = self.store._records.get(conversation_id)
-        if row is None:
-            return None
-        record, blob = row.record, row.state_bytes()
-        return _record_tuple(
-            StoredConversation(
-                state=blob,  # type: ignore[arg-type]
-                version=record.version,
-                owner=record.owner,
-                route_key=record.route_key,
-                request_opts=record.request_opts,
-                last_seq=record.last_seq,
-                updated_at=record.updated_at,
-                lifecycle=record.lifecycle,
-            )
-        )
+        return _raw_tuple(raw_record(self.store, conversation_id))
 
     def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
-        row = self.store._quarantined.get(key)
-        if row is None:
-            return None
-        record, blob = row.record, row.state_bytes()
-        return _record_tuple(
-            StoredConversation(
-                state=blob,  # type: ignore[arg-type]
-                version=record.version,
-                owner=record.owner,
-                route_key=record.route_key,
-                request_opts=record.request_opts,
-                last_seq=record.last_seq,
-                updated_at=record.updated_at,
-                lifecycle=record.lifecycle,
-            )
-        )
+        return _raw_tuple(raw_quarantined_record(self.store, key))
 
 
-def _record_tuple(record: StoredConversation) -> tuple[Any, ...]:
+def _raw_tuple(raw: tuple[StoredConversation, bytes] | None) -> tuple[Any, ...] | None:
+    """The row as one comparable tuple, its state as the repr of the bytes held."""
+    if raw is None:
+        return None
+    record, blob = raw
     return (
-        repr(record.state),
+        repr(blob),
         record.version,
         record.owner,
         record.route_key,

@@ -3,8 +3,6 @@ the next transaction, and each still gets its own outcome."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -12,6 +10,7 @@ import pytest
 
 from sessionvisor._errors import StaleWriteError
 from sessionvisor.state import Message, State, StoredConversation, dump_state
+from sessionvisor.testing import hold_commits, record_commit_batches
 
 from ._backends import Backend
 
@@ -29,37 +28,10 @@ def sql_store(backend: Backend) -> None:
         pytest.skip("MemoryStore has no commits to group")
 
 
-def spy_batches(store: Any) -> list[list[str]]:
-    """Record the conversation ids of each batch the store flushes."""
-    batches: list[list[str]] = []
-    flush: Callable[[list[Any]], None] = store._flush
-
-    def recording(batch: list[Any]) -> None:
-        batches.append([write.conversation_id for write in batch])
-        flush(batch)
-
-    store._flush = recording
-    store._commits._flush = recording
-    return batches
-
-
-@asynccontextmanager
-async def commits_held(store: Any) -> AsyncIterator[None]:
-    """Hold every commit slot: saves queue up until the block ends."""
-    slots = [object() for _ in range(int(store._commit_limiter.total_tokens))]
-    for slot in slots:
-        await store._commit_limiter.acquire_on_behalf_of(slot)
-    try:
-        yield
-    finally:
-        for slot in slots:
-            store._commit_limiter.release_on_behalf_of(slot)
-
-
 async def test_saves_queued_during_a_commit_share_one_transaction(backend: Backend) -> None:
     sql_store(backend)
     store = await backend.open()
-    batches = spy_batches(store)
+    batches = record_commit_batches(store)
     versions: dict[str, int] = {}
 
     async def save(cid: str) -> None:
@@ -68,7 +40,7 @@ async def test_saves_queued_during_a_commit_share_one_transaction(backend: Backe
         )
 
     ids = [f"c-{i:03d}" for i in range(100)]
-    async with anyio.create_task_group() as tg, commits_held(store):
+    async with anyio.create_task_group() as tg, hold_commits(store):
         for cid in ids:
             tg.start_soon(save, cid)
         await anyio.wait_all_tasks_blocked()
@@ -87,7 +59,7 @@ async def test_a_stale_or_bad_write_fails_alone_in_its_batch(backend: Backend) -
     sql_store(backend)
     store = await backend.open()
     await store.save("c-old", record("v1"), expected_version=None, lifecycle="completion")
-    batches = spy_batches(store)
+    batches = record_commit_batches(store)
     outcomes: dict[str, Any] = {}
 
     async def save(cid: str, rec: StoredConversation, expected: int | None) -> None:
@@ -98,7 +70,7 @@ async def test_a_stale_or_bad_write_fails_alone_in_its_batch(backend: Backend) -
         except Exception as exc:
             outcomes[cid] = exc
 
-    async with anyio.create_task_group() as tg, commits_held(store):
+    async with anyio.create_task_group() as tg, hold_commits(store):
         tg.start_soon(save, "c-a", record("a"), None)
         tg.start_soon(save, "c-old", record("stale"), 7)
         tg.start_soon(save, "c-bad", record("x", metadata={"obj": object()}), None)
@@ -127,7 +99,7 @@ async def test_a_save_cancelled_before_its_commit_writes_nothing(backend: Backen
         await store.save(cid, record(cid), expected_version=None, lifecycle="queued")
         saved.append(cid)
 
-    async with anyio.create_task_group() as tg, commits_held(store):
+    async with anyio.create_task_group() as tg, hold_commits(store):
         with anyio.CancelScope() as doomed:
             tg.start_soon(save, "c-keep")
             async with anyio.create_task_group() as inner:

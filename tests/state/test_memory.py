@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sessionvisor.state import MemoryStore, Message, State, StoredConversation, dump_state
+from sessionvisor.testing import raw_record
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +27,9 @@ async def test_memory_store_keeps_its_own_compact_copy(anyio_backend: str) -> No
 
     assert loaded is not None
     assert [m["content"] for m in loaded.state["messages"]] == ["hi"]
-    assert isinstance(store._records["c-1"].state_bytes(), bytes)
+    raw = raw_record(store, "c-1")
+    assert raw is not None
+    assert isinstance(raw[1], bytes)
     assert store.ids() == ["c-1"]
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from sessionvisor._errors import CorruptStateError, NothingStored, StaleWriteError
 from sessionvisor.state import Message, State, StoredConversation, dump_state
+from sessionvisor.testing import hold_commits
 from tests._support.servers import require_server
 from tests._support.sql import POSTGRES_DSN, sql
 
@@ -235,16 +236,11 @@ async def test_a_statement_failing_in_a_batch_fails_only_its_own_save(pg_store: 
         except Exception as exc:
             outcomes[cid] = exc
 
-    slots = [object() for _ in range(int(store._commit_limiter.total_tokens))]
-    async with anyio.create_task_group() as tg:
-        for slot in slots:
-            await store._commit_limiter.acquire_on_behalf_of(slot)
+    async with anyio.create_task_group() as tg, hold_commits(store):
         tg.start_soon(save, "c-a", None)
         tg.start_soon(save, "c-huge", 2**70)  # out of bigint's range: the server refuses it
         tg.start_soon(save, "c-b", 3)
         await anyio.wait_all_tasks_blocked()
-        for slot in slots:
-            store._commit_limiter.release_on_behalf_of(slot)
 
     assert outcomes["c-a"] == 1
     assert outcomes["c-b"] == 1

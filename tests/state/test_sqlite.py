@@ -14,6 +14,7 @@ import pytest
 
 from sessionvisor._errors import CorruptStateError, StoreClosed
 from sessionvisor.state import Message, SQLiteStore, State, StoredConversation, dump_state
+from sessionvisor.testing import sqlite_synchronous
 
 pytestmark = pytest.mark.anyio
 
@@ -330,9 +331,7 @@ async def test_synchronous_is_applied_and_checked(anyio_backend: str, tmp_path: 
             expected_version=None,
             lifecycle="queued",
         )
-        assert store._conn is not None
-        # 1 is NORMAL in SQLite's numbering (2 is FULL).
-        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+        assert await sqlite_synchronous(store) == "NORMAL"
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStore(tmp_path / "x.db", synchronous="OFF")
     assert (
