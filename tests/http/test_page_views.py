@@ -142,6 +142,25 @@ async def test_crashes_and_a_session_that_gives_up_show_no_exception_text(
         await assert_no_exception_text(tab)
 
 
+async def test_a_restart_the_session_list_saw_first_counts_once(tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    # The session list counts a restart from its start; the stream's Restarted comes
+    # when it is done. A backoff longer than the list's poll makes the list see the
+    # restart first, as a slow rebuild under load does.
+    router = failing_router()
+    async with page_on(
+        router, tmp_path, restart_on_error=True, max_restarts=2, restart_backoff=2.5
+    ) as (tab, _url, _drain):
+        await new_conversation(tab)
+        await send(tab, "first")
+        await expect(tab.locator("#restarts")).to_have_text(RESTARTED_ONCE)
+        await expect(tab.locator("#messages .note.restart")).to_have_count(1)
+        await expect(tab.locator("#status")).to_have_text("idle")
+        await tab.wait_for_timeout(200)
+        await expect(tab.locator("#restarts")).to_have_text(RESTARTED_ONCE)
+
+
 async def test_the_sidebar_shows_the_headers_status_at_once(tmp_path: Path) -> None:
     from playwright.async_api import expect
 
