@@ -1,0 +1,496 @@
+"""The checker: guarantees verified from a recorded history and the final states.
+
+What it checks (each violation names its ``kind``):
+
+- ``lost-message``: an acknowledged (2xx) send is missing from the final history.
+- ``duplicate-message``: a message id appears more than once.
+- ``phantom-message``: a user message nobody sent (unknown id or other content),
+  or one whose every send was refused (4xx) or never reached the server.
+- ``order``: send A was acknowledged before send B was first invoked, but B
+  comes before A in the history.
+- ``unanswered``: a user message with no reply after the settle phase.
+- ``answered-twice`` / ``reply-to-nothing`` / ``reply-mismatch``: the demo agent
+  answers the user messages since its last reply with one reply quoting them
+  all; a message quoted twice, a reply with nothing to answer, or a reply
+  quoting other messages than the ones it answers.
+- ``bad-outcome``: an Approved/Denied reply with no open question, or the
+  wrong number of tool runs for it.
+- ``lost-answer``: an acknowledged resume whose question was seen pending again
+  later, or whose question ended without the approved/denied outcome it asked
+  for (excused when a cancel or stop of the conversation may have cut its turn).
+- ``not-settled``: after the faults stopped, a conversation still ran or held
+  queued or unanswered work that no cancel or stop explains (``quiesce``), or it
+  did not reach idle with everything answered once the client resolved what was
+  pending (``settle``), or its status is ``error``.
+- ``server-died`` / ``start-failed``: a process exited without the nemesis, or
+  did not become ready after a restart.
+- ``internal-error``: a 500 answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Op", "Violation", "check", "format_violation", "load", "main"]
+
+Event = dict[str, Any]
+_QUOTE = re.compile(r"You said: “(.*)”\.", re.S)
+_QUESTION = "That needs the dangerous tool"
+_INF = float("inf")
+
+
+@dataclass
+class Op:
+    """One logical operation and its attempts."""
+
+    op: int
+    f: str
+    cid: str
+    process: str
+    invokes: list[Event] = field(default_factory=list)
+    completions: list[Event] = field(default_factory=list)
+
+    @property
+    def first_t(self) -> float:
+        return float(self.invokes[0]["t"]) if self.invokes else _INF
+
+    @property
+    def ack(self) -> Event | None:
+        return next((e for e in self.completions if e["type"] == "ok"), None)
+
+    @property
+    def result(self) -> str:
+        """ok (some attempt acknowledged), fail (none can have applied) or info (unknown)."""
+        if self.ack is not None:
+            return "ok"
+        if any(e["type"] == "info" for e in self.completions):
+            return "info"
+        if len(self.completions) < len(self.invokes):  # the run ended mid-attempt
+            return "info"
+        return "fail"
+
+    @property
+    def value(self) -> dict[str, Any]:
+        source = self.ack or (self.invokes[-1] if self.invokes else {})
+        return dict(source.get("value") or {})
+
+
+@dataclass
+class Violation:
+    kind: str
+    cid: str | None
+    detail: str
+    ops: list[int] = field(default_factory=list)
+    around: tuple[float, float] | None = None
+
+
+def load(path: Path) -> list[Event]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _ops(events: Iterable[Event]) -> dict[int, Op]:
+    ops: dict[int, Op] = {}
+    for event in events:
+        if "op" not in event or event.get("process") == "nemesis" or event["type"] == "final":
+            continue
+        op = ops.setdefault(
+            event["op"], Op(event["op"], event["f"], event["cid"], event["process"])
+        )
+        (op.invokes if event["type"] == "invoke" else op.completions).append(event)
+    return ops
+
+
+def _classify(text: str) -> str:
+    if text.startswith(_QUESTION):
+        return "question"
+    if text.startswith("Approved:"):
+        return "approved"
+    if text.startswith("Denied:"):
+        return "denied"
+    return "reply"
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content)
+
+
+@dataclass
+class _Question:
+    index: int
+    outcome: str | None = None  # approved | denied | superseded
+    tools: int = 0
+
+
+class _Conversation:
+    """The checks on one conversation."""
+
+    def __init__(self, cid: str, ops: list[Op], final: Event | None, events: list[Event]) -> None:
+        self.cid = cid
+        self.ops = ops
+        self.final = final
+        self.events = events
+        self.violations: list[Violation] = []
+        self.sends = [o for o in ops if o.f == "send"]
+        self.by_id: dict[str, list[Op]] = defaultdict(list)
+        for send in self.sends:
+            self.by_id[str(send.value.get("id"))].append(send)
+        body = final.get("value") if final else None
+        self.messages: list[dict[str, Any]] = list(body.get("messages") or []) if body else []
+        self.status = body.get("status") if body else None
+        self.questions: dict[str, _Question] = {}
+        self.answered: Counter[str] = Counter()
+        self.position: dict[str, int] = {}
+
+    def add(self, kind: str, detail: str, ops: Sequence[Op] = (), **kw: Any) -> None:
+        self.violations.append(Violation(kind, self.cid, detail, [o.op for o in ops], **kw))
+
+    def run(self) -> list[Violation]:
+        self.check_ids()
+        self.check_order()
+        self.walk()
+        self.check_resumes()
+        self.check_quiesce()
+        self.check_settle()
+        return self.violations
+
+    def check_ids(self) -> None:
+        counts: Counter[str] = Counter()
+        for index, message in enumerate(self.messages):
+            if message.get("role") != "user":
+                continue
+            mid = str(message.get("id"))
+            counts[mid] += 1
+            self.position.setdefault(mid, index)
+            sends = self.by_id.get(mid)
+            if not sends:
+                self.add("phantom-message", f"user message {mid!r} was never sent: {message!r}")
+                continue
+            if _text(message) != sends[0].value.get("content"):
+                self.add(
+                    "phantom-message",
+                    f"message {mid!r} holds {_text(message)!r}, "
+                    f"sent {sends[0].value.get('content')!r}",
+                    sends,
+                )
+            if all(s.result == "fail" for s in sends):
+                self.add(
+                    "phantom-message",
+                    f"message {mid!r} is stored but every send was refused",
+                    sends,
+                )
+        for mid, count in counts.items():
+            if count > 1:
+                self.add(
+                    "duplicate-message", f"{mid!r} appears {count} times", self.by_id.get(mid, [])
+                )
+        if self.final is None:
+            return
+        for send in self.sends:
+            mid = str(send.value.get("id"))
+            if send.result == "ok" and mid not in counts:
+                self.add(
+                    "lost-message",
+                    f"acknowledged send {mid!r} (ok at t={send.ack['t'] if send.ack else '?'}) "
+                    "is not in the final history",
+                    [send],
+                )
+
+    def check_order(self) -> None:
+        acked = [s for s in self.sends if s.ack is not None and str(s.value["id"]) in self.position]
+        for a in acked:
+            for b in acked:
+                assert a.ack is not None
+                if a is b or float(a.ack["t"]) >= b.first_t:
+                    continue
+                pa, pb = self.position[str(a.value["id"])], self.position[str(b.value["id"])]
+                if pa > pb:
+                    self.add(
+                        "order",
+                        f"{a.value['id']!r} was acknowledged at t={a.ack['t']} before "
+                        f"{b.value['id']!r} was first sent (t={b.first_t}), but it is at "
+                        f"position {pa}, after {pb}",
+                        [a, b],
+                    )
+
+    def walk(self) -> None:
+        pending: list[dict[str, Any]] = []
+        open_question: str | None = None
+        for index, message in enumerate(self.messages):
+            role = message.get("role")
+            mid = str(message.get("id"))
+            if role == "user":
+                pending.append(message)
+                if open_question is not None:
+                    self.questions[open_question].outcome = "superseded"
+                    open_question = None
+            elif role == "tool":
+                if open_question is None:
+                    self.add("bad-outcome", f"tool message {mid} at {index} with no open question")
+                else:
+                    self.questions[open_question].tools += 1
+            elif role == "system":
+                self.add("unexpected-system", f"system message at {index}: {_text(message)!r}")
+                pending = []
+            elif role == "assistant":
+                kind = _classify(_text(message))
+                if kind in ("approved", "denied"):
+                    if open_question is None:
+                        self.add(
+                            "bad-outcome",
+                            f"{kind} reply {mid} at {index} answers no open question",
+                        )
+                        continue
+                    question = self.questions[open_question]
+                    question.outcome = kind
+                    want = 1 if kind == "approved" else 0
+                    if question.tools != want:
+                        self.add(
+                            "bad-outcome",
+                            f"question {open_question}: {kind} after {question.tools} tool runs",
+                        )
+                    open_question = None
+                    continue
+                ids = [str(m.get("id")) for m in pending]
+                if not pending:
+                    self.add("reply-to-nothing", f"{kind} {mid} at {index} answers no message")
+                elif kind == "reply":
+                    quoted = _QUOTE.search(_text(message))
+                    expected = " / ".join(_text(m) for m in pending)
+                    if quoted is None or quoted.group(1) != expected:
+                        self.add(
+                            "reply-mismatch",
+                            f"reply {mid} at {index} quotes "
+                            f"{quoted.group(1) if quoted else None!r}, expected {expected!r}",
+                            [o for i in ids for o in self.by_id.get(i, [])],
+                        )
+                elif not any("delete" in _text(m) for m in pending):
+                    self.add("reply-mismatch", f"question {mid} at {index} for {ids}")
+                for i in ids:
+                    self.answered[i] += 1
+                pending = []
+                if kind == "question":
+                    open_question = mid
+                    self.questions[mid] = _Question(index)
+        for mid, count in self.answered.items():
+            if count > 1:
+                self.add(
+                    "answered-twice", f"{mid!r} answered {count} times", self.by_id.get(mid, [])
+                )
+        if self.final is not None and pending:
+            ids = [str(m.get("id")) for m in pending]
+            self.add(
+                "unanswered",
+                f"after the settle phase (status {self.status}) no reply for {ids}",
+                [o for i in ids for o in self.by_id.get(i, [])],
+            )
+
+    def _cut(self, start: float, end: float) -> list[Op]:
+        """Cancels and stops that may have cut a turn between start and end."""
+        return [
+            o
+            for o in self.ops
+            if o.f in ("cancel", "stop") and o.result != "fail" and start < o.first_t < end
+        ]
+
+    def _reads(self) -> list[tuple[float, dict[str, Any], Op]]:
+        found = []
+        for op in self.ops:
+            if op.f == "read" and op.ack is not None and isinstance(op.ack.get("body"), dict):
+                found.append((op.first_t, op.ack["body"], op))
+        return sorted(found, key=lambda r: r[0])
+
+    def check_resumes(self) -> None:
+        reads = self._reads()
+        for op in self.ops:
+            if op.f != "resume" or op.ack is None:
+                continue
+            ack_t = float(op.ack["t"])
+            key = str(op.ack["value"].get("question"))
+            answer = op.ack["value"].get("answer")
+            want = "approved" if answer == "yes" else "denied"
+            done_t = next(
+                (t for t, seen, _ in reads if t > ack_t and seen.get("status") == "idle"), _INF
+            )
+            again = next(
+                ((t, seen, r) for t, seen, r in reads if t > ack_t and seen.get("question") == key),
+                None,
+            )
+            if again is not None and not self._cut(op.first_t, again[0]):
+                self.add(
+                    "lost-answer",
+                    f"resume {answer!r} of question {key} acknowledged at t={ack_t}, "
+                    f"but the question is pending again at t={again[0]} (read op {again[2].op})",
+                    [op, again[2]],
+                    around=(op.first_t - 1.0, again[0] + 0.5),
+                )
+                continue
+            if self.final is None or self._cut(op.first_t, done_t):
+                continue
+            question = self.questions.get(key)
+            if question is None:
+                self.add(
+                    "lost-answer", f"question {key} answered {answer!r} is not in the history", [op]
+                )
+            elif question.outcome != want:
+                self.add(
+                    "lost-answer",
+                    f"resume {answer!r} of question {key} acknowledged at t={ack_t}, "
+                    f"but the question ended {question.outcome!r}",
+                    [op],
+                    around=(op.first_t - 1.0, ack_t + 5.0),
+                )
+
+    def check_quiesce(self) -> None:
+        event = next(
+            (e for e in self.events if e.get("type") == "quiesce" and e["cid"] == self.cid), None
+        )
+        if event is None:
+            return
+        value = event.get("value") or {}
+        last = value.get("last")
+        if not value.get("settled"):
+            self.add(
+                "not-settled",
+                f"quiesce: still {last and last.get('status')} with "
+                f"{last and last.get('queued')} queued after the deadline: {last}",
+            )
+            return
+        if not last:
+            return
+        if last.get("status") == "error":
+            self.add("not-settled", f"quiesce: status error: {last}")
+            return
+        left = int(last.get("unanswered") or 0) + int(last.get("queued") or 0)
+        if not left or last.get("status") == "interrupted":
+            return
+        prefix = self.messages[: int(last.get("messages") or 0)]
+        users = [str(m.get("id")) for m in prefix if m.get("role") == "user"][-left:]
+        sends = [o for i in users for o in self.by_id.get(i, [])]
+        start = min((o.first_t for o in sends), default=0.0)
+        if self._cut(start, _INF):
+            return
+        self.add(
+            "not-settled",
+            f"quiesce: status {last.get('status')} with unanswered/queued {users} and no "
+            "cancel or stop since they were sent: the work was not recovered",
+            sends,
+            around=(start - 1.0, _INF),
+        )
+
+    def check_settle(self) -> None:
+        if self.final is None:
+            return
+        if not self.final.get("settled") or self.status != "idle":
+            self.add(
+                "not-settled",
+                f"settle: final status {self.status!r}, settled={self.final.get('settled')}",
+            )
+
+
+def check(events: list[Event]) -> tuple[list[Violation], dict[str, Any]]:
+    """Every violation in the history, and some figures about it."""
+    ops = _ops(events)
+    by_cid: dict[str, list[Op]] = defaultdict(list)
+    for op in ops.values():
+        by_cid[op.cid].append(op)
+    finals = {e["cid"]: e for e in events if e.get("type") == "final"}
+    violations: list[Violation] = []
+    for cid in sorted(set(by_cid) | set(finals)):
+        violations += _Conversation(cid, by_cid[cid], finals.get(cid), events).run()
+    for event in events:
+        if event.get("process") != "nemesis":
+            continue
+        if event["f"] in ("died", "start-failed"):
+            kind = "server-died" if event["f"] == "died" else "start-failed"
+            violations.append(
+                Violation(
+                    kind, None, json.dumps(event.get("value")), around=(event["t"] - 2, event["t"])
+                )
+            )
+    errors = [o for o in ops.values() if any(e.get("status") == 500 for e in o.completions)]
+    for op in errors[:5]:
+        violations.append(Violation("internal-error", op.cid, f"{op.f} answered 500", [op.op]))
+    stats = {
+        "ops": len(ops),
+        "by_f": dict(Counter(f"{o.f}:{o.result}" for o in ops.values())),
+        "faults": dict(
+            Counter(
+                e["value"].get("fault", "?")
+                for e in events
+                if e.get("process") == "nemesis" and e["f"] == "kill" and e["type"] == "info"
+            )
+        ),
+        "5xx": sum(1 for e in events if (e.get("status") or 0) >= 500),
+        "internal_errors": len(errors),
+    }
+    return violations, stats
+
+
+def excerpt(events: list[Event], violation: Violation, limit: int = 60) -> list[Event]:
+    """The events of the violation's operations, and the nemesis' around them."""
+    wanted = set(violation.ops)
+    chosen = [e for e in events if e.get("op") in wanted and e.get("process") != "nemesis"]
+    start, end = violation.around or (
+        (min(e["t"] for e in chosen) - 1.0, max(e["t"] for e in chosen) + 1.0)
+        if chosen
+        else (0.0, 0.0)
+    )
+    chosen += [
+        e
+        for e in events
+        if (e.get("process") == "nemesis" and start <= e["t"] <= end)
+        or (
+            violation.cid is not None
+            and e.get("cid") == violation.cid
+            and e.get("f") in ("resume", "cancel", "stop")
+            and e.get("type") != "invoke"
+            and start <= e["t"] <= end
+        )
+    ]
+    unique = {e["i"]: e for e in chosen}
+    return [unique[i] for i in sorted(unique)][:limit]
+
+
+def format_event(event: Event) -> str:
+    keep = {k: v for k, v in event.items() if k not in ("i",) and v is not None}
+    body = keep.get("body")
+    if isinstance(body, dict) and "messages" in body:
+        keep["body"] = {k: v for k, v in body.items() if k != "messages"}
+    return json.dumps(keep, ensure_ascii=False, default=str)[:400]
+
+
+def format_violation(events: list[Event], violation: Violation) -> str:
+    lines = [f"[{violation.kind}] conversation {violation.cid}: {violation.detail}"]
+    lines += ["    " + format_event(e) for e in excerpt(events, violation)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check a saved chaos history (JSON lines).")
+    parser.add_argument("history", type=Path)
+    args = parser.parse_args(argv)
+    events = load(args.history)
+    violations, stats = check(events)
+    print(json.dumps(stats))
+    for violation in violations:
+        print(format_violation(events, violation))
+    print(f"{len(violations)} violation(s)")
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The nemesis: faults injected at random moments, chosen by the seed.
+
+Single mode (one node) and cluster mode (several) share these faults:
+
+- ``kill``: ``kill -9`` of a node at a random moment, restart after a random pause;
+- ``kill-after-resume``: ``kill -9`` shortly after the next acknowledged resume,
+  so it lands in the turn that answer started;
+- ``kill-after-send``: ``kill -9`` shortly after the next acknowledged send
+  (mid-turn, or between the save and the turn);
+- ``kill-in-recovery``: ``kill -9``, restart, and ``kill -9`` again while the
+  new process recovers, then restart.
+
+Every fault is recorded as a ``process: "nemesis"`` invoke/info pair; a node
+found dead that the nemesis did not kill is recorded as ``died`` (with its
+exit code) and restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from .model import Event, History
+from .procs import Node
+
+__all__ = ["FAULTS", "Nemesis"]
+
+FAULTS = {"kill": 3, "kill-after-resume": 3, "kill-after-send": 3, "kill-in-recovery": 1}
+
+
+class Nemesis:
+    def __init__(
+        self,
+        history: History,
+        nodes: Sequence[Node],
+        seed: int,
+        *,
+        interval: tuple[float, float] = (1.0, 6.0),
+        faults: dict[str, int] | None = None,
+    ) -> None:
+        self.history = history
+        self.nodes = list(nodes)
+        self.rng = random.Random(f"{seed}:nemesis")
+        self.interval = interval
+        self.faults = faults or dict(FAULTS)
+        self.count: dict[str, int] = {}
+        self._acked: dict[str, asyncio.Event] = {"resume": asyncio.Event(), "send": asyncio.Event()}
+        history.listeners.append(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if event.get("type") == "ok" and event.get("process", "").startswith("w"):
+            flag = self._acked.get(str(event.get("f")))
+            if flag is not None:
+                flag.set()
+
+    def _record(self, type_: str, f: str, value: dict[str, Any]) -> None:
+        self.history.record(process="nemesis", type=type_, f=f, value=value)
+
+    async def _restart(self, node: Node) -> None:
+        await asyncio.to_thread(node.start)
+        ready = await asyncio.to_thread(node.wait_ready, 60.0)
+        self._record("info", "start", {"node": node.name, "ready": ready, "pid": _pid(node)})
+        if not ready:
+            self._record("info", "start-failed", {"node": node.name, "exit": node.exit_code()})
+
+    async def _kill(self, node: Node, fault: str, **extra: Any) -> None:
+        self._record("invoke", "kill", {"node": node.name, "fault": fault, **extra})
+        await asyncio.to_thread(node.kill)
+        self._record("info", "kill", {"node": node.name, "fault": fault, "pid": _pid(node)})
+
+    async def check_alive(self) -> None:
+        """Restart a node that died without the nemesis (recorded as ``died``)."""
+        for node in self.nodes:
+            if node.proc is not None and not node.alive():
+                self._record("info", "died", {"node": node.name, "exit": node.exit_code()})
+                await self._restart(node)
+
+    async def fault(self) -> None:
+        fault = self.rng.choices(list(self.faults), list(self.faults.values()))[0]
+        node = self.rng.choice(self.nodes)
+        delay = round(self.rng.uniform(0.0, 0.4), 3)
+        down = round(self.rng.uniform(0.0, 2.0), 3)
+        if fault in ("kill-after-resume", "kill-after-send"):
+            flag = self._acked[fault.rsplit("-", 1)[1]]
+            flag.clear()
+            try:
+                await asyncio.wait_for(flag.wait(), 15.0)
+            except TimeoutError:
+                fault = "kill"
+            if fault == "kill-after-send":
+                delay = round(self.rng.uniform(0.0, 1.5), 3)
+            await asyncio.sleep(delay)
+        await self._kill(node, fault, delay=delay, down=down)
+        self.count[fault] = self.count.get(fault, 0) + 1
+        await asyncio.sleep(down)
+        await self._restart(node)
+        if fault == "kill-in-recovery":
+            await asyncio.sleep(self.rng.uniform(0.0, 0.5))
+            await self._kill(node, "kill-in-recovery (again)")
+            await asyncio.sleep(self.rng.uniform(0.0, 1.0))
+            await self._restart(node)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.rng.uniform(*self.interval))
+            except TimeoutError:
+                pass
+            else:
+                break
+            await self.check_alive()
+            await self.fault()
+        await self.check_alive()
+
+
+def _pid(node: Node) -> int | None:
+    return node.proc.pid if node.proc is not None else None
