@@ -114,6 +114,11 @@ class LocalMailbox:
         """
         cid = conversation_id
         self._check_open(cid)
+        live = self._registry.live(cid)
+        if live is not None:  # the common case: nothing to start
+            if not trusted:
+                self._check_owner(live.owner, scope, cid)
+            return Reached(actor=live, started=False)
         start = _Start(
             self._starter,
             cid,
