@@ -138,8 +138,11 @@ class _Question:
 class _Conversation:
     """The checks on one conversation."""
 
-    def __init__(self, cid: str, ops: list[Op], final: Event | None, events: list[Event]) -> None:
+    def __init__(
+        self, cid: str, ops: list[Op], final: Event | None, events: list[Event], *, cluster: bool
+    ) -> None:
         self.cid = cid
+        self.cluster = cluster
         self.ops = ops
         self.final = final
         self.events = events
@@ -290,6 +293,8 @@ class _Conversation:
                 self.add(
                     "answered-twice", f"{mid!r} answered {count} times", self.by_id.get(mid, [])
                 )
+        if self.final is not None and open_question is not None:
+            self.add("not-settled", f"after the settle phase question {open_question} is pending")
         if self.final is not None and pending:
             ids = [str(m.get("id")) for m in pending]
             self.add(
@@ -314,19 +319,50 @@ class _Conversation:
         return sorted(found, key=lambda r: r[0])
 
     def check_resumes(self) -> None:
+        """An acknowledged answer takes effect, once.
+
+        In one process a 202 means the answer was applied (the resume turn
+        started), so the question must never be seen pending again. In a
+        cluster a 202 from a node that does not serve the conversation means
+        the answer is stored in the inbox: the question may still be seen
+        until the owner applies it (and in the stored state a node that does
+        not serve the conversation shows), a second answer to the same question
+        is refused by the owner, and the first acknowledged answer decides.
+        """
         reads = self._reads()
-        for op in self.ops:
-            if op.f != "resume" or op.ack is None:
-                continue
+        answered: set[str] = set()
+        resumes = sorted(
+            (o for o in self.ops if o.f == "resume" and o.ack is not None),
+            key=lambda o: float(o.ack["t"]) if o.ack else _INF,
+        )
+        for op in resumes:
+            assert op.ack is not None
             ack_t = float(op.ack["t"])
             key = str(op.ack["value"].get("question"))
             answer = op.ack["value"].get("answer")
             want = "approved" if answer == "yes" else "denied"
+            if self.cluster and key in answered:
+                continue  # the owner refuses it: the first answer decides
+            answered.add(key)
             done_t = next(
                 (t for t, seen, _ in reads if t > ack_t and seen.get("status") == "idle"), _INF
             )
+            since = ack_t
+            if self.cluster:  # pending again only once it was seen answered
+                since = next(
+                    (t for t, seen, _ in reads if t > ack_t and seen.get("question") != key),
+                    _INF,
+                )
             again = next(
-                ((t, seen, r) for t, seen, r in reads if t > ack_t and seen.get("question") == key),
+                (
+                    (t, seen, r)
+                    for t, seen, r in reads
+                    if t > since
+                    and seen.get("question") == key
+                    # in a cluster only a live session's view counts: a node that does not
+                    # serve the conversation shows the stored state, which may lag
+                    and (not self.cluster or seen.get("status") == "interrupted")
+                ),
                 None,
             )
             if again is not None and not self._cut(op.first_t, again[0]):
@@ -362,14 +398,10 @@ class _Conversation:
             return
         value = event.get("value") or {}
         last = value.get("last")
-        if not value.get("settled"):
-            self.add(
-                "not-settled",
-                f"quiesce: still {last and last.get('status')} with "
-                f"{last and last.get('queued')} queued after the deadline: {last}",
-            )
-            return
         if not last:
+            return
+        if not value.get("settled") and last.get("status") == "running":
+            self.add("not-settled", f"quiesce: still running after the deadline: {last}")
             return
         if last.get("status") == "error":
             self.add("not-settled", f"quiesce: status error: {last}")
@@ -394,7 +426,7 @@ class _Conversation:
     def check_settle(self) -> None:
         if self.final is None:
             return
-        if not self.final.get("settled") or self.status != "idle":
+        if not self.final.get("settled") or self.status not in ("idle", "not_running"):
             self.add(
                 "not-settled",
                 f"settle: final status {self.status!r}, settled={self.final.get('settled')}",
@@ -409,8 +441,11 @@ def check(events: list[Event]) -> tuple[list[Violation], dict[str, Any]]:
         by_cid[op.cid].append(op)
     finals = {e["cid"]: e for e in events if e.get("type") == "final"}
     violations: list[Violation] = []
+    begin = next((e for e in events if e.get("f") == "begin"), {})
+    cluster = (begin.get("value") or {}).get("mode") == "cluster"
     for cid in sorted(set(by_cid) | set(finals)):
-        violations += _Conversation(cid, by_cid[cid], finals.get(cid), events).run()
+        conversation = _Conversation(cid, by_cid[cid], finals.get(cid), events, cluster=cluster)
+        violations += conversation.run()
     for event in events:
         if event.get("process") != "nemesis":
             continue
@@ -431,7 +466,9 @@ def check(events: list[Event]) -> tuple[list[Violation], dict[str, Any]]:
             Counter(
                 e["value"].get("fault", "?")
                 for e in events
-                if e.get("process") == "nemesis" and e["f"] == "kill" and e["type"] == "info"
+                if e.get("process") == "nemesis"
+                and e["f"] in ("kill", "pause")
+                and e["type"] == "info"
             )
         ),
         "5xx": sum(1 for e in events if (e.get("status") or 0) >= 500),

@@ -351,10 +351,12 @@ class Client:
     # -- after the faults ---------------------------------------------------------------
 
     async def quiesce(self, deadline: float) -> dict[str, dict[str, Any] | None]:
-        """Without any command, wait until no conversation runs or holds queued work.
+        """Without any command, wait until no conversation runs or holds unanswered work.
 
         Returns each conversation's last summary (None: never created); the
-        checker decides whether what is left was allowed to be left.
+        checker decides whether what is left at the deadline was allowed to be
+        left (a cancel or a stop holds work until the next message). A read
+        from a node that does not serve the conversation sees ``not_running``.
         """
         last: dict[str, dict[str, Any] | None] = {}
         waiting = set(self.cids)
@@ -368,8 +370,10 @@ class Client:
                 elif seen.type == "ok" and isinstance(seen.body, dict):
                     summary = conversation_summary(seen.body)
                     last[cid] = summary
-                    if summary["status"] != "running" and not (
-                        summary["status"] == "idle" and summary["queued"]
+                    status = summary["status"]
+                    held = status in ("interrupted", "cancelled")
+                    if status != "running" and (
+                        held or not (summary["queued"] or summary["unanswered"])
                     ):
                         waiting.discard(cid)
             if waiting:
@@ -406,7 +410,7 @@ class Client:
                 elif (
                     summary["queued"]
                     or summary["unanswered"]
-                    or status != "idle"
+                    or status not in ("idle", "not_running")
                     or not finals[cid]
                 ):
                     if finals[cid] >= 5:

@@ -8,7 +8,10 @@ Single mode (one node) and cluster mode (several) share these faults:
 - ``kill-after-send``: ``kill -9`` shortly after the next acknowledged send
   (mid-turn, or between the save and the turn);
 - ``kill-in-recovery``: ``kill -9``, restart, and ``kill -9`` again while the
-  new process recovers, then restart.
+  new process recovers, then restart;
+- ``pause``: SIGSTOP for 1-8 s (past the client's timeout, and in a cluster
+  past the lease), then SIGCONT: the client's retries with the same message id
+  queue up behind the frozen process and arrive together with the original.
 
 Every fault is recorded as a ``process: "nemesis"`` invoke/info pair; a node
 found dead that the nemesis did not kill is recorded as ``died`` (with its
@@ -27,7 +30,13 @@ from .procs import Node
 
 __all__ = ["FAULTS", "Nemesis"]
 
-FAULTS = {"kill": 3, "kill-after-resume": 3, "kill-after-send": 3, "kill-in-recovery": 1}
+FAULTS = {
+    "kill": 3,
+    "kill-after-resume": 3,
+    "kill-after-send": 3,
+    "kill-in-recovery": 1,
+    "pause": 2,
+}
 
 
 class Nemesis:
@@ -92,6 +101,15 @@ class Nemesis:
             if fault == "kill-after-send":
                 delay = round(self.rng.uniform(0.0, 1.5), 3)
             await asyncio.sleep(delay)
+        if fault == "pause":
+            frozen = round(self.rng.uniform(1.0, 8.0), 3)
+            self._record("invoke", "pause", {"node": node.name, "fault": fault, "for": frozen})
+            await asyncio.to_thread(node.pause)
+            self.count[fault] = self.count.get(fault, 0) + 1
+            await asyncio.sleep(frozen)
+            await asyncio.to_thread(node.unpause)
+            self._record("info", "pause", {"node": node.name, "fault": fault, "for": frozen})
+            return
         await self._kill(node, fault, delay=delay, down=down)
         self.count[fault] = self.count.get(fault, 0) + 1
         await asyncio.sleep(down)

@@ -47,7 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--word-delay", type=float, default=0.03, help="the demo agent's")
     p.add_argument("--inactivity-timeout", type=float, default=3.0, help="the servers'")
     p.add_argument("--lease-ttl", type=float, default=3.0, help="cluster mode: the nodes'")
-    p.add_argument("--settle", type=float, default=60.0, help="seconds allowed to settle")
+    p.add_argument(
+        "--quiesce",
+        type=float,
+        default=20.0,
+        help="seconds the system gets to settle by itself once the faults stop",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=60.0,
+        help="then seconds to settle while the client answers what is pending",
+    )
     p.add_argument(
         "--faults", default=",".join(FAULTS), help=f"comma-separated subset of {', '.join(FAULTS)}"
     )
@@ -126,7 +137,7 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
         await nemesis.check_alive()
         history.record(process="nemesis", type="info", f="faults-stopped", value={})
         print(f"client done after {time.monotonic() - started:.0f}s; settling", flush=True)
-        await client.quiesce(args.settle)
+        await client.quiesce(args.quiesce)
         await client.settle(args.settle)
         await nemesis.check_alive()
     finally:
