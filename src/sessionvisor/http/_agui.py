@@ -63,9 +63,11 @@ from ..sessions import (
 from ..state import Message, PendingInterrupt, State
 from ._aisdk import send_kwargs
 from ._bodies import body_conversation_id, check_content_size, check_request_opts
+from ._display import displayed
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
 from ._streaming import ChunkStream, Step, follow_turn, reply_text, resubscribing
+from ._tools import ToolCallEvent, ToolLedger, ToolResultEvent, tool_event
 
 if TYPE_CHECKING:
     from ._app import _Api
@@ -116,16 +118,6 @@ def _tool_text(message: ToolMessage) -> str:
     if isinstance(message.content, str):
         return message.content
     return _text_of([p.model_dump(mode="json") for p in message.content])
-
-
-def _shown(message: Message) -> Message:
-    display = message.metadata.get("display")
-    if isinstance(display, dict):
-        try:
-            return Message.model_validate(display)
-        except ValueError:
-            return message
-    return message
 
 
 class ReplyIds:
@@ -179,7 +171,7 @@ def history_messages(state: State, upto: str | None = None) -> list[AGUIMessage]
     if upto is not None and any(m.id == upto for m in everything):
         everything = everything[: next(i for i, m in enumerate(everything) if m.id == upto) + 1]
     for message in everything:
-        shown = _shown(message)
+        shown = displayed(message)
         if message.role == "user":
             ids.user(message.id)
             out.append(UserMessage(id=message.id, content=_text_of(shown.content)))
@@ -238,6 +230,7 @@ class _Translator:
 
     def __init__(
         self,
+        *,
         thread_id: str,
         run_id: str,
         decisions: list[Decision] | None,
@@ -252,16 +245,9 @@ class _Translator:
         self.streamed = False
         self.sent = ""  # the text streamed of the reply being written
         self.gapped = False  # events were lost: the rest of the reply comes from its message
-        self.tools: set[str] = set()
-        self.answered: set[str] = set()
-        self.awaiting: list[str] = []
-        for d in decisions or []:
-            self.tools.add(d.call_id)  # the client holds these calls from the last run
-            if d.approved is False or d.approved is None:
-                self.answered.add(d.call_id)
-            else:
-                self.awaiting.append(d.call_id)
-        self.denied = [d.call_id for d in decisions or [] if d.approved is False]
+        self.tools = ToolLedger()
+        # The client holds the calls it answered from the last run.
+        self.denied = self.tools.take_decisions(decisions or [])
 
     def custom(self, event: Event) -> CustomEvent:
         return CustomEvent(name=f"sessionvisor.{event.event_type}", value=event.to_json())
@@ -293,10 +279,9 @@ class _Translator:
             yield from self._close_text()
 
     def _tool_call(self, call_id: str, name: str, args: Any) -> Iterator[BaseEvent]:
-        if call_id in self.tools:
+        if not self.tools.announce(call_id):
             return
         yield from self._close_text()
-        self.tools.add(call_id)
         yield ToolCallStartEvent(tool_call_id=call_id, tool_call_name=name)
         yield ToolCallArgsEvent(
             tool_call_id=call_id,
@@ -305,10 +290,11 @@ class _Translator:
         yield ToolCallEndEvent(tool_call_id=call_id)
 
     def _tool_result(self, call_id: str, content: Any) -> Iterator[BaseEvent]:
-        if call_id not in self.tools or call_id in self.answered:
-            return
+        if self.tools.answer(call_id):
+            yield from self._result(call_id, content)
+
+    def _result(self, call_id: str, content: Any) -> Iterator[BaseEvent]:
         yield from self._close_text()
-        self.answered.add(call_id)
         text = content if isinstance(content, str) else json.dumps(content, default=str)
         yield ToolCallResultEvent(
             message_id=f"result-{call_id}", tool_call_id=call_id, content=text, role="tool"
@@ -316,14 +302,12 @@ class _Translator:
 
     def start(self) -> Iterator[BaseEvent]:
         for call_id in self.denied:
-            self.answered.discard(call_id)
-            yield from self._tool_result(call_id, {"approved": False})
+            yield from self._result(call_id, {"approved": False})
 
     def _finish(self, outcome: _RunOutcome = "success") -> Iterator[BaseEvent]:
         yield from self._close_text()
-        for call_id in self.awaiting:
+        for call_id in self.tools.drain_awaiting():
             yield from self._tool_result(call_id, {"approved": True})
-        self.awaiting = []
         yield RunFinishedEvent.model_validate(
             {
                 "threadId": self.thread_id,
@@ -399,8 +383,8 @@ class _Translator:
                     yield from self._text(name, message.text())
                 self.streamed, self.sent = False, ""
                 yield from self._close_text()
-            elif message.role == "tool" and self.awaiting:
-                yield from self._tool_result(self.awaiting.pop(0), _text_of(message.content))
+            elif message.role == "tool" and (call_id := self.tools.next_awaiting()) is not None:
+                yield from self._tool_result(call_id, message.text())
             else:
                 yield self.custom(event)
         elif isinstance(event, AgentEvent):
@@ -413,19 +397,15 @@ class _Translator:
             yield self.custom(event)
 
     def _agent_event(self, event: AgentEvent) -> Iterator[BaseEvent]:
-        data = event.data if isinstance(event.data, Mapping) else {}
-        call_id = data.get("tool_call_id")
-        name = data.get("tool_name")
-        if event.name == "tool_call" and isinstance(call_id, str) and isinstance(name, str):
-            yield from self._tool_call(call_id, name, data.get("args"))
-            return
-        if event.name == "tool_result" and isinstance(call_id, str) and isinstance(name, str):
-            yield from self._tool_call(call_id, name, {})
-            if call_id in self.awaiting:
-                self.awaiting.remove(call_id)
-            yield from self._tool_result(call_id, data.get("content"))
-            return
-        yield self.custom(event)
+        tool = tool_event(event)
+        if isinstance(tool, ToolCallEvent):
+            yield from self._tool_call(tool.call_id, tool.name, tool.args)
+        elif isinstance(tool, ToolResultEvent):
+            yield from self._tool_call(tool.call_id, tool.name, {})
+            self.tools.returned(tool.call_id)
+            yield from self._tool_result(tool.call_id, tool.content)
+        else:
+            yield self.custom(event)
 
     def _end(self, event: Event) -> Iterator[BaseEvent]:
         yield self.custom(event)
@@ -469,8 +449,7 @@ class _AGUI:
         scope = await self.api.scope(request)
         body = await self.api.body(request, RunAgentInput)
         cid = body_conversation_id(request, body.thread_id)
-        if self.api.streams.closing:
-            raise HTTPError(503, "RegistryUnavailable", "the server is shutting down")
+        self.api.streams.admit()
         exists = await self.sup.check_access(cid, scope=scope)
         decisions: list[Decision] | None = None
         answer: Any = None
@@ -534,9 +513,13 @@ class _AGUI:
         except BaseException:
             await stack.aclose()
             raise
-        translator = _Translator(cid, body.run_id, decisions, history)
+        translator = _Translator(
+            thread_id=cid, run_id=body.run_id, decisions=decisions, history=history
+        )
         steps = follow_turn(
-            resubscribing(self.sup, cid, scope, stack, events), mode=mode, queued_content=content
+            resubscribing(self.sup, cid, scope=scope, stack=stack, events=events),
+            mode=mode,
+            queued_content=content,
         )
         asked = newest.id if decisions is None and newest is not None else None
         upto = None if answered else asked
@@ -561,7 +544,7 @@ class _AGUI:
                         translator.gapped = True  # the turn ended in the events that were lost
                     if step == "end" and translator.gapped:
                         for out in translator.recovered(
-                            await reply_text(self.sup, cid, scope, asked)
+                            await reply_text(self.sup, cid, scope=scope, user_message_id=asked)
                         ):
                             yield encoder.encode(out).encode()
                     for out in translator.feed(step, event):

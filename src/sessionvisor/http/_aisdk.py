@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,14 +48,16 @@ from ..sessions import (
     StatusChanged,
 )
 from ._bodies import (
+    MAX_MESSAGE_ID_LENGTH,
     body_conversation_id,
     check_content_size,
     check_conversation_id,
     check_request_opts,
+    message_id_ok,
 )
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
-from ._sse import read_as_unknown_would
+from ._sse import access_as_unknown_would, read_as_unknown_would
 from ._streaming import (
     ChunkStream,
     Step,
@@ -66,6 +67,7 @@ from ._streaming import (
     resubscribing,
     turn_start_index,
 )
+from ._tools import ToolCallEvent, ToolLedger, ToolResultEvent, tool_event
 
 if TYPE_CHECKING:
     from ._app import _Api
@@ -80,7 +82,6 @@ STREAM_HEADERS = [
     (b"x-vercel-ai-ui-message-stream", b"v1"),
 ]
 _DONE = b"data: [DONE]\n\n"
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # as send checks message ids
 _TOOL_STATES_ANSWERED = ("approval-responded", "output-available", "output-error")
 
 
@@ -129,11 +130,12 @@ def send_kwargs(supervisor: SessionSupervisor, message_id: str | None) -> dict[s
     """
     if message_id is None:
         return {}
-    if not message_id or len(message_id) > 128 or _CONTROL_CHARACTER.search(message_id):
+    if not message_id_ok(message_id):
         raise HTTPError(
             400,
             "ValidationError",
-            "a message id must be 1 to 128 characters long, without control characters",
+            f"a message id must be 1 to {MAX_MESSAGE_ID_LENGTH} characters long, "
+            "without control characters",
         )
     try:
         params = inspect.signature(supervisor.send).parameters
@@ -230,9 +232,7 @@ class _Translator:
         self.streamed = False  # text streamed since the last assistant message
         self.sent = ""  # ... and what it was
         self.gapped = False  # events were lost: the rest of the reply comes from its message
-        self.tools: set[str] = set()  # tool invocations the client has
-        self.answered: set[str] = set()  # ... and those with an output or a denial
-        self.awaiting: list[str] = []  # approved synthesized calls waiting for a tool message
+        self.tools = ToolLedger()
         self.decisions = decisions or []
 
     # -- helpers -----------------------------------------------------------------------
@@ -266,10 +266,9 @@ class _Translator:
     def _tool_input(
         self, call_id: str, name: str, args: Any, title: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        if call_id in self.tools:
+        if not self.tools.announce(call_id):
             return
         yield from self._close_text()
-        self.tools.add(call_id)
         chunk: dict[str, Any] = {
             "type": "tool-input-available",
             "toolCallId": call_id,
@@ -281,10 +280,9 @@ class _Translator:
         yield chunk
 
     def _tool_output(self, call_id: str, output: Any) -> Iterator[dict[str, Any]]:
-        if call_id not in self.tools or call_id in self.answered:
+        if not self.tools.answer(call_id):
             return
         yield from self._close_text()
-        self.answered.add(call_id)
         yield {"type": "tool-output-available", "toolCallId": call_id, "output": output}
 
     def _transient(self, name: str, data: Any) -> dict[str, Any]:
@@ -300,23 +298,15 @@ class _Translator:
         yield chunk
         yield {"type": "start-step"}
         # An approval answered: the client holds those tool parts already.
-        for d in self.decisions:
-            self.tools.add(d.call_id)
-            if d.approved is False:
-                self.answered.add(d.call_id)
-                yield {"type": "tool-output-denied", "toolCallId": d.call_id}
-            elif d.approved is None:
-                self.answered.add(d.call_id)  # the client gave the output itself
-            else:
-                self.awaiting.append(d.call_id)
+        for call_id in self.tools.take_decisions(self.decisions):
+            yield {"type": "tool-output-denied", "toolCallId": call_id}
 
     def _finish(self, reason: str) -> Iterator[dict[str, Any]]:
         yield from self._close_text()
         if self.started:
             # Approved calls whose tool left no message of its own: the approval is the result.
-            for call_id in self.awaiting:
+            for call_id in self.tools.drain_awaiting():
                 yield from self._tool_output(call_id, {"approved": True})
-            self.awaiting = []
             yield {"type": "finish-step"}
         yield {"type": "finish", "finishReason": reason}
         self.finished = True
@@ -374,10 +364,8 @@ class _Translator:
                     yield from self._text(event.seq, message.text())
                 self.streamed, self.sent = False, ""
                 yield from self._close_text()
-            elif message.role == "tool" and self.awaiting:
-                yield from self._tool_output(
-                    self.awaiting.pop(0), message.model_dump(mode="json")["content"]
-                )
+            elif message.role == "tool" and (call_id := self.tools.next_awaiting()) is not None:
+                yield from self._tool_output(call_id, message.model_dump(mode="json")["content"])
             elif message.role in ("tool", "system"):
                 yield self._transient(
                     "message",
@@ -395,17 +383,14 @@ class _Translator:
             yield from self._news(event)
 
     def _agent_event(self, event: AgentEvent) -> Iterator[dict[str, Any]]:
-        data = event.data if isinstance(event.data, Mapping) else {}
-        call_id = data.get("tool_call_id")
-        name = data.get("tool_name")
-        if event.name == "tool_call" and isinstance(call_id, str) and isinstance(name, str):
-            yield from self._tool_input(call_id, name, data.get("args"))
+        tool = tool_event(event)
+        if isinstance(tool, ToolCallEvent):
+            yield from self._tool_input(tool.call_id, tool.name, tool.args)
             return
-        if event.name == "tool_result" and isinstance(call_id, str) and isinstance(name, str):
-            yield from self._tool_input(call_id, name, {})
-            if call_id in self.awaiting:
-                self.awaiting.remove(call_id)
-            yield from self._tool_output(call_id, data.get("content"))
+        if isinstance(tool, ToolResultEvent):
+            yield from self._tool_input(tool.call_id, tool.name, {})
+            self.tools.returned(tool.call_id)
+            yield from self._tool_output(tool.call_id, tool.content)
             return
         yield self._transient("agent-event", {"name": event.name, "data": event.data})
 
@@ -506,8 +491,7 @@ class _AISDK:
                 "regenerate is not supported: the stored conversation is the history, "
                 "and its messages are not rewritten",
             )
-        if self.streams_closing():
-            raise HTTPError(503, "RegistryUnavailable", "the server is shutting down")
+        self.api.streams.admit()
         newest = body.messages[-1]
         exists = await self.sup.check_access(cid, scope=scope)
         decisions: list[Decision] | None = None
@@ -564,12 +548,14 @@ class _AISDK:
             decisions=decisions,
         )
         steps = follow_turn(
-            resubscribing(self.sup, cid, scope, stack, events), mode=mode, queued_content=content
+            resubscribing(self.sup, cid, scope=scope, stack=stack, events=events),
+            mode=mode,
+            queued_content=content,
         )
         asked = newest.id if decisions is None else None
 
         async def recover() -> str:
-            return await reply_text(self.sup, cid, scope, asked)
+            return await reply_text(self.sup, cid, scope=scope, user_message_id=asked)
 
         return self._respond(_encode(steps, translator, recover), stack, cid)
 
@@ -601,9 +587,6 @@ class _AISDK:
 
         return self._respond(chunks(), AsyncExitStack(), cid)
 
-    def streams_closing(self) -> bool:
-        return self.api.streams.closing
-
     async def resume_stream(self, request: Request) -> Response:
         """``GET /ai-sdk/chat/{id}/stream``: the running turn from its start, or 204.
 
@@ -612,16 +595,15 @@ class _AISDK:
         """
         cid = check_conversation_id(str(request.path_params["cid"]))
         scope = await self.api.scope(request)
-        if self.streams_closing():
-            raise HTTPError(503, "RegistryUnavailable", "the server is shutting down")
+        self.api.streams.admit()
         try:
-            exists = await self.sup.check_access(cid, scope=scope)
-            if not exists or await self.sup.status(cid, scope=scope) is not Status.RUNNING:
+            access = await access_as_unknown_would(self.sup, cid, scope=scope)
+            if not access.exists or await self.sup.status(cid, scope=scope) is not Status.RUNNING:
                 return Response(status_code=204)
             # Someone else may take the id over between these calls: still a 204.
             return await self._replay(cid, scope)
         except AccessDenied:
-            await read_as_unknown_would(self.sup, cid, scope)
+            await read_as_unknown_would(self.sup, cid, scope=scope)
             return Response(status_code=204)
 
     async def _replay(self, cid: str, scope: Any) -> Response:
@@ -654,11 +636,11 @@ class _AISDK:
         translator = _Translator(message_id="turn-")
         translator.message_id = f"turn-{turn[0].seq}" if turn else f"turn-{last}"
         translator_started = list(translator._start())
-        live = resubscribing(self.sup, cid, scope, stack, events)
+        live = resubscribing(self.sup, cid, scope=scope, stack=stack, events=events)
         steps = follow_turn(replay_then_follow(turn[1:] if turn else [], live), mode="running")
 
         async def recover() -> str:
-            return await reply_text(self.sup, cid, scope, None)
+            return await reply_text(self.sup, cid, scope=scope, user_message_id=None)
 
         async def chunks() -> AsyncIterator[bytes]:
             for chunk in translator_started:

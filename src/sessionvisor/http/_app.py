@@ -31,6 +31,7 @@ from ._bodies import (
     check_conversation_id,
     read_body,
 )
+from ._display import displayed
 from ._errors import HTTPError, error_response, not_found, response_for
 from ._openapi import openapi_document, security_of
 from ._scope import ScopeFunction, header_scope
@@ -38,6 +39,7 @@ from ._sse import (
     BlindSubscription,
     EventStream,
     StreamRegistry,
+    access_as_unknown_would,
     read_as_unknown_would,
     unknown_conversation_start,
 )
@@ -238,7 +240,7 @@ class _Api:
                 if isinstance(exc, AccessDenied) and isinstance(cid, str):
                     # The 404 of an unknown id, after the same store read.
                     scope = getattr(request.state, "sessionvisor_scope", None)
-                    await read_as_unknown_would(self.supervisor, cid, scope)
+                    await read_as_unknown_would(self.supervisor, cid, scope=scope)
                 response = response_for(
                     exc,
                     conversation_id=cid if isinstance(cid, str) else None,
@@ -273,14 +275,11 @@ class _Api:
         return cid, await self.scope(request)
 
     async def _require(self, cid: str, scope: Any) -> None:
-        """404 unless the conversation exists for this scope (live or stored)."""
-        try:
-            found = await self.supervisor.check_access(cid, scope=scope)
-        except AccessDenied:
-            # The 404 of an unknown id, after the same store read.
-            await read_as_unknown_would(self.supervisor, cid, scope)
-            found = False
-        if not found:
+        """404 unless the conversation exists for this scope (live or stored).
+
+        Another owner's conversation gets the 404 of an unknown id, after the same store read.
+        """
+        if not (await access_as_unknown_would(self.supervisor, cid, scope=scope)).exists:
             raise not_found(cid)
 
     # -- routes --------------------------------------------------------------------
@@ -305,36 +304,31 @@ class _Api:
 
     async def events(self, request: Request) -> Response:
         cid, scope = await self._target(request)
-        if self.streams.closing:
-            raise HTTPError(503, "RegistryUnavailable", "the server is shutting down")
+        self.streams.admit()
         after = _after(request)
         supervisor = self.supervisor
         stack = AsyncExitStack()
         # Another owner's conversation gets the answer of an unknown one, in the
         # same time: every step runs either way, and a refused one still costs
         # what it costs for an id nobody uses.
-        denied = False
         subscription: Subscription | BlindSubscription | None = None
         try:
-            try:
-                # Whether the conversation exists now: if not, the stream checks
-                # the owner again once someone creates it.
-                exists = await supervisor.check_access(cid, scope=scope)
-            except AccessDenied:
-                exists, denied = False, True
-                await read_as_unknown_would(supervisor, cid, scope)
+            # Whether the conversation exists now: if not, the stream checks
+            # the owner again once someone creates it.
+            access = await access_as_unknown_would(supervisor, cid, scope=scope)
+            exists, denied = access.exists, access.denied
             try:
                 subscription = await stack.enter_async_context(
                     supervisor.subscribe(cid, after=after, scope=scope)
                 )
             except AccessDenied:
                 denied = True
-                await read_as_unknown_would(supervisor, cid, scope)
+                await read_as_unknown_would(supervisor, cid, scope=scope)
             try:
                 await stack.enter_async_context(supervisor.viewing(cid, scope=scope))
             except AccessDenied:
                 denied = True
-                await read_as_unknown_would(supervisor, cid, scope)
+                await read_as_unknown_would(supervisor, cid, scope=scope)
         except BaseException:
             await stack.aclose()
             raise
@@ -391,7 +385,7 @@ class _Api:
         try:
             state = await self.supervisor.load(cid, scope=scope)
         except AccessDenied:
-            await read_as_unknown_would(self.supervisor, cid, scope)
+            await read_as_unknown_would(self.supervisor, cid, scope=scope)
             state = None
         if state is None:
             raise not_found(cid)
@@ -545,14 +539,7 @@ def _flag(request: Request, name: str) -> bool:
 
 def _message_json(message: Message, *, queued: bool = False) -> dict[str, Any]:
     """A message as the history shows it: its display copy when the preprocessor made one."""
-    shown = message
-    display = message.metadata.get("display")
-    if isinstance(display, dict):
-        try:
-            shown = Message.model_validate(display)
-        except ValueError:
-            shown = message
-    out = shown.model_dump(mode="json")
+    out = displayed(message).model_dump(mode="json")
     if queued:
         out["queued"] = True
     return out

@@ -37,6 +37,7 @@ from ._errors import HTTPError
 
 __all__ = [
     "MAX_BODY_CONTAINERS",
+    "MAX_MESSAGE_ID_LENGTH",
     "MAX_REQUEST_OPTS_BYTES",
     "CancelBody",
     "DismissBody",
@@ -46,6 +47,7 @@ __all__ = [
     "check_content_size",
     "check_conversation_id",
     "check_request_opts",
+    "message_id_ok",
     "read_body",
 ]
 
@@ -66,8 +68,12 @@ MAX_REQUEST_OPTS_BYTES = 64 * 1024
 # empty arrays) takes about 3 ms, less than handing it to a thread and back.
 _INLINE_BYTES = 16 * 1024
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc, as the runtime checks
+# Unicode category Cc, as the runtime checks: no id may hold one.
+_CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{_CONTROL_CHARACTERS}]")
 _MAX_ID_LENGTH = 256
+#: The longest client message id ``send`` takes.
+MAX_MESSAGE_ID_LENGTH = 128
 # Keys the runtime sets from trusted values; a client naming them is refused outright.
 _TRUSTED_KEYS = frozenset({"scope", "conversation_id"})
 
@@ -125,10 +131,10 @@ class SendBody(_Body):
     id: str | None = Field(
         default=None,
         min_length=1,
-        max_length=128,
-        # No control characters (Unicode category Cc), as the runtime checks; in the
-        # schema too, so the OpenAPI document says what is refused.
-        pattern=r"^[^\x00-\x1f\x7f-\x9f]+$",
+        max_length=MAX_MESSAGE_ID_LENGTH,
+        # No control characters, as message_id_ok says; in the schema too, so the
+        # OpenAPI document says what is refused.
+        pattern=rf"^[^{_CONTROL_CHARACTERS}]+$",
         description="The client's id for this message: a retried send with the same id is "
         "acknowledged again and not applied twice.",
     )
@@ -157,6 +163,11 @@ class CancelBody(BaseModel):
     """``POST /conversations/{cid}/cancel``: no body, or an empty JSON object."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def message_id_ok(message_id: str) -> bool:
+    """Whether ``send`` takes this client message id (1 to 128 characters, no control one)."""
+    return 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH and not _CONTROL.search(message_id)
 
 
 def check_conversation_id(conversation_id: str) -> str:

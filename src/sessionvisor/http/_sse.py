@@ -38,12 +38,15 @@ from starlette.types import Receive, Scope, Send
 from .._clock import utcnow
 from .._errors import AccessDenied, SubscriberOverflow
 from ..sessions import Delta, Event, SessionSupervisor, Status, StatusChanged, Subscription
+from ._errors import HTTPError
 
 __all__ = [
+    "Access",
     "BlindSubscription",
     "EncodedEvents",
     "EventStream",
     "StreamRegistry",
+    "access_as_unknown_would",
     "close_event_streams",
     "format_event",
     "read_as_unknown_would",
@@ -98,7 +101,31 @@ def format_event(event: Event) -> bytes:
     return f"id: {event.seq}\nevent: {event.event_type}\ndata: {data}\n\n".encode()
 
 
-async def read_as_unknown_would(supervisor: SessionSupervisor, cid: str, scope: Any) -> None:
+@attrs.frozen
+class Access:
+    """Whether a caller may see a conversation: ``exists`` for them, or ``denied``.
+
+    A refused caller gets ``exists=False`` as for an unknown id (after the same
+    store read); ``denied`` tells the two apart for what must not be held.
+    """
+
+    exists: bool
+    denied: bool = False
+
+
+async def access_as_unknown_would(supervisor: SessionSupervisor, cid: str, *, scope: Any) -> Access:
+    """``check_access``, where another owner's conversation looks like an unknown one.
+
+    Raises what ``check_access`` raises, except ``AccessDenied``.
+    """
+    try:
+        return Access(exists=await supervisor.check_access(cid, scope=scope))
+    except AccessDenied:
+        await read_as_unknown_would(supervisor, cid, scope=scope)
+        return Access(exists=False, denied=True)
+
+
+async def read_as_unknown_would(supervisor: SessionSupervisor, cid: str, *, scope: Any) -> None:
     """After a refusal, spend the store read an unknown id costs, if the refusal skipped it.
 
     A conversation live in this process is refused before the store is read,
@@ -240,6 +267,11 @@ class StreamRegistry:
         for protocol in self._scopes.values():
             counts[protocol] = counts.get(protocol, 0) + 1
         return counts
+
+    def admit(self) -> None:
+        """Refuse a new stream (503) once ``close`` has run: the server is shutting down."""
+        if self.closing:
+            raise HTTPError(503, "RegistryUnavailable", "the server is shutting down")
 
     def close(self) -> int:
         """End every open stream (and refuse new ones); return how many were open."""
@@ -440,7 +472,7 @@ class EventStream:
             if isinstance(self._sub, BlindSubscription):
                 # Its events are an unknown id's own: the check only has to take
                 # the time it takes for an unknown id.
-                await read_as_unknown_would(self._supervisor, self._cid, self._scope)
+                await read_as_unknown_would(self._supervisor, self._cid, scope=self._scope)
                 self._verified = True
                 return True
             return False

@@ -179,6 +179,7 @@ def turn_start_index(events: list[Event]) -> int | None:
 async def resubscribing(
     supervisor: SessionSupervisor,
     conversation_id: str,
+    *,
     scope: Any,
     stack: AsyncExitStack,
     events: AsyncIterator[Event],
@@ -208,7 +209,7 @@ async def resubscribing(
 
 
 async def reply_text(
-    supervisor: SessionSupervisor, conversation_id: str, scope: Any, user_message_id: str | None
+    supervisor: SessionSupervisor, conversation_id: str, *, scope: Any, user_message_id: str | None
 ) -> str:
     """The stored reply to a user message (the last reply when the id is not known).
 
