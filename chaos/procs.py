@@ -15,7 +15,7 @@ from typing import IO
 
 import httpx
 
-__all__ = ["Node", "Postgres", "Redis", "free_port"]
+__all__ = ["Node", "Postgres", "Redis", "free_port", "snapshot"]
 
 PG_ADMIN = os.environ.get("CHAOS_PG_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")
 
@@ -37,6 +37,7 @@ class Node:
     inactivity_timeout: float = 3.0
     cluster: str | None = None
     lease_ttl: float = 3.0
+    src: Path | None = None  # a source tree to run instead of the installed package
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -75,8 +76,14 @@ class Node:
         self.starts += 1
         self._log.write(f"\n=== start #{self.starts} at {time.time():.3f} ===\n".encode())
         self._log.flush()
+        env = dict(os.environ)
+        if self.src is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(self.src), env.get("PYTHONPATH", "")) if p
+            )
         self.proc = subprocess.Popen(
             self.command(),
+            env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
@@ -127,6 +134,24 @@ class Node:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def snapshot(rev: str, into: Path) -> tuple[Path, str]:
+    """Extract ``src/`` of a git revision (``git archive``) and return it with the commit.
+
+    Servers run from it do not change when someone edits the working tree
+    during a run (a restarted node would otherwise run other code).
+    """
+    root = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(
+        ["git", "rev-parse", rev], cwd=root, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", commit, "src"], cwd=root, check=True, capture_output=True
+    ).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src", commit
 
 
 class Postgres:

@@ -23,7 +23,7 @@ from pathlib import Path
 from .check import check, format_violation
 from .model import Client, ClientConfig, History
 from .nemesis import FAULTS, Nemesis
-from .procs import Node, Postgres, Redis
+from .procs import Node, Postgres, Redis, snapshot
 
 __all__ = ["main", "run_one"]
 
@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between faults",
     )
     p.add_argument("--no-faults", action="store_true", help="the client only (a control run)")
+    p.add_argument(
+        "--snapshot",
+        metavar="REV",
+        default=None,
+        help="run the servers from `git archive REV src` (e.g. HEAD) instead of the installed "
+        "package, so edits to the working tree during the run do not reach restarted nodes",
+    )
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "sessionvisor-chaos")
     return p
 
@@ -91,6 +98,10 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
     if args.mode == "cluster":
         redis = Redis(workdir)
         await asyncio.to_thread(redis.start)
+    src: Path | None = None
+    commit = None
+    if args.snapshot:
+        src, commit = await asyncio.to_thread(snapshot, args.snapshot, workdir / "snapshot")
     count = args.nodes if args.mode == "cluster" else 1
     nodes = [
         Node(
@@ -101,10 +112,12 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
             inactivity_timeout=args.inactivity_timeout,
             cluster=redis.url if redis else None,
             lease_ttl=args.lease_ttl,
+            src=src,
         )
         for k in range(count)
     ]
-    print(f"run {workdir} (store {store}, {count} node(s))", flush=True)
+    code = f"commit {commit}" if commit else "the installed package"
+    print(f"run {workdir} (store {store}, {count} node(s), {code})", flush=True)
     started = time.monotonic()
     client = Client(
         history,
@@ -125,7 +138,7 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
             process="nemesis",
             type="info",
             f="begin",
-            value={"seed": seed, "store": store_kind, "mode": args.mode},
+            value={"seed": seed, "store": store_kind, "mode": args.mode, "commit": commit},
         )
         stop = asyncio.Event()
         faulting = None if args.no_faults else asyncio.create_task(nemesis.run(stop))
