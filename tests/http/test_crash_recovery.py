@@ -104,3 +104,58 @@ def test_an_accepted_message_is_in_the_sqlite_file_when_the_server_is_killed(
     assert state is not None
     users = [m.text() for m in (*state.messages, *state.queued) if m.role == "user"]
     assert users == ["hi"]
+
+
+def test_an_acknowledged_answer_is_carried_out_after_the_server_is_killed(
+    tmp_path: Path,
+) -> None:
+    # The approval question is asked and stored; the answer is accepted (202) and the
+    # server is killed while the approved turn runs. Started again, with no request,
+    # the server carries the answer out once: the question is not asked again.
+    db = tmp_path / "chat.db"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cid = "c-approve"
+
+    def demo(word_delay: str) -> tuple[str, ...]:
+        return ("demo", "--db", str(db), "--port", str(port), "--word-delay", word_delay)
+
+    def status(client: httpx.Client) -> str:
+        return str(client.get(f"/conversations/{cid}").json()["status"])
+
+    with run_cli(*demo("0"), cwd=tmp_path) as (proc, _):
+        with httpx.Client(base_url=base, headers=ALICE, timeout=10) as client:
+            sent = client.post(
+                f"/conversations/{cid}/messages", json={"content": "please delete my files"}
+            )
+            assert sent.status_code == 202
+            wait_until_sync(lambda: status(client) == "interrupted", timeout=30, interval=0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    # A long word delay keeps the approved turn running until the kill.
+    with run_cli(*demo("30"), cwd=tmp_path) as (proc, _):
+        with httpx.Client(base_url=base, headers=ALICE, timeout=10) as client:
+            assert client.get(f"/conversations/{cid}").json()["interrupt"] is not None
+            answer = client.post(
+                f"/conversations/{cid}/resume", json={"answer": {"approved": True}}
+            )
+            assert answer.status_code == 202
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    with run_cli(*demo("0"), cwd=tmp_path):
+        state = _stored(db, cid)
+
+        def carried_out() -> bool:
+            nonlocal state
+            state = _stored(db, cid)
+            return state is not None and state.interrupt is None and bool(state.messages)
+
+        # No request: the restarted server finds the answer in the store.
+        wait_until_sync(carried_out, timeout=30, interval=0.05, message=lambda: f"left: {state}")
+        assert state is not None
+        ran = [m.text() for m in state.messages if m.role == "tool"]
+        assert len(ran) == 1 and "deleted 3 files" in ran[0], ran  # once, not twice
+        assert state.messages[-1].role == "assistant"
+        assert state.messages[-1].text().startswith("Approved")

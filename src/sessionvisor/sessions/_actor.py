@@ -253,7 +253,23 @@ class Actor(Conversation):
         if not self._worker:
             self.claim_worker()
         # else: the worker is finishing the save of the interrupt; it runs the resume next
+        await self.store_answer()
         return Status.RUNNING
+
+    async def store_answer(self) -> None:
+        """Return once the store holds the answer being carried out (or its effect).
+
+        Every save made while the resumed turn runs records the answer with the
+        interrupt, so a crash before the turn's own save reruns the turn with it.
+
+        Raises:
+            StoreUnavailable: the save failed (the answer is kept in memory and
+                saved by the writer's retries, but was not acknowledged).
+        """
+        self._writer.changed()
+        saved = await self.persist("turn_start")
+        check_not_superseded(self)
+        check_saved(self, saved, what="the answer")
 
     async def dismiss(self, scope: Any) -> Status:
         self.check_open()

@@ -174,7 +174,18 @@ class Starter:
             self._bus.release(cid, still_live)
             raise RegistryUnavailable("the session supervisor is draining")
         resume_error: InvalidStatus | None = None
-        if pending_resume is not NO_RESUME:
+        stored_interrupt = actor.state.interrupt
+        if stored_interrupt is not None and stored_interrupt.answered:
+            # An acknowledged answer whose turn was cut (the process died): carried
+            # out now, and the question is not asked again. A new answer is too late.
+            actor.prepare_resume(stored_interrupt.answer)
+            if pending_resume is not NO_RESUME:
+                resume_error = InvalidStatus(
+                    f"cannot resume conversation {cid!r}: its interrupt was answered "
+                    "already; the answer was dropped",
+                    actor.status.value,
+                )
+        elif pending_resume is not NO_RESUME:
             if actor.state.interrupt is None:
                 resume_error = InvalidStatus(
                     f"cannot resume conversation {cid!r}: its stored state holds no "

@@ -354,6 +354,8 @@ class Conversation:
         interrupt = state.interrupt
         assert interrupt is not None
         state.interrupt = None
+        if interrupt.answered:  # the stored copy of an answer being carried out
+            interrupt = interrupt.model_copy(update={"answered": False, "answer": None})
         self._turn.begin_resume(answer, interrupt)
         self._held = False  # the queue drains after the resume turn
         self._status = Status.RUNNING

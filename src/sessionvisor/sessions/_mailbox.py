@@ -217,6 +217,7 @@ class LocalMailbox:
         if not reached.started:
             # Someone else woke it between our live attempt and the wake.
             return await reached.actor.resume(answer, scope)
+        await reached.actor.store_answer()
         return reached.actor.status
 
     async def dismiss(

@@ -244,8 +244,13 @@ class ActorWriterOwner:
         data = actor.folded.dump()
         resume = actor.turn.resume
         if resume is not None:
-            # Until the resume turn ends, the store keeps the interrupt it answers.
-            data["interrupt"] = resume[1].model_dump(mode="json")
+            # Until the resume turn ends, the store keeps the interrupt it answers and
+            # the answer: a crash meanwhile reruns the turn with it (never asks again).
+            answer, interrupt = resume
+            data["interrupt"] = interrupt.model_dump(mode="json") | {
+                "answered": True,
+                "answer": answer,
+            }
         return StoredConversation(
             state=data,
             owner=actor.owner,

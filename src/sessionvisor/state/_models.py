@@ -53,6 +53,12 @@ class PendingInterrupt(BaseModel):
 
     kind: Literal["question", "notice"] = "question"
     data: Any = None
+    #: Set only in a stored record, while an acknowledged answer to this interrupt
+    #: is being carried out: a session that starts from that record runs the
+    #: resumed turn again with ``answer`` instead of asking the question again.
+    #: Never dumped (events, HTTP and the agent see the question only).
+    answered: bool = Field(default=False, exclude=True)
+    answer: Any = Field(default=None, exclude=True)
 
 
 class State(BaseModel):
