@@ -392,6 +392,7 @@ class Client:
         """Answer what is pending and send one last message each; returns the unsettled ones."""
         waiting = set(self.cids)
         finals = dict.fromkeys(self.cids, 0)
+        clean = dict.fromkeys(self.cids, 0)
         until = time.monotonic() + deadline
         while waiting and time.monotonic() < until:
             for cid in sorted(waiting):
@@ -404,8 +405,10 @@ class Client:
                 summary = conversation_summary(seen.body)
                 status = summary["status"]
                 if status == "running":
+                    clean[cid] = 0
                     continue
-                if status == "interrupted":
+                if status == "interrupted" or summary["question"] is not None:
+                    clean[cid] = 0
                     await self.resume("final", cid, "no")
                 elif (
                     summary["queued"]
@@ -413,13 +416,16 @@ class Client:
                     or status not in ("idle", "not_running")
                     or not finals[cid]
                 ):
+                    clean[cid] = 0
                     if finals[cid] >= 5:
                         continue
                     finals[cid] += 1
                     mid = f"{cid}.final.{finals[cid]}"
                     await self.send("final", cid, mid, f"hello {mid}")
-                else:
-                    waiting.discard(cid)
+                else:  # clean twice in a row: a node that does not serve it may lag
+                    clean[cid] += 1
+                    if clean[cid] >= 2:
+                        waiting.discard(cid)
             if waiting:
                 await asyncio.sleep(0.5)
         for cid in self.cids:
