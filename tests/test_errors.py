@@ -27,6 +27,7 @@ TREE = [
     (sv.InvalidStatus, RuntimeError),
     (sv.QueueFull, RuntimeError),
     (sv.MessageRejected, ValueError),
+    (sv.MessageTooLarge, ValueError),
     (sv.InvalidAnswer, ValueError),
     (sv.SessionFailedError, RuntimeError),
     (sv.AccessDenied, PermissionError),

@@ -18,6 +18,7 @@ ValueError`` keeps working. The tree::
     ├── InvalidStatus                (RuntimeError)     the call does not fit the status
     ├── QueueFull                    (RuntimeError)     too many queued messages
     ├── MessageRejected              (ValueError)       the message preprocessor refused
+    ├── MessageTooLarge              (ValueError)       content over max_message_bytes
     ├── InvalidAnswer                (ValueError)       a resume answer does not fit the agent
     ├── SessionFailedError           (RuntimeError)     the session gave up restarting
     ├── AccessDenied                 (PermissionError)  scope does not own the conversation
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidAnswer",
     "InvalidStatus",
     "MessageRejected",
+    "MessageTooLarge",
     "NoRouteError",
     "NotRunning",
     "NothingStored",
@@ -125,6 +127,10 @@ class QueueFull(SessionvisorError, RuntimeError):
 
 class MessageRejected(SessionvisorError, ValueError):
     """The message preprocessor refused the message; nothing was stored."""
+
+
+class MessageTooLarge(SessionvisorError, ValueError):
+    """The content is over ``max_message_bytes`` as JSON; nothing was stored."""
 
 
 class InvalidAnswer(SessionvisorError, ValueError):

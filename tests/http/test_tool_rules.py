@@ -96,12 +96,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the runtime refuses content over a session's own max_message_bytes with a "
-    "plain ValueError, which the HTTP layer can only answer as a 500; its own size check "
-    "knows only the supervisor's default",
-)
 async def test_content_over_a_sessions_own_limit_is_a_413() -> None:
     router = scripted_router(ScriptedAgent(stream=True), {"max_message_bytes": 100})
     async with open_app(router) as env:

@@ -62,7 +62,7 @@ from ..sessions import (
 )
 from ..state import Message, PendingInterrupt, State
 from ._aisdk import send_kwargs
-from ._bodies import body_conversation_id, check_content_size, check_request_opts
+from ._bodies import body_conversation_id, check_request_opts
 from ._display import displayed
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
@@ -474,7 +474,6 @@ class _AGUI:
             answer = resume_answer(cid, interrupt, decisions)
         elif isinstance(newest, UserMessage):
             content = _user_content(newest)
-            check_content_size(content, self.sup.defaults.max_message_bytes)
         else:
             raise HTTPError(
                 400,
@@ -492,7 +491,7 @@ class _AGUI:
             mode: Literal["started", "queued", "running"] = "started"
             answered = False  # a retried send whose turn already ran
             if decisions is None:
-                await self.sup.start(cid, scope=scope, request_opts=request_opts)
+                # The send wakes the session, after its checks (content size, owner).
                 delivery = await self.sup.send(
                     cid,
                     content,

@@ -50,7 +50,6 @@ from ..sessions import (
 from ._bodies import (
     MAX_MESSAGE_ID_LENGTH,
     body_conversation_id,
-    check_content_size,
     check_conversation_id,
     check_request_opts,
     message_id_ok,
@@ -499,7 +498,6 @@ class _AISDK:
         content: Any = None
         if newest.role == "user":
             content = _user_content(newest)
-            check_content_size(content, self.sup.defaults.max_message_bytes)
         elif newest.role == "assistant":
             if not exists:
                 raise not_found(cid)
@@ -524,7 +522,7 @@ class _AISDK:
             await anext(events)  # the snapshot: what comes next is new
             mode: Literal["started", "queued"] = "started"
             if decisions is None:
-                await self.sup.start(cid, scope=scope, request_opts=body.request_opts)
+                # The send wakes the session, after its checks (content size, owner).
                 delivery = await self.sup.send(
                     cid,
                     content,

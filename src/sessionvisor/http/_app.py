@@ -27,7 +27,6 @@ from ._bodies import (
     DismissBody,
     ResumeBody,
     SendBody,
-    check_content_size,
     check_conversation_id,
     read_body,
 )
@@ -287,11 +286,12 @@ class _Api:
     async def send(self, request: Request) -> Response:
         cid, scope = await self._target(request)
         body = await self.body(request, SendBody)
-        check_content_size(body.content, self.supervisor.defaults.max_message_bytes)
-        info = await self.supervisor.start(cid, scope=scope, request_opts=body.request_opts)
+        # The send checks the content (against the session's own limit) before it wakes
+        # anything; the start that follows finds the live session (or the node serving it).
         delivery = await self.supervisor.send(
             cid, body.content, scope=scope, request_opts=body.request_opts, message_id=body.id
         )
+        info = await self.supervisor.start(cid, scope=scope, request_opts=body.request_opts)
         return JSONResponse(
             {
                 "conversation_id": cid,

@@ -44,7 +44,6 @@ __all__ = [
     "ResumeBody",
     "SendBody",
     "body_conversation_id",
-    "check_content_size",
     "check_conversation_id",
     "check_request_opts",
     "message_id_ok",
@@ -196,25 +195,6 @@ def body_conversation_id(request: Request, conversation_id: str) -> str:
     checked = check_conversation_id(conversation_id)
     request.state.conversation_id = checked
     return checked
-
-
-def check_content_size(content: Any, max_bytes: int) -> None:
-    """Raise a 413 ``HTTPError`` when ``content`` is larger than ``max_bytes`` as JSON.
-
-    Measured as the runtime measures it (UTF-8 JSON without ASCII escaping).
-    """
-    try:
-        size = len(json.dumps(content, ensure_ascii=False).encode())
-    except (TypeError, ValueError) as exc:
-        # read_body has refused whatever cannot be encoded; this is the last guard.
-        detail = f"message content is not storable JSON: {exc}"
-        raise HTTPError(400, "InvalidJSON", detail) from None
-    if size > max_bytes:
-        raise HTTPError(
-            413,
-            "PayloadTooLarge",
-            f"message content is {size} bytes as JSON; the limit is {max_bytes}",
-        )
 
 
 def _reject_constant(name: str) -> Any:

@@ -21,6 +21,7 @@ from .._errors import (
     FactoryValidationError,
     InvalidStatus,
     MessageRejected,
+    MessageTooLarge,
     NoRouteError,
     NotRunning,
     QueueFull,
@@ -102,6 +103,8 @@ def response_for(
         response = error_response(503, "StoreUnavailable", str(exc))
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
+    if isinstance(exc, MessageTooLarge):
+        return error_response(413, "PayloadTooLarge", str(exc))
     if isinstance(exc, AccessDenied):
         # Never reveal that the conversation exists.
         return _from_http_error(not_found(conversation_id or ""))

@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._clock import utcnow
-from .._errors import MessageRejected, NotRunning, QueueFull, StoreUnavailable
+from .._errors import (
+    MessageRejected,
+    MessageTooLarge,
+    NotRunning,
+    QueueFull,
+    StoreUnavailable,
+)
 from ..state import Content, Message, State
 from ._turns import adopt
 from ._validation import content_size_ok
@@ -160,7 +166,7 @@ async def send_message(
             return Accepted(queued=known, duplicate=True)
     max_bytes = actor.opts.max_message_bytes
     if not content_size_ok(content, max_bytes):
-        raise ValueError(
+        raise MessageTooLarge(
             f"content of the message for conversation {actor.conversation_id!r} is larger than "
             f"max_message_bytes={max_bytes} as JSON"
         )

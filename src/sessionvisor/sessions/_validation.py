@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .._errors import MessageTooLarge
 from .._json import check_json
 
 __all__: list[str] = []
@@ -50,7 +51,7 @@ def check_content(
     check_json(content, "content", conversation_id=conversation_id)
     if max_bytes is not None and not content_size_ok(content, max_bytes):
         where = "" if conversation_id is None else f" for conversation {conversation_id!r}"
-        raise ValueError(
+        raise MessageTooLarge(
             f"content of the message{where} is larger than max_message_bytes={max_bytes} as JSON"
         )
 
