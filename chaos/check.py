@@ -261,9 +261,17 @@ class _Conversation:
                     question.outcome = kind
                     want = 1 if kind == "approved" else 0
                     if question.tools != want:
+                        resumes = [
+                            o
+                            for o in self.ops
+                            if o.f == "resume" and o.value.get("question") == open_question
+                        ]
                         self.add(
                             "bad-outcome",
-                            f"question {open_question}: {kind} after {question.tools} tool runs",
+                            f"question {open_question}: {kind} after {question.tools} tool runs "
+                            f"(acknowledged resumes: "
+                            f"{[o.value.get('answer') for o in resumes if o.ack]})",
+                            resumes,
                         )
                     open_question = None
                     continue
