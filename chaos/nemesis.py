@@ -11,7 +11,10 @@ Single mode (one node) and cluster mode (several) share these faults:
   new process recovers, then restart;
 - ``pause``: SIGSTOP for 1-8 s (past the client's timeout, and in a cluster
   past the lease), then SIGCONT: the client's retries with the same message id
-  queue up behind the frozen process and arrive together with the original.
+  queue up behind the frozen process and arrive together with the original;
+- ``redis`` (cluster mode only): ``kill -9`` of the cluster's Redis, restarted
+  empty on the same port after 0-3 s (Redis is only an accelerator: no
+  acknowledged message may depend on it).
 
 Every fault is recorded as a ``process: "nemesis"`` invoke/info pair; a node
 found dead that the nemesis did not kill is recorded as ``died`` (with its
@@ -26,9 +29,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .model import Event, History
-from .procs import Node
+from .procs import Node, Redis
 
-__all__ = ["FAULTS", "Nemesis"]
+__all__ = ["CLUSTER_FAULTS", "FAULTS", "Nemesis"]
 
 FAULTS = {
     "kill": 3,
@@ -37,6 +40,8 @@ FAULTS = {
     "kill-in-recovery": 1,
     "pause": 2,
 }
+#: Faults only a cluster has.
+CLUSTER_FAULTS = {"redis": 2}
 
 
 class Nemesis:
@@ -48,8 +53,10 @@ class Nemesis:
         *,
         interval: tuple[float, float] = (1.0, 6.0),
         faults: dict[str, int] | None = None,
+        redis: Redis | None = None,
     ) -> None:
         self.history = history
+        self.redis = redis
         self.nodes = list(nodes)
         self.rng = random.Random(f"{seed}:nemesis")
         self.interval = interval
@@ -101,6 +108,15 @@ class Nemesis:
             if fault == "kill-after-send":
                 delay = round(self.rng.uniform(0.0, 1.5), 3)
             await asyncio.sleep(delay)
+        if fault == "redis" and self.redis is not None:
+            self._record("invoke", "kill", {"node": "redis", "fault": fault, "down": down})
+            await asyncio.to_thread(self.redis.kill)
+            self._record("info", "kill", {"node": "redis", "fault": fault})
+            self.count[fault] = self.count.get(fault, 0) + 1
+            await asyncio.sleep(down * 1.5)
+            await asyncio.to_thread(self.redis.start)
+            self._record("info", "start", {"node": "redis"})
+            return
         if fault == "pause":
             frozen = round(self.rng.uniform(1.0, 8.0), 3)
             self._record("invoke", "pause", {"node": node.name, "fault": fault, "for": frozen})

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .check import check, format_violation
 from .model import Client, ClientConfig, History
-from .nemesis import FAULTS, Nemesis
+from .nemesis import CLUSTER_FAULTS, FAULTS, Nemesis
 from .procs import Node, Postgres, Redis, snapshot
 
 __all__ = ["main", "run_one"]
@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         help="then seconds to settle while the client answers what is pending",
     )
     p.add_argument(
-        "--faults", default=",".join(FAULTS), help=f"comma-separated subset of {', '.join(FAULTS)}"
+        "--faults",
+        default=",".join({**FAULTS, **CLUSTER_FAULTS}),
+        help=f"comma-separated subset of {', '.join({**FAULTS, **CLUSTER_FAULTS})} "
+        "(redis: cluster mode only)",
     )
     p.add_argument(
         "--interval",
@@ -125,8 +128,11 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
         seed,
         ClientConfig(conversations=args.conversations, workers=args.workers),
     )
-    faults = {f: w for f, w in FAULTS.items() if f in args.faults.split(",")}
-    nemesis = Nemesis(history, nodes, seed, interval=tuple(args.interval), faults=faults)
+    offered = {**FAULTS, **CLUSTER_FAULTS} if redis else FAULTS
+    faults = {f: w for f, w in offered.items() if f in args.faults.split(",")}
+    nemesis = Nemesis(
+        history, nodes, seed, interval=tuple(args.interval), faults=faults, redis=redis
+    )
     try:
         for node in nodes:
             await asyncio.to_thread(node.start)
