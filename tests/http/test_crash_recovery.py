@@ -130,6 +130,12 @@ def test_an_acknowledged_answer_is_carried_out_after_the_server_is_killed(
             )
             assert sent.status_code == 202
             wait_until_sync(lambda: status(client) == "interrupted", timeout=30, interval=0.05)
+
+            def question_stored() -> bool:
+                stored = _stored(db, cid)
+                return stored is not None and stored.interrupt is not None
+
+            wait_until_sync(question_stored, timeout=30, interval=0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 

@@ -76,12 +76,40 @@ async def test_a_message_sent_while_a_turn_runs_is_queued_then_answered() -> Non
         assert not any(m.get("queued") for m in after["messages"])
 
 
+async def test_an_answer_naming_an_interrupt_no_longer_pending_is_a_409() -> None:
+    async with open_app() as env:
+        await env.send("c-1", "interrupt me")
+        await wait_for_status(env.sup, "c-1", Status.INTERRUPTED, scope="alice")
+        pending = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
+        first = pending["interrupt"]["id"]
+        answered = await env.client.post(
+            "/conversations/c-1/resume",
+            json={"answer": {"approved": True}, "interrupt_id": first},
+            headers=ALICE,
+        )
+        assert answered.status_code == 202
+        await wait_for_status(env.sup, "c-1", Status.IDLE, scope="alice")
+        await env.send("c-1", "interrupt me")  # the same question once more
+        await wait_for_status(env.sup, "c-1", Status.INTERRUPTED, scope="alice")
+
+        replayed = await env.client.post(
+            "/conversations/c-1/resume",
+            json={"answer": {"approved": True}, "interrupt_id": first},
+            headers=ALICE,
+        )
+        assert replayed.status_code == 409
+        assert replayed.json()["error"] == "InvalidStatus"
+        again = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
+        assert again["status"] == "interrupted" and again["interrupt"]["id"] != first
+
+
 async def test_resume_answers_the_interrupt_with_202() -> None:
     async with open_app() as env:
         await env.send("c-1", "interrupt me")
         await wait_for_status(env.sup, "c-1", Status.INTERRUPTED, scope="alice")
         pending = (await env.client.get("/conversations/c-1", headers=ALICE)).json()
         assert pending["status"] == "interrupted"
+        assert pending["interrupt"].pop("id").startswith("i-")
         assert pending["interrupt"] == {
             "kind": "question",
             "data": {"question": "approve 'interrupt me'?"},

@@ -46,7 +46,9 @@ async def test_resume_answers_the_live_interrupt(anyio_backend: str) -> None:
         await _interrupted(sup)
         record = await stored_record(sup.store, "c-1")
         assert record is not None and record.lifecycle == "interrupt"
-        assert record.state["interrupt"] == {"kind": "question", "data": {"question": "ask me"}}
+        stored = dict(record.state["interrupt"])
+        assert stored.pop("id").startswith("i-")  # each interrupt is named
+        assert stored == {"kind": "question", "data": {"question": "ask me"}}
 
         async with sup.subscribe("c-1") as events:
             status = await sup.resume("c-1", "yes")
@@ -552,3 +554,53 @@ async def test_send_while_interrupted_runs_the_held_queue_first(anyio_backend: s
         assert state.queued == []
         assert [i["kind"] for i in state.metadata["abandoned_interrupts"]] == ["question"]
         assert texts(state)[-3:] == ["q1", "q2", "re: q2"]
+
+
+# -- interrupt ids ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_replayed_answer_never_answers_a_later_identical_question(
+    anyio_backend: str,
+) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await _interrupted(sup)
+        first = (await sup.load("c-1")).interrupt
+        assert first is not None and first.id
+        assert await sup.resume("c-1", "yes", interrupt_id=first.id) is Status.RUNNING
+        await wait_until_settled(sup, "c-1")
+
+        await _interrupted(sup)  # the very same question again
+        second = (await sup.load("c-1")).interrupt
+        assert second is not None and second.data == first.data and second.id != first.id
+        # The first answer, retried or replayed, is refused: it was for another interrupt.
+        with pytest.raises(InvalidStatus, match="no longer pending"):
+            await sup.resume("c-1", "yes", interrupt_id=first.id)
+        assert await sup.status("c-1") is Status.INTERRUPTED
+        assert backend.agent.answers == ["yes"]
+        # Naming the pending one (or none) answers it.
+        await sup.resume("c-1", "no", interrupt_id=second.id)
+        await wait_until_settled(sup, "c-1")
+        assert backend.agent.answers == ["yes", "no"]
+
+
+@pytest.mark.anyio
+async def test_an_answer_for_another_interrupt_does_not_wake_a_stopped_session(
+    anyio_backend: str,
+) -> None:
+    backend = Backend()
+    async with supervisor(backend) as sup:
+        await _interrupted(sup)
+        pending = (await sup.load("c-1")).interrupt
+        assert pending is not None
+        await sup.stop("c-1")
+        with pytest.raises(InvalidStatus, match="no longer pending"):
+            await sup.resume("c-1", "yes", interrupt_id="i-not-this-one")
+        assert not await sup.running("c-1")
+        # The stored interrupt keeps its id across the stop, so its own id still works.
+        stored = await stored_state(sup.store, "c-1")
+        assert stored.interrupt is not None and stored.interrupt.id == pending.id
+        await sup.resume("c-1", "yes", interrupt_id=pending.id)
+        await wait_until_settled(sup, "c-1")
+        assert backend.agent.answers == ["yes"]

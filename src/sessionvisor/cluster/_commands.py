@@ -149,14 +149,24 @@ class ClusterMailbox:
             return Delivery(queued=True, started=False, duplicate=not created)
 
     async def resume(
-        self, conversation_id: str, answer: Any, *, scope: Any, request_opts: dict[str, Any]
+        self,
+        conversation_id: str,
+        answer: Any,
+        *,
+        scope: Any,
+        request_opts: dict[str, Any],
+        interrupt_id: str | None = None,
     ) -> Status:
         cid = conversation_id
         try:
-            return await self._local.resume(cid, answer, scope=scope, request_opts=request_opts)
+            return await self._local.resume(
+                cid, answer, scope=scope, request_opts=request_opts, interrupt_id=interrupt_id
+            )
         except OwnedElsewhere as exc:
             stored = await self._stored_for(cid, scope)
-            interrupt = require_interrupt(cid, stored_interrupt(stored, cid), status=Status.RUNNING)
+            interrupt = require_interrupt(
+                cid, stored_interrupt(stored, cid), status=Status.RUNNING, interrupt_id=interrupt_id
+            )
             # The question answered goes along: applied again after a crash, the row
             # must not answer a later question.
             payload = {"answer": answer, "interrupt": interrupt.model_dump(mode="json")}

@@ -359,7 +359,11 @@ class _Api:
         body = await self.body(request, ResumeBody)
         await self._require(cid, scope)
         status = await self.supervisor.resume(
-            cid, body.answer, scope=scope, request_opts=body.request_opts
+            cid,
+            body.answer,
+            scope=scope,
+            request_opts=body.request_opts,
+            interrupt_id=body.interrupt_id,
         )
         return JSONResponse({"conversation_id": cid, "status": status.value}, status_code=202)
 

@@ -152,6 +152,9 @@ class ResumeBody(_Body):
     """``POST /conversations/{cid}/resume``: the answer to the pending interrupt."""
 
     answer: Any
+    #: The interrupt this answers (its ``id``); an answer for one that is no longer
+    #: pending is a 409, so a retried answer never answers a later question.
+    interrupt_id: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class DismissBody(_Body):

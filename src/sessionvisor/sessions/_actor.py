@@ -36,6 +36,7 @@ from ._idle import arm, timer_fired
 from ._intake import Accepted, check_not_superseded, check_saved, send_message
 from ._stopping import StopReason, stop_session
 from ._turns import work
+from ._validation import require_interrupt
 from ._writer import ActorWriterOwner, Writer
 
 if TYPE_CHECKING:
@@ -241,10 +242,16 @@ class Actor(Conversation):
         """
         return await send_message(self, content, scope=scope, message_id=message_id)
 
-    async def resume(self, answer: Any, scope: Any) -> Status:
+    async def resume(self, answer: Any, scope: Any, *, interrupt_id: str | None = None) -> Status:
         self.check_open()
         if self._status is not Status.INTERRUPTED:
             raise self._refused("resume", "not interrupted")
+        require_interrupt(
+            self._conversation_id,
+            self.state.interrupt,
+            status=self._status,
+            interrupt_id=interrupt_id,
+        )
         if scope is not None:
             self._scope = scope
         self.prepare_resume(answer)

@@ -24,37 +24,14 @@ from ._boot import NO_RESUME, Starter, check_owner
 from ._events import Status
 from ._handle import Delivery
 from ._seams import Reached, Registry
+from ._validation import require_interrupt, require_notice
 
 if TYPE_CHECKING:
     from ._actor import Actor
 
-__all__: list[str] = ["LocalMailbox", "require_interrupt", "require_notice"]
+__all__: list[str] = ["LocalMailbox", "stored_interrupt"]
 
 _ATTEMPTS = 3  # a session that stops between lookup and delivery is woken again
-
-
-def require_interrupt(
-    conversation_id: str, interrupt: PendingInterrupt | None, *, status: Status
-) -> PendingInterrupt:
-    """The pending interrupt an answer is for; InvalidStatus when there is none."""
-    if interrupt is None:
-        raise InvalidStatus(
-            f"cannot resume conversation {conversation_id!r}: it holds no interrupt",
-            status.value,
-        )
-    return interrupt
-
-
-def require_notice(
-    conversation_id: str, interrupt: PendingInterrupt | None, *, status: Status
-) -> PendingInterrupt:
-    """The pending ``notice`` a dismiss is for; InvalidStatus when there is none."""
-    if interrupt is None or interrupt.kind != "notice":
-        raise InvalidStatus(
-            f"cannot dismiss conversation {conversation_id!r}: it has no 'notice' interrupt",
-            status.value,
-        )
-    return interrupt
 
 
 def stored_interrupt(stored: StoredConversation | None, cid: str) -> PendingInterrupt | None:
@@ -192,7 +169,13 @@ class LocalMailbox:
         )
 
     async def resume(
-        self, conversation_id: str, answer: Any, *, scope: Any, request_opts: dict[str, Any]
+        self,
+        conversation_id: str,
+        answer: Any,
+        *,
+        scope: Any,
+        request_opts: dict[str, Any],
+        interrupt_id: str | None = None,
     ) -> Status:
         cid = conversation_id
         self._check_open(cid)
@@ -200,7 +183,7 @@ class LocalMailbox:
         if actor is not None:
             self._check_owner(actor.owner, scope, cid)
             try:
-                return await actor.resume(answer, scope)
+                return await actor.resume(answer, scope, interrupt_id=interrupt_id)
             except NotRunning:
                 pass
         stored = await self._starter.load(cid)
@@ -211,12 +194,19 @@ class LocalMailbox:
             )
         if stored is not None:
             self._check_owner(stored.owner, scope, cid)
+            if interrupt_id is not None:
+                pending = stored_interrupt(stored, cid)
+                if pending is None or pending.answered:
+                    pending = None  # no question, or one whose answer is being carried out
+                require_interrupt(
+                    cid, pending, status=Status.NOT_RUNNING, interrupt_id=interrupt_id
+                )
         reached = await self.ensure(
             cid, scope=scope, request_opts=request_opts, pending_resume=answer
         )
         if not reached.started:
             # Someone else woke it between our live attempt and the wake.
-            return await reached.actor.resume(answer, scope)
+            return await reached.actor.resume(answer, scope, interrupt_id=interrupt_id)
         await reached.actor.store_answer()
         return reached.actor.status
 

@@ -83,7 +83,9 @@ class Session(Protocol):
         """Queue a user message, stored before this returns."""
         ...
 
-    async def resume(self, answer: Any, scope: Any) -> Status: ...
+    async def resume(
+        self, answer: Any, scope: Any, *, interrupt_id: str | None = None
+    ) -> Status: ...
 
     async def dismiss(self, scope: Any) -> Status: ...
 
@@ -203,8 +205,16 @@ class Mailbox(Protocol):
     ) -> Delivery: ...
 
     async def resume(
-        self, conversation_id: str, answer: Any, *, scope: Any, request_opts: dict[str, Any]
-    ) -> Status: ...
+        self,
+        conversation_id: str,
+        answer: Any,
+        *,
+        scope: Any,
+        request_opts: dict[str, Any],
+        interrupt_id: str | None = None,
+    ) -> Status:
+        """Answer the pending interrupt (only the one named ``interrupt_id``, if given)."""
+        ...
 
     async def dismiss(
         self, conversation_id: str, *, scope: Any, request_opts: dict[str, Any]

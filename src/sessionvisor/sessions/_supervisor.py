@@ -254,21 +254,25 @@ class SessionSupervisor:
         *,
         scope: Any = None,
         request_opts: Mapping[str, Any] | None = None,
+        interrupt_id: str | None = None,
     ) -> Status:
-        """Answer the pending interrupt, waking the session if needed.
+        """Answer the pending interrupt (with ``interrupt_id``: that one only), waking
+        the session if needed.
 
         Returns:
             The status once the answer was accepted (``running``).
 
         Raises:
-            InvalidStatus: no interrupt is pending (``not_running`` when nothing
-                is live or stored; nothing is created then).
+            InvalidStatus: no interrupt is pending, or not the one named
+                (``not_running`` when nothing is live or stored; nothing is created).
             AccessDenied, RegistryUnavailable, the errors of ``start``.
         """
         cid = check_conversation_id(conversation_id)
         check_json(answer, "answer", conversation_id=cid)
         opts = check_request_opts(request_opts, conversation_id=cid)
-        return await self._mailbox.resume(cid, answer, scope=scope, request_opts=opts)
+        return await self._mailbox.resume(
+            cid, answer, scope=scope, request_opts=opts, interrupt_id=interrupt_id
+        )
 
     async def dismiss(
         self,

@@ -28,6 +28,7 @@ import anyio
 from .._telemetry import span
 from ..agents import Done, Interrupt, Pause, Turn
 from ..state import Content, Message, PendingInterrupt, State
+from ..state._models import new_interrupt
 from ._events import AgentEvent, Status, describe
 from ._restarts import restart_by_policy
 from ._stopping import StopReason, finish_stop, idle_stop
@@ -304,7 +305,7 @@ def _finish_outcome(
         added.append(message)
     actor.announce_added(added)
     if isinstance(outcome, Interrupt):
-        interrupt = PendingInterrupt(kind=outcome.kind, data=outcome.data)
+        interrupt = new_interrupt(outcome.kind, outcome.data)
         actor.hold_after_turn(Status.INTERRUPTED, interrupt=interrupt)
     elif isinstance(outcome, Pause):
         actor.hold_after_turn(Status.PAUSED)

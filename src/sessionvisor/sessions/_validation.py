@@ -7,8 +7,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import MessageTooLarge
+from .._errors import InvalidStatus, MessageTooLarge
 from .._json import check_json
+from ..state import PendingInterrupt
+from ._events import Status
 
 __all__: list[str] = []
 
@@ -91,3 +93,39 @@ def check_message_id(message_id: Any, conversation_id: str) -> str | None:
             "control character"
         )
     return message_id
+
+
+def require_interrupt(
+    conversation_id: str,
+    interrupt: PendingInterrupt | None,
+    *,
+    status: Status,
+    interrupt_id: str | None = None,
+) -> PendingInterrupt:
+    """The pending interrupt an answer is for; InvalidStatus when there is none, or
+    when the answer names another one (``interrupt_id``): a retried or replayed
+    answer never answers a later question."""
+    if interrupt is None:
+        raise InvalidStatus(
+            f"cannot resume conversation {conversation_id!r}: it holds no interrupt",
+            status.value,
+        )
+    if interrupt_id is not None and interrupt.id != interrupt_id:
+        raise InvalidStatus(
+            f"cannot resume conversation {conversation_id!r}: interrupt {interrupt_id!r} "
+            "is no longer pending",
+            status.value,
+        )
+    return interrupt
+
+
+def require_notice(
+    conversation_id: str, interrupt: PendingInterrupt | None, *, status: Status
+) -> PendingInterrupt:
+    """The pending ``notice`` a dismiss is for; InvalidStatus when there is none."""
+    if interrupt is None or interrupt.kind != "notice":
+        raise InvalidStatus(
+            f"cannot dismiss conversation {conversation_id!r}: it has no 'notice' interrupt",
+            status.value,
+        )
+    return interrupt

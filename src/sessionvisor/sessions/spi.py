@@ -13,7 +13,7 @@ names are the contract between ``sessions`` and a runtime.
 
 from ._boot import NO_RESUME, Starter, check_owner
 from ._bus import LocalBus, Subscription, Topic
-from ._mailbox import LocalMailbox, require_interrupt, require_notice, stored_interrupt
+from ._mailbox import LocalMailbox, stored_interrupt
 from ._recovery import has_unanswered_work
 from ._registry import LocalRegistry
 from ._seams import (
@@ -27,6 +27,7 @@ from ._seams import (
     Session,
 )
 from ._stats import ClusterMetrics, RuntimeStats
+from ._validation import require_interrupt, require_notice
 
 __all__ = [
     "NO_RESUME",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any, Literal
 from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._clock import utcnow
 
@@ -53,12 +55,29 @@ class PendingInterrupt(BaseModel):
 
     kind: Literal["question", "notice"] = "question"
     data: Any = None
+    #: Names this interrupt: an answer may say which interrupt it answers
+    #: (``resume(..., interrupt_id=...)``), so a retried or replayed answer can never
+    #: answer a later question, even an identical one. A record written before ids
+    #: existed gets one derived from its kind and data, the same on every load.
+    id: str = ""
     #: Set only in a stored record, while an acknowledged answer to this interrupt
     #: is being carried out: a session that starts from that record runs the
     #: resumed turn again with ``answer`` instead of asking the question again.
     #: Never dumped (events, HTTP and the agent see the question only).
     answered: bool = Field(default=False, exclude=True)
     answer: Any = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _named(self) -> PendingInterrupt:
+        if not self.id:
+            text = json.dumps([self.kind, self.data], sort_keys=True, default=str)
+            self.id = "i-" + hashlib.sha256(text.encode()).hexdigest()[:24]
+        return self
+
+
+def new_interrupt(kind: Literal["question", "notice"], data: Any) -> PendingInterrupt:
+    """A new interrupt with an id of its own."""
+    return PendingInterrupt(kind=kind, data=data, id="i-" + uuid4().hex)
 
 
 class State(BaseModel):
