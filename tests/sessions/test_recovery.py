@@ -172,3 +172,57 @@ async def test_a_start_that_gives_up_tells_early_subscribers_each_restart_first(
         seen = await collect_until(events, lambda e: isinstance(e, SessionFailed))
     kinds = [type(e).__name__ for e in seen[1:]]  # after the not_running snapshot
     assert kinds == ["Restarted", "Restarted", "SessionFailed"]
+
+
+class _ToolAgent:
+    """Runs a pretend tool for a message that asks for one (its result joins the
+    history before the reply), then waits at ``gate`` when one is given."""
+
+    def __init__(self, gate: anyio.Event | None = None) -> None:
+        self.gate = gate
+        self.running = anyio.Event()
+        self.tool_runs = 0
+
+    async def run(self, turn: Any) -> Any:
+        from sessionvisor import Done
+
+        last = [m for m in turn.state.messages if m.role == "user"][-1].text()
+        if "tool" in last:
+            self.tool_runs += 1
+            turn.state.messages.append(Message(role="tool", content="the tool ran"))
+            turn.state.metadata["tool_runs"] = turn.state.metadata.get("tool_runs", 0) + 1
+        self.running.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return Done(turn.state, reply=f"echo: {last}")
+
+
+async def test_a_save_made_while_a_turn_runs_holds_no_partial_work_so_a_rerun_runs_it_once(
+    anyio_backend: str,
+) -> None:
+    store = MemoryStore()
+    blocked = _ToolAgent(gate=anyio.Event())
+    async with SessionSupervisor(SingleRouter(lambda a, c: blocked), store=store) as sup:
+        await sup.send("c-1", "run the tool")
+        with anyio.fail_after(WAIT):
+            await blocked.running.wait()  # the tool ran; the turn is not over
+        await sup.send("c-1", "and then this")  # queued: saved while the turn runs
+        left = await store.load("c-1")
+        assert left is not None and left.lifecycle == "turn_start"
+        # What a process killed now leaves: the turn's start, not its tool result.
+        state = State.model_validate(left.state)
+        assert [(m.role, m.text()) for m in state.messages] == [("user", "run the tool")]
+        assert [m.text() for m in state.queued] == ["and then this"]
+        assert "tool_runs" not in state.metadata
+        assert blocked.gate is not None
+        blocked.gate.set()  # this session ends normally; the record above is the crash's
+
+    # A new process starts from that record: the turn runs again, the tool once.
+    rerun = _ToolAgent()
+    fresh = MemoryStore()
+    await fresh.save("c-1", left, expected_version=None, lifecycle="turn_start")
+    async with SessionSupervisor(SingleRouter(lambda a, c: rerun), store=fresh):
+        answered = await _answered(fresh, "c-1", "and then this")
+    tools = [m for m in answered.messages if m.role == "tool"]
+    assert len(tools) == 1 and rerun.tool_runs == 1
+    assert answered.metadata["tool_runs"] == 1

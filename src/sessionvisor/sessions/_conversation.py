@@ -333,9 +333,10 @@ class Conversation:
         self._writer.changed()
         self.set_status(Status.CANCELLED)
 
-    def enter_turn(self, scope: anyio.CancelScope) -> None:
-        """The agent is called inside ``scope`` (cancelled at once if a cancel came first)."""
-        self._turn.enter(scope)
+    def enter_turn(self, scope: anyio.CancelScope, *, mark: int, metadata: dict[str, Any]) -> None:
+        """The agent is called inside ``scope`` (cancelled at once if a cancel came first);
+        saves meanwhile store the history up to ``mark`` and ``metadata``."""
+        self._turn.enter(scope, mark=mark, metadata=metadata)
 
     def leave_turn(self) -> None:
         """The agent returned: its scope, the resume and a cancel request are spent."""

@@ -56,7 +56,15 @@ class TurnControl:
     transitions (``Conversation.enter_turn``, ``end_turn``, ...).
     """
 
-    __slots__ = ("active", "cancel_requested", "resume", "scope", "taken", "waiter")
+    __slots__ = (
+        "active",
+        "cancel_requested",
+        "resume",
+        "scope",
+        "started_with",
+        "taken",
+        "waiter",
+    )
 
     def __init__(self) -> None:
         self.scope: anyio.CancelScope | None = None
@@ -65,6 +73,9 @@ class TurnControl:
         self.resume: tuple[Any, PendingInterrupt] | None = None  # (answer, interrupt)
         self.taken = 0  # how many queued messages the current turn took
         self.waiter: anyio.Event | None = None  # made only when someone waits
+        # While the agent runs: the history length and metadata the turn started
+        # from, which is what a save made meanwhile stores (see ``started_with``).
+        self.started_with: tuple[int, dict[str, Any]] | None = None
 
     def begin(self, *, taken: int) -> None:
         self.active = True
@@ -74,9 +85,17 @@ class TurnControl:
         self.resume = (answer, interrupt)
         self.active = True
 
-    def enter(self, scope: anyio.CancelScope) -> None:
-        """The agent is called inside ``scope`` (cancelled at once if a cancel came first)."""
+    def enter(self, scope: anyio.CancelScope, *, mark: int, metadata: dict[str, Any]) -> None:
+        """The agent is called inside ``scope`` (cancelled at once if a cancel came first),
+        on a State whose history had ``mark`` messages and this ``metadata``.
+
+        A save made while the agent runs stores that view, not the agent's
+        unfinished work: a crash reruns the turn from where it started, so the
+        rerun never finds the cut run's partial output (a tool result, say) in
+        its history.
+        """
         self.scope = scope
+        self.started_with = (mark, metadata)
         if self.cancel_requested:
             scope.cancel()
 
@@ -85,6 +104,7 @@ class TurnControl:
         self.scope = None
         self.resume = None
         self.cancel_requested = False
+        self.started_with = None
 
     def end(self) -> None:
         self.active = False
@@ -206,7 +226,7 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
     outcome: Any = None
     error: Exception | None = None
     with anyio.CancelScope() as scope:
-        actor.enter_turn(scope)
+        actor.enter_turn(scope, mark=mark, metadata=metadata)
         try:
             if answer is NO_ANSWER:
                 outcome = await agent.run(turn)

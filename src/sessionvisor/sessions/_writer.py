@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+from pydantic_core import to_jsonable_python
 
 from .._errors import StaleWriteError
 from .._telemetry import span
@@ -242,6 +243,12 @@ class ActorWriterOwner:
     def record(self, lifecycle: Lifecycle, reserve: int) -> StoredConversation:
         actor = self._actor
         data = actor.folded.dump()
+        started_with = actor.turn.started_with
+        if started_with is not None:
+            # A turn runs: store the State it started from, never its partial work.
+            mark, metadata = started_with
+            data["messages"] = data["messages"][:mark]
+            data["metadata"] = to_jsonable_python(metadata)
         resume = actor.turn.resume
         if resume is not None:
             # Until the resume turn ends, the store keeps the interrupt it answers and
