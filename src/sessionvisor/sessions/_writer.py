@@ -247,8 +247,10 @@ class ActorWriterOwner:
         if started_with is not None:
             # A turn runs: store the State it started from, never its partial work.
             mark, metadata = started_with
-            data["messages"] = data["messages"][:mark]
-            data["metadata"] = to_jsonable_python(metadata)
+            if len(data["messages"]) > mark:  # else the same list: saved incrementally
+                data["messages"] = data["messages"][:mark]
+            if metadata != actor.state.metadata:
+                data["metadata"] = to_jsonable_python(metadata)
         resume = actor.turn.resume
         if resume is not None:
             # Until the resume turn ends, the store keeps the interrupt it answers and
