@@ -256,16 +256,13 @@ class SessionSupervisor:
         request_opts: Mapping[str, Any] | None = None,
         interrupt_id: str | None = None,
     ) -> Status:
-        """Answer the pending interrupt (with ``interrupt_id``: that one only), waking
-        the session if needed.
-
-        Returns:
-            The status once the answer was accepted (``running``).
+        """Answer the pending interrupt (with ``interrupt_id``: that one only), waking the
+        session if needed; return ``running`` once the store holds the answer.
 
         Raises:
             InvalidStatus: no interrupt is pending, or not the one named
                 (``not_running`` when nothing is live or stored; nothing is created).
-            AccessDenied, RegistryUnavailable, the errors of ``start``.
+            StoreUnavailable, AccessDenied, RegistryUnavailable, the errors of ``start``.
         """
         cid = check_conversation_id(conversation_id)
         check_json(answer, "answer", conversation_id=cid)
