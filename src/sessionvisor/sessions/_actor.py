@@ -217,9 +217,6 @@ class Actor(Conversation):
     async def wait_stopped(self) -> None:
         await self._life.wait_ended()
 
-    def restart_in_progress(self) -> anyio.Event | None:
-        return self._restarting
-
     def superseded(self, error: StaleWriteError) -> None:
         """A save was refused as stale: another owner took the conversation."""
         if self.closed:
@@ -235,7 +232,7 @@ class Actor(Conversation):
         """Accept a user message (see ``_intake.send_message``).
 
         Returns:
-            ``Accepted(queued, duplicate)`` (it unpacks like a pair): queued when it
+            ``Accepted(queued, duplicate)``: queued when it
             waits behind running work; duplicate when a message with ``message_id``
             was already accepted (then nothing changed, and ``queued`` says whether
             it still waits).

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -62,15 +61,10 @@ class Accepted:
     """What ``Actor.send`` did. ``queued``: the message waits behind running work;
     ``duplicate``: a message with that client id was already accepted (nothing
     changed; ``queued`` says whether it still waits).
-
-    Unpacks as ``(queued, duplicate)``, like the tuple it replaces.
     """
 
     queued: bool
     duplicate: bool
-
-    def __iter__(self) -> Iterator[bool]:
-        return iter((self.queued, self.duplicate))
 
 
 def new_message(
