@@ -220,11 +220,27 @@ class ClusterBus:
                 continue
             for item, ok in zip(batch, accepted, strict=True):
                 if not ok:
-                    self._on_stale(item[0])
+                    self._refused(item[0], item[2])
             # The batch is still at the head unless the buffer overflowed meanwhile.
             for item in batch:
                 if self._outbox and self._outbox[0] is item:
                     self._outbox.popleft()
+
+    def _refused(self, cid: str, epoch: int) -> None:
+        """Redis refused an event of ``epoch``: a newer owner fenced the stream.
+
+        Only a refusal of the epoch this node writes with now means that the
+        session here was replaced. An event left over from an earlier ownership
+        (still waiting here when the conversation moved away and back) is
+        refused rightly and says nothing of the newer lease this node holds.
+        """
+        current = self._epoch_of(cid)
+        if current is not None and current <= epoch:
+            self._on_stale(cid)
+        else:
+            _log.debug(
+                "cluster_stale_event_dropped", conversation_id=cid, epoch=epoch, current=current
+            )
 
     # -- the other nodes' side -----------------------------------------------------
 

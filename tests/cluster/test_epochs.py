@@ -1,0 +1,122 @@
+"""A node that lost a conversation and took it back holds a newer epoch; what it
+still had to send from its earlier ownership is refused by Redis and must not
+stop the newer session (two supervisors in one process, one redis-server)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from sessionvisor import SessionSupervisor, SingleRouter
+from sessionvisor.cluster import Cluster
+from sessionvisor.state.postgres import PostgresStore
+from sessionvisor.testing import ScriptedAgent, wait_until
+from tests._support.servers import RedisServer
+from tests._support.sql import sql
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def _nodes(dsn: str, redis: RedisServer, *names: str) -> AsyncIterator[list[Any]]:
+    prefix = "t" + uuid.uuid4().hex[:8]
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for name in names:
+            store = await stack.enter_async_context(PostgresStore(dsn))
+            cluster = Cluster(redis.url, node_id=name, lease_ttl=3.0, prefix=prefix)
+            router = SingleRouter(lambda agent_id, config: ScriptedAgent(stream=True))
+            nodes.append(
+                await stack.enter_async_context(
+                    SessionSupervisor(router, store=store, cluster=cluster)
+                )
+            )
+        yield nodes
+
+
+def _lease(dsn: str, cid: str) -> tuple[str, int, bool]:
+    rows = sql(
+        dsn,
+        "SELECT node_id, epoch, lease_until > now() FROM sessionvisor_leases "
+        "WHERE conversation_id = %s",
+        cid,
+    )
+    return rows[0] if rows else ("", 0, False)
+
+
+async def _replies(node: SessionSupervisor, cid: str, count: int) -> list[str]:
+    async def done() -> bool:
+        state = await node.load(cid, scope="u")
+        return state is not None and sum(m.role == "assistant" for m in state.messages) >= count
+
+    await wait_until(done, timeout=15, interval=0.02, message=f"{count} replies in {cid}")
+    state = await node.load(cid, scope="u")
+    assert state is not None
+    return [str(m.content) for m in state.messages if m.role == "assistant"]
+
+
+async def _released(dsn: str, cid: str) -> None:
+    await wait_until(
+        lambda: not _lease(dsn, cid)[2], timeout=10, interval=0.02, message="lease released"
+    )
+
+
+async def test_events_of_an_earlier_ownership_refused_later_leave_the_newer_session_alone(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    async with _nodes(pg_dsn, redis_server, "x", "y") as (x, y):
+        cid = "c-" + uuid.uuid4().hex[:10]
+        await x.send(cid, "one", scope="u")
+        await _replies(x, cid, 1)
+        first_epoch = _lease(pg_dsn, cid)[1]
+
+        # x's way to Redis stalls: the events of its next turn wait in its outbox.
+        streams = x._runtime.bus._streams
+        through = streams.append_many
+        gate = anyio.Event()
+        held = anyio.Event()
+
+        async def stalled(events: list[tuple[str, int, int, str]]) -> list[bool]:
+            held.set()
+            await gate.wait()
+            return await through(events)
+
+        streams.append_many = stalled
+        await x.send(cid, "two", scope="u")
+        await _replies(x, cid, 2)
+        with anyio.fail_after(10):
+            await held.wait()
+
+        # x lets the conversation go, y serves it, lets it go, and x takes it back.
+        assert await x.stop(cid, scope="u") == "stopped"
+        await _released(pg_dsn, cid)
+        assert (await y.send(cid, "three", scope="u")).started
+        await _replies(y, cid, 3)
+        assert await y.stop(cid, scope="u") == "stopped"
+        await _released(pg_dsn, cid)
+        assert (await x.send(cid, "four", scope="u")).started
+        await _replies(x, cid, 4)
+        node, epoch, live = _lease(pg_dsn, cid)
+        assert (node, live) == ("x", True) and epoch >= first_epoch + 2
+
+        # Redis now refuses what x still held of its first ownership.
+        gate.set()
+        await x._runtime.bus.flush(10.0)
+        assert not x._runtime.bus._outbox
+
+        # The newer session was not stopped, nor its lease dropped.
+        assert x.get(cid, scope="u") is not None
+        assert x.metrics().cluster.leases_lost == 0
+        assert _lease(pg_dsn, cid) == ("x", epoch, True)
+        delivery = await x.send(cid, "five", scope="u")
+        assert not delivery.started and not delivery.queued
+        assert (await _replies(x, cid, 5))[-1] == "echo: five"
+        # ... and the lease is given up as usual when the session ends.
+        assert await x.stop(cid, scope="u") == "stopped"
+        await _released(pg_dsn, cid)
+        assert _lease(pg_dsn, cid)[:2] == ("x", epoch)
