@@ -221,6 +221,31 @@ class FencedStore:
     def __repr__(self) -> str:
         return f"FencedStore({self._inner!r})"
 
+    async def quarantine(self, conversation_id: str) -> str:
+        """Move an unreadable record aside, on the node that holds its lease only.
+
+        Any node may read a conversation (to check its owner key before posting
+        to the inbox, say), but the record belongs to the lease holder: a node
+        that cannot read it (an old node during a rolling deploy that changed
+        the State's schema) must not move a conversation another node serves.
+
+        Raises:
+            StaleWriteError: this node does not hold the conversation's lease;
+                nothing was moved.
+        """
+        if self._leases.epoch(conversation_id) is None:
+            raise StaleWriteError(
+                f"conversation {conversation_id!r}: this node does not hold its lease, "
+                "so it may not quarantine it; the record was left in place"
+            )
+        try:
+            key: str = await self._inner.quarantine(conversation_id)
+        except Exception as exc:
+            if _is_database_error(exc):
+                raise unavailable(f"conversation {conversation_id!r}", exc) from exc
+            raise
+        return key
+
     async def save(
         self,
         conversation_id: str,

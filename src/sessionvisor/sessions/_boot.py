@@ -22,6 +22,7 @@ from .._errors import (
     NotRunning,
     RegistryUnavailable,
     SessionFailedError,
+    StaleWriteError,
 )
 from .._options import SupervisorOpts
 from .._telemetry import span
@@ -93,13 +94,31 @@ class Starter:
         self._is_open = is_open
 
     async def load(self, conversation_id: str) -> StoredConversation | None:
-        """Load a conversation, quarantining an unreadable row if so configured."""
+        """Load a conversation, quarantining an unreadable row if so configured.
+
+        Raises:
+            CorruptStateError: the row cannot be read, and either quarantine is
+                off or the store refused to move it (``StaleWriteError`` from its
+                ``quarantine``: in a cluster, this node does not hold the lease).
+        """
         try:
             return await self._store.load(conversation_id)
-        except CorruptStateError:
+        except CorruptStateError as corrupt:
             if self._on_corrupt != "quarantine":
                 raise
-            key = await self._store.quarantine(conversation_id)
+            try:
+                key = await self._store.quarantine(conversation_id)
+            except StaleWriteError as refused:
+                # Another writer holds the conversation (in a cluster: a node that
+                # is not the lease holder may not move it aside). The caller gets
+                # the unreadable record's error; the record stays where it is.
+                _log.warning(
+                    "corrupt_state_not_quarantined",
+                    conversation_id=conversation_id,
+                    agent_id=self._agent_id(conversation_id),
+                    reason=str(refused),
+                )
+                raise corrupt from refused
             _log.warning(
                 "corrupt_state_quarantined",
                 conversation_id=conversation_id,
