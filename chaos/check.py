@@ -6,15 +6,25 @@ What it checks (each violation names its ``kind``):
 - ``duplicate-message``: a message id appears more than once.
 - ``phantom-message``: a user message nobody sent (unknown id or other content),
   or one whose every send was refused (4xx) or never reached the server.
-- ``order``: send A was acknowledged before send B was first invoked, but B
-  comes before A in the history.
+- ``order``: the order of a conversation's commands is the order they were
+  acknowledged in. Send A acknowledged before send B was first invoked comes
+  before B in the final history, and no read shows B without A. A read that
+  shows the conversation ``cancelled`` holds no message sent after every
+  cancel that may have cut it was acknowledged. A question that was seen
+  pending, then a send acknowledged before any answer to it was sent, ends
+  superseded by that send (not approved or denied: the answer came after it).
+- ``unknown-after-ack``: a command acknowledged, then its conversation answered
+  404 (unknown); in one process also a read invoked after a send's
+  acknowledgement that does not show that message.
 - ``unanswered``: a user message with no reply after the settle phase.
 - ``answered-twice`` / ``reply-to-nothing`` / ``reply-mismatch``: the demo agent
   answers the user messages since its last reply with one reply quoting them
   all; a message quoted twice, a reply with nothing to answer, or a reply
   quoting other messages than the ones it answers.
 - ``bad-outcome``: an Approved/Denied reply with no open question, or the
-  wrong number of tool runs for it.
+  wrong number of tool runs for it, or an outcome no answer naming that
+  question (by its interrupt id) asked for.
+- ``duplicate-output``: an assistant or tool message id stored twice.
 - ``lost-answer``: an acknowledged resume whose question was seen pending again
   later, or whose question ended without the approved/denied outcome it asked
   for (excused when a cancel or stop of the conversation may have cut its turn).
@@ -166,6 +176,10 @@ class _Conversation:
         self.check_order()
         self.walk()
         self.check_resumes()
+        self.check_reads()
+        self.check_cancels()
+        self.check_answer_order()
+        self.check_unknown()
         self.check_quiesce()
         self.check_settle()
         return self.violations
@@ -200,6 +214,12 @@ class _Conversation:
                 self.add(
                     "duplicate-message", f"{mid!r} appears {count} times", self.by_id.get(mid, [])
                 )
+        outputs = Counter(
+            str(m.get("id")) for m in self.messages if m.get("role") in ("assistant", "tool")
+        )
+        for mid, count in outputs.items():
+            if count > 1:
+                self.add("duplicate-output", f"output message {mid!r} is stored {count} times")
         if self.final is None:
             return
         for send in self.sends:
@@ -398,6 +418,176 @@ class _Conversation:
                     around=(op.first_t - 1.0, ack_t + 5.0),
                 )
 
+    def _acked_sends(self) -> dict[str, tuple[float, float, Op]]:
+        """By message id: (first invoke of any of its sends, earliest acknowledgement, that op)."""
+        found: dict[str, tuple[float, float, Op]] = {}
+        for mid, sends in self.by_id.items():
+            acks = [(float(o.ack["t"]), o) for o in sends if o.ack is not None]
+            if acks:
+                ack_t, op = min(acks, key=lambda a: a[0])
+                found[mid] = (min(o.first_t for o in sends), ack_t, op)
+        return found
+
+    def check_reads(self) -> None:
+        """No read shows a message without one acknowledged before it was first sent.
+
+        In one process, a read invoked after a send was acknowledged shows that
+        message (``unknown-after-ack``). In a cluster a read may lag (a node that
+        does not serve the conversation shows the stored state, and a message in
+        the inbox is not in it yet), but it may never show a later message
+        without an earlier one: the owner applies them in acknowledgement order.
+        """
+        acked = self._acked_sends()
+        by_ack = sorted(acked.items(), key=lambda item: item[1][1])
+        flagged: set[str] = set()
+        for read_t, seen, read in self._reads():
+            users = seen.get("users")
+            if users is None:
+                continue  # a history from before reads recorded the ids
+            shown = set(users)
+            node = read.ack.get("node") if read.ack else None
+            latest = max(((acked[m][0], m) for m in shown if m in acked), default=(-_INF, None))
+            for mid, (_, ack_t, op) in by_ack:
+                if mid in shown or mid in flagged:
+                    continue
+                if ack_t < latest[0]:
+                    later = latest[1]
+                    flagged.add(mid)
+                    self.add(
+                        "order",
+                        f"read op {read.op} (t={read_t}, node {node}) shows {later!r} but "
+                        f"not {mid!r}, acknowledged at t={ack_t} before {later!r} was first "
+                        f"sent (t={latest[0]})",
+                        [op, read, *self.by_id.get(str(later), [])],
+                    )
+                elif not self.cluster and ack_t < read_t:
+                    flagged.add(mid)
+                    self.add(
+                        "unknown-after-ack",
+                        f"send {mid!r} acknowledged at t={ack_t}, but read op {read.op} "
+                        f"invoked at t={read_t} does not show it",
+                        [op, read],
+                    )
+                elif ack_t >= max(read_t, latest[0]):
+                    break
+
+    def check_cancels(self) -> None:
+        """A cancel cuts only what was acknowledged before it.
+
+        A read that shows the conversation ``cancelled`` holds its waiting
+        messages because some cancel cut their turn. A cancel acknowledged
+        before a message was first sent is applied before it (in a cluster too:
+        acknowledgement order), so it cannot be that cancel: each waiting
+        message needs a cancel that was not acknowledged before it was sent
+        (acknowledged after, or of unknown result), invoked before the read
+        returned.
+        """
+        cancels = [o for o in self.ops if o.f == "cancel" and o.result != "fail"]
+        flagged: set[str] = set()
+        for read_t, seen, read in self._reads():
+            assert read.ack is not None
+            done_t = float(read.ack["t"])
+            if seen.get("status") == "cancelled":
+                before = [c for c in cancels if c.first_t < done_t]
+                for mid in seen.get("waiting") or []:
+                    sends = self.by_id.get(mid)
+                    if not sends or mid in flagged:
+                        continue
+                    sent_t = min(o.first_t for o in sends)
+                    if any(c.ack is None or float(c.ack["t"]) > sent_t for c in before):
+                        continue
+                    flagged.add(mid)
+                    acks = [float(c.ack["t"]) for c in before if c.ack is not None]
+                    self.add(
+                        "order",
+                        f"read op {read.op} (t={read_t}) shows the conversation cancelled with "
+                        f"{mid!r} waiting, first sent at t={sent_t}, but every cancel before "
+                        f"the read was acknowledged before that (at {acks})",
+                        [read, *sends, *before[-3:]],
+                        around=(sent_t - 2.0, done_t + 0.5),
+                    )
+
+    def check_answer_order(self) -> None:
+        """An answer applies after the messages acknowledged before it was sent, and to the
+        question it names.
+
+        A question seen pending (a live ``interrupted`` view) waits until an
+        answer or a message arrives. A send acknowledged after that read and
+        before any answer to the question was first sent is applied first, and
+        a message that arrives while the question is pending supersedes it: the
+        question must end superseded, not approved or denied. And an
+        approved/denied outcome needs an answer (yes/no) naming that question.
+        """
+        acked = self._acked_sends()
+        for key, question in self.questions.items():
+            if question.outcome not in ("approved", "denied"):
+                continue
+            attempts = [
+                (float(e["t"]), e, o)
+                for o in self.ops
+                if o.f == "resume"
+                for e in o.invokes
+                if (e.get("value") or {}).get("question") == key
+            ]
+            want = "yes" if question.outcome == "approved" else "no"
+            asked = [
+                o
+                for _, e, o in attempts
+                if (e.get("value") or {}).get("answer") == want and o.result != "fail"
+            ]
+            if not asked:
+                answers = sorted({str(e["value"].get("answer")) for _, e, _ in attempts})
+                self.add(
+                    "bad-outcome",
+                    f"question {key} ended {question.outcome!r}, but no answer {want!r} naming "
+                    f"it was sent (answers naming it: {answers})",
+                    list({o.op: o for _, _, o in attempts}.values()),
+                )
+            seen_t = min(
+                (
+                    float(r.ack["t"])
+                    for _, seen, r in self._reads()
+                    if r.ack is not None
+                    and seen.get("question") == key
+                    and seen.get("status") == "interrupted"
+                ),
+                default=_INF,
+            )
+            answered_t = min((t for t, _, _ in attempts), default=_INF)
+            early = [
+                (ack_t, mid, op)
+                for mid, (first_t, ack_t, op) in acked.items()
+                if first_t > seen_t and ack_t < answered_t
+            ]
+            if early:
+                ack_t, mid, op = min(early, key=lambda e: e[0])
+                self.add(
+                    "order",
+                    f"question {key} was seen pending at t={seen_t}; send {mid!r} was "
+                    f"acknowledged at t={ack_t}, before any answer to it was sent "
+                    f"(t={answered_t}), so it supersedes the question, but the question "
+                    f"ended {question.outcome!r}",
+                    [op, *list({o.op: o for _, _, o in attempts}.values())[:4]],
+                    around=(seen_t - 0.5, answered_t + 2.0),
+                )
+
+    def check_unknown(self) -> None:
+        """No conversation is reported unknown (404) after a command on it was acknowledged."""
+        acks = [float(o.ack["t"]) for o in self.ops if o.f != "read" and o.ack is not None]
+        if not acks:
+            return
+        first = min(acks)
+        for op in self.ops:
+            for invoke, done in zip(op.invokes, op.completions, strict=False):
+                if done.get("status") == 404 and float(invoke["t"]) > first:
+                    self.add(
+                        "unknown-after-ack",
+                        f"{op.f} op {op.op} (t={invoke['t']}) answered 404 although a command "
+                        f"on the conversation was acknowledged at t={first}",
+                        [op],
+                    )
+                    return
+
     def check_quiesce(self) -> None:
         event = next(
             (e for e in self.events if e.get("type") == "quiesce" and e["cid"] == self.cid), None
@@ -475,7 +665,7 @@ def check(events: list[Event]) -> tuple[list[Violation], dict[str, Any]]:
                 e["value"].get("fault", "?")
                 for e in events
                 if e.get("process") == "nemesis"
-                and e["f"] in ("kill", "pause")
+                and e["f"] in ("kill", "pause", "partition")
                 and e["type"] == "info"
             )
         ),

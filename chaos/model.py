@@ -36,6 +36,7 @@ __all__ = [
     "ClientConfig",
     "History",
     "conversation_summary",
+    "interrupt_id",
     "question_key",
 ]
 
@@ -85,26 +86,41 @@ def question_key(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _unanswered(messages: Sequence[dict[str, Any]]) -> int:
-    """User messages after the last assistant/system message (the demo agent's pending)."""
-    count = 0
+def interrupt_id(body: dict[str, Any]) -> str | None:
+    """The pending interrupt's id (what a resume names), if there is one."""
+    interrupt = body.get("interrupt")
+    if isinstance(interrupt, dict) and interrupt.get("id") is not None:
+        return str(interrupt["id"])
+    return None
+
+
+def _unanswered(messages: Sequence[dict[str, Any]]) -> list[str]:
+    """Ids of the user messages after the last assistant/system message (the demo's pending)."""
+    ids: list[str] = []
     for message in reversed(messages):
         if message.get("role") in ("assistant", "system"):
             break
         if message.get("role") == "user" and not (message.get("metadata") or {}).get("resume"):
-            count += 1
-    return count
+            ids.append(str(message.get("id")))
+    return ids[::-1]
 
 
 def conversation_summary(body: dict[str, Any]) -> dict[str, Any]:
-    """What a read records: status, pending question, queue and unanswered counts."""
+    """What a read records: status, pending question, queue and unanswered counts, and the
+    ids of the user messages it shows (``users``) and of those still waiting (``waiting``:
+    unanswered or queued)."""
     messages = body.get("messages") or []
+    unanswered = _unanswered(messages)
+    queued = [str(m.get("id")) for m in messages if m.get("queued")]
     return {
         "status": body.get("status"),
         "question": question_key(body),
+        "interrupt": interrupt_id(body),
         "messages": len(messages),
-        "queued": sum(1 for m in messages if m.get("queued")),
-        "unanswered": _unanswered(messages),
+        "queued": len(queued),
+        "unanswered": len(unanswered),
+        "users": [str(m.get("id")) for m in messages if m.get("role") == "user"],
+        "waiting": list(dict.fromkeys(unanswered + queued)),
     }
 
 
@@ -283,7 +299,11 @@ class Client:
             key = question_key(seen.body)
             if key is None:
                 return outcome
-            value = {"answer": answer, "question": key}
+            iid = interrupt_id(seen.body)
+            value = {"answer": answer, "question": key, "interrupt": iid}
+            body: dict[str, Any] = {"answer": answer}
+            if iid is not None:  # answers that question only, however late it arrives
+                body["interrupt_id"] = iid
             result = await self._attempt(
                 process=process,
                 op=op,
@@ -292,7 +312,7 @@ class Client:
                 cid=cid,
                 method="POST",
                 path=f"/conversations/{cid}/resume",
-                body={"answer": answer},
+                body=body,
                 value=value,
             )
             if result.type == "ok":

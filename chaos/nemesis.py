@@ -14,11 +14,19 @@ Single mode (one node) and cluster mode (several) share these faults:
   queue up behind the frozen process and arrive together with the original;
 - ``redis`` (cluster mode only): ``kill -9`` of the cluster's Redis, restarted
   empty on the same port after 0-3 s (Redis is only an accelerator: no
-  acknowledged message may depend on it).
+  acknowledged message may depend on it);
+- ``pg-blackhole`` (cluster mode on PostgreSQL): one node's relay to the
+  database stops passing bytes in both directions, closing nothing, for 0.5 s
+  to 2.5 lease TTLs (so often past the lease: the node must stop serving its
+  conversations by its own deadline while the others take them over), then
+  forwards again and the held bytes arrive late;
+- ``pg-reset`` (cluster mode on PostgreSQL): every connection of one node's
+  relay is cut (RST), either at once or after a black hole of 0.5 s to 2 lease
+  TTLs.
 
-Every fault is recorded as a ``process: "nemesis"`` invoke/info pair; a node
-found dead that the nemesis did not kill is recorded as ``died`` (with its
-exit code) and restarted.
+Every fault is recorded as a ``process: "nemesis"`` invoke/info pair (``f`` is
+``kill``, ``pause`` or ``partition``); a node found dead that the nemesis did
+not kill is recorded as ``died`` (with its exit code) and restarted.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import Any
 from .model import Event, History
 from .procs import Node, Redis
 
-__all__ = ["CLUSTER_FAULTS", "FAULTS", "Nemesis"]
+__all__ = ["CLUSTER_FAULTS", "FAULTS", "RELAY_FAULTS", "Nemesis"]
 
 FAULTS = {
     "kill": 3,
@@ -42,6 +50,8 @@ FAULTS = {
 }
 #: Faults only a cluster has.
 CLUSTER_FAULTS = {"redis": 2}
+#: Faults only a cluster on PostgreSQL has (each node reaches it through its own relay).
+RELAY_FAULTS = {"pg-blackhole": 2, "pg-reset": 1}
 
 
 class Nemesis:
@@ -54,9 +64,11 @@ class Nemesis:
         interval: tuple[float, float] = (1.0, 6.0),
         faults: dict[str, int] | None = None,
         redis: Redis | None = None,
+        lease_ttl: float = 3.0,
     ) -> None:
         self.history = history
         self.redis = redis
+        self.lease_ttl = lease_ttl
         self.nodes = list(nodes)
         self.rng = random.Random(f"{seed}:nemesis")
         self.interval = interval
@@ -117,6 +129,12 @@ class Nemesis:
             await asyncio.to_thread(self.redis.start)
             self._record("info", "start", {"node": "redis"})
             return
+        if fault in RELAY_FAULTS:
+            relayed = [n for n in self.nodes if n.relay is not None]
+            if relayed:
+                await self._partition(self.rng.choice(relayed), fault)
+                return
+            fault = "kill"
         if fault == "pause":
             frozen = round(self.rng.uniform(1.0, 8.0), 3)
             self._record("invoke", "pause", {"node": node.name, "fault": fault, "for": frozen})
@@ -135,6 +153,26 @@ class Nemesis:
             await self._kill(node, "kill-in-recovery (again)")
             await asyncio.sleep(self.rng.uniform(0.0, 1.0))
             await self._restart(node)
+
+    async def _partition(self, node: Node, fault: str) -> None:
+        """Black-hole or reset the node's PostgreSQL connections (its relay), then restore."""
+        relay = node.relay
+        assert relay is not None
+        mode = "blackhole"
+        hold = round(self.rng.uniform(0.5, 2.5 * self.lease_ttl), 3)
+        if fault == "pg-reset":
+            mode = self.rng.choice(["reset", "blackhole-reset"])
+            hold = 0.0 if mode == "reset" else round(self.rng.uniform(0.5, 2 * self.lease_ttl), 3)
+        value = {"node": node.name, "fault": fault, "mode": mode, "for": hold}
+        self._record("invoke", "partition", value)
+        self.count[fault] = self.count.get(fault, 0) + 1
+        if hold:
+            await asyncio.to_thread(relay.blackhole)
+            await asyncio.sleep(hold)
+        if fault == "pg-reset":
+            await asyncio.to_thread(relay.reset)
+        await asyncio.to_thread(relay.forward)
+        self._record("info", "partition", {**value, "open": relay.connections})
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -1,4 +1,9 @@
-"""The real processes under test: demo servers, their store, and a private Redis."""
+"""The real processes under test: demo servers, their store, and a private Redis.
+
+In cluster mode on PostgreSQL each node reaches the database through a relay of
+its own (:class:`chaos.relay.Relay`), so the nemesis can black-hole or reset
+one node's connections without touching the others'.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+from .relay import Relay
 
 __all__ = ["Node", "Postgres", "Redis", "free_port", "snapshot"]
 
@@ -38,6 +46,7 @@ class Node:
     cluster: str | None = None
     lease_ttl: float = 3.0
     src: Path | None = None  # a source tree to run instead of the installed package
+    relay: Relay | None = None  # the relay its PostgreSQL connections go through, if any
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -161,6 +170,17 @@ class Postgres:
         self.name = name
         base = PG_ADMIN.rsplit("/", 1)[0]
         self.url = f"{base}/{name}"
+        parts = urlsplit(self.url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 5432
+
+    def relay(self) -> tuple[Relay, str]:
+        """A relay to the server, and this database's URL through it."""
+        relay = Relay(self.port, self.host)
+        parts = urlsplit(self.url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{relay.port}" if userinfo else f"127.0.0.1:{relay.port}"
+        return relay, urlunsplit(parts._replace(netloc=netloc))
 
     def _admin(self, sql: str) -> None:
         import psycopg

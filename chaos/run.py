@@ -22,10 +22,13 @@ from pathlib import Path
 
 from .check import check, format_violation
 from .model import Client, ClientConfig, History
-from .nemesis import CLUSTER_FAULTS, FAULTS, Nemesis
+from .nemesis import CLUSTER_FAULTS, FAULTS, RELAY_FAULTS, Nemesis
 from .procs import Node, Postgres, Redis, snapshot
+from .relay import Relay
 
 __all__ = ["main", "run_one"]
+
+ALL_FAULTS = {**FAULTS, **CLUSTER_FAULTS, **RELAY_FAULTS}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,8 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quiesce",
         type=float,
-        default=20.0,
-        help="seconds the system gets to settle by itself once the faults stop",
+        default=None,
+        help="seconds the system gets to settle by itself once the faults stop "
+        "(default: 20 in single mode, the lease TTL + 5 in a cluster)",
     )
     p.add_argument(
         "--settle",
@@ -61,9 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--faults",
-        default=",".join({**FAULTS, **CLUSTER_FAULTS}),
-        help=f"comma-separated subset of {', '.join({**FAULTS, **CLUSTER_FAULTS})} "
-        "(redis: cluster mode only)",
+        default=",".join(ALL_FAULTS),
+        help=f"comma-separated subset of {', '.join(ALL_FAULTS)} "
+        "(redis: cluster mode only; pg-blackhole, pg-reset: cluster mode on PostgreSQL)",
     )
     p.add_argument(
         "--interval",
@@ -106,16 +110,22 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
     if args.snapshot:
         src, commit = await asyncio.to_thread(snapshot, args.snapshot, workdir / "snapshot")
     count = args.nodes if args.mode == "cluster" else 1
+    relays: list[Relay | None] = [None] * count
+    stores = [store] * count
+    if redis is not None and postgres is not None:  # each node through a relay of its own
+        for k in range(count):
+            relays[k], stores[k] = postgres.relay()
     nodes = [
         Node(
             f"n{k}",
-            store,
+            stores[k],
             workdir,
             word_delay=args.word_delay,
             inactivity_timeout=args.inactivity_timeout,
             cluster=redis.url if redis else None,
             lease_ttl=args.lease_ttl,
             src=src,
+            relay=relays[k],
         )
         for k in range(count)
     ]
@@ -128,11 +138,24 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
         seed,
         ClientConfig(conversations=args.conversations, workers=args.workers),
     )
-    offered = {**FAULTS, **CLUSTER_FAULTS} if redis else FAULTS
+    offered = dict(FAULTS)
+    if redis is not None:
+        offered |= CLUSTER_FAULTS
+    if any(relays):
+        offered |= RELAY_FAULTS
     faults = {f: w for f, w in offered.items() if f in args.faults.split(",")}
     nemesis = Nemesis(
-        history, nodes, seed, interval=tuple(args.interval), faults=faults, redis=redis
+        history,
+        nodes,
+        seed,
+        interval=tuple(args.interval),
+        faults=faults,
+        redis=redis,
+        lease_ttl=args.lease_ttl,
     )
+    quiesce = args.quiesce
+    if quiesce is None:
+        quiesce = args.lease_ttl + 5.0 if args.mode == "cluster" else 20.0
     try:
         for node in nodes:
             await asyncio.to_thread(node.start)
@@ -144,7 +167,17 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
             process="nemesis",
             type="info",
             f="begin",
-            value={"seed": seed, "store": store_kind, "mode": args.mode, "commit": commit},
+            value={
+                "seed": seed,
+                "store": store_kind,
+                "mode": args.mode,
+                "commit": commit,
+                "faults": sorted(faults) if not args.no_faults else [],
+                "lease_ttl": args.lease_ttl,
+                "quiesce": quiesce,
+                "wall": time.time(),
+                "argv": sys.argv[1:],
+            },
         )
         stop = asyncio.Event()
         faulting = None if args.no_faults else asyncio.create_task(nemesis.run(stop))
@@ -156,13 +189,16 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
         await nemesis.check_alive()
         history.record(process="nemesis", type="info", f="faults-stopped", value={})
         print(f"client done after {time.monotonic() - started:.0f}s; settling", flush=True)
-        await client.quiesce(args.quiesce)
+        await client.quiesce(quiesce)
         await client.settle(args.settle)
         await nemesis.check_alive()
     finally:
         await client.aclose()
         for node in nodes:
             await asyncio.to_thread(node.terminate)
+        for relay in relays:
+            if relay is not None:
+                relay.close()
         if redis is not None:
             await asyncio.to_thread(redis.stop)
         if postgres is not None:
