@@ -5,11 +5,15 @@
 
 __all__ = [
     "ACQUIRE",
+    "ADD_COLUMNS",
     "CLAIM",
     "CREATE_INDEX",
     "CREATE_TABLE",
     "EARLIER",
     "EPOCH_AFTER_STORE",
+    "LIVE_KEYS",
+    "LOCK",
+    "NEXT_KEY",
     "OWNER",
     "RELEASE",
     "RENEW",
@@ -28,20 +32,41 @@ CREATE_TABLE = (
 # ``{i}``: the index's name (the table's name and ``_until``).
 CREATE_INDEX = "CREATE INDEX IF NOT EXISTS {i} ON {t} (lease_until)"
 
+# Added to tables made before them (NULL: the row's holder took no advisory lock,
+# so only its lease_until tells whether it lives). ``{k}``: the sequence of lock keys.
+ADD_COLUMNS = [
+    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS lock_key INTEGER",
+    "CREATE SEQUENCE IF NOT EXISTS {k} AS integer",
+]
+
+# Liveness (``_liveness.py``): each run of a node holds a session-level advisory
+# lock ``(namespace, key)`` on a connection of its own, the key drawn once from the
+# sequence (never reused, so a key that disappeared never comes back), and stamps
+# it on the lease rows it takes. PostgreSQL drops the lock when that connection
+# ends: a crashed process's key disappears from ``pg_locks`` at once.
+NEXT_KEY = "SELECT nextval(%(seq)s::regclass)"
+LOCK = "SELECT pg_try_advisory_lock(%(ns)s::int4, %(key)s::int4)"
+LIVE_KEYS = """
+SELECT objid::bigint FROM pg_locks
+WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::bigint = %(ns)s
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
 # One statement takes a conversation: a new row (epoch 1), or the existing row
 # when its lease ran out, or when this node_id holds it with this incarnation
 # or an earlier one (a restarted node takes its leases back without waiting
-# out the TTL). Every take increments the epoch. Only the database's clock is
+# out the TTL), or when its holder's advisory lock is known gone for good
+# (``dead``: keys missing from pg_locks for the grace period, see
+# ``_liveness.py``). Every take increments the epoch. Only the database's clock is
 # read, so the nodes' clocks may disagree. Under concurrency the losing INSERT
 # waits for the winner's row, then re-evaluates the WHERE on it and returns
 # nothing: of N nodes taking one conversation, exactly one gets a row back.
 ACQUIRE = """
-INSERT INTO {t} AS l (conversation_id, node_id, incarnation, epoch, lease_until)
-VALUES (%(cid)s, %(node)s, %(inc)s, 1, now() + make_interval(secs => %(ttl)s))
+INSERT INTO {t} AS l (conversation_id, node_id, incarnation, epoch, lease_until, lock_key)
+VALUES (%(cid)s, %(node)s, %(inc)s, 1, now() + make_interval(secs => %(ttl)s), %(key)s::int4)
 ON CONFLICT (conversation_id) DO UPDATE
 SET node_id = EXCLUDED.node_id, incarnation = EXCLUDED.incarnation,
-    epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until
-WHERE l.lease_until < now()
+    epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until, lock_key = EXCLUDED.lock_key
+WHERE l.lease_until < now() OR l.lock_key = ANY(%(dead)s::int4[])
     OR (l.node_id = EXCLUDED.node_id
         AND l.incarnation COLLATE "C" <= EXCLUDED.incarnation COLLATE "C")
 RETURNING epoch
@@ -95,21 +120,21 @@ CLAIM = """
 WITH work AS ({work}),
 expired AS (
     SELECT l.conversation_id FROM {t} l JOIN work w ON w.cid = l.conversation_id
-    WHERE l.lease_until < now()
+    WHERE l.lease_until < now() OR l.lock_key = ANY(%(dead)s::int4[])
     ORDER BY l.lease_until LIMIT %(limit)s
     FOR UPDATE OF l SKIP LOCKED
 ),
 taken AS (
     UPDATE {t} AS l SET node_id = %(node)s, incarnation = %(inc)s, epoch = l.epoch + 1,
-        lease_until = now() + make_interval(secs => %(ttl)s)
+        lease_until = now() + make_interval(secs => %(ttl)s), lock_key = %(key)s::int4
     FROM expired WHERE l.conversation_id = expired.conversation_id
     RETURNING l.conversation_id, l.epoch
 ),
 orphans AS (
-    INSERT INTO {t} (conversation_id, node_id, incarnation, epoch, lease_until)
+    INSERT INTO {t} (conversation_id, node_id, incarnation, epoch, lease_until, lock_key)
     SELECT w.cid, %(node)s, %(inc)s,
         {first_epoch},
-        now() + make_interval(secs => %(ttl)s)
+        now() + make_interval(secs => %(ttl)s), %(key)s::int4
     FROM work w
     WHERE NOT EXISTS (SELECT 1 FROM {t} l WHERE l.conversation_id = w.cid)
     LIMIT GREATEST(%(limit)s - (SELECT count(*) FROM expired), 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
@@ -11,6 +12,7 @@ import attrs
 
 from ._lease_sql import (
     ACQUIRE,
+    ADD_COLUMNS,
     CLAIM,
     CREATE_INDEX,
     CREATE_TABLE,
@@ -25,7 +27,26 @@ from ._lease_sql import (
 )
 from ._pg import Clock, PgTable, check_conversation_id, check_ids, monotonic
 
-__all__ = ["Fencing", "Lease", "LeaseTable", "Owner", "Renewal"]
+__all__ = ["Fencing", "Lease", "LeaseTable", "LockLife", "Owner", "Renewal"]
+
+
+class LockLife:
+    """The advisory lock of this run of a node (see ``_liveness.py``): its key, and
+    until when (local monotonic seconds) it is known to be held.
+
+    ``until`` moves forward with each confirmation, and is set to minus infinity
+    for good once the lock is lost. Every lease whose row names the key is valid
+    only until then, since from then on other nodes may take it.
+    """
+
+    __slots__ = ("key", "until")
+
+    def __init__(self, key: int, until: float) -> None:
+        self.key = key
+        self.until = until
+
+    def __repr__(self) -> str:
+        return f"LockLife(key={self.key})"
 
 
 @attrs.frozen
@@ -43,6 +64,8 @@ class Lease:
             measured from *before* the statement was sent, so it falls before
             the moment the database could give the lease to another node.
     """
+        lock: the advisory lock the row names (None: the row names none, and
+            only the deadline counts); the lease also ends when it does.
 
     conversation_id: str
     epoch: int
@@ -50,9 +73,11 @@ class Lease:
     incarnation: str
     deadline: float
 
+    lock: LockLife | None = attrs.field(default=None, eq=False)
     def expired(self, now: float) -> bool:
-        """True once ``now`` (monotonic seconds) reached the deadline."""
-        return now >= self.deadline
+        """True once ``now`` (monotonic seconds) reached the deadline, or the
+        lock the row names is no longer known to be held."""
+        return now >= self.deadline or (self.lock is not None and now >= self.lock.until)
 
 
 @attrs.frozen
@@ -163,6 +188,14 @@ class LeaseTable(PgTable):
         self.ttl = float(ttl)
         self.clock = clock
         from psycopg import sql
+        # Set by this node's ``Liveness``: the lock stamped on the rows it takes, and
+        # the keys of crashed runs (their rows count as expired).
+        self.lock: LockLife | None = None
+        self.dead: frozenset[int] = frozenset()
+        # The advisory locks of this table's nodes: (namespace, key) pairs.
+        self.lock_namespace = zlib.crc32(".".join(self._parts).encode()) & 0x7FFFFFFF
+        *schema, name = self._parts
+        self.key_sequence = ".".join(f'"{part}"' for part in (*schema, name + "_lock_keys"))
 
         store = sql.Identifier(*self._store_parts)
         self._acquire = self._compose(ACQUIRE)
@@ -196,9 +229,11 @@ class LeaseTable(PgTable):
         inbox = [] if self._inbox_parts is None else inbox_schema(self._inbox_parts)
         return [
             *inbox,
+        keys = self._ident("_lock_keys")
             self._compose(CREATE_TABLE),
             self._compose(CREATE_INDEX, i=self._index_name("_until")),
         ]
+            *(self._compose(statement, k=keys) for statement in ADD_COLUMNS),
 
     def _index_name(self, suffix: str) -> Any:
         from psycopg import sql
@@ -210,6 +245,14 @@ class LeaseTable(PgTable):
 
     async def acquire(self, conversation_id: str) -> Lease | None:
         """Take the conversation's lease, with a new epoch.
+    def _stamp(self, now: float) -> tuple[LockLife | None, dict[str, Any]]:
+        """The lock to stamp on the rows taken now (None while it is not known held),
+        and the statement's lock parameters."""
+        lock = self.lock
+        if lock is not None and now >= lock.until:
+            lock = None
+        return lock, {"key": None if lock is None else lock.key, "dead": sorted(self.dead)}
+
 
         Succeeds when nobody holds it, when its lease expired, or when this
         node_id holds it with this or an earlier incarnation.
@@ -223,17 +266,25 @@ class LeaseTable(PgTable):
             psycopg.Error: the database failed.
         """
         check_conversation_id(conversation_id)
-        started = self.clock()
-        rows = await self._fetch(self._acquire, self._params(cid=conversation_id))
-        if not rows:
-            return None
-        return Lease(
-            conversation_id=conversation_id,
-            epoch=int(rows[0][0]),
-            node_id=self.node_id,
-            incarnation=self.incarnation,
-            deadline=started + self.ttl,
-        )
+        for _ in range(2):
+            started = self.clock()
+            lock, stamp = self._stamp(started)
+            rows = await self._fetch(self._acquire, self._params(cid=conversation_id, **stamp))
+            if not rows:
+                return None
+            lease = Lease(
+                conversation_id=conversation_id,
+                epoch=int(rows[0][0]),
+                node_id=self.node_id,
+                incarnation=self.incarnation,
+                deadline=started + self.ttl,
+                lock=lock,
+            )
+            if lock is None or self.clock() < lock.until:
+                break
+            # The lock was lost while the statement ran: the row names a key that
+            # is gone; take the row again (it is this run's) with the lock of now.
+        return lease
 
     async def acquire_fenced(self, conversation_id: str, store: Fencing) -> Lease | None:
         """Take the lease, then fence the store with its epoch, in that order.
@@ -348,7 +399,8 @@ class LeaseTable(PgTable):
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         started = self.clock()
-        params = self._params(limit=limit)
+        lock, stamp = self._stamp(started)
+        params = self._params(limit=limit, **stamp)
         try:
             rows = await self._fetch(self._claim, params)
         except self._psycopg.errors.UndefinedTable:
@@ -366,3 +418,4 @@ class LeaseTable(PgTable):
             )
             for cid, epoch in rows
         ]
+                lock=lock,

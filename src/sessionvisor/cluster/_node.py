@@ -10,8 +10,11 @@ the store is fenced with the lease's epoch. While the supervisor is open it
 runs:
 
 - the renewal of its leases (``Leases.run``);
-- the sweeper: every ``renew_every`` it claims expired leases of conversations
-  with unanswered work or pending commands, and serves them here;
+- the liveness (``Liveness``): this run's advisory lock, and the keys of runs
+  that crashed, whose leases count as expired at once;
+- the sweeper: every ``renew_every``, and at once when a run was found dead, it
+  claims expired leases of conversations with unanswered work or pending
+  commands, and serves them here;
 - the listeners: Redis wake-ups for this node and the inbox's LISTEN/NOTIFY
   (either is enough), and a slow poll of the inbox behind both;
 - the event forwarder and the stream pumps (``ClusterBus``).
@@ -36,7 +39,9 @@ from ..sessions.spi import LocalMailbox, LocalRegistry, Mailbox, RuntimeStats
 from ._commands import ClusterMailbox
 from ._common import require_asyncio
 from ._config import Cluster
+from ._leases import LockLife
 from ._live import ClusterBus
+from ._liveness import Liveness
 from ._ownership import FencedStore, Leases
 from ._serving import InboxServer
 
@@ -47,6 +52,7 @@ __all__: list[str] = ["ClusterNode"]
 
 _log = structlog.get_logger("sessionvisor")
 _POLL_EVERY = 5.0  # seconds between inbox polls (behind the wake-ups and NOTIFY)
+_CLAIM_LIMIT = 50  # leases one sweep claims (it sweeps again at once when it got that many)
 
 
 class ClusterNode:
@@ -65,6 +71,10 @@ class ClusterNode:
         self._inner_store = store
         self._table = cluster.lease_table_for(dsn, store_table=store_table)
         self._inbox = cluster.inbox_for(dsn)
+        self._liveness = Liveness(
+            dsn, self._table, on_lost=self._lock_lost, on_dead=self._sweep_soon
+        )
+        self._sweep_now = anyio.Event()
         self._streams = cluster.event_streams()
         self._wakeups = cluster.wakeups()
         self.leases = Leases(
@@ -160,6 +170,10 @@ class ClusterNode:
             tg.start_soon(_keep_running, loop)
 
         self._bus.start(keep)
+        tg.start_soon(_keep_running, self._liveness.run)
+        with anyio.move_on_after(5.0):
+            # Leases taken before the lock name no lock (they live by their TTL).
+            await self._liveness.first_try.wait()
         for loop in (
             self.leases.run,
             self._sweep,
@@ -186,6 +200,7 @@ class ClusterNode:
 
     async def close(self) -> None:
         """Give up every lease (the sessions saved already) and close the connections."""
+        self._draining = True
         with anyio.CancelScope(shield=True):
             await self._bus.flush(2.0)  # the sessions' last events, for the other nodes
             with anyio.move_on_after(5.0):
@@ -218,6 +233,18 @@ class ClusterNode:
         if actor is not None:
             actor.superseded(StaleWriteError(f"conversation {conversation_id!r}: {why}"))
 
+    def _lock_lost(self, lock: LockLife) -> None:
+        """This run's advisory lock is gone: other nodes may take, after their grace,
+        every lease whose row names it, so stop serving those now."""
+        if self._draining:
+            return
+        for cid, lease in list(self.leases.held.items()):
+            if lease.lock is lock:
+                self._lost(cid, "its node's advisory lock was lost")
+
+    def _sweep_soon(self) -> None:
+        self._sweep_now.set()
+
     # -- the loops -------------------------------------------------------------------------
 
     async def _serve(self, cid: str, take: bool) -> None:
@@ -226,15 +253,21 @@ class ClusterNode:
 
     async def _sweep(self) -> None:
         store = self._inner_store
+        full = False
         while True:
-            await anyio.sleep(self.cluster.renew_every)
+            if not full:
+                with anyio.move_on_after(self.cluster.renew_every):
+                    await self._sweep_now.wait()
+            self._sweep_now = anyio.Event()
             if self._draining:
                 return
             try:
-                claimed = await self._table.claim_expired(limit=50)
+                claimed = await self._table.claim_expired(limit=_CLAIM_LIMIT)
             except Exception as exc:
                 _log.warning("cluster_sweep_failed", error=repr(exc))
+                full = False
                 continue
+            full = len(claimed) >= _CLAIM_LIMIT
             for lease in claimed:
                 if self._server is not None and self._server.wake_put_off(lease.conversation_id):
                     # Its last wake failed: the claim is left to run out (not renewed,

@@ -12,11 +12,16 @@ history, when the conversation existed before), ``TEXT_MESSAGE_*``,
 interrupt waits on), ``CUSTOM`` events named ``sessionvisor.<EventType>``
 for statuses, queueing, restarts and the agent's own events, and then
 ``RUN_FINISHED`` (``outcome.type == "interrupt"`` while an interrupt waits)
-or ``RUN_ERROR``. Events are built with the ``ag-ui-protocol`` package.
+or ``RUN_ERROR``. An outcome's interrupt ``id`` names the sessionvisor
+interrupt (``ToolCall.answer_id`` in ``_interrupts``): a resume entry naming one
+that is no longer pending is a 409, so a retried or replayed answer never
+answers a later question, even an identical one. Events are built with the
+``ag-ui-protocol`` package.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
@@ -185,32 +190,43 @@ def history_messages(state: State, upto: str | None = None) -> list[AGUIMessage]
 
 
 def _decisions(entries: list[ResumeEntry], calls: list[ToolCall]) -> list[Decision]:
-    by_id = {c.id: c for c in calls}
+    """The answers of a ``resume`` list.
+
+    An entry names a call by the interrupt id the run finished with
+    (``ToolCall.answer_id``); one that names an agent's call by its tool call
+    id alone (as a client of an older server does) answers the pending
+    interrupt. Any other id is kept as it is, for ``resume_answer`` to refuse
+    (409): it answers an interrupt that is no longer pending.
+    """
+    by_answer = {c.answer_id: c for c in calls}
+    by_call = {c.id: c for c in calls if c.native}
     decisions: list[Decision] = []
     for entry in entries:
-        call = by_id.get(entry.interrupt_id)
+        call = by_answer.get(entry.interrupt_id) or by_call.get(entry.interrupt_id)
+        one = functools.partial(
+            Decision,
+            call.id if call is not None else entry.interrupt_id,
+            answer_id=entry.interrupt_id if entry.interrupt_id in by_answer else None,
+        )
         cancelled = entry.status == "cancelled"
         payload = entry.payload
         if call is None or call.kind == "approval":
             if cancelled:
-                decisions.append(Decision(entry.interrupt_id, approved=False, reason="cancelled"))
+                decisions.append(one(approved=False, reason="cancelled"))
             elif isinstance(payload, bool):
-                decisions.append(Decision(entry.interrupt_id, approved=payload))
+                decisions.append(one(approved=payload))
             elif isinstance(payload, Mapping) and isinstance(payload.get("approved"), bool):
                 reason = payload.get("reason")
                 decisions.append(
-                    Decision(
-                        entry.interrupt_id,
+                    one(
                         approved=payload["approved"],
                         reason=reason if isinstance(reason, str) else None,
                     )
                 )
-            elif call is not None and not call.native:
-                # A plain interrupt's question: the payload is the answer itself.
-                decisions.append(Decision(entry.interrupt_id, output=payload))
-            elif call is None:
-                # Not a call the interrupt waits on: resume_answer refuses it (409).
-                decisions.append(Decision(entry.interrupt_id, output=payload))
+            elif call is None or not call.native:
+                # A plain interrupt's question: the payload is the answer itself
+                # (an id nothing waits on: resume_answer refuses it, 409).
+                decisions.append(one(output=payload))
             else:
                 raise HTTPError(
                     400,
@@ -219,9 +235,9 @@ def _decisions(entries: list[ResumeEntry], calls: list[ToolCall]) -> list[Decisi
                     'must be true/false or {"approved": bool, "reason": str}',
                 )
         elif cancelled:
-            decisions.append(Decision(entry.interrupt_id, error="cancelled by the user"))
+            decisions.append(one(error="cancelled by the user"))
         else:
-            decisions.append(Decision(entry.interrupt_id, output=payload))
+            decisions.append(one(output=payload))
     return decisions
 
 
@@ -327,7 +343,7 @@ class _Translator:
             yield from self._tool_call(call.id, call.name, call.args)
         interrupts = [
             Interrupt(
-                id=call.id,
+                id=call.answer_id,
                 reason="tool_approval" if call.kind == "approval" else "tool_result",
                 message=call.question,
                 tool_call_id=call.id,
@@ -453,6 +469,7 @@ class _AGUI:
         exists = await self.sup.check_access(cid, scope=scope)
         decisions: list[Decision] | None = None
         answer: Any = None
+        answering: str | None = None  # the id of the interrupt the answer is for
         content: Any = None
         history: list[Message] = []
         before: State | None = None
@@ -472,6 +489,8 @@ class _AGUI:
                 assert isinstance(newest, ToolMessage)
                 decisions = [Decision(newest.tool_call_id, output=_tool_text(newest))]
             answer = resume_answer(cid, interrupt, decisions)
+            assert interrupt is not None  # resume_answer refuses an answer to nothing
+            answering = interrupt.id
         elif isinstance(newest, UserMessage):
             content = _user_content(newest)
         else:
@@ -505,7 +524,9 @@ class _AGUI:
                     running = await self.sup.status(cid, scope=scope) is Status.RUNNING
                     mode, answered = "running", not running
             else:
-                await self.sup.resume(cid, answer, scope=scope, request_opts=request_opts)
+                await self.sup.resume(
+                    cid, answer, scope=scope, request_opts=request_opts, interrupt_id=answering
+                )
             snapshot = before
             if decisions is None and exists:
                 snapshot = await self.sup.load(cid, scope=scope)

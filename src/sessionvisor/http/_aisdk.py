@@ -6,10 +6,14 @@ and answers with one turn's stream. Only the newest message of the client's
 copy matters: a user message is *sent* into the conversation (the stored
 history, not the client's, is what the agent sees); an assistant message whose
 tool parts carry an approval response (``addToolApprovalResponse``) or a tool
-output (``addToolOutput``) for the pending interrupt is a *resume*. A message
-sent while a turn runs is queued, and its stream carries the turn that answers
-it. ``GET /ai-sdk/chat/{id}/stream`` replays the running turn from its start
-and follows it (204 when no turn runs): that is ``resumeStream()``.
+output (``addToolOutput``) for the pending interrupt is a *resume*. The
+``approvalId`` of an approval request names the interrupt (``ToolCall.answer_id``
+in ``_interrupts``): an approval response naming an interrupt that is no longer
+pending is a 409, so a retried or replayed approval never answers a later
+question, even an identical one. A message sent while a turn runs is queued,
+and its stream carries the turn that answers it. ``GET
+/ai-sdk/chat/{id}/stream`` replays the running turn from its start and follows
+it (204 when no turn runs): that is ``resumeStream()``.
 
 Chunks: ``start``, ``start-step``, ``text-start``/``text-delta``/``text-end``,
 ``tool-input-available``, ``tool-output-available``/``tool-output-denied``,
@@ -186,10 +190,13 @@ def _decisions(message: UIMessage, calls: list[ToolCall]) -> list[Decision]:
                     f"tool part {call_id!r} is approval-responded without approval.approved",
                 )
             reason = approval.get("reason")
+            named = approval.get("id")
             decision = Decision(
                 call_id,
                 approved=approval["approved"],
                 reason=reason if isinstance(reason, str) else None,
+                # An approval id that is the call's own id names no interrupt (older streams).
+                answer_id=named if isinstance(named, str) and named != call_id else None,
             )
         elif state == "output-error":
             decision = Decision(call_id, error=str(part.get("errorText") or "tool failed"))
@@ -416,7 +423,7 @@ class _Translator:
                     if call.kind == "approval":
                         yield {
                             "type": "tool-approval-request",
-                            "approvalId": call.id,
+                            "approvalId": call.answer_id,
                             "toolCallId": call.id,
                         }
                 yield from self._finish("tool-calls" if calls else "other")
@@ -495,6 +502,7 @@ class _AISDK:
         exists = await self.sup.check_access(cid, scope=scope)
         decisions: list[Decision] | None = None
         answer: Any = None
+        answering: str | None = None  # the id of the interrupt the answer is for
         content: Any = None
         if newest.role == "user":
             content = _user_content(newest)
@@ -512,6 +520,8 @@ class _AISDK:
                     "send a user message, or an approval response (addToolApprovalResponse)",
                 )
             answer = resume_answer(cid, interrupt, decisions)
+            assert interrupt is not None  # resume_answer refuses an answer to nothing
+            answering = interrupt.id
         else:
             raise HTTPError(400, "ValidationError", "the newest message must be a user message")
 
@@ -536,7 +546,13 @@ class _AISDK:
                     return await self._duplicate(cid, scope, newest.id)
                 mode = "queued" if delivery.queued else "started"
             else:
-                await self.sup.resume(cid, answer, scope=scope, request_opts=body.request_opts)
+                await self.sup.resume(
+                    cid,
+                    answer,
+                    scope=scope,
+                    request_opts=body.request_opts,
+                    interrupt_id=answering,
+                )
         except BaseException:
             await stack.aclose()
             raise

@@ -3,15 +3,21 @@
 Both frontend protocols only know how to ask a person about a *tool call*. The
 pydantic-ai adapter's interrupts already are tool calls (``data["calls"]``:
 ``tool_call_id``, ``tool_name``, ``args``, ``kind``). Any other agent's
-question gets one synthesized call, ``INTERRUPT_TOOL``, whose id is derived
-from the interrupt itself, so every stream (and a replay of it) names the same
-call and an answer can be checked against the interrupt that is pending.
+question gets one synthesized call, ``INTERRUPT_TOOL``, whose id is the
+interrupt's own id (``PendingInterrupt.id``).
+
+What a client answers names the interrupt: the AI SDK's ``approvalId`` and the
+AG-UI interrupt ``id`` are the call's ``answer_id``, which is the interrupt id
+for a synthesized call and ``"<interrupt id>:<tool call id>"`` for one of the
+agent's own calls (whose ids an agent may reuse from one question to the
+next). An answer naming an interrupt that is no longer pending is refused
+(409), so a retried or replayed answer never answers a later question, even an
+identical one. An answer that names only the tool call (an older client, or a
+tool output, which carries no approval id) answers the pending interrupt.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -20,7 +26,14 @@ import attrs
 from ..state import PendingInterrupt
 from ._errors import HTTPError
 
-__all__ = ["INTERRUPT_TOOL", "Decision", "ToolCall", "interrupt_calls", "resume_answer"]
+__all__ = [
+    "INTERRUPT_TOOL",
+    "Decision",
+    "ToolCall",
+    "answer_id",
+    "interrupt_calls",
+    "resume_answer",
+]
 
 #: The tool name of the call synthesized for an interrupt that is not a tool call.
 INTERRUPT_TOOL = "sessionvisor_interrupt"
@@ -32,7 +45,8 @@ class ToolCall:
 
     ``kind``: ``"approval"`` (answered yes or no) or ``"external"`` (answered
     with the tool's result); ``native``: the agent's own call (pydantic-ai),
-    not one synthesized for a plain interrupt.
+    not one synthesized for a plain interrupt; ``interrupt_id``: the id of the
+    interrupt that waits on it.
     """
 
     id: str
@@ -40,25 +54,34 @@ class ToolCall:
     args: Any
     kind: Literal["approval", "external"]
     native: bool
+    interrupt_id: str
     question: str | None = None
+
+    @property
+    def answer_id(self) -> str:
+        """The id an answer to this call names (AI SDK ``approvalId``, AG-UI interrupt id)."""
+        return answer_id(self.interrupt_id, self.id)
 
 
 @attrs.frozen
 class Decision:
-    """A frontend's answer to one call: an approval (``approved``) or a result (``output``)."""
+    """A frontend's answer to one call: an approval (``approved``) or a result (``output``).
+
+    ``answer_id``: the id the answer named (an approval id, an AG-UI interrupt
+    id), None when it named the tool call only.
+    """
 
     call_id: str
     approved: bool | None = None
     reason: str | None = None
     output: Any = None
     error: str | None = None
+    answer_id: str | None = None
 
 
-def _synthetic_id(interrupt: PendingInterrupt) -> str:
-    raw = json.dumps(
-        [interrupt.kind, interrupt.data], sort_keys=True, separators=(",", ":"), default=str
-    )
-    return "interrupt-" + hashlib.sha256(raw.encode()).hexdigest()[:20]
+def answer_id(interrupt_id: str, call_id: str) -> str:
+    """The id a client's answer to ``call_id`` of interrupt ``interrupt_id`` names."""
+    return interrupt_id if call_id == interrupt_id else f"{interrupt_id}:{call_id}"
 
 
 def _native_calls(data: Any) -> list[Mapping[str, Any]] | None:
@@ -101,16 +124,18 @@ def interrupt_calls(interrupt: PendingInterrupt | None) -> list[ToolCall]:
                 args=c.get("args") if c.get("args") is not None else {},
                 kind="approval" if c.get("kind", "approval") == "approval" else "external",
                 native=True,
+                interrupt_id=interrupt.id,
             )
             for c in native
         ]
     return [
         ToolCall(
-            id=_synthetic_id(interrupt),
+            id=interrupt.id,
             name=INTERRUPT_TOOL,
             args=interrupt.data if interrupt.data is not None else {},
             kind="approval",
             native=False,
+            interrupt_id=interrupt.id,
             question=_question(interrupt.data),
         )
     ]
@@ -125,9 +150,14 @@ def resume_answer(
     {"error"}}}``; the synthesized call of a plain interrupt gets
     ``{"approved": bool, "reason": ...}`` (or the output the frontend gave).
 
+    The caller passes ``interrupt.id`` to ``resume`` with it, so that an
+    interrupt answered or replaced in the meantime makes the resume a 409 too.
+
     Raises:
-        HTTPError: 409 when nothing is pending or a decision names a call the
-            interrupt does not wait on; 400 when there is no decision.
+        HTTPError: 409 when nothing is pending, a decision names a call the
+            interrupt does not wait on, or names another interrupt (its
+            ``answer_id``: a retried or replayed answer to an earlier question);
+            400 when there is no decision.
     """
     calls = {c.id: c for c in interrupt_calls(interrupt)}
     if not calls:
@@ -144,7 +174,19 @@ def resume_answer(
             409,
             "InvalidStatus",
             f"conversation {conversation_id!r} is not waiting on tool call(s) {strangers}; "
-            f"pending: {sorted(calls)}",
+            f"pending: {sorted(c.answer_id for c in calls.values())}",
+        )
+    stale = sorted(
+        d.answer_id
+        for d in decisions
+        if d.answer_id is not None and d.answer_id != calls[d.call_id].answer_id
+    )
+    if stale:
+        raise HTTPError(
+            409,
+            "InvalidStatus",
+            f"conversation {conversation_id!r}: {stale} answer an interrupt that is no "
+            f"longer pending; pending: {sorted(c.answer_id for c in calls.values())}",
         )
     first = next(iter(calls.values()))
     if not first.native:
