@@ -31,7 +31,6 @@ CREATE_TABLE = (
 )
 # ``{i}``: the index's name (the table's name and ``_until``).
 CREATE_INDEX = "CREATE INDEX IF NOT EXISTS {i} ON {t} (lease_until)"
-
 # Added to tables made before them (NULL: the row's holder took no advisory lock,
 # so only its lease_until tells whether it lives). ``{k}``: the sequence of lock keys.
 ADD_COLUMNS = [
@@ -51,6 +50,7 @@ SELECT objid::bigint FROM pg_locks
 WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::bigint = %(ns)s
     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
+
 # One statement takes a conversation: a new row (epoch 1), or the existing row
 # when its lease ran out, or when this node_id holds it with this incarnation
 # or an earlier one (a restarted node takes its leases back without waiting

@@ -63,17 +63,17 @@ class Lease:
             holder must stop serving unless a renewal confirmed the lease. It is
             measured from *before* the statement was sent, so it falls before
             the moment the database could give the lease to another node.
-    """
         lock: the advisory lock the row names (None: the row names none, and
             only the deadline counts); the lease also ends when it does.
+    """
 
     conversation_id: str
     epoch: int
     node_id: str
     incarnation: str
     deadline: float
-
     lock: LockLife | None = attrs.field(default=None, eq=False)
+
     def expired(self, now: float) -> bool:
         """True once ``now`` (monotonic seconds) reached the deadline, or the
         lock the row names is no longer known to be held."""
@@ -187,7 +187,6 @@ class LeaseTable(PgTable):
         self.incarnation = incarnation
         self.ttl = float(ttl)
         self.clock = clock
-        from psycopg import sql
         # Set by this node's ``Liveness``: the lock stamped on the rows it takes, and
         # the keys of crashed runs (their rows count as expired).
         self.lock: LockLife | None = None
@@ -196,6 +195,7 @@ class LeaseTable(PgTable):
         self.lock_namespace = zlib.crc32(".".join(self._parts).encode()) & 0x7FFFFFFF
         *schema, name = self._parts
         self.key_sequence = ".".join(f'"{part}"' for part in (*schema, name + "_lock_keys"))
+        from psycopg import sql
 
         store = sql.Identifier(*self._store_parts)
         self._acquire = self._compose(ACQUIRE)
@@ -227,13 +227,13 @@ class LeaseTable(PgTable):
         from ._inbox import inbox_schema
 
         inbox = [] if self._inbox_parts is None else inbox_schema(self._inbox_parts)
+        keys = self._ident("_lock_keys")
         return [
             *inbox,
-        keys = self._ident("_lock_keys")
             self._compose(CREATE_TABLE),
+            *(self._compose(statement, k=keys) for statement in ADD_COLUMNS),
             self._compose(CREATE_INDEX, i=self._index_name("_until")),
         ]
-            *(self._compose(statement, k=keys) for statement in ADD_COLUMNS),
 
     def _index_name(self, suffix: str) -> Any:
         from psycopg import sql
@@ -243,8 +243,6 @@ class LeaseTable(PgTable):
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {"node": self.node_id, "inc": self.incarnation, "ttl": self.ttl, **extra}
 
-    async def acquire(self, conversation_id: str) -> Lease | None:
-        """Take the conversation's lease, with a new epoch.
     def _stamp(self, now: float) -> tuple[LockLife | None, dict[str, Any]]:
         """The lock to stamp on the rows taken now (None while it is not known held),
         and the statement's lock parameters."""
@@ -253,6 +251,8 @@ class LeaseTable(PgTable):
             lock = None
         return lock, {"key": None if lock is None else lock.key, "dead": sorted(self.dead)}
 
+    async def acquire(self, conversation_id: str) -> Lease | None:
+        """Take the conversation's lease, with a new epoch.
 
         Succeeds when nobody holds it, when its lease expired, or when this
         node_id holds it with this or an earlier incarnation.
@@ -415,7 +415,7 @@ class LeaseTable(PgTable):
                 node_id=self.node_id,
                 incarnation=self.incarnation,
                 deadline=started + self.ttl,
+                lock=lock,
             )
             for cid, epoch in rows
         ]
-                lock=lock,
