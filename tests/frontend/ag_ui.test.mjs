@@ -87,6 +87,8 @@ for (const approve of [true, false]) {
       // The interrupt names a tool call the run announced.
       const started = events.filter((e) => e.type === 'TOOL_CALL_START').map((e) => e.toolCallId);
       assert.ok(started.includes(interrupt.toolCallId));
+      // ... and the interrupt the conversation stores.
+      assert.equal(interrupt.id, (await stored(threadId, 'alice')).body.interrupt.id);
 
       const resume = approve
         ? [{ interruptId: interrupt.id, status: 'resolved', payload: { approved: true } }]

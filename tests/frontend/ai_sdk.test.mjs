@@ -133,7 +133,9 @@ for (const approved of [true, false]) {
     assert.equal(part.state, 'approval-requested');
     assert.match(part.input.question, /delete_files/);
     assert.match(textOf(asking), /I will not run it without your approval/);
-    assert.equal((await stored(id, 'alice')).body.status, 'interrupted');
+    const { body } = await stored(id, 'alice');
+    assert.equal(body.status, 'interrupted');
+    assert.equal(part.approval.id, body.interrupt.id, 'the approval id is the interrupt id');
 
     await chat.addToolApprovalResponse({ id: part.approval.id, approved });
     await chat.sendMessage(); // sends the approval: a resume on the server
