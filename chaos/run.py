@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -220,6 +221,9 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
     print(json.dumps(stats), flush=True)
     for violation in violations:
         print(format_violation(history.events, violation), flush=True)
+    if violations:
+        again = reproduce(getattr(args, "argv", []), seed, store_kind, commit)
+        print(f"reproduce: {again}", flush=True)
     verdict = f"{len(violations)} violation(s)" if violations else "no violations"
     print(
         f"seed {seed} {args.mode}/{store_kind}: {verdict}; history {workdir}/history.jsonl",
@@ -228,8 +232,27 @@ async def run_one(args: argparse.Namespace, seed: int, store_kind: str) -> int:
     return 1 if violations else 0
 
 
+def reproduce(argv: list[str], seed: int, store: str, commit: str | None) -> str:
+    """The command that replays a run: its arguments, with the seed, the store and the commit."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg.split("=", 1)[0] in ("--seed", "--store", "--snapshot", "--out"):
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    command = ["python", "-m", "chaos.run", "--seed", str(seed), "--store", store, *kept]
+    if commit:
+        command += ["--snapshot", commit]
+    return shlex.join(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     print(f"seed {seed}", flush=True)
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]

@@ -1,68 +1,170 @@
 """The randomized fault checker (``chaos/``), bounded, in the test suite.
 
 Each case runs real ``python -m sessionvisor demo`` processes through the
-public HTTP API while a nemesis kills them with SIGKILL (at random, and just
-after an acknowledged answer or send), then checks every guarantee from the
-recorded history: no acknowledged message lost or doubled, order kept, every
-acknowledged answer carried out once, every conversation settled. Two fixed
-seeds per store, plus one random seed (printed, so a failure can be
-replayed with ``python -m chaos.run --seed N``). ``make chaos`` runs longer.
+public HTTP API while a nemesis injects faults, then checks every guarantee
+from the recorded history (see chaos/README.md): no acknowledged command lost,
+doubled or reordered, every acknowledged answer carried out once on the
+question it names, every conversation settled.
+
+- single mode, SQLite and PostgreSQL: ``kill -9`` at random, just after an
+  acknowledged answer or send, and during recovery;
+- cluster mode: three nodes on a fresh PostgreSQL database, each through a
+  relay of its own, and a ``redis-server`` of the run's own, with every fault:
+  the kills, SIGSTOP past the lease, Redis killed and restarted, one node's
+  PostgreSQL connections black-holed (often past the lease) or reset.
+
+Two fixed seeds per case plus one random seed (printed, and in the failure
+message with the command that replays it). The cases run as parallel
+processes, a few at a time (``CHAOS_PARALLEL``, default 3), started together
+when the first of them is reached, so the whole module takes about two to
+three minutes; ``make chaos`` runs longer.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
+import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests._support.servers import IN_CI, port_open
+from tests._support.servers import IN_CI, absent, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
-FAULTS = "kill,kill-after-resume,kill-after-send,kill-in-recovery"
+KILLS = "kill,kill-after-resume,kill-after-send,kill-in-recovery"
 RANDOM_SEED = random.SystemRandom().randrange(1_000, 1_000_000)
 SEEDS = [1, 2, RANDOM_SEED]
+PARALLEL = int(os.environ.get("CHAOS_PARALLEL", "3"))
+TIMEOUT = 240.0
 
 
-def _chaos(seed: int, store: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "chaos.run",
-        "--seed",
-        str(seed),
-        "--ops",
-        "120",
-        "--store",
-        store,
-        "--faults",
-        FAULTS,
-        "--interval",
-        "0.5",
-        "2",
-        "--out",
-        str(tmp_path),
-    ]
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    return subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False
-    )
+@dataclass(frozen=True)
+class Case:
+    mode: str
+    store: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}-{self.store}-seed{self.seed}"
+
+    def arguments(self) -> list[str]:
+        common = ["--seed", str(self.seed), "--store", self.store, "--mode", self.mode]
+        if self.mode == "cluster":
+            # every fault, packed closer than by default: about 15 in 45 s of client time
+            return [*common, "--minutes", "0.75", "--interval", "0.5", "3"]
+        return [*common, "--ops", "120", "--faults", KILLS, "--interval", "0.5", "2"]
 
 
-@pytest.mark.parametrize("seed", SEEDS, ids=lambda s: f"seed{s}")
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
-def test_no_acknowledged_command_is_lost_or_doubled_under_kill_9(
-    store: str, seed: int, tmp_path: Path
+@dataclass
+class Outcome:
+    command: list[str]
+    code: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def _run(case: Case, out: Path) -> Outcome:
+    command = [sys.executable, "-m", "chaos.run", *case.arguments(), "--out", str(out)]
+    env = {**os.environ, "TMPDIR": str(out)}
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT
+        )
+    except subprocess.TimeoutExpired as exc:
+        return Outcome(
+            command,
+            None,
+            _text(exc.stdout),
+            _text(exc.stderr),
+            time.monotonic() - started,
+        )
+    return Outcome(command, done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+def _text(data: str | bytes | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
+
+
+def _missing(case: Case) -> str | None:
+    """Why the case cannot run here (None: it can)."""
+    if case.store == "postgres" and not port_open(5432):
+        return "no PostgreSQL on 127.0.0.1:5432"
+    if case.mode == "cluster":
+        if shutil.which("redis-server") is None:
+            return "no redis-server on PATH"
+        if importlib.util.find_spec("redis") is None:
+            return "the 'cluster' extra (redis) is not installed"
+    return None
+
+
+CASES = [Case("cluster", "postgres", seed) for seed in SEEDS] + [
+    Case("single", store, seed) for store in ("sqlite", "postgres") for seed in SEEDS
+]
+
+
+@pytest.fixture(scope="module")
+def runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[Case, Future[Outcome]]]:
+    """Start every selected case at once (a few at a time), the longest first."""
+    selected = {
+        item.callspec.params["case"]
+        for item in request.session.items
+        if getattr(item, "callspec", None) is not None and "case" in item.callspec.params
+    }
+    base = tmp_path_factory.mktemp("chaos")
+    with ThreadPoolExecutor(max_workers=max(1, PARALLEL)) as pool:
+        futures = {
+            case: pool.submit(_run, case, base / case.name)
+            for case in CASES
+            if case in selected and _missing(case) is None
+        }
+        yield futures
+        for future in futures.values():
+            future.cancel()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_every_acknowledged_command_survives_the_faults(
+    case: Case, runs: dict[Case, Future[Outcome]]
 ) -> None:
-    if store == "postgres" and not port_open(5432):
+    reason = _missing(case)
+    if reason is not None:
         if IN_CI:
-            pytest.fail("CI needs PostgreSQL on 127.0.0.1:5432")
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    print(f"chaos seed {seed} ({store})")  # shown when the test fails
-    done = _chaos(seed, store, tmp_path)
-    report = done.stdout[-6000:] + done.stderr[-3000:]
-    assert done.returncode == 0, f"seed {seed} ({store}) found violations:\n{report}"
-    assert "no violations" in done.stdout, report
+            absent(reason)
+        pytest.skip(reason)
+    print(f"chaos seed {case.seed} ({case.mode}, {case.store})")  # shown when the test fails
+    outcome = runs[case].result()
+    replay = f"python -m chaos.run {' '.join(case.arguments())}"
+    if outcome.code is None:
+        pytest.fail(
+            f"seed {case.seed} ({case.name}) did not finish in {TIMEOUT:.0f} s; replay: "
+            f"{replay}\n{outcome.stdout[-8000:]}\n{outcome.stderr[-3000:]}"
+        )
+    report = _report(outcome.stdout) + "\n" + outcome.stderr[-3000:]
+    assert outcome.code == 0, (
+        f"seed {case.seed} ({case.name}) found violations in {outcome.seconds:.0f} s; "
+        f"replay: {replay} (the runner's own 'reproduce:' line names the commit)\n{report}"
+    )
+    assert "no violations" in outcome.stdout, report
+
+
+def _report(stdout: str, limit: int = 20_000) -> str:
+    """From the run's figures on: the violations with their history excerpts."""
+    lines = stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith('{"ops"')), 0)
+    text = "\n".join(lines[max(0, start - 2) :])
+    return text if len(text) <= limit else text[:limit] + "\n... (cut; see the history file)"

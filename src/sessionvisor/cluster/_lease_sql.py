@@ -11,6 +11,7 @@ __all__ = [
     "CREATE_TABLE",
     "EARLIER",
     "EPOCH_AFTER_STORE",
+    "FORGET",
     "LIVE_KEYS",
     "LOCK",
     "NEXT_KEY",
@@ -89,6 +90,22 @@ RELEASE = """
 UPDATE {t} SET lease_until = '-infinity'
 WHERE conversation_id = ANY(%(ids)s) AND node_id = %(node)s AND incarnation = %(inc)s
 RETURNING conversation_id
+"""
+
+# A first lease (epoch 1) under which nothing was stored leaves nothing behind
+# (a start the router, the factory or the owner check refused): its row and the
+# store's placeholder go, in one statement. No earlier owner exists whose stale
+# write the placeholder would have to refuse, and the next owner starts at
+# epoch 1 again. Returns one row when it deleted the lease.
+FORGET = """
+WITH mine AS (
+    DELETE FROM {t}
+    WHERE conversation_id = %(cid)s AND node_id = %(node)s AND incarnation = %(inc)s
+        AND epoch = 1 AND NOT EXISTS (SELECT 1 FROM {s} WHERE id = %(cid)s AND version > 0)
+    RETURNING conversation_id
+),
+placeholder AS (DELETE FROM {s} s USING mine WHERE s.id = mine.conversation_id AND s.version = 0)
+SELECT conversation_id FROM mine
 """
 
 # The leases an earlier run of this node still holds (it was killed, or

@@ -18,6 +18,7 @@ from ._lease_sql import (
     CREATE_TABLE,
     EARLIER,
     EPOCH_AFTER_STORE,
+    FORGET,
     OWNER,
     RELEASE,
     RENEW,
@@ -203,6 +204,7 @@ class LeaseTable(PgTable):
         self._release = self._compose(RELEASE)
         self._owner = self._compose(OWNER)
         self._earlier = self._compose(EARLIER)
+        self._forget = self._compose(FORGET, s=store)
         after_store = sql.SQL(EPOCH_AFTER_STORE).format(s=store)
         self._inbox_parts = inbox_parts
         self._claim_inbox_only = None
@@ -329,7 +331,7 @@ class LeaseTable(PgTable):
         """
         ids = check_ids(conversation_ids)
         started = self.clock()
-        rows = await self._fetch(self._renew, self._params(ids=ids)) if ids else []
+        rows = await self._fetch(self._renew, self._params(ids=ids), reserved=True) if ids else []
         held = frozenset(row[0] for row in rows)
         return Renewal(held=held, lost=frozenset(ids) - held, deadline=started + self.ttl)
 
@@ -346,6 +348,17 @@ class LeaseTable(PgTable):
         ids = check_ids(conversation_ids)
         rows = await self._fetch(self._release, self._params(ids=ids)) if ids else []
         return {row[0] for row in rows}
+
+    async def forget(self, conversation_id: str) -> bool:
+        """Delete this run's first lease (epoch 1) of a conversation that has
+        nothing stored, and the store's placeholder; False (nothing deleted)
+        otherwise: ``release`` it then.
+
+        Raises:
+            psycopg.Error: the database failed.
+        """
+        check_conversation_id(conversation_id)
+        return bool(await self._fetch(self._forget, self._params(cid=conversation_id)))
 
     async def earlier_incarnations(self) -> list[str]:
         """The conversations whose live lease an earlier run of this node holds.

@@ -101,6 +101,9 @@ class ClusterBus:
         # them, the reader of their stream.
         self._follows: dict[str, tuple[Topic, StreamReader | None]] = {}
         self._follows_changed = anyio.Event()
+        # Conversations that published under a first lease (epoch 1): such a lease
+        # is kept when given up, since readers may hold its events.
+        self._spoken: set[str] = set()
         self.dropped = 0  # events that never reached Redis
 
     def start(self, spawn: Callable[..., None]) -> None:
@@ -183,11 +186,22 @@ class ClusterBus:
         epoch = self._epoch_of(cid)
         if epoch is None:
             return  # not the owner (any more): its writes are refused too
+        if epoch == 1:
+            self._spoken.add(cid)
         if len(self._outbox) >= _FORWARD_LIMIT:
             self._outbox.popleft()
             self.dropped += 1
         self._outbox.append((cid, event.seq, epoch, encode_event(event)))
         self._outbox_ready.set()
+
+    def spoke(self, conversation_id: str) -> bool:
+        """Whether this node published events of the conversation under its first
+        lease (epoch 1), once: call it when that lease is given up or lost."""
+        try:
+            self._spoken.remove(conversation_id)
+        except KeyError:
+            return False
+        return True
 
     async def flush(self, timeout: float) -> None:
         """Wait (up to ``timeout`` seconds) until the events waiting for Redis are in."""

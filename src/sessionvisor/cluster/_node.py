@@ -141,8 +141,10 @@ class ClusterNode:
 
     def _release(self, conversation_id: str) -> None:
         """Give the lease up soon: the session ended (or never started) here."""
+        # A refused start published nothing: its first lease leaves nothing behind.
+        forget = not self._bus.spoke(conversation_id)
         if self._tg is not None:
-            self.leases.release_soon(conversation_id, self._spawn)
+            self.leases.release_soon(conversation_id, self._spawn, forget=forget)
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         if self._tg is not None:
@@ -229,6 +231,7 @@ class ClusterNode:
     def _lost(self, conversation_id: str, why: str) -> None:
         self.lost += 1
         self.leases.held.pop(conversation_id, None)
+        self._bus.spoke(conversation_id)  # that lease is over
         actor = self._registry.entry(conversation_id)
         if actor is not None:
             actor.superseded(StaleWriteError(f"conversation {conversation_id!r}: {why}"))

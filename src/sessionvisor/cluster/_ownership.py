@@ -11,6 +11,7 @@ stopped as superseded: past that moment another node may own it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -117,17 +118,25 @@ class Leases:
                     error=type(exc).__name__,
                 )
 
-    def release_soon(self, conversation_id: str, spawn: Callable[[Any], None]) -> None:
-        """Give the lease up now (its session ended and saved): the next node needs no wait."""
+    def release_soon(
+        self, conversation_id: str, spawn: Callable[[Any], None], *, forget: bool = False
+    ) -> None:
+        """Give the lease up now (its session ended and saved): the next node needs no wait.
+
+        With ``forget`` (nothing was published under it), a first lease of a
+        conversation with nothing stored is deleted instead (``LeaseTable.forget``).
+        """
         cid = conversation_id
         lease = self.held.pop(cid, None)
         if lease is None or cid in self._releasing:
             return
         done = self._releasing[cid] = anyio.Event()
+        forget = forget and lease.epoch == 1
 
         async def release() -> None:
             try:
-                await self.table.release([cid])
+                if not (forget and await self.table.forget(cid)):
+                    await self.table.release([cid])
             except Exception as exc:
                 # Not fatal: the lease runs out by itself after the TTL.
                 _log.warning("cluster_release_failed", conversation_id=cid, error=repr(exc))
@@ -151,33 +160,44 @@ class Leases:
                 _log.warning("cluster_release_failed", conversations=len(ids), error=repr(exc))
 
     async def run(self) -> None:
-        """Renew every held lease every ``renew_every``; drop those past their deadline."""
-        next_renewal = self._clock() + self._renew_every
-        while True:
-            now = self._clock()
-            wake_at = min([next_renewal, *(lease.deadline for lease in self.held.values())])
-            self._changed = anyio.Event()
-            with anyio.move_on_after(max(0.0, wake_at - now)):
-                await self._changed.wait()
-            now = self._clock()
-            if now >= next_renewal:
-                next_renewal = now + self._renew_every
+        """Renew every held lease every ``renew_every``, while a watchdog drops each
+        lease at its deadline, without waiting for a renewal call that hangs."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch)
+            while True:
+                await anyio.sleep(self._renew_every)
                 await self._renew()
+
+    async def _watch(self) -> None:
+        """Drop every lease at its local deadline, whatever the database does meanwhile."""
+        while True:
+            self._changed = anyio.Event()
             self._drop_expired()
+            first = min((lease.deadline for lease in self.held.values()), default=math.inf)
+            with anyio.move_on_after(max(0.0, first - self._clock())):
+                await self._changed.wait()
 
     async def _renew(self) -> None:
         taken = {cid: lease.epoch for cid, lease in self.held.items()}
         if not taken:
             return
-        try:
-            renewal = await self.table.renew(list(taken))
-        except Exception as exc:
-            _log.warning("cluster_renewal_failed", leases=len(taken), error=repr(exc))
+        # Past the first deadline the answer comes too late for that lease (the
+        # watchdog dropped it); the table's own timeout bounds the call anyway.
+        first = min(lease.deadline for lease in self.held.values())
+        renewal = None
+        with anyio.move_on_after(max(self._renew_every, first - self._clock())):
+            try:
+                renewal = await self.table.renew(list(taken))
+            except Exception as exc:
+                _log.warning("cluster_renewal_failed", leases=len(taken), error=repr(exc))
+                return
+        if renewal is None:
+            _log.warning("cluster_renewal_failed", leases=len(taken), error="no answer in time")
             return
         for cid, epoch in taken.items():
             lease = self.held.get(cid)
             if lease is None or lease.epoch != epoch:
-                continue  # released or taken again meanwhile
+                continue  # released, dropped or taken again meanwhile
             if cid in renewal.held:
                 self.held[cid] = attrs.evolve(lease, deadline=max(lease.deadline, renewal.deadline))
             else:
@@ -189,7 +209,8 @@ class Leases:
             self._lose(cid, "its lease could not be renewed in time")
 
     def _lose(self, conversation_id: str, why: str) -> None:
-        self.held.pop(conversation_id, None)
+        if self.held.pop(conversation_id, None) is None:
+            return
         _log.warning("cluster_lease_lost", conversation_id=conversation_id, reason=why)
         self._on_lost(conversation_id, why)
 

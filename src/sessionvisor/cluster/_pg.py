@@ -1,8 +1,18 @@
 """The PostgreSQL plumbing the lease table and the inbox share: one lazily
-opened async pool per object, tables created once under an advisory lock."""
+opened async pool per object, tables created once under an advisory lock.
+
+Every call is bounded by the object's ``timeout``: the connect (libpq's
+``connect_timeout``), the statement on the server (``statement_timeout``), and
+the whole call on the client (a cancel scope), since a connection whose
+packets are dropped never hears of the server's timeout. TCP keepalives and
+``tcp_user_timeout`` let the kernel close a connection to a peer that is gone.
+A ``reserved`` call runs on a connection of its own, which a burst of other
+calls cannot take: the lease renewal must get through while requests queue.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Self
@@ -59,6 +69,7 @@ class PgTable(ClosedOnExit):
         self._table = table
         self._max_connections = max_connections
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        self._reserved: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._opening: anyio.Lock | None = None
         self._closed = False
 
@@ -86,64 +97,107 @@ class PgTable(ClosedOnExit):
         return self
 
     async def aclose(self) -> None:
-        """Close the pool. Idempotent."""
+        """Close the pools. Idempotent."""
         self._closed = True
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            with anyio.CancelScope(shield=True):
-                await pool.close()
+        pools = [self._pool, self._reserved]
+        self._pool = self._reserved = None
+        with anyio.CancelScope(shield=True):
+            for pool in pools:
+                if pool is not None:
+                    await pool.close()
 
-    async def _get_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+    def connect_kwargs(self) -> dict[str, Any]:
+        """The connection settings added to the dsn's (which win when they set one)."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        given = conninfo_to_dict(self._dsn)
+        seconds = self._timeout
+        added: dict[str, Any] = {
+            # libpq counts whole seconds, and takes less than 2 as 2.
+            "connect_timeout": max(2, math.ceil(seconds)),
+            "keepalives": 1,
+            "keepalives_idle": max(1, math.ceil(seconds)),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": math.ceil(seconds * 1000),
+        }
+        kwargs = {key: value for key, value in added.items() if key not in given}
+        options = str(given.get("options", ""))
+        if "statement_timeout" not in options:
+            # In the startup packet, so connect_timeout covers it (a SET after
+            # connecting could hang on a dead link); milliseconds.
+            timeout = f"-c statement_timeout={math.ceil(seconds * 1000)}"
+            kwargs["options"] = f"{options} {timeout}".strip()
+        return {"autocommit": True, **kwargs}
+
+    def _new_pool(self, size: int, name: str) -> psycopg_pool.AsyncConnectionPool[Any]:
+        import psycopg_pool
+
+        return psycopg_pool.AsyncConnectionPool(
+            self._dsn,
+            min_size=1,
+            max_size=size,
+            kwargs=self.connect_kwargs(),
+            open=False,
+            name=name,
+            timeout=self._timeout,
+        )
+
+    async def _get_pool(self, reserved: bool = False) -> psycopg_pool.AsyncConnectionPool[Any]:
         require_asyncio(repr(self))
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
-        if self._pool is not None:
+        if self._pool is not None and not reserved:
             return self._pool
+        if self._reserved is not None and reserved:
+            return self._reserved
         if self._opening is None:
             self._opening = anyio.Lock()
         async with self._opening:
             if self._pool is None:
-                import psycopg_pool
-
-                pool = psycopg_pool.AsyncConnectionPool(
-                    self._dsn,
-                    min_size=1,
-                    max_size=self._max_connections,
-                    # libpq's connect_timeout counts whole seconds (at least 2).
-                    kwargs={"autocommit": True, "connect_timeout": max(2, int(self._timeout))},
-                    open=False,
-                    name=repr(self),
-                    timeout=self._timeout,
-                )
+                pool = self._new_pool(self._max_connections, repr(self))
                 try:
                     await pool.open(wait=True, timeout=self._timeout)
-                except BaseException:
-                    with anyio.CancelScope(shield=True):
-                        await pool.close()
-                    raise
-                try:
-                    async with pool.connection() as conn, conn.transaction():
-                        # Two nodes creating the same table at once can collide
-                        # in the catalog even with IF NOT EXISTS. One lock for
-                        # every cluster table: a lease table creates the inbox's.
-                        await conn.execute(
-                            "SELECT pg_advisory_xact_lock(hashtext('sessionvisor:cluster'))"
-                        )
-                        for statement in self._schema():
-                            await conn.execute(statement)
+                    with anyio.fail_after(self._timeout):
+                        await self._create(pool)
                 except BaseException:
                     with anyio.CancelScope(shield=True):
                         await pool.close()
                     raise
                 self._pool = pool
-        return self._pool
+            if not reserved:
+                return self._pool
+            if self._reserved is None:
+                # Opened in the background: a call waits for its connection
+                # (within the timeout), the opening does not.
+                pool = self._new_pool(1, f"{self!r} reserved")
+                await pool.open(wait=False)
+                self._reserved = pool
+            return self._reserved
 
-    async def _fetch(self, query: sql.Composed, params: Any) -> list[tuple[Any, ...]]:
-        """One statement (its own transaction: the connections autocommit)."""
-        pool = await self._get_pool()
-        async with pool.connection() as conn:
-            cur = await conn.execute(query, params)
-            return await cur.fetchall() if cur.description else []
+    async def _create(self, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+        async with pool.connection() as conn, conn.transaction():
+            # Two nodes creating the same table at once can collide in the
+            # catalog even with IF NOT EXISTS. One lock for every cluster
+            # table: a lease table creates the inbox's.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sessionvisor:cluster'))")
+            for statement in self._schema():
+                await conn.execute(statement)
+
+    async def _fetch(
+        self, query: sql.Composed, params: Any, *, reserved: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """One statement (its own transaction: the connections autocommit).
+
+        Raises ``psycopg_pool.PoolTimeout`` when no connection is free within
+        the timeout, ``TimeoutError`` when the statement takes longer than
+        that; ``reserved`` runs it on the connection no other call takes.
+        """
+        pool = await self._get_pool(reserved)
+        async with pool.connection() as conn:  # psycopg_pool.PoolTimeout after the timeout
+            with anyio.fail_after(self._timeout):
+                cur = await conn.execute(query, params)
+                return await cur.fetchall() if cur.description else []
 
 
 def monotonic() -> float:
