@@ -537,7 +537,8 @@ def _refine_ai_sdk(schema: dict[str, Any], components: dict[str, Any]) -> None:
     props["messages"]["description"] = (
         "The client's copy of the conversation; only the newest message is acted on: a user "
         "message is sent, an assistant message carrying tool answers (approval responses, "
-        "outputs) answers the pending interrupt (409 when nothing is pending). A newest "
+        "outputs) answers the pending interrupt (409 when nothing is pending, or when an "
+        "approval's id names an interrupt that is no longer pending). A newest "
         "system message, or an assistant message that answers no pending call, is refused "
         "(400)."
     )
