@@ -168,3 +168,152 @@ def _report(stdout: str, limit: int = 20_000) -> str:
     start = next((i for i, line in enumerate(lines) if line.startswith('{"ops"')), 0)
     text = "\n".join(lines[max(0, start - 2) :])
     return text if len(text) <= limit else text[:limit] + "\n... (cut; see the history file)"
+
+
+# -- the checker's order rules on histories written by hand (no processes) ----------------
+
+
+class _History:
+    """A hand-written history: operations with their attempts, and the final states."""
+
+    def __init__(self, mode: str = "single") -> None:
+        self.events: list[dict[str, object]] = []
+        self.op = 0
+        self.add(process="nemesis", type="info", f="begin", t=0.0, value={"mode": mode})
+
+    def add(self, **event: object) -> None:
+        self.events.append({"i": len(self.events), **event})
+
+    def call(
+        self,
+        f: str,
+        at: float,
+        done: str = "ok",
+        *,
+        status: int = 200,
+        body: object = None,
+        **value: object,
+    ) -> None:
+        self.op += 1
+        common = {"process": "w0", "f": f, "op": self.op, "attempt": 0, "cid": "c0", "value": value}
+        self.add(t=at, type="invoke", **common)
+        self.add(t=at + 0.1, type=done, status=status, body=body, **common)
+
+    def read(self, at: float, users: list[str], status: str = "idle", **seen: object) -> None:
+        body = {"status": status, "users": users, "waiting": [], **seen}
+        self.call("read", at, body=body)
+
+    def final(self, *messages: tuple[str, str, str]) -> list[dict[str, object]]:
+        listed = [{"id": mid, "role": role, "content": text} for mid, role, text in messages]
+        value = {"status": "idle", "messages": listed}
+        self.add(
+            process="final", type="final", f="final", t=99.0, cid="c0", value=value, settled=True
+        )
+        return self.events
+
+
+def _kinds(events: list[dict[str, object]]) -> list[str]:
+    from chaos.check import check
+
+    return sorted(v.kind for v in check(events)[0])
+
+
+QUESTION = "That needs the dangerous tool delete_files. I will not run it without your approval."
+
+
+def _reply(*texts: str) -> str:
+    return f"You said: “{' / '.join(texts)}”."
+
+
+def test_checker_an_answer_sent_after_an_acknowledged_message_does_not_apply_before_it() -> None:
+    def history(resume: str) -> list[dict[str, object]]:
+        h = _History()
+        h.call("send", 0.0, id="m0", content="please delete m0")
+        h.read(1.0, ["m0"], "interrupted", question="q0")
+        h.call("send", 2.0, id="m1", content="hello m1")
+        ok = resume == "ok"
+        h.call("resume", 3.0, resume, status=202 if ok else 409, answer="yes", question="q0")
+        if ok:  # the answer was applied ahead of m1, which the owner had acknowledged first
+            return h.final(
+                ("m0", "user", "please delete m0"),
+                ("q0", "assistant", QUESTION),
+                ("t0", "tool", "deleted"),
+                ("a0", "assistant", "Approved: I ran delete_files."),
+                ("m1", "user", "hello m1"),
+                ("r1", "assistant", _reply("hello m1")),
+            )
+        return h.final(  # m1 superseded the question, the late answer was refused
+            ("m0", "user", "please delete m0"),
+            ("q0", "assistant", QUESTION),
+            ("m1", "user", "hello m1"),
+            ("r1", "assistant", _reply("hello m1")),
+        )
+
+    assert _kinds(history("ok")) == ["order"]
+    assert _kinds(history("fail")) == []
+
+
+def test_checker_a_cancel_acknowledged_before_a_send_does_not_hold_that_message() -> None:
+    def history(cancel_at: float) -> list[dict[str, object]]:
+        h = _History("cluster")
+        h.call("send", 0.0, id="m0", content="hello m0")
+        h.call("cancel", cancel_at)
+        h.call("send", 2.0, id="m1", content="hello m1")
+        h.read(3.0, ["m0", "m1"], "cancelled", waiting=["m0", "m1"])
+        h.call("send", 4.0, id="m2", content="hello m2")
+        return h.final(
+            ("m0", "user", "hello m0"),
+            ("m1", "user", "hello m1"),
+            ("m2", "user", "hello m2"),
+            ("r2", "assistant", _reply("hello m0", "hello m1", "hello m2")),
+        )
+
+    assert _kinds(history(1.0)) == ["order"]  # m1 waits behind a cancel acknowledged before it
+    assert _kinds(history(2.5)) == []  # the cancel came after m1: it may cut m1's turn
+
+
+def test_checker_a_read_never_shows_a_message_without_one_acknowledged_before_it() -> None:
+    def history(mode: str, *reads: tuple[float, list[str]]) -> list[dict[str, object]]:
+        h = _History(mode)
+        h.call("send", 0.0, id="m0", content="hello m0")
+        h.call("send", 2.0, id="m1", content="hello m1")
+        for at, users in reads:
+            h.read(at, users)
+        return h.final(
+            ("m0", "user", "hello m0"),
+            ("m1", "user", "hello m1"),
+            ("r1", "assistant", _reply("hello m0", "hello m1")),
+        )
+
+    assert _kinds(history("cluster", (3.0, ["m1"]))) == ["order"]
+    assert _kinds(history("cluster", (1.0, []))) == []  # a node that lags: allowed in a cluster
+    assert _kinds(history("single", (1.0, []))) == ["unknown-after-ack"]
+    assert _kinds(history("single", (3.0, ["m0", "m1"]))) == []
+
+
+def test_checker_no_conversation_unknown_after_an_acknowledged_command() -> None:
+    h = _History("cluster")
+    h.call("send", 0.0, id="m0", content="hello m0")
+    h.call("read", 1.0, "fail", status=404, body={"error": "NotFound"})
+    events = h.final(("m0", "user", "hello m0"), ("r0", "assistant", _reply("hello m0")))
+    assert _kinds(events) == ["unknown-after-ack"]
+
+
+def test_checker_an_outcome_needs_an_answer_naming_its_question_and_outputs_are_stored_once() -> (
+    None
+):
+    h = _History()
+    h.call("send", 0.0, id="m0", content="please delete m0")
+    h.call("resume", 1.0, status=202, answer="no", question="q0")
+    events = h.final(
+        ("m0", "user", "please delete m0"),
+        ("q0", "assistant", QUESTION),
+        ("t0", "tool", "deleted"),
+        ("a0", "assistant", "Approved: I ran delete_files."),
+        ("a0", "assistant", "Approved: I ran delete_files."),
+    )
+    from chaos.check import check
+
+    found = {v.kind: v.detail for v in check(events)[0]}
+    assert "duplicate-output" in found
+    assert "no answer 'yes' naming it" in found["bad-outcome"]
