@@ -57,12 +57,14 @@ bench-stream: $(STAMP)
 bench-cluster: $(STAMP)
 	$(BIN)/python bench/cluster.py
 
-# Randomized fault checking (chaos/): real servers, kill -9 and restart, history checked.
-# Single mode, SQLite then PostgreSQL, MINUTES of client time each. Not part of `make test`:
-# it finds known violations until the library fixes land.
+# Randomized fault checking (chaos/): real servers, faults injected, history checked.
+# Single mode, SQLite then PostgreSQL, then three nodes on PostgreSQL with their own Redis
+# (every fault, PostgreSQL black holes included), MINUTES of client time each. `make test`
+# runs a bounded version (tests/test_chaos.py).
 MINUTES ?= 5
 chaos: $(STAMP)
 	$(BIN)/python -m chaos.run --minutes $(MINUTES)
+	$(BIN)/python -m chaos.run --minutes $(MINUTES) --store postgres --mode cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
