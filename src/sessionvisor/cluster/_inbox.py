@@ -278,13 +278,12 @@ class Inbox(PgTable):
         afterwards is reported by its ``wait``.
         """
         await self._get_pool()  # the table exists, the arguments were checked
-        conn = await self._psycopg.AsyncConnection.connect(
-            self._dsn, autocommit=True, connect_timeout=max(2, int(self._timeout))
-        )
+        conn = await self._psycopg.AsyncConnection.connect(self._dsn, **self.connect_kwargs())
         try:
             from psycopg import sql
 
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            with anyio.fail_after(self._timeout):
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
             yield InboxListener(conn)
         finally:
             with anyio.CancelScope(shield=True):
