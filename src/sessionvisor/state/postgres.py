@@ -790,7 +790,7 @@ class PostgresStore(ClosedOnExit):
                     self._dsn,
                     min_size=1,
                     max_size=self._max_connections + 1,  # the reads' and the writer's
-                    kwargs={"autocommit": True},
+                    kwargs={"autocommit": True, **_tcp_settings(self._dsn)},
                     open=False,
                     name=repr(self),
                 )
@@ -868,6 +868,25 @@ class PostgresStore(ClosedOnExit):
             updated_at=updated_at,
             lifecycle=lifecycle,
         )
+
+
+def _tcp_settings(dsn: str) -> dict[str, Any]:
+    """Bounded connects, and TCP that notices a server gone silent (a partition):
+    keepalives while a call waits for an answer, ``tcp_user_timeout`` for data
+    never acknowledged; a call on a dead link then fails instead of blocking its
+    thread for ever. Whatever the dsn sets itself wins."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(dsn)
+    added = {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30_000,
+    }
+    return {key: value for key, value in added.items() if key not in given}
 
 
 def _check_epoch(epoch: object) -> None:
