@@ -11,94 +11,12 @@ import json
 import math
 from typing import Any
 
-import attrs
-
 from .._errors import StaleWriteError
+from ._ordering import ReadResult, StreamEvent, _Filter
 from ._pg import check_conversation_id
 from ._redis import RedisUser
 
 __all__ = ["EventStreams", "ReadResult", "StreamEvent", "StreamReader"]
-
-
-@attrs.frozen
-class StreamEvent:
-    """One event read from a conversation's stream.
-
-    Attributes:
-        seq: the event's number in the conversation (continuous across owners).
-        epoch: the lease epoch of the owner that produced it.
-        data: the event as the owner appended it (JSON text).
-        entry_id: the Redis stream entry id.
-    """
-
-    seq: int
-    epoch: int
-    data: str
-    entry_id: str
-
-
-@attrs.frozen
-class ReadResult:
-    """What one read returned.
-
-    Attributes:
-        events: the events after the reader's position, in seq order, from the
-            newest epoch only.
-        gap: True when the reader cannot continue seamlessly from its position:
-            events it should have seen are gone (trimmed by the cap, lost with
-            a Redis restart, or never appended while Redis was down), or a new
-            owner renumbered events the reader already got from a stale one.
-            The subscriber needs a fresh snapshot of the conversation.
-    """
-
-    events: list[StreamEvent]
-    gap: bool
-
-
-class _Filter:
-    """Turns stream entries, in stream order, into what a reader may deliver.
-
-    A new owner continues the numbering from the store's ``last_seq``, which
-    may lie below seqs a stale owner appended (events of a turn it never got
-    to persist) - and the stale owner may still append after the new one did.
-    So: an entry of an epoch older than the newest seen is dropped; the first
-    entry of a newer epoch at or below the last accepted seq retracts the
-    not yet delivered entries from that seq on, and flags a gap when some of
-    them were already delivered.
-    """
-
-    def __init__(self, after_seq: int | None) -> None:
-        self.epoch: int | None = None
-        self.last = after_seq  # last accepted seq
-        self.delivered = after_seq  # last seq handed to the reader's caller
-
-    def feed(self, entries: list[StreamEvent]) -> ReadResult:
-        out: list[StreamEvent] = []
-        gap = False
-        for entry in entries:
-            if self.epoch is not None and entry.epoch < self.epoch:
-                continue  # a stale owner's
-            if (
-                self.epoch is not None
-                and entry.epoch > self.epoch
-                and self.last is not None
-                and entry.seq <= self.last
-            ):
-                out = [kept for kept in out if kept.seq < entry.seq]
-                if self.delivered is not None and entry.seq <= self.delivered:
-                    gap = True
-                self.last = entry.seq - 1
-            self.epoch = entry.epoch if self.epoch is None else max(self.epoch, entry.epoch)
-            if self.last is not None:
-                if entry.seq <= self.last:
-                    continue  # already seen, or before the reader's position
-                if entry.seq > self.last + 1:
-                    gap = True
-            out.append(entry)
-            self.last = entry.seq
-        if out:
-            self.delivered = out[-1].seq
-        return ReadResult(events=out, gap=gap)
 
 
 # The append, atomically: refused (nil) when the conversation's epoch key holds
@@ -296,16 +214,19 @@ class EventStreams(RedisUser):
                 return dict(event)
         return None
 
-    def reader(self, conversation_id: str, after_seq: int | None) -> StreamReader:
+    def reader(
+        self, conversation_id: str, after_seq: int | None, epoch: int | None = None
+    ) -> StreamReader:
         """A reader of the conversation's events after ``after_seq`` (None: only
-        events appended from now on). Keep it across reads: it remembers the
-        position and the newest epoch."""
+        events appended from now on), which an owner of ``epoch`` numbered (None:
+        unknown). Keep it across reads: it remembers the position and the newest epoch."""
         check_conversation_id(conversation_id)
-        if after_seq is not None and (
-            isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0
-        ):
-            raise TypeError(f"after_seq must be None or an int >= 0, got {after_seq!r}")
-        return StreamReader(self, conversation_id, after_seq)
+        for name, value in (("after_seq", after_seq), ("epoch", epoch)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise TypeError(f"{name} must be None or an int >= 0, got {value!r}")
+        return StreamReader(self, conversation_id, after_seq, epoch)
 
     async def read(
         self, conversation_id: str, after_seq: int, block_ms: int | None = None
@@ -353,12 +274,23 @@ class EventStreams(RedisUser):
 class StreamReader:
     """Reads one conversation's stream from a position, read after read."""
 
-    def __init__(self, streams: EventStreams, conversation_id: str, after_seq: int | None) -> None:
+    def __init__(
+        self,
+        streams: EventStreams,
+        conversation_id: str,
+        after_seq: int | None,
+        epoch: int | None = None,
+    ) -> None:
         self._streams = streams
         self._key = streams.key(conversation_id)
-        self._filter = _Filter(after_seq)
+        self._filter = _Filter(after_seq, epoch)
         self._from_end = after_seq is None
         self._cursor: str | None = None  # the last entry id read; None before the first read
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch of the newest owner read so far (None: unknown yet)."""
+        return self._filter.epoch
 
     async def read(self, block_ms: int | None = None) -> ReadResult:
         """The next events; waits up to ``block_ms`` milliseconds when there are

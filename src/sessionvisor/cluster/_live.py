@@ -104,6 +104,10 @@ class ClusterBus:
         # Conversations that published under a first lease (epoch 1): such a lease
         # is kept when given up, since readers may hold its events.
         self._spoken: set[str] = set()
+        # The epoch of the newest event each topic holds, when this node knows it
+        # (it published them, or read them): a reader started from the topic's
+        # last seq then tells a new owner's renumbering from events already seen.
+        self._epochs: dict[str, int] = {}
         self.dropped = 0  # events that never reached Redis
 
     def start(self, spawn: Callable[..., None]) -> None:
@@ -128,9 +132,12 @@ class ClusterBus:
 
     def release(self, conversation_id: str, still_live: Callable[[str], bool]) -> None:
         self._local.release(conversation_id, still_live)
+        if self._local.existing(conversation_id) is None:
+            self._epochs.pop(conversation_id, None)
 
     def close_all(self) -> None:
         self._local.close_all()
+        self._epochs.clear()
 
     def subscribe(
         self,
@@ -153,6 +160,7 @@ class ClusterBus:
             # node's empty replay buffer, knows the events after ``after``. Follow
             # it from there (a position the stream no longer holds shows as a gap).
             topic.follow_from(after)
+            self._epochs.pop(cid, None)  # a client's position: its epoch is unknown
         sub = self._local.subscribe(
             topic, owner=owner, capacity=capacity, after=after, status=status, interrupt=interrupt
         )
@@ -188,6 +196,7 @@ class ClusterBus:
             return  # not the owner (any more): its writes are refused too
         if epoch == 1:
             self._spoken.add(cid)
+        self._epochs[cid] = epoch
         if len(self._outbox) >= _FORWARD_LIMIT:
             self._outbox.popleft()
             self.dropped += 1
@@ -284,7 +293,9 @@ class ClusterBus:
                     self._follows[cid] = (topic, None)
                 else:
                     if reader is None:
-                        reader = self._streams.reader(cid, after_seq=topic.last_seq)
+                        reader = self._streams.reader(
+                            cid, after_seq=topic.last_seq, epoch=self._epochs.get(cid)
+                        )
                         self._follows[cid] = (topic, reader)
                     readers[id(reader)] = topic
             if not readers:
@@ -306,6 +317,8 @@ class ClusterBus:
                 if self._serving(topic.conversation_id):
                     continue  # it started here meanwhile: its topic has these already
                 _feed(topic, result)
+                if reader.epoch is not None:
+                    self._epochs[topic.conversation_id] = reader.epoch
 
 
 def _feed(topic: Topic, result: ReadResult) -> None:
