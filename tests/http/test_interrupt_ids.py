@@ -198,3 +198,13 @@ async def test_an_agents_reused_call_ids_do_not_let_an_old_answer_through(
             assert ag[-1]["outcome"]["interrupts"][0]["id"] != interrupts[0]["id"]
             status, [error] = await ag_run(env, run_input("c-2", resume=resume))
             assert (status, error["error"]) == (409, "InvalidStatus")
+            # An entry naming the agent's call by its tool call id alone (what a client of
+            # an older server holds) answers the pending interrupt.
+            bare = [
+                {"interruptId": "call-a", "status": "resolved", "payload": True},
+                {"interruptId": "call-b", "status": "resolved", "payload": "two"},
+            ]
+            status, ag = await ag_run(env, run_input("c-2", resume=bare))
+            assert status == 200
+            text = "".join(e["delta"] for e in ag if e["type"] == "TEXT_MESSAGE_CONTENT")
+            assert "two" in text
