@@ -10,7 +10,7 @@ What it checks (each violation names its ``kind``):
   acknowledged in. Send A acknowledged before send B was first invoked comes
   before B in the final history, and no read shows B without A. A read that
   shows the conversation ``cancelled`` holds no message sent after every
-  cancel that may have cut it was acknowledged. A question that was seen
+  cancel that may have cut it was acknowledged. A question that a read showed
   pending, then a send acknowledged before any answer to it was sent, ends
   superseded by that send (not approved or denied: the answer came after it).
 - ``unknown-after-ack``: a command acknowledged, then its conversation answered
@@ -511,12 +511,14 @@ class _Conversation:
         """An answer applies after the messages acknowledged before it was sent, and to the
         question it names.
 
-        A question seen pending (a live ``interrupted`` view) waits until an
-        answer or a message arrives. A send acknowledged after that read and
-        before any answer to the question was first sent is applied first, and
-        a message that arrives while the question is pending supersedes it: the
-        question must end superseded, not approved or denied. And an
-        approved/denied outcome needs an answer (yes/no) naming that question.
+        A question seen by a read (a live view, or the stored state a node
+        that does not serve the conversation shows: either way the turn that
+        asked it had ended) waits until an answer or a message arrives. A send
+        acknowledged after that read and before any answer to the question was
+        first sent is applied first, and a message that arrives while the
+        question is pending supersedes it: the question must end superseded,
+        not approved or denied. And an approved/denied outcome needs an answer
+        (yes/no) naming that question.
         """
         acked = self._acked_sends()
         for key, question in self.questions.items():
@@ -547,9 +549,7 @@ class _Conversation:
                 (
                     float(r.ack["t"])
                     for _, seen, r in self._reads()
-                    if r.ack is not None
-                    and seen.get("question") == key
-                    and seen.get("status") == "interrupted"
+                    if r.ack is not None and seen.get("question") == key
                 ),
                 default=_INF,
             )

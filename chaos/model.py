@@ -150,6 +150,7 @@ class ClientConfig:
             "cancel": 5,
             "stop": 5,
             "dismiss": 2,
+            "race": 6,
         }
     )
 
@@ -200,8 +201,10 @@ class Client:
         path: str,
         body: Any = None,
         value: dict[str, Any] | None = None,
+        node: str | None = None,
     ) -> Attempt:
-        node = self._node_rng.choice(sorted(self.nodes))
+        if node is None:
+            node = self._node_rng.choice(sorted(self.nodes))
         self.history.record(
             process=process,
             type="invoke",
@@ -247,7 +250,7 @@ class Client:
 
     # -- operations ---------------------------------------------------------------------
 
-    async def read(self, process: str, cid: str) -> Attempt:
+    async def read(self, process: str, cid: str, node: str | None = None) -> Attempt:
         op = self.history.next_op()
         return await self._attempt(
             process=process,
@@ -257,10 +260,14 @@ class Client:
             cid=cid,
             method="GET",
             path=f"/conversations/{cid}",
+            node=node,
         )
 
-    async def send(self, process: str, cid: str, mid: str, content: str) -> str:
-        """Send until acknowledged or refused, always with the same message id."""
+    async def send(
+        self, process: str, cid: str, mid: str, content: str, node: str | None = None
+    ) -> str:
+        """Send until acknowledged or refused, always with the same message id (the first
+        attempt to ``node`` if given, the retries anywhere)."""
         op = self.history.next_op()
         value = {"id": mid, "content": content}
         outcome = "fail"
@@ -275,6 +282,7 @@ class Client:
                 path=f"/conversations/{cid}/messages",
                 body=value,
                 value=value,
+                node=node if attempt == 0 else None,
             )
             if result.type == "ok":
                 return "ok"
@@ -324,7 +332,64 @@ class Client:
             await asyncio.sleep(min(0.2 * (attempt + 1), 1.0))
         return outcome
 
-    async def simple(self, process: str, cid: str, f: str) -> Attempt:
+    async def answer(
+        self, process: str, cid: str, answer: str, key: str, iid: str, node: str
+    ) -> str:
+        """Answer the question ``key`` (interrupt ``iid``) without reading first: the first
+        attempt to ``node``, retried with the same interrupt id after an unknown result."""
+        op = self.history.next_op()
+        value = {"answer": answer, "question": key, "interrupt": iid}
+        outcome = "fail"
+        for attempt in range(5):
+            result = await self._attempt(
+                process=process,
+                op=op,
+                attempt=attempt,
+                f="resume",
+                cid=cid,
+                method="POST",
+                path=f"/conversations/{cid}/resume",
+                body={"answer": answer, "interrupt_id": iid},
+                value=value,
+                node=node if attempt == 0 else None,
+            )
+            if result.type == "ok":
+                return "ok"
+            if result.type == "info":
+                outcome = "info"
+            elif result.status is not None:
+                return outcome
+            await asyncio.sleep(min(0.2 * (attempt + 1), 1.0))
+        return outcome
+
+    async def race(self, process: str, cid: str, rng: random.Random, mid: str) -> None:
+        """Two commands back to back through two nodes, where acknowledgement order matters.
+
+        ``send-answer``: read the pending question, send a message through one
+        node, then at once answer the question through another: the message was
+        acknowledged first, so it supersedes the question and the answer is
+        refused (at once, or by the owner once it reaches it). ``cancel-send``:
+        cancel through one node, then at once send through another, and read
+        soon after: the cancel applies first, so it cannot cut the message's
+        turn.
+        """
+        names = sorted(self.nodes)
+        first = rng.choice(names)
+        second = rng.choice([n for n in names if n != first] or names)
+        if rng.random() < 0.5:
+            seen = await self.read(process, cid)
+            body = seen.body if seen.type == "ok" and isinstance(seen.body, dict) else {}
+            key, iid = question_key(body), interrupt_id(body)
+            await self.send(process, cid, mid, f"hello {mid}", node=first)
+            if key is not None and iid is not None:
+                await self.answer(process, cid, rng.choice(["yes", "no"]), key, iid, second)
+        else:
+            await self.simple(process, cid, "cancel", node=first)
+            await self.send(process, cid, mid, f"hello {mid}", node=second)
+            await asyncio.sleep(rng.uniform(0.1, 0.6))
+            await self.read(process, cid, node=second)
+
+    async def simple(self, process: str, cid: str, f: str, node: str | None = None) -> Attempt:
         method, path = {
             "cancel": ("POST", f"/conversations/{cid}/cancel"),
             "stop": ("DELETE", f"/conversations/{cid}"),
@@ -332,7 +397,7 @@ class Client:
         }[f]
         op = self.history.next_op()
         return await self._attempt(
-            process=process, op=op, attempt=0, f=f, cid=cid, method=method, path=path
+            process=process, op=op, attempt=0, f=f, cid=cid, method=method, path=path, node=node
         )
 
     # -- the random workload ------------------------------------------------------------
@@ -356,6 +421,9 @@ class Client:
                     await self.send(process, cid, mid, text)
                 elif kind == "resume":
                     await self.resume(process, cid, answer)
+                elif kind == "race":
+                    sent += 1
+                    await self.race(process, cid, rng, f"{cid}.w{index}.{sent}")
                 elif kind == "read":
                     await self.read(process, cid)
                 else:
