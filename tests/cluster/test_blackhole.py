@@ -26,8 +26,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from chaos.relay import Relay
-from sessionvisor.cluster import LeaseTable
-from sessionvisor.cluster._leases import Lease
+from sessionvisor.cluster import Lease, LeaseTable
 from sessionvisor.cluster._ownership import Leases
 from sessionvisor.testing import free_port, wait_until
 from tests._support.servers import RedisServer
