@@ -150,7 +150,7 @@ class ClientConfig:
             "cancel": 5,
             "stop": 5,
             "dismiss": 2,
-            "race": 6,
+            "race": 10,
         }
     )
 
@@ -182,6 +182,7 @@ class Client:
             limits=httpx.Limits(max_keepalive_connections=0),
         )
         self._node_rng = random.Random(f"{seed}:nodes")
+        self.owner_hint: dict[str, str] = {}  # the node a read last found serving each conversation
         self.ops_done = 0
 
     async def aclose(self) -> None:
@@ -233,6 +234,8 @@ class Client:
         recorded = result.body
         if f == "read" and isinstance(recorded, dict) and result.type == "ok":
             recorded = conversation_summary(recorded)
+            if recorded["status"] not in (None, "not_running"):
+                self.owner_hint[cid] = node  # a live session: this node served it then
         self.history.record(
             process=process,
             type=result.type,
@@ -363,7 +366,9 @@ class Client:
         return outcome
 
     async def race(self, process: str, cid: str, rng: random.Random, mid: str) -> None:
-        """Two commands back to back through two nodes, where acknowledgement order matters.
+        """Two commands back to back through two nodes, where acknowledgement order matters;
+        the second mostly goes to the node a read last found serving the conversation, so
+        the first is stored in the inbox and the second reaches the owner directly.
 
         ``send-answer``: read the pending question, send a message through one
         node, then at once answer the question through another: the message was
@@ -374,8 +379,9 @@ class Client:
         turn.
         """
         names = sorted(self.nodes)
-        first = rng.choice(names)
-        second = rng.choice([n for n in names if n != first] or names)
+        owner = self.owner_hint.get(cid)
+        second = owner if owner is not None and rng.random() < 0.8 else rng.choice(names)
+        first = rng.choice([n for n in names if n != second] or names)
         if rng.random() < 0.5:
             seen = await self.read(process, cid)
             body = seen.body if seen.type == "ok" and isinstance(seen.body, dict) else {}
