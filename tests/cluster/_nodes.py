@@ -236,7 +236,9 @@ class Nodes:
         return "\n".join(f"=== {n.node_id} ===\n{n.tail(lines)}" for n in self.all)
 
 
-def node_argv(node_id: str, port: int, store_url: str, redis_url: str) -> list[str]:
+def node_argv(
+    node_id: str, port: int, store_url: str, redis_url: str, *, word_delay: float = WORD_DELAY
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -253,7 +255,7 @@ def node_argv(node_id: str, port: int, store_url: str, redis_url: str) -> list[s
         "--lease-ttl",
         str(LEASE_TTL),
         "--word-delay",
-        str(WORD_DELAY),
+        str(word_delay),
         "--inactivity-timeout",
         "none",
     ]
@@ -261,7 +263,7 @@ def node_argv(node_id: str, port: int, store_url: str, redis_url: str) -> list[s
 
 @asynccontextmanager
 async def cluster_nodes(
-    pg_dsn: str, redis_url: str, logdir: Path, count: int = 3
+    pg_dsn: str, redis_url: str, logdir: Path, count: int = 3, *, word_delay: float = WORD_DELAY
 ) -> AsyncIterator[Nodes]:
     """Start ``count`` nodes (``n1``, ``n2``, ...) of one cluster; kill what is left at the end.
 
@@ -272,7 +274,8 @@ async def cluster_nodes(
     made = []
     for i in range(1, count + 1):
         port = free_port()
-        made.append(Node(f"n{i}", node_argv(f"n{i}", port, store_url, redis_url), port, logdir))
+        argv = node_argv(f"n{i}", port, store_url, redis_url, word_delay=word_delay)
+        made.append(Node(f"n{i}", argv, port, logdir))
     nodes = Nodes(made)
     try:
         await nodes.start()

@@ -159,6 +159,7 @@ class ClusterMailbox:
     ) -> Status:
         cid = conversation_id
         try:
+            await self._earlier_first(cid, scope=scope, request_opts=request_opts)
             return await self._local.resume(
                 cid, answer, scope=scope, request_opts=request_opts, interrupt_id=interrupt_id
             )
@@ -178,6 +179,7 @@ class ClusterMailbox:
     ) -> Status:
         cid = conversation_id
         try:
+            await self._earlier_first(cid, scope=scope, request_opts=request_opts)
             return await self._local.dismiss(cid, scope=scope, request_opts=request_opts)
         except OwnedElsewhere as exc:
             stored = await self._stored_for(cid, scope)
@@ -189,7 +191,10 @@ class ClusterMailbox:
     async def cancel(self, conversation_id: str, *, scope: Any) -> Status:
         cid = conversation_id
         self._check_open(cid)
-        if self._registry.live(cid) is not None:
+        actor = self._registry.live(cid)
+        if actor is not None:
+            check_owner(self._owner_of, actor.owner, scope=scope, conversation_id=cid)
+            await self._server.apply_earlier(cid, actor)
             return await self._local.cancel(cid, scope=scope)
         owner = await self._owner_node(cid)
         if owner is None:
@@ -205,6 +210,10 @@ class ClusterMailbox:
         cid = conversation_id
         self._check_open(cid)
         if self._registry.entry(cid) is not None:
+            actor = self._registry.live(cid)
+            if actor is not None:
+                check_owner(self._owner_of, actor.owner, scope=scope, conversation_id=cid)
+                await self._server.apply_earlier(cid, actor)
             return await self._local.stop(cid, scope=scope)
         owner = await self._owner_node(cid)
         if owner is None:
@@ -212,6 +221,23 @@ class ClusterMailbox:
         await self._stored_for(cid, scope)
         await self._post(cid, "stop", {}, scope, owner)
         return "stopped"
+
+    async def _earlier_first(
+        self, cid: str, *, scope: Any, request_opts: dict[str, Any] | None
+    ) -> None:
+        """Apply the commands stored for the conversation before this call, so that
+        every command takes effect in the order it was acknowledged, whichever node
+        took it. A conversation with stored commands and no live session is started
+        here for them (``OwnedElsewhere`` when another node serves it: the caller
+        posts, behind those commands)."""
+        actor = self._registry.live(cid)
+        if actor is None:
+            if not await self._server.has_pending(cid):
+                return
+            actor = (await self._local.ensure(cid, scope=scope, request_opts=request_opts)).actor
+        else:
+            check_owner(self._owner_of, actor.owner, scope=scope, conversation_id=cid)
+        await self._server.apply_earlier(cid, actor)
 
     # -- posting -------------------------------------------------------------------
 

@@ -35,9 +35,6 @@ __all__: list[str] = ["InboxServer"]
 
 _log = structlog.get_logger("sessionvisor")
 
-_FIRST_WAKE_DELAY = 2.0
-_MAX_WAKE_DELAY = 120.0
-
 
 class InboxServer:
     """Applies a conversation's inbox on the node that serves it (see the module
@@ -61,11 +58,11 @@ class InboxServer:
         self._stats = stats
         self._locks: dict[str, tuple[anyio.Lock, int]] = {}
         self._probe = _Probe(inbox)
-        # Conversations whose wake for the cluster failed: cid -> (next delay, not
-        # before), on the event loop's clock. The sweeper leaves them alone until
-        # then, so a conversation that cannot start is not claimed and failed on
-        # every sweep for ever.
-        self._wake_backoff: dict[str, tuple[float, float]] = {}
+        # Conversations whose wake for the cluster failed here: cid -> failures since
+        # its last wake that worked. The back-off itself is in the lease row (each
+        # claim puts the next one off, see ``LeaseTable.claim_expired``), so every
+        # node keeps to it; this counts and logs once.
+        self._wake_backoff: dict[str, int] = {}
         self.applied = 0  # inbox commands applied here
         # Conversations being served now -> None, or whether another round was asked
         # for (True: with ``take``).
@@ -79,6 +76,10 @@ class InboxServer:
         if await self._probe.pending(cid):
             async with self._lock(cid):
                 await self.apply_inbox(cid, actor)
+
+    async def has_pending(self, cid: str) -> bool:
+        """Whether the conversation has stored commands (one shared query, ``_Probe``)."""
+        return await self._probe.pending(cid)
 
     async def serve(self, cid: str, *, take: bool) -> None:
         """Apply the conversation's inbox here when this node serves it (or, with
@@ -131,19 +132,16 @@ class InboxServer:
                 # behind it, and the conversation would be unreachable.
                 self._leases_done(cid)
 
-    def wake_put_off(self, cid: str) -> bool:
-        """True while a conversation whose wake failed waits out its backoff."""
-        entry = self._wake_backoff.get(cid)
-        return entry is not None and anyio.current_time() < entry[1]
+    def wake_failed(self, cid: str) -> bool:
+        """True when the conversation's last wake here failed."""
+        return cid in self._wake_backoff
 
     def _wake_failed(self, cid: str, exc: Exception) -> None:
         self._stats.background_failures["wake"] += 1
-        known = self._wake_backoff.get(cid)
-        delay = _FIRST_WAKE_DELAY if known is None else known[0]
-        self._wake_backoff[cid] = (min(delay * 2, _MAX_WAKE_DELAY), anyio.current_time() + delay)
-        # Logged once per conversation until it wakes; counted every time.
-        log = _log.warning if known is None else _log.debug
-        log("cluster_wake_failed", conversation_id=cid, error=repr(exc)[:500], retry_in=delay)
+        failures = self._wake_backoff[cid] = self._wake_backoff.get(cid, 0) + 1
+        # Logged once per conversation until it wakes; counted every time (/metrics).
+        log = _log.warning if failures == 1 else _log.debug
+        log("cluster_wake_failed", conversation_id=cid, error=repr(exc)[:500], failures=failures)
 
     async def _wake(self, cid: str) -> Session | None:
         """Start the conversation here for its inbox or its unanswered work; None
@@ -211,7 +209,9 @@ class InboxServer:
             await actor.send(content, None, message_id=command.command_id)
         elif kind == "resume":
             _check_same_interrupt(actor, payload, command)
-            await actor.resume(payload.get("answer"), None)
+            meant = payload.get("interrupt")
+            interrupt_id = meant.get("id") if isinstance(meant, dict) else None
+            await actor.resume(payload.get("answer"), None, interrupt_id=interrupt_id)
         elif kind == "dismiss":
             _check_same_interrupt(actor, payload, command)
             await actor.dismiss(None)
@@ -252,40 +252,41 @@ class _Probe:
     one query: callers that arrive while a query runs share the next one.
 
     A caller's answer comes from a query that began after it asked, so a row
-    committed before the call is seen.
+    committed before the call is seen. The first caller of a batch runs that
+    batch's query, after at most the one query already running: nobody waits
+    for more than two queries however many callers keep arriving.
     """
 
     def __init__(self, inbox: Inbox) -> None:
         self._inbox = inbox
         self._open: _Batch | None = None
-        self._busy = False
+        self._querying = anyio.Lock()
 
     async def pending(self, cid: str) -> bool:
         batch = self._open
+        leads = batch is None
         if batch is None:
             batch = self._open = _Batch()
         batch.ids.add(cid)
-        if self._busy:
-            await batch.done.wait()
-        else:
+        if leads:
             with anyio.CancelScope(shield=True):  # the others wait on this caller's query
-                await self._lead()
+                await self._run(batch)
+        else:
+            await batch.done.wait()
         if batch.error is not None:
             raise unavailable(f"conversation {cid!r}", batch.error) from batch.error
         return cid in batch.found
 
-    async def _lead(self) -> None:
-        self._busy = True
-        try:
-            while self._open is not None:
-                batch, self._open = self._open, None
-                try:
-                    batch.found = await self._inbox.pending_among(batch.ids)
-                except Exception as exc:
-                    batch.error = exc
+    async def _run(self, batch: _Batch) -> None:
+        async with self._querying:
+            if self._open is batch:
+                self._open = None  # later callers start the next batch
+            try:
+                batch.found = await self._inbox.pending_among(batch.ids)
+            except Exception as exc:
+                batch.error = exc
+            finally:
                 batch.done.set()
-        finally:
-            self._busy = False
 
 
 class _Turnstile:

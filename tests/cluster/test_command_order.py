@@ -1,0 +1,199 @@
+"""One order for every command of a conversation, whichever node took it.
+
+A command acknowledged by a node that does not own the conversation is a row in
+the inbox; the owner is woken for it (Redis, NOTIFY) but may not have applied it
+yet when the next command reaches the owner directly. These tests store such a
+row the way a poster does, without the wake-up (the window between the
+poster's commit and the owner's wake, made as long as the test needs), and
+then send a command straight to the owner: the row must take effect first.
+
+Also here: the shared inbox probe answers every caller after at most two
+queries, however many callers keep arriving.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+from typing import Any
+
+import anyio
+import pytest
+
+from sessionvisor import SessionSupervisor, SingleRouter, Status
+from sessionvisor.cluster import Cluster
+from sessionvisor.state.postgres import PostgresStore
+from sessionvisor.testing import ScriptedAgent, wait_until
+from tests._support.servers import RedisServer
+from tests._support.sql import sql
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def _two_nodes(
+    dsn: str, redis: RedisServer, agents: list[ScriptedAgent]
+) -> AsyncIterator[list[SessionSupervisor]]:
+    def make(agent_id: str, config: Any) -> ScriptedAgent:
+        agents.append(ScriptedAgent())
+        return agents[-1]
+
+    prefix = "o" + uuid.uuid4().hex[:8]
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for name in ("a", "b"):
+            store = await stack.enter_async_context(PostgresStore(dsn))
+            cluster = Cluster(redis.url, node_id=name, lease_ttl=3.0, prefix=prefix)
+            nodes.append(
+                await stack.enter_async_context(
+                    SessionSupervisor(SingleRouter(make), store=store, cluster=cluster)
+                )
+            )
+        yield nodes
+
+
+def _posted_unheard(dsn: str, cid: str, text: str, message_id: str) -> None:
+    """A send row as another node stores it, before its owner hears of it."""
+    payload = json.dumps({"content": text, "owner": "u"})
+    sql(
+        dsn,
+        "INSERT INTO sessionvisor_inbox (conversation_id, command_id, kind, payload) "
+        "VALUES (%s, %s, 'send', %s)",
+        cid,
+        message_id,
+        payload,
+    )
+
+
+async def _status(node: SessionSupervisor, cid: str, status: Status) -> None:
+    await wait_until(
+        lambda: (h := node.get(cid, scope="u")) is not None and h.status is status,
+        timeout=15,
+        interval=0.02,
+        message=f"{cid} {status.value}",
+    )
+
+
+async def test_a_message_stored_elsewhere_goes_before_a_later_answer_to_the_owner(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    agents: list[ScriptedAgent] = []
+    async with _two_nodes(pg_dsn, redis_server, agents) as (a, _b):
+        cid = "ord-" + uuid.uuid4().hex[:8]
+        await a.send(cid, "please interrupt", scope="u")
+        await _status(a, cid, Status.INTERRUPTED)
+        _posted_unheard(pg_dsn, cid, "and one more thing", "m-first")
+        # The message was acknowledged first, so it takes effect first: it joins the
+        # conversation before the answer, which the agent then gets.
+        assert await a.resume(cid, "yes", scope="u") is Status.RUNNING
+        await _status(a, cid, Status.IDLE)
+        state = await a.load(cid, scope="u")
+        assert state is not None
+        assert [(m.role, m.content) for m in state.messages] == [
+            ("user", "please interrupt"),
+            ("user", "and one more thing"),
+            ("tool", "answer: yes"),
+            ("assistant", "resumed with yes"),
+        ]
+        assert [answer for agent in agents for answer in agent.answers] == ["yes"]
+
+
+async def test_a_message_stored_elsewhere_goes_before_a_later_cancel_to_the_owner(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    agents: list[ScriptedAgent] = []
+    async with _two_nodes(pg_dsn, redis_server, agents) as (a, _b):
+        cid = "ord-" + uuid.uuid4().hex[:8]
+        await a.send(cid, "slow one", scope="u")
+        await _status(a, cid, Status.RUNNING)
+        _posted_unheard(pg_dsn, cid, "queued before the cancel", "m-first")
+        # The cancel came after the message: the message is queued first, and the
+        # cancel holds it (a message applied after the cancel would start a turn).
+        assert await a.cancel(cid, scope="u") is Status.CANCELLED
+        handle = a.get(cid, scope="u")
+        assert handle is not None
+        state = await a.load(cid, scope="u")
+        assert state is not None
+        assert [(m.role, m.content) for m in state.messages] == [("user", "slow one")]
+        assert [m.content for m in state.queued] == ["queued before the cancel"]
+        assert handle.status is Status.CANCELLED
+
+
+async def test_the_inbox_probe_answers_each_caller_within_two_queries() -> None:
+    from sessionvisor.cluster._serving import _Probe
+
+    class SlowInbox:
+        """Each query waits for the test to let it go."""
+
+        def __init__(self) -> None:
+            self.queries: list[set[str]] = []
+            self.gates: list[anyio.Event] = []
+            self.closed = False
+
+        async def pending_among(self, ids: set[str]) -> set[str]:
+            self.queries.append(set(ids))
+            gate = anyio.Event()
+            self.gates.append(gate)
+            if not self.closed:
+                await gate.wait()
+            return {cid for cid in ids if cid.endswith("!")}
+
+        def close(self) -> None:
+            """Let every query go (the probe shields its queries from cancellation)."""
+            self.closed = True
+            for gate in self.gates:
+                gate.set()
+
+    inbox = SlowInbox()
+    probe = _Probe(inbox)  # type: ignore[arg-type]
+    answered: dict[str, bool] = {}
+
+    async def ask(cid: str) -> None:
+        answered[cid] = await probe.pending(cid)
+
+    async with anyio.create_task_group() as tg:
+        try:
+            await _ask_in_rounds(tg, ask, inbox, probe, answered)
+        finally:
+            inbox.close()
+    assert answered == {"first!": True} | {
+        cid: cid.endswith("!") for r in range(1, 6) for cid in (f"c{r}!", f"d{r}")
+    }
+
+
+async def _ask_in_rounds(
+    tg: Any, ask: Any, inbox: Any, probe: Any, answered: dict[str, bool]
+) -> None:
+    """Callers keep arriving while each query runs; the callers of a query are
+    answered when it returns, not after the queries of later arrivals."""
+
+    def waiting(cids: list[str]) -> bool:
+        batch = probe._open
+        return batch is not None and set(cids) <= batch.ids
+
+    def answered_all(cids: list[str]) -> bool:
+        return all(c in answered for c in cids)
+
+    tg.start_soon(ask, "first!")
+    await wait_until(lambda: len(inbox.queries) == 1, timeout=5, interval=0.001)
+    batch = ["first!"]
+    for round_ in range(1, 6):
+        later = [f"c{round_}!", f"d{round_}"]
+        for cid in later:
+            tg.start_soon(ask, cid)
+        await wait_until(partial(waiting, later), timeout=5, interval=0.001)
+        inbox.gates[round_ - 1].set()
+        await wait_until(
+            partial(answered_all, batch),
+            timeout=5,
+            interval=0.001,
+            message=f"{batch} answered once their query returned",
+        )
+        queries = round_ + 1
+        await wait_until(lambda q=queries: len(inbox.queries) == q, timeout=5, interval=0.001)
+        assert inbox.queries[round_] == set(later)
+        batch = later
+    inbox.gates[-1].set()
