@@ -359,3 +359,35 @@ async def test_a_send_that_meets_a_stale_write_is_delivered_on_top_of_the_other_
 def _answered(sup: object, text: str) -> bool:
     handle = sup.get("c")  # type: ignore[attr-defined]
     return handle is not None and f"echo: {text}" in assistant_texts(handle.snapshot())
+
+
+@pytest.mark.anyio
+async def test_a_cancel_that_cannot_be_stored_is_not_acknowledged_and_is_saved_later(
+    anyio_backend: str,
+) -> None:
+    # The turn stops at once, but the caller is told the cancel is not stored yet:
+    # a crash before the store recovers would run the turn again. Once the store
+    # is back, the retried save records it and nothing reruns.
+    clock = ManualClock()
+    store = FlakyStore(MemoryStore(), clock=clock)
+    sup, _, _ = counted_supervisor(store=store, clock=clock)
+    with anyio.fail_after(WAIT):
+        async with sup:
+            await sup.send("c", "slow one")
+            await wait_for_status(sup, "c", Status.RUNNING)
+            store.fail_saves = True
+            with pytest.raises(StoreUnavailable, match="'c': the turn was cancelled but"):
+                await sup.cancel("c")
+            assert await sup.status("c") is Status.CANCELLED
+
+            store.heal()
+
+            async def cancel_stored() -> bool:
+                clock.advance(1.0)  # the writer's retry, whenever it was scheduled
+                stored = await store.inner.load("c")
+                return stored is not None and stored.lifecycle == "cancel"
+
+            await wait_until(cancel_stored)
+            state = await stored_state(store.inner, "c")
+            assert user_texts(state) == ["slow one"]
+            assert assistant_texts(state) == []

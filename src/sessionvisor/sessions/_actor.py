@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._errors import InvalidStatus, StaleWriteError
+from .._errors import InvalidStatus, StaleWriteError, StoreUnavailable
 from .._options import SupervisorOpts
 from .._telemetry import capture_context
 from ..state import Content, State
@@ -318,6 +318,16 @@ class Actor(Conversation):
             raise self._refused("cancel", "no turn is running")
         self._turn.cancel()
         await self._turn.wait_done()
+        if self.status is Status.CANCELLED:  # not narrowed: the turn changed it
+            # Stored before it is acknowledged: a crash now must not rerun the turn.
+            saved = await self.persist("cancel")
+            check_not_superseded(self)
+            if not saved:
+                raise StoreUnavailable(
+                    f"conversation {self._conversation_id!r}: the turn was cancelled but the "
+                    "cancel could not be stored yet (the store is failing); it is saved when "
+                    "the store recovers, and a crash before then would run the turn again"
+                )
         return self._status
 
     def _refused(self, call: str, why: str) -> InvalidStatus:

@@ -180,7 +180,13 @@ class Conversation:
 
     @property
     def mid_work_lifecycle(self) -> Lifecycle:
-        return "turn_start" if self._turn.active else "queued"
+        """The lifecycle of a save made between the named ones (a queued message, a
+        retry): a held queue keeps its hold, so a restart does not run it."""
+        if self._turn.active:
+            return "turn_start"
+        if self._held:
+            return "interrupt" if self.state.interrupt is not None else "cancel"
+        return "queued"
 
     @property
     def closed(self) -> bool:
