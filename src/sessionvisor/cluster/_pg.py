@@ -2,9 +2,10 @@
 opened async pool per object, tables created once under an advisory lock.
 
 Every call is bounded by the object's ``timeout``: the connect (libpq's
-``connect_timeout``), the statement on the server (``statement_timeout``), and
-the whole call on the client (a cancel scope), since a connection whose
-packets are dropped never hears of the server's timeout. TCP keepalives and
+``connect_timeout``), the wait for a free connection (the pool's timeout), the
+statement on the server (``statement_timeout``) and again on the client (a
+cancel scope), since a connection whose packets are dropped never hears of the
+server's timeout. TCP keepalives and
 ``tcp_user_timeout`` let the kernel close a connection to a peer that is gone.
 A ``reserved`` call runs on a connection of its own, which a burst of other
 calls cannot take: the lease renewal must get through while requests queue.
