@@ -1,6 +1,11 @@
-"""A node that lost a conversation and took it back holds a newer epoch; what it
+"""Epochs across owners (two supervisors in one process, one redis-server).
+
+A node that lost a conversation and took it back holds a newer epoch; what it
 still had to send from its earlier ownership is refused by Redis and must not
-stop the newer session (two supervisors in one process, one redis-server)."""
+stop the newer session. A node whose subscribers followed an owner that never
+saved its last events numbers on from the store when it takes over, and tells
+its subscribers of the gap.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import anyio
 import pytest
 
 from sessionvisor import SessionSupervisor, SingleRouter
+from sessionvisor.agents import Done, Turn
 from sessionvisor.cluster import Cluster
+from sessionvisor.sessions import Delta, Event, MessageAppended, StatusChanged
 from sessionvisor.state.postgres import PostgresStore
 from sessionvisor.testing import ScriptedAgent, wait_until
 from tests._support.servers import RedisServer
@@ -23,14 +30,20 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def _nodes(dsn: str, redis: RedisServer, *names: str) -> AsyncIterator[list[Any]]:
+async def _nodes(
+    dsn: str, redis: RedisServer, *names: str, agent: Any = None
+) -> AsyncIterator[list[Any]]:
     prefix = "t" + uuid.uuid4().hex[:8]
     async with AsyncExitStack() as stack:
         nodes = []
         for name in names:
             store = await stack.enter_async_context(PostgresStore(dsn))
             cluster = Cluster(redis.url, node_id=name, lease_ttl=3.0, prefix=prefix)
-            router = SingleRouter(lambda agent_id, config: ScriptedAgent(stream=True))
+            router = SingleRouter(
+                lambda agent_id, config, name=name: (
+                    agent(name) if agent else ScriptedAgent(stream=True)
+                )
+            )
             nodes.append(
                 await stack.enter_async_context(
                     SessionSupervisor(router, store=store, cluster=cluster)
@@ -120,3 +133,75 @@ async def test_events_of_an_earlier_ownership_refused_later_leave_the_newer_sess
         assert await x.stop(cid, scope="u") == "stopped"
         await _released(pg_dsn, cid)
         assert _lease(pg_dsn, cid)[:2] == ("x", epoch)
+
+
+class _HalfReply(ScriptedAgent):
+    """Streams five words, then, on a node whose ``gate`` is closed, waits before
+    it replies (its turn is cut there, its deltas never saved)."""
+
+    def __init__(self, gate: anyio.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    async def run(self, turn: Turn) -> Done:
+        for i in range(5):
+            turn.delta(f"w{i} ")
+            await anyio.lowlevel.checkpoint()
+        await self.gate.wait()
+        return Done(turn.state, reply="w0 w1 w2 w3 w4 done")
+
+
+async def test_a_node_that_takes_over_tells_its_subscribers_of_the_old_owner_s_unsaved_events(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    gates = {"x": anyio.Event(), "z": anyio.Event()}
+    gates["z"].set()  # x's turn hangs in the middle; z's rerun runs through
+    async with _nodes(pg_dsn, redis_server, "x", "z", agent=lambda n: _HalfReply(gates[n])) as (
+        x,
+        z,
+    ):
+        cid = "c-" + uuid.uuid4().hex[:10]
+        await x.start(cid, scope="u")
+        seen: list[Event] = []
+        try:
+            async with z.subscribe(cid, scope="u") as sub:
+                await x.send(cid, "hello", scope="u")
+                with anyio.fail_after(15):
+                    async for event in sub:
+                        seen.append(event)
+                        if sum(isinstance(e, Delta) for e in seen) == 5:
+                            break
+                cut_at = seen[-1].seq
+                # x is gone as far as the cluster knows (its lease handed to a node that
+                # died): z takes the conversation with the next message, and reruns the
+                # turn x never finished, numbering from what x stored.
+                sql(
+                    pg_dsn,
+                    "UPDATE sessionvisor_leases SET node_id = 'gone', "
+                    "lease_until = now() - interval '1 second' WHERE conversation_id = %s",
+                    cid,
+                )
+                assert (await z.send(cid, "again", scope="u")).started
+                after: list[Event] = []
+                with anyio.fail_after(15):
+                    async for event in sub:
+                        after.append(event)
+                        if isinstance(event, MessageAppended) and "again" in str(
+                            event.message.content
+                        ):
+                            break
+        finally:
+            gates["x"].set()
+
+    gaps = [i for i, e in enumerate(after) if isinstance(e, StatusChanged) and e.gap]
+    shown = [(type(e).__name__, e.seq) for e in after[:4]]
+    assert gaps == [0], f"after seq {cut_at}: {shown}"
+    rerun = after[1:]
+    assert rerun[0].seq <= cut_at, shown
+    assert [e.seq for e in rerun] == list(range(after[0].seq + 1, after[0].seq + 1 + len(rerun)))
+    # The rerun's deltas, every one of them, after the gap.
+    first_reply = next(
+        e for e in rerun if isinstance(e, MessageAppended) and e.message.role == "assistant"
+    )
+    deltas = "".join(e.text for e in rerun[: rerun.index(first_reply)] if isinstance(e, Delta))
+    assert deltas == "w0 w1 w2 w3 w4 "

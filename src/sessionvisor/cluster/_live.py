@@ -119,6 +119,17 @@ class ClusterBus:
     # -- the local bus's calls --------------------------------------------------------
 
     def topic(self, conversation_id: str, agent_id: str, last_seq: int, replay: int) -> Topic:
+        existing = self._local.existing(conversation_id)
+        if (
+            existing is not None
+            and existing.last_seq > last_seq
+            and self._epoch_of(conversation_id) is not None
+        ):
+            # This node starts serving (it holds the lease) a conversation whose topic
+            # here got events past the stored seq: a replaced or dead owner's, never
+            # saved. The new session numbers on from the store, as the stream's
+            # readers expect; the subscribers here are told of the gap.
+            existing.mark_gap(last_seq + 1)
         return self._local.topic(conversation_id, agent_id, last_seq, replay)
 
     def existing(self, conversation_id: str) -> Topic | None:
