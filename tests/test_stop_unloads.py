@@ -146,12 +146,6 @@ class _SlowResume:
         return SingleRouter(lambda agent_id, config: FunctionAgent(self.run, resume=self.resume))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stop during a resumed turn drops the acknowledged answer: the store keeps the "
-    "question pending (lifecycle shutdown, not flagged unanswered) and the next start asks it "
-    "again instead of carrying the answer out",
-)
 async def test_an_answer_being_carried_out_at_a_stop_is_carried_out_on_the_next_start(
     anyio_backend: str, tmp_path: Path
 ) -> None:

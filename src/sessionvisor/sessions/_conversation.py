@@ -317,12 +317,16 @@ class Conversation:
         self._folded.set(state)
         self._writer.changed()
 
-    def hand_back_turn(self, *, answered: PendingInterrupt | None, mark: int, taken: int) -> None:
-        """A turn cut short by a stop gives its work back: the interrupt it answered is
-        pending again, or its user messages return to the front of the queue."""
+    def hand_back_turn(
+        self, *, answered: PendingInterrupt | None, answer: Any, mark: int, taken: int
+    ) -> None:
+        """A turn cut short by a stop gives its work back: the interrupt it answered
+        goes back with the answer (the next start carries it out, the question is not
+        asked again), or its user messages return to the front of the queue."""
         state = self.state
         if answered is not None:
-            state.interrupt = answered
+            state.interrupt = answered.model_copy(update={"answered": True, "answer": answer})
+            self._writer.changed()
             self.set_status(Status.INTERRUPTED)
         else:
             give_back(state, mark=mark, taken=taken)

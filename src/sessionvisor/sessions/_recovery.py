@@ -32,8 +32,15 @@ _AT_ONCE = 16  # conversations woken concurrently
 
 
 def has_unanswered_work(stored: StoredConversation) -> bool:
-    """True when the record was saved mid-turn or with messages waiting."""
-    return stored.lifecycle in ("turn_start", "queued") or bool(stored.state.get("queued"))
+    """True when the record was saved mid-turn, with messages waiting, or with an
+    acknowledged answer whose turn was cut short."""
+    interrupt = stored.state.get("interrupt")
+    answered = isinstance(interrupt, dict) and interrupt.get("answered") is True
+    return (
+        stored.lifecycle in ("turn_start", "queued")
+        or answered
+        or bool(stored.state.get("queued"))
+    )
 
 
 async def recover_unanswered(store: Any, wake: Callable[[str], Awaitable[bool]]) -> None:

@@ -248,6 +248,7 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
                 metadata=metadata,
                 taken=taken,
                 answered=answered,
+                answer=answer,
                 error=error,
             )
         _finish_outcome(actor, outcome, turn=turn, history=history, mark=mark)
@@ -271,6 +272,7 @@ async def _roll_back(
     metadata: dict[str, Any],
     taken: int,
     answered: PendingInterrupt | None,
+    answer: Any,
     error: Exception | None,
 ) -> str:
     stop_reason = actor.life.reason
@@ -281,7 +283,7 @@ async def _roll_back(
     )
     if error is None and stop_reason is not None:
         # Stopped (or drained) mid-turn, not cancelled by the user: hand the work back.
-        actor.hand_back_turn(answered=answered, mark=mark, taken=taken)
+        actor.hand_back_turn(answered=answered, answer=answer, mark=mark, taken=taken)
         actor.log().info("turn_cancelled", by=str(stop_reason))
         return "handed_back"
     if error is None:

@@ -28,7 +28,7 @@ from ._events import AgentEvent, describe
 
 if TYPE_CHECKING:
     from .._clock import Clock
-    from ..state import Lifecycle, StateStore
+    from ..state import Lifecycle, PendingInterrupt, StateStore
     from ._actor import Actor
 
 __all__: list[str] = ["ActorWriterOwner", "Writer"]
@@ -252,14 +252,15 @@ class ActorWriterOwner:
             if metadata != actor.state.metadata:
                 data["metadata"] = to_jsonable_python(metadata)
         resume = actor.turn.resume
+        pending = actor.state.interrupt
         if resume is not None:
             # Until the resume turn ends, the store keeps the interrupt it answers and
             # the answer: a crash meanwhile reruns the turn with it (never asks again).
             answer, interrupt = resume
-            data["interrupt"] = interrupt.model_dump(mode="json") | {
-                "answered": True,
-                "answer": answer,
-            }
+            data["interrupt"] = _with_answer(interrupt, answer)
+        elif pending is not None and pending.answered:
+            # A resume turn a stop cut short: the next start carries the answer out.
+            data["interrupt"] = _with_answer(pending, pending.answer)
         return StoredConversation(
             state=data,
             owner=actor.owner,
@@ -303,3 +304,8 @@ class ActorWriterOwner:
 
     def retry_backoff(self) -> float:
         return self._actor.opts.save_retry_backoff
+
+
+def _with_answer(interrupt: PendingInterrupt, answer: Any) -> dict[str, Any]:
+    """The stored form of an interrupt whose acknowledged answer is being carried out."""
+    return interrupt.model_dump(mode="json") | {"answered": True, "answer": answer}

@@ -32,8 +32,12 @@ def is_unanswered(lifecycle: str, state: Any) -> bool:
     """
     if lifecycle in UNANSWERED_LIFECYCLES:
         return True
-    queued = state.get("queued") if isinstance(state, Mapping) else None
-    return bool(queued)
+    if not isinstance(state, Mapping):
+        return False
+    interrupt = state.get("interrupt")
+    if isinstance(interrupt, Mapping) and interrupt.get("answered") is True:
+        return True  # an acknowledged answer whose turn was cut short
+    return bool(state.get("queued"))
 
 
 def check_limit(limit: int | None) -> None:
