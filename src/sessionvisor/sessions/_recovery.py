@@ -37,9 +37,7 @@ def has_unanswered_work(stored: StoredConversation) -> bool:
     interrupt = stored.state.get("interrupt")
     answered = isinstance(interrupt, dict) and interrupt.get("answered") is True
     return (
-        stored.lifecycle in ("turn_start", "queued")
-        or answered
-        or bool(stored.state.get("queued"))
+        stored.lifecycle in ("turn_start", "queued") or answered or bool(stored.state.get("queued"))
     )
 
 
