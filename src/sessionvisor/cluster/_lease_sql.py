@@ -7,14 +7,15 @@ __all__ = [
     "ACQUIRE",
     "ADD_COLUMNS",
     "CLAIM",
+    "CLEAR_RETRY",
     "CREATE_INDEX",
     "CREATE_TABLE",
     "EARLIER",
     "EPOCH_AFTER_STORE",
     "FORGET",
-    "LIVE_KEYS",
+    "FORGET_RUNS",
     "LOCK",
-    "NEXT_KEY",
+    "LOOK",
     "OWNER",
     "RELEASE",
     "RENEW",
@@ -32,25 +33,44 @@ CREATE_TABLE = (
 )
 # ``{i}``: the index's name (the table's name and ``_until``).
 CREATE_INDEX = "CREATE INDEX IF NOT EXISTS {i} ON {t} (lease_until)"
-# Added to tables made before them (NULL: the row's holder took no advisory lock,
-# so only its lease_until tells whether it lives). ``{k}``: the sequence of lock keys.
+# Added to tables made before them. ``lock_key`` NULL: the row's holder took no
+# advisory lock, so only its lease_until tells whether it lives. ``failures`` and
+# ``retry_at``: the sweeper's back-off for a conversation whose wake keeps failing.
+# ``{k}``: the sequence of lock keys; ``{r}``: the runs that hold (or held) a lock.
 ADD_COLUMNS = [
-    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS lock_key INTEGER",
+    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS lock_key INTEGER, "
+    "ADD COLUMN IF NOT EXISTS failures INTEGER NOT NULL DEFAULT 0, "
+    "ADD COLUMN IF NOT EXISTS retry_at TIMESTAMPTZ",
     "CREATE SEQUENCE IF NOT EXISTS {k} AS integer",
+    "CREATE TABLE IF NOT EXISTS {r} (lock_key INTEGER PRIMARY KEY, node_id TEXT NOT NULL, "
+    "incarnation TEXT NOT NULL, locked_at TIMESTAMPTZ NOT NULL DEFAULT now())",
 ]
 
 # Liveness (``_liveness.py``): each run of a node holds a session-level advisory
-# lock ``(namespace, key)`` on a connection of its own, the key drawn once from the
+# lock ``(namespace, key)`` on a connection of its own, the key drawn from the
 # sequence (never reused, so a key that disappeared never comes back), and stamps
 # it on the lease rows it takes. PostgreSQL drops the lock when that connection
-# ends: a crashed process's key disappears from ``pg_locks`` at once.
-NEXT_KEY = "SELECT nextval(%(seq)s::regclass)"
-LOCK = "SELECT pg_try_advisory_lock(%(ns)s::int4, %(key)s::int4)"
-LIVE_KEYS = """
-SELECT objid::bigint FROM pg_locks
-WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::bigint = %(ns)s
-    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+# ends: a crashed process's key disappears from ``pg_locks`` at once. The key is
+# drawn, locked and listed in ``{r}`` in one statement, so a listed key was held
+# before anyone could read its row: listed and not held means it was dropped.
+LOCK = """
+WITH drawn AS (SELECT nextval(%(seq)s::regclass)::int4 AS key),
+locked AS (SELECT key FROM drawn WHERE pg_try_advisory_lock(%(ns)s::int4, key))
+INSERT INTO {r} (lock_key, node_id, incarnation)
+SELECT key, %(node)s, %(inc)s FROM locked
+RETURNING lock_key
 """
+# Every listed key, and whether it is held now (pg_locks read once).
+LOOK = """
+SELECT r.lock_key, h.key IS NOT NULL FROM {r} r
+LEFT JOIN (
+    SELECT objid::bigint AS key FROM pg_locks
+    WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::bigint = %(ns)s
+        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+) h ON h.key = r.lock_key
+"""
+# Keys gone for longer than any lease naming them can last.
+FORGET_RUNS = "DELETE FROM {r} WHERE lock_key = ANY(%(keys)s::int4[])"
 
 # One statement takes a conversation: a new row (epoch 1), or the existing row
 # when its lease ran out, or when this node_id holds it with this incarnation
@@ -121,15 +141,20 @@ FROM {t} WHERE conversation_id = %s AND lease_until >= now()
 """
 
 # The sweeper's claim. ``work`` is every conversation with something waiting:
-# the store's unanswered flag (read through its partial index) and, when the
-# table knows the inbox, pending inbox rows (a command posted just before its
-# owner died). Expired leases of those are locked with SKIP LOCKED, so the
+# the store's unanswered flag (read through its partial index) on a save made
+# mid-turn or with messages to run (a start reruns that turn or runs that queue;
+# a queue held behind a question, a pause, an error or a cancel stays held, so
+# waking it would do nothing), and, when the table knows the inbox, pending inbox
+# rows (a command posted just before its owner died). A lease whose back-off
+# (``retry_at``) has not run out is left alone: every claim sets it, doubling
+# with the claims since the last wake that worked, which clears it. Expired
+# leases of those are locked with SKIP LOCKED, so the
 # sweepers of several nodes split them instead of queueing on the same rows;
 # conversations with waiting work and no lease row at all (stored before the
 # cluster mode) are taken too, their first epoch above the store's. Two
 # sweepers inserting the same one: the second's ON CONFLICT DO NOTHING finds
 # the first's row and returns nothing.
-WORK = "SELECT id AS cid FROM {s} WHERE unanswered"
+WORK = "SELECT id AS cid FROM {s} WHERE unanswered AND lifecycle IN ('turn_start', 'queued')"
 WORK_WITH_INBOX = WORK + " UNION SELECT conversation_id FROM {i}"
 WORK_INBOX_ONLY = "SELECT DISTINCT conversation_id AS cid FROM {i}"
 EPOCH_AFTER_STORE = "COALESCE((SELECT s.epoch FROM {s} s WHERE s.id = w.cid), 0) + 1"
@@ -137,21 +162,27 @@ CLAIM = """
 WITH work AS ({work}),
 expired AS (
     SELECT l.conversation_id FROM {t} l JOIN work w ON w.cid = l.conversation_id
-    WHERE l.lease_until < now() OR l.lock_key = ANY(%(dead)s::int4[])
+    WHERE (l.lease_until < now() OR l.lock_key = ANY(%(dead)s::int4[]))
+        AND (l.retry_at IS NULL OR l.retry_at <= now())
     ORDER BY l.lease_until LIMIT %(limit)s
     FOR UPDATE OF l SKIP LOCKED
 ),
 taken AS (
     UPDATE {t} AS l SET node_id = %(node)s, incarnation = %(inc)s, epoch = l.epoch + 1,
-        lease_until = now() + make_interval(secs => %(ttl)s), lock_key = %(key)s::int4
+        lease_until = now() + make_interval(secs => %(ttl)s), lock_key = %(key)s::int4,
+        failures = l.failures + 1,
+        retry_at = now() + make_interval(
+            secs => LEAST(%(first)s * power(2, LEAST(l.failures, 30)), %(most)s))
     FROM expired WHERE l.conversation_id = expired.conversation_id
     RETURNING l.conversation_id, l.epoch
 ),
 orphans AS (
-    INSERT INTO {t} (conversation_id, node_id, incarnation, epoch, lease_until, lock_key)
+    INSERT INTO {t} (conversation_id, node_id, incarnation, epoch, lease_until, lock_key,
+        failures, retry_at)
     SELECT w.cid, %(node)s, %(inc)s,
         {first_epoch},
-        now() + make_interval(secs => %(ttl)s), %(key)s::int4
+        now() + make_interval(secs => %(ttl)s), %(key)s::int4,
+        1, now() + make_interval(secs => LEAST(%(first)s, %(most)s))
     FROM work w
     WHERE NOT EXISTS (SELECT 1 FROM {t} l WHERE l.conversation_id = w.cid)
     LIMIT GREATEST(%(limit)s - (SELECT count(*) FROM expired), 0)
@@ -160,4 +191,9 @@ orphans AS (
 )
 SELECT conversation_id, epoch FROM taken
 UNION ALL SELECT conversation_id, epoch FROM orphans
+"""
+# The wake of a claimed lease worked (or found nothing to do): no back-off.
+CLEAR_RETRY = """
+UPDATE {t} SET failures = 0, retry_at = NULL
+WHERE conversation_id = %(cid)s AND epoch = %(epoch)s AND failures > 0
 """

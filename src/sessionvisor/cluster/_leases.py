@@ -6,7 +6,7 @@ import math
 import zlib
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -14,11 +14,15 @@ from ._lease_sql import (
     ACQUIRE,
     ADD_COLUMNS,
     CLAIM,
+    CLEAR_RETRY,
     CREATE_INDEX,
     CREATE_TABLE,
     EARLIER,
     EPOCH_AFTER_STORE,
     FORGET,
+    FORGET_RUNS,
+    LOCK,
+    LOOK,
     OWNER,
     RELEASE,
     RENEW,
@@ -28,26 +32,10 @@ from ._lease_sql import (
 )
 from ._pg import Clock, PgTable, check_conversation_id, check_ids, monotonic
 
-__all__ = ["Fencing", "Lease", "LeaseTable", "LockLife", "Owner", "Renewal"]
+if TYPE_CHECKING:
+    from ._liveness import LockLife
 
-
-class LockLife:
-    """The advisory lock of this run of a node (see ``_liveness.py``): its key, and
-    until when (local monotonic seconds) it is known to be held.
-
-    ``until`` moves forward with each confirmation, and is set to minus infinity
-    for good once the lock is lost. Every lease whose row names the key is valid
-    only until then, since from then on other nodes may take it.
-    """
-
-    __slots__ = ("key", "until")
-
-    def __init__(self, key: int, until: float) -> None:
-        self.key = key
-        self.until = until
-
-    def __repr__(self) -> str:
-        return f"LockLife(key={self.key})"
+__all__ = ["Fencing", "Lease", "LeaseTable", "Owner", "Renewal"]
 
 
 @attrs.frozen
@@ -205,6 +193,13 @@ class LeaseTable(PgTable):
         self._owner = self._compose(OWNER)
         self._earlier = self._compose(EARLIER)
         self._forget = self._compose(FORGET, s=store)
+        self._clear_retry = self._compose(CLEAR_RETRY)
+        runs = self._ident("_runs")
+        #: ``Liveness``'s statements, with this table's names.
+        self.liveness_sql = {
+            name: self._compose(text, r=runs)
+            for name, text in (("lock", LOCK), ("look", LOOK), ("forget", FORGET_RUNS))
+        }
         after_store = sql.SQL(EPOCH_AFTER_STORE).format(s=store)
         self._inbox_parts = inbox_parts
         self._claim_inbox_only = None
@@ -229,11 +224,11 @@ class LeaseTable(PgTable):
         from ._inbox import inbox_schema
 
         inbox = [] if self._inbox_parts is None else inbox_schema(self._inbox_parts)
-        keys = self._ident("_lock_keys")
+        keys, runs = self._ident("_lock_keys"), self._ident("_runs")
         return [
             *inbox,
             self._compose(CREATE_TABLE),
-            *(self._compose(statement, k=keys) for statement in ADD_COLUMNS),
+            *(self._compose(statement, k=keys, r=runs) for statement in ADD_COLUMNS),
             self._compose(CREATE_INDEX, i=self._index_name("_until")),
         ]
 
@@ -390,15 +385,22 @@ class LeaseTable(PgTable):
             expires_in=float(left),
         )
 
-    async def claim_expired(self, limit: int = 100) -> list[Lease]:
+    async def claim_expired(
+        self, limit: int = 100, *, first_retry: float = 2.0, max_retry: float = 120.0
+    ) -> list[Lease]:
         """Take the expired leases of conversations with unanswered work (the sweeper).
 
-        Expired leases whose conversation is flagged ``unanswered`` in the
-        store's table or (with ``inbox_table``) has pending inbox commands,
-        and such conversations that never had a lease, up to ``limit``; rows
-        another node's sweeper is claiming are skipped, not waited for. The
-        caller must ``fence`` each (as ``acquire_fenced`` does) before
-        loading it.
+        Expired leases (or leases of a crashed run, ``dead``) whose conversation
+        was saved mid-turn or with messages to run (the store's ``unanswered``
+        flag and a ``turn_start`` or ``queued`` save: a held queue or a question
+        waiting for a human is not work) or (with ``inbox_table``) has pending
+        inbox commands, and such conversations that never had a lease, up to
+        ``limit``; rows another node's sweeper is claiming are skipped, not
+        waited for. Each claim puts the conversation's next claim off
+        (``first_retry`` seconds, doubling per claim up to ``max_retry``) until
+        ``clear_retry`` says the wake worked, so a conversation that cannot
+        wake is retried ever more rarely, by every node. The caller must
+        ``fence`` each (as ``acquire_fenced`` does) before loading it.
 
         Returns:
             The new leases (epoch incremented), in no particular order.
@@ -413,7 +415,7 @@ class LeaseTable(PgTable):
             raise ValueError(f"limit must be at least 1, got {limit}")
         started = self.clock()
         lock, stamp = self._stamp(started)
-        params = self._params(limit=limit, **stamp)
+        params = self._params(limit=limit, first=first_retry, most=max_retry, **stamp)
         try:
             rows = await self._fetch(self._claim, params)
         except self._psycopg.errors.UndefinedTable:
@@ -432,3 +434,11 @@ class LeaseTable(PgTable):
             )
             for cid, epoch in rows
         ]
+
+    async def clear_retry(self, conversation_id: str, epoch: int) -> None:
+        """The wake of a claimed lease (``epoch``) worked: its next claim need not wait.
+
+        Raises:
+            psycopg.Error: the database failed.
+        """
+        await self._fetch(self._clear_retry, {"cid": conversation_id, "epoch": epoch})

@@ -4,14 +4,15 @@ A process that dies (``kill -9``, a crash, a lost machine whose kernel still
 answers) has its PostgreSQL connections closed, and PostgreSQL drops the
 session-level advisory locks they held. So each run of a node takes, on a
 connection of its own, the lock ``(namespace, key)``: the namespace is derived
-from the lease table's name, the key is drawn once from a sequence and never
-reused. Every lease row the run takes names the key (``lock_key``), and every
-node watches which keys are held (one query on ``pg_locks`` every
-``_EVERY`` seconds, on the same connection). A key that was held and is gone
-marks the rows that name it as expired: the sweeper (woken at once) and
-``acquire`` take them without waiting for ``lease_until``. A paused or
-partitioned process keeps its connection, and its lock, so its leases run
-their TTL as before.
+from the lease table's name, the key is drawn from a sequence and never
+reused, and the statement that takes the lock also lists the key in a small
+table of runs (``<lease table>_runs``). Every lease row the run takes names the
+key (``lock_key``), and every node looks at the listed keys and which of them
+are held (one query joining that table and ``pg_locks`` every ``_EVERY``
+seconds, on the same connection). A listed key that is not held marks the rows
+that name it as expired: the sweeper (woken at once) and ``acquire`` take them
+without waiting for ``lease_until``. A paused or partitioned process keeps its
+connection, and its lock, so its leases run their TTL as before.
 
 Why it is safe: a lock can also vanish while its process lives (the connection
 was reset, an administrator ended the backend, the server restarted, a
@@ -27,21 +28,29 @@ moment another node may take its conversations:
   superseded, and a new lock is taken with a new key. Leases taken while no
   lock is held name none and live by their TTL only.
 - Another node counts a key dead only ``_GRACE`` seconds after the *end* of the
-  query that first found it missing. The lock was dropped before that query
-  ended, and the owner's last confirmation began before the lock was dropped,
-  so, with clocks that run at the same rate (what the TTL already assumes), the
-  owner stopped before anyone takes over.
+  query that first found it listed and not held. It was held before its row
+  could be read, so it was dropped before that query ended, and the owner's
+  last confirmation began before the lock was dropped: with clocks that run at
+  the same rate (what the TTL already assumes), the owner stopped before anyone
+  takes over.
 
 A crashed owner's conversations are thus taken within about ``_EVERY +
-_GRACE`` seconds (plus the claim), whatever the TTL. Keys are remembered only
-by the nodes that saw them held: a node started after the crash waits for the
-TTL, as do all nodes when none of them was watching (their own locks were
-down).
+_GRACE`` seconds (plus the claim), whatever the TTL; a node started after the
+crash sees it too, since the key stays listed. A key gone for longer than any
+lease can last without renewal (``2 * ttl + _GRACE``) is deleted from the list.
+While no node holds its own lock, nobody looks, and leases run their TTL.
+
+The looking runs on a thread of its own with a blocking connection, so a busy
+event loop (a long start-up, a large save) does not stop the confirmations; the
+event loop's side only enforces the deadline (``Liveness.run``) and hands the
+news to the node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -49,10 +58,9 @@ import anyio
 import structlog
 
 from ._common import import_psycopg
-from ._lease_sql import LIVE_KEYS, LOCK, NEXT_KEY
-from ._leases import LeaseTable, LockLife
+from ._leases import LeaseTable
 
-__all__: list[str] = ["Liveness"]
+__all__: list[str] = ["Liveness", "LockLife"]
 
 _log = structlog.get_logger("sessionvisor")
 
@@ -60,13 +68,33 @@ _EVERY = 0.2  # seconds between two looks at pg_locks (each confirms this run's 
 _GRACE = 0.8  # seconds a confirmation lasts, and a missing key waits before it counts
 
 
+class LockLife:
+    """The advisory lock of this run of a node: its key, and until when (local
+    monotonic seconds) it is known to be held.
+
+    ``until`` moves forward with each confirmation, and is set to minus infinity
+    for good once the lock is lost. Every lease whose row names the key is valid
+    only until then (``Lease.expired``), since from then on others may take it.
+    """
+
+    __slots__ = ("key", "until")
+
+    def __init__(self, key: int, until: float) -> None:
+        self.key = key
+        self.until = until
+
+    def __repr__(self) -> str:
+        return f"LockLife(key={self.key})"
+
+
 class Liveness:
     """Holds this run's advisory lock and tells the lease table which keys died.
 
-    ``run`` (one of the node's loops) keeps the lock (taking a new one after a
-    loss), sets ``table.lock`` and ``table.dead``, calls ``on_lost(lock)`` when
-    the lock is lost (the node drops the leases that name it) and ``on_dead()``
-    when a key of another run was found dead (the node sweeps at once).
+    ``run`` (one of the node's loops) starts the thread that keeps the lock
+    (taking a new one after a loss) and sets ``table.lock`` and ``table.dead``;
+    on the event loop it calls ``on_lost(lock)`` once the lock is lost or its
+    confirmation ran out (the node drops the leases that name it) and
+    ``on_dead()`` when a key of another run was found dead (the node sweeps).
     """
 
     def __init__(
@@ -90,90 +118,161 @@ class Liveness:
         # A key's rows all expired by then: it need not be passed around any more.
         self._forget_after = 2 * table.ttl + grace if forget_after is None else forget_after
         self._clock = table.clock
-        self._seen: set[int] = set()  # keys seen held
-        self._missing: dict[int, float] = {}  # key -> when it was first found missing
+        self._sql = table.liveness_sql
+        self._missing: dict[int, float] = {}  # key -> when it was first found not held
+        self._guard = threading.Lock()  # a lock's ``until``: confirmed, or given up
+        self._lost: list[LockLife] = []  # given up by the thread, for the event loop
+        self._dead_told: frozenset[int] = frozenset()
+        self._nudge: Callable[[], None] = lambda: None
+        self._tried = False  # the thread tried to take a lock once
         self.first_try = anyio.Event()  # set once the first lock was taken (or failed)
         self.losses = 0
 
     async def run(self) -> None:
-        failures = 0
-        while True:
+        """Start the thread; enforce the lock's deadline and pass the news on, until
+        cancelled (which stops the thread and so releases the lock)."""
+        loop = asyncio.get_running_loop()
+        woken = anyio.Event()
+
+        def nudge() -> None:
             try:
-                await self._hold()
+                loop.call_soon_threadsafe(lambda: woken.set())
+            except RuntimeError:  # the event loop is closed: nobody to tell
+                pass
+
+        # Each run its own thread and stop flag: a thread that has not noticed its
+        # stop yet never runs on beside a new one's lock.
+        stop = threading.Event()
+        self._nudge = nudge
+        thread = threading.Thread(
+            target=self._keep, args=(stop,), name="sessionvisor-liveness", daemon=True
+        )
+        thread.start()
+        try:
+            while True:
+                lock = self._table.lock
+                wait = self._every
+                if lock is not None:
+                    left = lock.until - self._clock()
+                    if left <= 0:
+                        self._give_up(lock)
+                    else:
+                        wait = min(wait, left)
+                with anyio.move_on_after(wait):
+                    await woken.wait()
+                woken = anyio.Event()
+                self._deliver()
+        finally:
+            stop.set()
+            self._nudge = lambda: None
+
+    def _deliver(self) -> None:
+        """On the event loop: the first try, lost locks and dead keys, to the node."""
+        if self._tried:
+            self.first_try.set()
+        while self._lost:
+            self.losses += 1
+            self._on_lost(self._lost.pop(0))
+        dead = self._table.dead
+        if dead - self._dead_told:
+            _log.info("cluster_liveness_dead_found", keys=sorted(dead - self._dead_told)[:20])
+            self._on_dead()
+        self._dead_told = dead
+
+    def _give_up(self, lock: LockLife) -> None:
+        """The lock's confirmation ran out (or it was lost): its leases end now, for
+        good; the thread drops the connection and takes a new lock."""
+        with self._guard:
+            if lock.until == -math.inf:
+                return
+            lock.until = -math.inf
+            if self._table.lock is lock:
+                self._table.lock = None
+            self._lost.append(lock)
+        self._nudge()
+
+    # -- the thread ----------------------------------------------------------------
+
+    def _keep(self, stop: threading.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            lock: list[LockLife] = []
+            try:
+                self._hold(lock, stop)
             except Exception as exc:
                 failures += 1
                 log = _log.warning if failures == 1 else _log.debug
                 log("cluster_liveness_lock_lost", error=repr(exc)[:300])
-            finally:
-                self.first_try.set()
-                lock, self._table.lock = self._table.lock, None
-                if lock is not None:
-                    lock.until = -math.inf
-                    self.losses += 1
-                    self._on_lost(lock)
-            await anyio.sleep(min(0.2 * 2 ** min(failures, 5), 5.0))
+            self._tried = True
+            if lock:
+                self._give_up(lock[0])
+            self._nudge()
+            stop.wait(min(0.2 * 2 ** min(failures, 5), 5.0))
 
-    async def _hold(self) -> None:
-        namespace = self._table.lock_namespace
-        conn = await self._psycopg.AsyncConnection.connect(
-            self._dsn, autocommit=True, connect_timeout=max(2, int(self._grace * 5))
+    def _hold(self, held: list[LockLife], stop: threading.Event) -> None:
+        seconds = max(2, int(self._grace * 5))
+        conn = self._psycopg.connect(
+            self._dsn,
+            autocommit=True,
+            connect_timeout=seconds,
+            # A connection whose packets are dropped fails within seconds instead of
+            # blocking the thread for the kernel's retransmission time.
+            tcp_user_timeout=seconds * 1000,
+            keepalives=1,
+            keepalives_idle=1,
+            keepalives_interval=1,
+            keepalives_count=seconds,
         )
         try:
+            table = self._table
+            params = {"seq": table.key_sequence, "ns": table.lock_namespace}
             started = self._clock()
-            with anyio.fail_after(self._grace * 5):
-                key = None
-                while key is None:
-                    cur = await conn.execute(NEXT_KEY, {"seq": self._table.key_sequence})
-                    drawn = int((await cur.fetchall())[0][0])
-                    cur = await conn.execute(LOCK, {"ns": namespace, "key": drawn})
-                    key = drawn if (await cur.fetchall())[0][0] else None
-            lock = LockLife(key, started + self._grace)
-            self._table.lock = lock
-            self.first_try.set()
-            _log.info("cluster_liveness_locked", key=key)
+            rows: list[Any] = []
+            while not rows:  # a key someone holds by hand is skipped
+                rows = conn.execute(
+                    self._sql["lock"], {**params, "node": table.node_id, "inc": table.incarnation}
+                ).fetchall()
+            lock = LockLife(int(rows[0][0]), started + self._grace)
+            held.append(lock)
+            table.lock = lock
+            self._tried = True
+            self._nudge()
+            _log.info("cluster_liveness_locked", key=lock.key)
             next_look = self._clock()
-            while True:
+            while not stop.is_set():
                 now = self._clock()
                 if now >= next_look:
-                    started = now
-                    next_look = started + self._every
-                    present = await self._look(conn, lock, namespace)
-                    if lock.key not in present:
+                    started, next_look = now, now + self._every
+                    listed = {
+                        int(key): bool(on)
+                        for key, on in conn.execute(self._sql["look"], params).fetchall()
+                    }
+                    if not listed.get(lock.key):
                         raise RuntimeError("this run's advisory lock is no longer held")
-                    lock.until = started + self._grace
-                    self._note(present, self._clock())
-                self._publish(self._clock())
-                wake = min([next_look, *(since + self._grace for since in self._missing.values())])
-                await anyio.sleep(max(0.0, min(wake, lock.until) - self._clock()))
+                    with self._guard:
+                        if lock.until == -math.inf:
+                            raise RuntimeError("the lock's confirmation came too late")
+                        lock.until = started + self._grace
+                    self._note(conn, listed, self._clock())
+                now = self._clock()
+                self._publish(now)
+                # Look again on time, or earlier when a missing key comes due.
+                due = [t + self._grace for t in self._missing.values() if t + self._grace > now]
+                stop.wait(max(0.0, min([next_look, *due]) - now))
         finally:
-            with anyio.CancelScope(shield=True):
-                await conn.close()
+            conn.close()
 
-    async def _look(self, conn: Any, lock: LockLife, namespace: int) -> set[int]:
-        """The keys held now; gives up (raises) when the lock's confirmation runs out."""
-        left = lock.until - self._clock()
-        with anyio.move_on_after(max(0.0, left)) as scope:
-            cur = await conn.execute(LIVE_KEYS, {"ns": namespace})
-            rows = await cur.fetchall()
-        if scope.cancelled_caught:
-            raise TimeoutError(f"pg_locks did not answer within {max(0.0, left):.2f} s")
-        return {int(row[0]) for row in rows}
-
-    def _note(self, present: set[int], now: float) -> None:
-        """Keys seen held, and since when the others are missing (from the end of
-        the query that found them gone)."""
-        for key in self._seen - present:
-            self._missing.setdefault(key, now)
-        self._seen = present
-        for key, since in list(self._missing.items()):
-            if now - since > self._forget_after:
-                del self._missing[key]
+    def _note(self, conn: Any, listed: dict[int, bool], now: float) -> None:
+        """Since when each listed key is not held (the end of the query that found
+        it so); the keys gone for long are deleted from the list."""
+        self._missing = {k: self._missing.get(k, now) for k, held in listed.items() if not held}
+        old = [k for k, since in self._missing.items() if now - since > self._forget_after]
+        if old:
+            conn.execute(self._sql["forget"], {"keys": old})
 
     def _publish(self, now: float) -> None:
+        """The keys not held for ``grace``: dead, their leases expired."""
         dead = frozenset(k for k, since in self._missing.items() if now - since >= self._grace)
         if dead != self._table.dead:
-            grown = dead - self._table.dead
             self._table.dead = dead
-            if grown:
-                _log.info("cluster_liveness_dead_found", keys=sorted(grown)[:20])
-                self._on_dead()
+            self._nudge()

@@ -39,9 +39,9 @@ from ..sessions.spi import LocalMailbox, LocalRegistry, Mailbox, RuntimeStats
 from ._commands import ClusterMailbox
 from ._common import require_asyncio
 from ._config import Cluster
-from ._leases import LockLife
+from ._leases import Lease
 from ._live import ClusterBus
-from ._liveness import Liveness
+from ._liveness import Liveness, LockLife
 from ._ownership import FencedStore, Leases
 from ._serving import InboxServer
 
@@ -272,10 +272,6 @@ class ClusterNode:
                 continue
             full = len(claimed) >= _CLAIM_LIMIT
             for lease in claimed:
-                if self._server is not None and self._server.wake_put_off(lease.conversation_id):
-                    # Its last wake failed: the claim is left to run out (not renewed,
-                    # not served), and the conversation is tried again after its backoff.
-                    continue
                 try:
                     stored_epoch = await store.fence(lease.conversation_id, lease.epoch)
                 except Exception as exc:
@@ -290,7 +286,19 @@ class ClusterNode:
                     conversation_id=lease.conversation_id,
                     epoch=lease.epoch,
                 )
-                self._spawn(self._serve, lease.conversation_id, True)
+                self._spawn(self._serve_claimed, lease)
+
+    async def _serve_claimed(self, lease: Lease) -> None:
+        """Wake a claimed conversation; once that worked, its next claim need not wait
+        (each claim put it off, in case the wake fails: see ``claim_expired``)."""
+        assert self._server is not None
+        cid = lease.conversation_id
+        await self._server.serve(cid, take=True)
+        if not self._server.wake_failed(cid):
+            try:
+                await self._table.clear_retry(cid, lease.epoch)
+            except Exception as exc:  # it only waits longer before its next claim
+                _log.info("cluster_retry_not_cleared", conversation_id=cid, error=repr(exc))
 
     async def _listen_redis(self) -> None:
         while True:
