@@ -604,11 +604,20 @@ class _Conversation:
         if last.get("status") == "error":
             self.add("not-settled", f"quiesce: status error: {last}")
             return
-        left = int(last.get("unanswered") or 0) + int(last.get("queued") or 0)
-        if not left or last.get("status") == "interrupted":
+        if last.get("status") == "interrupted" or last.get("question") is not None:
+            return  # the queue waits for the answer (a stored question counts as well)
+        if "waiting" in last:
+            users = [str(m) for m in last["waiting"]]
+        else:  # a history from before reads recorded the ids
+            left = int(last.get("unanswered") or 0) + int(last.get("queued") or 0)
+            prefix = self.messages[: int(last.get("messages") or 0)]
+            users = (
+                [str(m.get("id")) for m in prefix if m.get("role") == "user"][-left:]
+                if left
+                else []
+            )
+        if not users:
             return
-        prefix = self.messages[: int(last.get("messages") or 0)]
-        users = [str(m.get("id")) for m in prefix if m.get("role") == "user"][-left:]
         sends = [o for i in users for o in self.by_id.get(i, [])]
         start = min((o.first_t for o in sends), default=0.0)
         if self._cut(start, _INF):

@@ -465,7 +465,9 @@ class Client:
                     summary = conversation_summary(seen.body)
                     last[cid] = summary
                     status = summary["status"]
-                    held = status in ("interrupted", "cancelled")
+                    # a question pending (live, or stored where nothing serves it now)
+                    # or a cancel holds the queue until the user acts
+                    held = status in ("interrupted", "cancelled") or summary["question"] is not None
                     if status != "running" and (
                         held or not (summary["queued"] or summary["unanswered"])
                     ):
