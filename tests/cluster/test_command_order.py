@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sessionvisor import SessionSupervisor, SingleRouter, Status
+from sessionvisor import AccessDenied, SessionSupervisor, SingleRouter, Status
 from sessionvisor.cluster import Cluster
 from sessionvisor.state.postgres import PostgresStore
 from sessionvisor.testing import ScriptedAgent, wait_until
@@ -35,7 +35,10 @@ pytestmark = pytest.mark.anyio
 
 @asynccontextmanager
 async def _two_nodes(
-    dsn: str, redis: RedisServer, agents: list[ScriptedAgent]
+    dsn: str,
+    redis: RedisServer,
+    agents: list[ScriptedAgent],
+    owner_of: Callable[[Any], str | None] | None = None,
 ) -> AsyncIterator[list[SessionSupervisor]]:
     def make(agent_id: str, config: Any) -> ScriptedAgent:
         agents.append(ScriptedAgent())
@@ -49,15 +52,17 @@ async def _two_nodes(
             cluster = Cluster(redis.url, node_id=name, lease_ttl=3.0, prefix=prefix)
             nodes.append(
                 await stack.enter_async_context(
-                    SessionSupervisor(SingleRouter(make), store=store, cluster=cluster)
+                    SessionSupervisor(
+                        SingleRouter(make), store=store, cluster=cluster, owner_of=owner_of
+                    )
                 )
             )
         yield nodes
 
 
-def _posted_unheard(dsn: str, cid: str, text: str, message_id: str) -> None:
+def _posted_unheard(dsn: str, cid: str, text: str, message_id: str, owner: str = "u") -> None:
     """A send row as another node stores it, before its owner hears of it."""
-    payload = json.dumps({"content": text, "owner": "u"})
+    payload = json.dumps({"content": text, "owner": owner})
     sql(
         dsn,
         "INSERT INTO sessionvisor_inbox (conversation_id, command_id, kind, payload) "
@@ -120,6 +125,43 @@ async def test_a_message_stored_elsewhere_goes_before_a_later_cancel_to_the_owne
         assert [(m.role, m.content) for m in state.messages] == [("user", "slow one")]
         assert [m.content for m in state.queued] == ["queued before the cancel"]
         assert handle.status is Status.CANCELLED
+
+
+async def test_a_message_stored_for_a_conversation_never_saved_creates_it_for_its_owner(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    # The poster found an owner that died before its first save: the row is all
+    # there is. The node that takes it creates the conversation for the row's
+    # owner key and wakes it with no scope (the router and the agent never get an
+    # owner key in place of a scope).
+    def owner_of(scope: Any) -> str | None:
+        return None if scope is None else str(scope["user"])
+
+    agents: list[ScriptedAgent] = []
+    seen: list[Any] = []
+
+    async with _two_nodes(pg_dsn, redis_server, agents, owner_of=owner_of) as (a, b):
+        cid = "ord-" + uuid.uuid4().hex[:8]
+        _posted_unheard(pg_dsn, cid, "hello from before", "m-orphan", owner="alice")
+        alice = {"user": "alice"}
+
+        async def answered() -> bool:
+            state = await a.load(cid, scope=alice)
+            return state is not None and any(m.role == "assistant" for m in state.messages)
+
+        # The sweeper of either node claims it (a conversation with stored commands).
+        await wait_until(answered, timeout=30, interval=0.05, message=f"{cid} answered")
+        state = await a.load(cid, scope=alice)
+        assert state is not None
+        assert [(m.role, m.content) for m in state.messages] == [
+            ("user", "hello from before"),
+            ("assistant", "echo: hello from before"),
+        ]
+        for node in (a, b):
+            with pytest.raises(AccessDenied):
+                await node.load(cid, scope={"user": "mallory"})
+        seen.extend(agent.turns for agent in agents)
+    assert seen == [["hello from before"]]
 
 
 async def test_the_inbox_probe_answers_each_caller_within_two_queries() -> None:

@@ -20,6 +20,7 @@ import structlog
 from .._errors import InvalidStatus, NotRunning, QueueFull, SessionFailedError
 from ..sessions import Status
 from ..sessions.spi import (
+    Creation,
     LocalMailbox,
     Registry,
     RunningElsewhere,
@@ -152,10 +153,13 @@ class InboxServer:
             self._leases_done(cid)
             return None
         if stored is None:
-            # Posted for a conversation its owner never saved (started, then died):
-            # it is created for the poster's owner key.
-            scope = first[0].payload.get("owner") if isinstance(first[0].payload, dict) else None
-            return (await self._local.ensure(cid, scope=scope)).actor
+            # Posted for a conversation its owner never saved (started, then died): it
+            # is created for the poster's owner key (woken with no scope, as always).
+            payload = first[0].payload if isinstance(first[0].payload, dict) else {}
+            owner = payload.get("owner")
+            creation = Creation(owner if isinstance(owner, str) else None)
+            reached = await self._local.ensure(cid, scope=None, trusted=True, create_for=creation)
+            return reached.actor
         return (await self._local.ensure(cid, scope=None, trusted=True)).actor
 
     def _leases_done(self, cid: str) -> None:

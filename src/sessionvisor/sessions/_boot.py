@@ -39,7 +39,15 @@ if TYPE_CHECKING:
     from ._host import ActorHost
     from ._seams import Bus
 
-__all__: list[str] = ["NO_RESUME", "Starter", "check_owner"]
+__all__: list[str] = ["NO_RESUME", "Creation", "Starter", "check_owner"]
+
+
+@attrs.frozen
+class Creation:
+    """A trusted wake may create the conversation, for this owner key (or none)."""
+
+    owner: str | None
+
 
 _log = structlog.get_logger("sessionvisor")
 
@@ -137,6 +145,7 @@ class Starter:
         pending_resume: Any,
         still_live: Callable[[str], bool],
         check_access: bool = True,
+        create_for: Creation | None = None,
     ) -> Built:
         """Make the conversation's actor and bring it live.
 
@@ -151,8 +160,12 @@ class Starter:
                 check_owner(self._owner_of, stored.owner, scope=scope, conversation_id=cid)
             owner = stored.owner
         elif not check_access:
-            # The runtime's own wake (recovery) never creates a conversation.
-            raise NotRunning(f"conversation {cid!r}: nothing is stored to recover")
+            if create_for is None:
+                # The runtime's own wake (recovery) never creates a conversation...
+                raise NotRunning(f"conversation {cid!r}: nothing is stored to recover")
+            owner = create_for.owner  # ...unless it carries a message stored for it
+        elif create_for is not None:
+            raise TypeError("create_for is only for the runtime's own (trusted) wake")
         else:
             owner = self._owner_of(scope)
         agent_id = self._agent_id(cid)

@@ -20,7 +20,7 @@ import attrs
 
 from .._errors import InvalidStatus, NotRunning, SessionFailedError
 from ..state import PendingInterrupt, StoredConversation, load_state
-from ._boot import NO_RESUME, Starter, check_owner
+from ._boot import NO_RESUME, Creation, Starter, check_owner
 from ._events import Status
 from ._handle import Delivery
 from ._seams import Reached, Registry
@@ -80,10 +80,14 @@ class LocalMailbox:
         reroute: bool = False,
         pending_resume: Any = NO_RESUME,
         trusted: bool = False,
+        create_for: Creation | None = None,
     ) -> Reached:
         """Return the live actor of the conversation, starting it (once) if needed.
 
         ``trusted`` skips the ownership check: the runtime's own wake (recovery).
+        ``create_for`` (with ``trusted``) lets that wake create a conversation that
+        nothing stores yet, owned by ``create_for.owner``: a cluster applying a
+        message stored for it whose first owner died before its first save.
 
         Raises:
             InvalidStatus: a ``pending_resume`` met a stored state with no interrupt
@@ -105,6 +109,7 @@ class LocalMailbox:
             pending_resume=pending_resume,
             still_live=self._registry.holds,
             check_access=not trusted,
+            create_for=create_for,
         )
         reached = await self._registry.ensure(cid, start.run)
         if not reached.started and not trusted:
@@ -266,6 +271,7 @@ class _Start:
     pending_resume: Any
     still_live: Callable[[str], bool]
     check_access: bool
+    create_for: Creation | None = None
     resume_refused: InvalidStatus | None = None
 
     async def run(self) -> Actor:
@@ -277,6 +283,7 @@ class _Start:
             pending_resume=self.pending_resume,
             still_live=self.still_live,
             check_access=self.check_access,
+            create_for=self.create_for,
         )
         self.resume_refused = built.resume_refused
         return built.actor

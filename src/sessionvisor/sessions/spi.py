@@ -11,7 +11,7 @@ private modules of ``sessions`` may change without notice; this module's
 names are the contract between ``sessions`` and a runtime.
 """
 
-from ._boot import NO_RESUME, Starter, check_owner
+from ._boot import NO_RESUME, Creation, Starter, check_owner
 from ._bus import LocalBus, Subscription, Topic
 from ._mailbox import LocalMailbox, stored_interrupt
 from ._recovery import has_unanswered_work
@@ -33,6 +33,7 @@ __all__ = [
     "NO_RESUME",
     "Bus",
     "ClusterMetrics",
+    "Creation",
     "LocalBus",
     "LocalMailbox",
     "LocalRegistry",
