@@ -66,7 +66,10 @@ class _Filter:
     owner (epoch 2 or more) that end below it, or skip it, mean a renumbering
     the stream no longer shows (Redis lost the stale owner's entries): they
     are delivered after a gap. A position whose seq a later owner reached
-    again cannot be told from the one seen (the limit of a bare seq).
+    again cannot be told from the one seen (the limit of a bare seq); a later
+    owner's stream merely behind the position (the client read from the owner
+    ahead of its forwarder) shows as a gap it did not need: a spurious gap,
+    never a miss.
     """
 
     def __init__(self, after_seq: int | None, epoch: int | None = None) -> None:
