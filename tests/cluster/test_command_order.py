@@ -164,6 +164,45 @@ async def test_a_message_stored_for_a_conversation_never_saved_creates_it_for_it
     assert seen == [["hello from before"]]
 
 
+async def test_a_burst_of_posts_wakes_the_owner_with_one_task_per_conversation(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    # Each command posted for another node's conversation wakes that node (Redis;
+    # failing that, the poster serves it itself). A burst must not start a wake per
+    # post: while one runs for a conversation, later posts count on their NOTIFY.
+    agents: list[ScriptedAgent] = []
+    async with _two_nodes(pg_dsn, redis_server, agents) as (a, b):
+        cid = "ord-" + uuid.uuid4().hex[:8]
+        await a.send(cid, "first", scope="u")
+        mailbox: Any = b._mailbox
+        running: list[str] = []
+        most = 0
+        gate = anyio.Event()
+        original = mailbox._wake_owner
+
+        async def held_wake(node_id: str, conversation_id: str) -> None:
+            nonlocal most
+            running.append(conversation_id)
+            most = max(most, len(running))
+            await gate.wait()
+            running.remove(conversation_id)
+            await original(node_id, conversation_id)
+
+        mailbox._wake_owner = held_wake
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(partial(b.send, cid, f"burst {i}", scope="u", message_id=f"m{i}"))
+        assert most == 1 and running == [cid]
+        gate.set()
+
+        async def all_answered() -> bool:
+            state = await a.load(cid, scope="u")
+            users = [m for m in state.messages if m.role == "user"] if state else []
+            return len(users) == 41 and state is not None and not state.queued
+
+        await wait_until(all_answered, timeout=30, interval=0.05, message="the burst answered")
+
+
 async def test_the_inbox_probe_answers_each_caller_within_two_queries() -> None:
     from sessionvisor.cluster._serving import _Probe
 

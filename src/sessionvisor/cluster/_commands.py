@@ -50,6 +50,10 @@ __all__: list[str] = ["ClusterMailbox"]
 
 _log = structlog.get_logger("sessionvisor")
 _RECENT_LIMIT = 10_000  # conversations remembered as served elsewhere
+# Owner wake-ups in flight at once (one per conversation): past this, a post
+# relies on its NOTIFY and on the sweeper, so a burst while Redis is down cannot
+# pile up tasks.
+_MAX_WAKES = 256
 
 
 class ClusterMailbox:
@@ -82,6 +86,7 @@ class ClusterMailbox:
         self._server = server
         self._recent: dict[str, tuple[str | None, str | None, float]] = {}
         self._recent_for = recent_for
+        self._waking: set[str] = set()  # conversations whose owner a task is waking
         self.posted = 0  # commands stored for another node
 
     # -- the calls -----------------------------------------------------------------
@@ -295,19 +300,25 @@ class ClusterMailbox:
         except Exception as exc:
             raise unavailable(f"conversation {cid!r}", exc) from exc
         self.posted += posted.created
-        if node_id is not None:
+        if node_id is not None and cid not in self._waking and len(self._waking) < _MAX_WAKES:
+            # One wake per conversation at a time: a post while one is in flight is
+            # covered by its own NOTIFY (sent at commit) and the owner's next round.
+            self._waking.add(cid)
             self._spawn(self._wake_owner, node_id, cid)
         return posted.created
 
     async def _wake_owner(self, node_id: str, cid: str) -> None:
         # A hint, never the command: the inbox's NOTIFY and the sweeper stand behind it.
-        heard = 0
-        with anyio.move_on_after(2.0):
-            try:
-                heard = await self._wakeups.notify(node_id, cid)
-            except Exception as exc:
-                _log.debug("cluster_wakeup_not_sent", conversation_id=cid, error=repr(exc))
-        if not heard:
-            # Nobody listens for that node (it stopped, or Redis is down): if it gave
-            # the conversation up, take it here rather than wait for the sweeper.
-            await self._server.serve(cid, take=True)
+        try:
+            heard = 0
+            with anyio.move_on_after(2.0):
+                try:
+                    heard = await self._wakeups.notify(node_id, cid)
+                except Exception as exc:
+                    _log.debug("cluster_wakeup_not_sent", conversation_id=cid, error=repr(exc))
+            if not heard:
+                # Nobody listens for that node (it stopped, or Redis is down): if it
+                # gave the conversation up, take it here rather than wait for the sweeper.
+                await self._server.serve(cid, take=True)
+        finally:
+            self._waking.discard(cid)
