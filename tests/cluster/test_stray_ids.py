@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sessionvisor import AccessDenied, InvalidStatus, Route, SessionSupervisor
-from sessionvisor.cluster import Cluster
+from sessionvisor.cluster import Cluster, Inbox
 from sessionvisor.state.postgres import PostgresStore
 from sessionvisor.testing import ScriptedAgent, wait_until
 from tests._support.servers import RedisServer
@@ -138,3 +138,27 @@ async def test_a_conversation_with_a_record_keeps_it_when_a_start_is_refused(
         assert state is not None and state.messages[0].content == "mine"
         # ... and the lease was given up as usual: the owner goes on at once.
         assert (await b.send(cid, "again", scope="u")).started
+
+
+async def test_a_claimed_stray_id_whose_wake_fails_keeps_its_back_off(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    """A command stored for an id nothing was ever saved for, whose start the router
+    refuses: the sweeper's claim keeps its lease row and its back-off (it is not
+    forgotten like a refused start), so the id is tried again after the back-off,
+    not on every sweep."""
+    cid = f"no-{uuid.uuid4().hex[:10]}"
+    async with Inbox(pg_dsn) as inbox:
+        await inbox.post(cid, "send", {"content": "hello", "owner": "u"}, command_id="m1")
+
+    def failures() -> int:
+        rows = sql(
+            pg_dsn, "SELECT failures FROM sessionvisor_leases WHERE conversation_id = %s", cid
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async with _nodes(pg_dsn, redis_server, "a") as (a,):
+        # Claimed, failed, and claimed again once its first back-off ran out.
+        await wait_until(lambda: failures() >= 2, timeout=20, interval=0.05)
+        assert a.metrics().background_failures["wake"] >= 2
+        assert _rows(pg_dsn, [cid])[0] == 1

@@ -116,12 +116,15 @@ RETURNING conversation_id
 # (a start the router, the factory or the owner check refused): its row and the
 # store's placeholder go, in one statement. No earlier owner exists whose stale
 # write the placeholder would have to refuse, and the next owner starts at
-# epoch 1 again. Returns one row when it deleted the lease.
+# epoch 1 again. A row that carries the sweeper's back-off (a claim whose wake
+# failed) stays, or the next sweep would claim it again at once. Returns one row
+# when it deleted the lease.
 FORGET = """
 WITH mine AS (
     DELETE FROM {t}
     WHERE conversation_id = %(cid)s AND node_id = %(node)s AND incarnation = %(inc)s
-        AND epoch = 1 AND NOT EXISTS (SELECT 1 FROM {s} WHERE id = %(cid)s AND version > 0)
+        AND epoch = 1 AND failures = 0
+        AND NOT EXISTS (SELECT 1 FROM {s} WHERE id = %(cid)s AND version > 0)
     RETURNING conversation_id
 ),
 placeholder AS (DELETE FROM {s} s USING mine WHERE s.id = mine.conversation_id AND s.version = 0)
