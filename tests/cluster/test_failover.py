@@ -206,3 +206,48 @@ async def test_sigstop_of_the_owner_its_leases_run_their_ttl_and_its_writes_are_
                 assert not judge(stored[cid], client.sent[cid]).wrong
             leases = check_one_owner(pg_dsn, prefix, cids)
             assert all(leases[c].node_id != victim.node_id for c in cids)
+
+
+async def test_a_live_node_whose_lock_connection_is_ended_stops_serving_before_a_takeover(
+    pg_dsn: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The lock goes while its process lives (an administrator ended the backend):
+    the node stops the sessions whose leases name it at once, and the conversations
+    are taken (by any node, itself included) without waiting out the 30 s lease;
+    every message is answered once."""
+    prefix = "ended-"
+    cids = [f"{prefix}{i}" for i in range(4)]
+    async with cluster(pg_dsn, redis_server.url, tmp_path, ttl=LONG_TTL, prefix="e") as nodes:
+        victim = nodes.all[0]
+        async with Client(nodes) as client:
+            await start_long_turns(client, nodes, victim, pg_dsn, cids)
+            before = read_leases(pg_dsn, prefix)
+            ended = sql(
+                pg_dsn,
+                f"SELECT pg_terminate_backend(k.pid) FROM pg_locks k "
+                f"JOIN {LEASE_TABLE}_runs r ON k.objid::bigint = r.lock_key "
+                "WHERE k.locktype = 'advisory' AND k.objsubid = 2 AND r.node_id = %s",
+                victim.node_id,
+            )
+            assert ended == [(True,)]
+
+            def stopped_and_retaken() -> bool:
+                lines = [line for line in victim.log_text().splitlines() if "superseded" in line]
+                named = [f"conversation_id={c} " for c in cids]
+                if not all(any(n in f"{line} " for line in lines) for n in named):
+                    return False
+                now = read_leases(pg_dsn, prefix)
+                return all(now[c].live and now[c].epoch > before[c].epoch for c in cids)
+
+            await wait_until(
+                stopped_and_retaken,
+                timeout=LONG_TTL / 3,
+                interval=POLL,
+                message=explained("the victim stops and the leases are taken again", nodes.report),
+            )
+            await wait_all_answered(pg_dsn, prefix, client.sent, LONG_TTL / 3, nodes)
+        check_one_owner(pg_dsn, prefix, cids)
+        stored = read_store(pg_dsn, prefix)
+        for cid in cids:
+            assert not judge(stored[cid], client.sent[cid]).wrong
+        assert victim.running  # it lives on, with a new lock
