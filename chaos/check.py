@@ -497,12 +497,12 @@ class _Conversation:
                     if any(c.ack is None or float(c.ack["t"]) > sent_t for c in before):
                         continue
                     flagged.add(mid)
-                    acks = [float(c.ack["t"]) for c in before if c.ack is not None]
+                    acks = [float(c.ack["t"]) for c in before if c.ack is not None][-3:]
                     self.add(
                         "order",
                         f"read op {read.op} (t={read_t}) shows the conversation cancelled with "
                         f"{mid!r} waiting, first sent at t={sent_t}, but every cancel before "
-                        f"the read was acknowledged before that (at {acks})",
+                        f"the read was acknowledged before that (the last at {acks})",
                         [read, *sends, *before[-3:]],
                         around=(sent_t - 2.0, done_t + 0.5),
                     )
