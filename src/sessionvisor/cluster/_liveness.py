@@ -38,7 +38,9 @@ A crashed owner's conversations are thus taken within about ``_EVERY +
 _GRACE`` seconds (plus the claim), whatever the TTL; a node started after the
 crash sees it too, since the key stays listed. A key gone for longer than any
 lease can last without renewal (``2 * ttl + _GRACE``) is deleted from the list.
-While no node holds its own lock, nobody looks, and leases run their TTL.
+A node looks only while it holds its own lock; when none does, leases run their
+TTL. A lease taken in the instant a lock is lost is taken again with the lock
+of now (``LeaseTable.acquire``), so no row names a lock given up before it.
 
 The looking runs on a thread of its own with a blocking connection, so a busy
 event loop (a long start-up, a large save) does not stop the confirmations; the
@@ -200,7 +202,8 @@ class Liveness:
             try:
                 self._hold(lock, stop)
             except Exception as exc:
-                failures += 1
+                # A lock held then lost is news; failing to take one again is not.
+                failures = 1 if lock else failures + 1
                 log = _log.warning if failures == 1 else _log.debug
                 log("cluster_liveness_lock_lost", error=repr(exc)[:300])
             self._tried = True
