@@ -29,7 +29,8 @@ What it checks (each violation names its ``kind``):
   later, or whose question ended without the approved/denied outcome it asked
   for (excused when a cancel or stop of the conversation may have cut its turn).
 - ``not-settled``: after the faults stopped, a conversation still ran or held
-  queued or unanswered work that no cancel or stop explains (``quiesce``), or it
+  queued or unanswered work that no cancel, stop or pending question explains
+  (``quiesce``: lease TTL + 5 s in a cluster, by default), or it
   did not reach idle with everything answered once the client resolved what was
   pending (``settle``), or its status is ``error``.
 - ``server-died`` / ``start-failed``: a process exited without the nemesis, or
