@@ -225,3 +225,132 @@ async def test_fifty_failing_wakes_do_not_delay_a_dead_node_s_conversation(
         broken,
     )
     assert rows and all(int(failures) >= 1 for (failures,) in rows)
+
+
+# -- the claim statement itself, on tables of the test's own ----------------------
+
+
+@asynccontextmanager
+async def _tables(dsn: str, *nodes: str) -> AsyncIterator[tuple[PostgresStore, list[LeaseTable]]]:
+    tag = uuid.uuid4().hex[:8]
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(PostgresStore(dsn, table=f"convs_{tag}"))
+        tables = [
+            await stack.enter_async_context(
+                LeaseTable(
+                    dsn,
+                    node_id=node,
+                    incarnation=f"0001-{node}",
+                    ttl=30.0,
+                    table=f"leases_{tag}",
+                    store_table=f"convs_{tag}",
+                )
+            )
+            for node in nodes
+        ]
+        yield store, tables
+
+
+def _row(dsn: str, table: LeaseTable, cid: str) -> tuple[int, int, float | None]:
+    """Epoch, failures, and seconds until retry_at (None: no back-off)."""
+    rows = sql(
+        dsn,
+        f"SELECT epoch, failures, EXTRACT(EPOCH FROM retry_at - now()) FROM {table.table} "
+        "WHERE conversation_id = %s",
+        cid,
+    )
+    epoch, failures, left = rows[0]
+    return int(epoch), int(failures), None if left is None else float(left)
+
+
+async def test_each_claim_puts_the_next_one_off_until_a_wake_that_worked_clears_it(
+    pg_dsn: str,
+) -> None:
+    async with _tables(pg_dsn, "a", "b") as (store, (a, b)):
+        cid = _cid("c")
+        record = StoredConversation(state=dump_state(_unanswered("hi")))
+        await store.save(cid, record, expected_version=None, lifecycle="turn_start")
+
+        [lease] = await a.claim_expired(first_retry=60.0)
+        epoch, failures, left = _row(pg_dsn, a, cid)
+        assert (epoch, failures) == (lease.epoch, 1) and left is not None and 55 < left <= 60
+        await a.release([cid])  # its wake failed: let go, at -infinity
+        assert await b.claim_expired(first_retry=60.0) == []  # put off, on every node
+        assert await a.claim_expired(first_retry=60.0) == []
+
+        await a.clear_retry(cid, lease.epoch)  # a wake that worked
+        assert _row(pg_dsn, a, cid) == (lease.epoch, 0, None)
+        [again] = await b.claim_expired(first_retry=60.0)
+        assert again.epoch == lease.epoch + 1
+        assert _row(pg_dsn, b, cid)[:2] == (again.epoch, 1)
+
+        # The delay doubles with the claims since the last success, up to max_retry.
+        await b.release([cid])
+        sql(
+            pg_dsn,
+            f"UPDATE {b.table} SET failures = 3, retry_at = NULL WHERE conversation_id = %s",
+            cid,
+        )
+        await a.claim_expired(first_retry=2.0, max_retry=120.0)
+        left = _row(pg_dsn, a, cid)[2]
+        assert left is not None and 14 < left <= 16  # 2 s * 2 ** 3
+        await a.release([cid])
+        sql(
+            pg_dsn,
+            f"UPDATE {a.table} SET failures = 400, retry_at = NULL WHERE conversation_id = %s",
+            cid,
+        )
+        await b.claim_expired(first_retry=2.0, max_retry=120.0)
+        left = _row(pg_dsn, b, cid)[2]
+        assert left is not None and 115 < left <= 120
+
+
+async def test_only_work_a_start_would_do_is_claimed(pg_dsn: str) -> None:
+    async with _tables(pg_dsn, "a") as (store, (a,)):
+        waiting = [Message(role="user", content="next")]
+        saves = {
+            "mid-turn": (_unanswered("hi"), "turn_start"),
+            "queued": (State(queued=waiting), "queued"),
+            "held-after-cancel": (State(queued=waiting), "cancel"),
+            "held-after-error": (State(queued=waiting), "error"),
+            "asked": (
+                State(queued=waiting, interrupt=PendingInterrupt(data="ok?")),
+                "interrupt",
+            ),
+            "answered": (State(messages=[Message(role="assistant", content="hi")]), "completion"),
+        }
+        for cid, (state, lifecycle) in saves.items():
+            record = StoredConversation(state=dump_state(state))
+            await store.save(cid, record, expected_version=None, lifecycle=lifecycle)  # type: ignore[arg-type]
+        claimed = {lease.conversation_id for lease in await a.claim_expired()}
+        assert claimed == {"mid-turn", "queued"}
+
+
+async def test_the_leases_of_a_dead_lock_are_taken_before_they_expire(pg_dsn: str) -> None:
+    """A row naming a lock key the table is told is dead counts as expired for the
+    claim and for ``acquire``; other live rows do not."""
+    from sessionvisor.cluster._liveness import LockLife
+
+    async with _tables(pg_dsn, "a", "b") as (store, (a, b)):
+        a.lock = LockLife(7001, float("inf"))
+        dead, alive, idle = _cid("dead"), _cid("alive"), _cid("idle")
+        for cid in (dead, alive):
+            record = StoredConversation(state=dump_state(_unanswered("hi")))
+            await store.save(cid, record, expected_version=None, lifecycle="turn_start")
+        taken = {lease.conversation_id: lease for lease in await a.claim_expired()}
+        assert taken.keys() == {dead, alive} and all(t.lock is a.lock for t in taken.values())
+        assert await a.acquire(idle) is not None
+        # The other row of a node whose lock is alive, and the same rows while b
+        # does not know the lock is dead: nothing is taken.
+        sql(
+            pg_dsn,
+            f"UPDATE {a.table} SET lock_key = 7002, retry_at = NULL WHERE conversation_id = %s",
+            alive,
+        )
+        sql(pg_dsn, f"UPDATE {a.table} SET retry_at = NULL")
+        assert await b.claim_expired() == []
+        assert await b.acquire(idle) is None
+        b.dead = frozenset({7001})
+        assert {lease.conversation_id for lease in await b.claim_expired()} == {dead}
+        lease = await b.acquire(idle)
+        assert lease is not None and lease.epoch == 2
