@@ -125,3 +125,44 @@ async def test_an_answer_posted_to_another_node_is_carried_out_once_after_the_ow
         assert [r for r in _replies(view["messages"]) if r.startswith("Approved")] == [
             _replies(state.messages)[-1]
         ]
+
+
+async def test_a_stop_during_the_turn_of_an_answer_is_carried_out_by_some_node_unasked(
+    pg_dsn: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # stop unloads: the answer being carried out goes back to the store with its
+    # question, flagged as unanswered work, and the next sweep of some node carries
+    # it out with no request (the question is not asked again).
+    cid = "cmd-answer-stop"
+    async with (
+        cluster_nodes(pg_dsn, redis_server.url, tmp_path, word_delay=0.25) as nodes,
+        httpx.AsyncClient(headers=HEADERS, timeout=10) as http,
+    ):
+        owner, interrupt_id = await _ask(http, nodes, pg_dsn, cid)
+        answered = await http.post(
+            f"{owner.url}/conversations/{cid}/resume",
+            json={"answer": {"approved": True}, "interrupt_id": interrupt_id},
+        )
+        assert answered.status_code == 202, answered.text
+        stopped = await http.delete(f"{owner.url}/conversations/{cid}")
+        assert stopped.status_code == 200 and stopped.json()["result"] == "stopped", stopped.text
+        cut = read_store(pg_dsn, cid)[cid]
+        assert not any(r.startswith("Approved") for r in _replies(cut.messages)), (
+            "the approved turn ended before the stop: the test did not cut it"
+        )
+        state = cut
+
+        def carried_out() -> bool:
+            nonlocal state
+            state = read_store(pg_dsn, cid)[cid]
+            return any(r.startswith("Approved") for r in _replies(state.messages))
+
+        await wait_until(
+            carried_out,
+            timeout=60,
+            interval=POLL,
+            message=explained("the answer carried out after the stop", nodes.report),
+        )
+        assert _tool_runs(state.messages) == 1, state.messages
+        view = await _view(http, owner, cid)
+        assert view["interrupt"] is None, view

@@ -147,7 +147,8 @@ FROM {t} WHERE conversation_id = %s AND lease_until >= now()
 # the store's unanswered flag (read through its partial index) on a save made
 # mid-turn or with messages to run (a start reruns that turn or runs that queue;
 # a queue held behind a question, a pause, an error or a cancel stays held, so
-# waking it would do nothing), and, when the table knows the inbox, pending inbox
+# waking it would do nothing), an answer whose turn a stop cut short (a start
+# carries it out), and, when the table knows the inbox, pending inbox
 # rows (a command posted just before its owner died). A lease whose back-off
 # (``retry_at``) has not run out is left alone: every claim sets it, doubling
 # with the claims since the last wake that worked, which clears it. Expired
@@ -157,7 +158,10 @@ FROM {t} WHERE conversation_id = %s AND lease_until >= now()
 # cluster mode) are taken too, their first epoch above the store's. Two
 # sweepers inserting the same one: the second's ON CONFLICT DO NOTHING finds
 # the first's row and returns nothing.
-WORK = "SELECT id AS cid FROM {s} WHERE unanswered AND lifecycle IN ('turn_start', 'queued')"
+WORK = (
+    "SELECT id AS cid FROM {s} WHERE unanswered AND (lifecycle IN ('turn_start', 'queued') "
+    "OR head::jsonb -> 'interrupt' ->> 'answered' = 'true')"
+)
 WORK_WITH_INBOX = WORK + " UNION SELECT conversation_id FROM {i}"
 WORK_INBOX_ONLY = "SELECT DISTINCT conversation_id AS cid FROM {i}"
 EPOCH_AFTER_STORE = "COALESCE((SELECT s.epoch FROM {s} s WHERE s.id = w.cid), 0) + 1"
