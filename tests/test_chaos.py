@@ -323,3 +323,19 @@ def test_checker_an_outcome_needs_an_answer_naming_its_question_and_outputs_are_
     found = {v.kind: v.detail for v in check(events)[0]}
     assert "duplicate-output" in found
     assert "no answer 'yes' naming it" in found["bad-outcome"]
+
+
+def test_a_cluster_node_reaches_its_database_through_a_relay_of_its_own() -> None:
+    from urllib.parse import urlsplit
+
+    from chaos.procs import Postgres
+
+    database = Postgres("chaos_example")
+    relay, url = database.relay()
+    try:
+        through, direct = urlsplit(url), urlsplit(database.url)
+        assert (through.hostname, through.port) == ("127.0.0.1", relay.port)
+        assert (through.username, through.path) == (direct.username, direct.path)
+        assert relay.target == (database.host, database.port)
+    finally:
+        relay.close()
