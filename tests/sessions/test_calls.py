@@ -12,6 +12,7 @@ import pytest
 
 from sessionvisor import (
     InvalidStatus,
+    MemoryStore,
     NotRunning,
     RegistryUnavailable,
     SessionSummary,
@@ -84,6 +85,52 @@ async def test_cancel_holds_the_queue_and_the_next_message_is_answered(
         assert backend.agent.turns[-1] == ["slow", "q1", "q2"]
         state = await stored_state(sup.store, "c-1")
         assert texts(state) == ["slow", "q1", "q2", "re: q2"]
+        assert state.queued == []
+
+
+class _CompletionGate(MemoryStore):
+    """Holds the save that ends a turn (``completion``) until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def save(self, conversation_id: str, record: Any, **kwargs: Any) -> Any:
+        if record.lifecycle == "completion" and not self.gate.is_set():
+            self.holding.set()
+            await self.gate.wait()
+        return await super().save(conversation_id, record, **kwargs)
+
+
+@pytest.mark.anyio
+async def test_a_cancel_too_late_for_its_turn_does_not_cut_the_next_one(
+    anyio_backend: str,
+) -> None:
+    # The agent has answered and the turn is saving its answer when the cancel
+    # arrives: too late for that turn. The message queued behind it runs next and
+    # is answered; it is not cut and held by a cancel meant for the turn before.
+    store = _CompletionGate()
+    backend = Backend()
+    async with supervisor(backend, store=store) as sup:
+        await _slow_turn(sup, backend)
+        assert (await sup.send("c-1", "behind")).queued
+        backend.agent.release()
+        with anyio.fail_after(WAIT):
+            await store.holding.wait()  # answered; the answer's save is under way
+        cancelled: list[Status] = []
+
+        async def cancel() -> None:
+            cancelled.append(await sup.cancel("c-1"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel)
+            await anyio.wait_all_tasks_blocked()  # the cancel waits for the turn's end
+            store.gate.set()
+        assert cancelled[0] in (Status.RUNNING, Status.IDLE)
+        assert await wait_until_settled(sup, "c-1") is Status.IDLE
+        state = await stored_state(sup.store, "c-1")
+        assert texts(state) == ["slow", "re: slow", "behind", "re: behind"]
         assert state.queued == []
 
 

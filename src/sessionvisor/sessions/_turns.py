@@ -107,7 +107,10 @@ class TurnControl:
         self.started_with = None
 
     def end(self) -> None:
+        # A cancel that came after the agent returned was too late for this turn,
+        # and must not cut the next one (a turn of the messages queued behind).
         self.active = False
+        self.cancel_requested = False
         self.release_waiters()
 
     def cancel(self) -> None:
