@@ -28,6 +28,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +44,9 @@ KILLS = "kill,kill-after-resume,kill-after-send,kill-in-recovery"
 RANDOM_SEED = random.SystemRandom().randrange(1_000, 1_000_000)
 SEEDS = [1, 2, RANDOM_SEED]
 PARALLEL = int(os.environ.get("CHAOS_PARALLEL", "3"))
+# A three-node run holds about 30 PostgreSQL connections: at most two at once
+# stay well inside a default server's 100.
+CLUSTERS_AT_ONCE = threading.Semaphore(2)
 TIMEOUT = 240.0
 
 
@@ -74,6 +78,13 @@ class Outcome:
 
 
 def _run(case: Case, out: Path) -> Outcome:
+    if case.mode == "cluster":
+        with CLUSTERS_AT_ONCE:
+            return _run_now(case, out)
+    return _run_now(case, out)
+
+
+def _run_now(case: Case, out: Path) -> Outcome:
     command = [sys.executable, "-m", "chaos.run", *case.arguments(), "--out", str(out)]
     env = {**os.environ, "TMPDIR": str(out)}
     started = time.monotonic()
