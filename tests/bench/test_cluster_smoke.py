@@ -56,7 +56,9 @@ def test_a_tiny_cluster_bench_run_measures_both_parts(tmp_path: Path) -> None:
     (fail,) = [r for r in rows if r.get("part") == "failover"]
     assert fail["answer"]["measured"] == 2 - fail["answered_before_kill"]
     assert fail["conversations_without_exactly_one_answer"] == 0
+    assert fail["pause"]["stale_writes"] == 0  # SIGSTOP rounds: the woken owner wrote nothing
     assert fail["survivor_exit_codes_after_sigterm"] == [0, 0]
     assert len(out.read_text().splitlines()) == len(rows)
     assert "| W3 messages/s" in proc.stdout
-    assert "| the answer is in the store |" in proc.stdout
+    assert "| kill -9: the answer is in the store |" in proc.stdout
+    assert "| kill -9: a survivor holds the lease |" in proc.stdout

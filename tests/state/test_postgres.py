@@ -280,3 +280,33 @@ async def test_the_first_calls_of_a_busy_server_arrive_together_and_all_succeed(
     finally:
         await store.aclose()
     assert found == [None] * 24
+
+
+@pytest.mark.postgres
+async def test_the_header_gives_owner_and_interrupt_without_reading_a_message_row(
+    pg_store: Any, pg_schema: str
+) -> None:
+    from sessionvisor.state import PendingInterrupt
+
+    store = pg_store
+    assert await store.load_header("c-1") is None
+    state = State(
+        messages=[Message(role="user", content=f"m{i}") for i in range(3)],
+        interrupt=PendingInterrupt(kind="question", data={"q": "go?"}),
+    )
+    stored = StoredConversation(state=dump_state(state), owner="alice")
+    await store.save("c-1", stored, expected_version=None, lifecycle="interrupt")
+    # Without its message rows the conversation cannot be loaded, but its header
+    # (what a node that does not serve it needs) still reads: no message row is read.
+    sql(POSTGRES_DSN, f"DELETE FROM {pg_schema}.convs_messages")
+    with pytest.raises(CorruptStateError):
+        await store.load("c-1")
+    header = await store.load_header("c-1")
+    assert header is not None
+    assert header.owner == "alice"
+    assert header.interrupt is not None and header.interrupt.data == {"q": "go?"}
+    assert header.interrupt.id == state.interrupt.id  # type: ignore[union-attr]
+
+    sql(POSTGRES_DSN, f"UPDATE {pg_schema}.convs SET head = 'not json'")
+    with pytest.raises(CorruptStateError, match=r"'c-1'.*not JSON"):
+        await store.load_header("c-1")

@@ -20,13 +20,14 @@ B sees its messages in that order.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import attrs
 import structlog
 
-from .._errors import InvalidStatus
+from .._errors import CorruptStateError, InvalidStatus
 from ..sessions import Delivery, Status
 from ..sessions.spi import (
     NO_RESUME,
@@ -40,6 +41,7 @@ from ..sessions.spi import (
     require_notice,
     stored_interrupt,
 )
+from ..state import PendingInterrupt
 from ._inbox import CommandKind, Inbox
 from ._ownership import Leases, OwnedElsewhere, unavailable
 from ._pg import monotonic
@@ -73,6 +75,7 @@ class ClusterMailbox:
         check_open: Callable[[str], None],
         spawn: Callable[..., None],
         recent_for: float,
+        header: Callable[[str], Awaitable[Any]] | None = None,
     ) -> None:
         self._local = local
         self._registry = registry
@@ -86,6 +89,7 @@ class ClusterMailbox:
         self._server = server
         self._recent: dict[str, tuple[str | None, str | None, float]] = {}
         self._recent_for = recent_for
+        self._header = header
         self._waking: set[str] = set()  # conversations whose owner a task is waking
         self.posted = 0  # commands stored for another node
 
@@ -171,7 +175,7 @@ class ClusterMailbox:
         except OwnedElsewhere as exc:
             stored = await self._stored_for(cid, scope)
             interrupt = require_interrupt(
-                cid, stored_interrupt(stored, cid), status=Status.RUNNING, interrupt_id=interrupt_id
+                cid, _unanswered(stored), status=Status.RUNNING, interrupt_id=interrupt_id
             )
             # The question answered goes along: applied again after a crash, the row
             # must not answer a later question.
@@ -188,7 +192,7 @@ class ClusterMailbox:
             return await self._local.dismiss(cid, scope=scope, request_opts=request_opts)
         except OwnedElsewhere as exc:
             stored = await self._stored_for(cid, scope)
-            interrupt = require_notice(cid, stored_interrupt(stored, cid), status=Status.RUNNING)
+            interrupt = require_notice(cid, _unanswered(stored), status=Status.RUNNING)
             payload = {"interrupt": interrupt.model_dump(mode="json")}
             await self._post(cid, "dismiss", payload, scope, exc.node_id)
             return Status.IDLE
@@ -268,11 +272,24 @@ class ClusterMailbox:
             self._recent.clear()
         self._recent[cid] = (node_id, owner, monotonic() + self._recent_for)
 
-    async def _stored_for(self, cid: str, scope: Any) -> Any:
-        stored = await self._starter.load(cid)
-        if stored is not None:
-            check_owner(self._owner_of, stored.owner, scope=scope, conversation_id=cid)
-        return stored
+    async def _stored_for(self, cid: str, scope: Any) -> _Header | None:
+        """The stored conversation's owner key (checked against ``scope``) and its
+        pending interrupt, or None when nothing is stored. Read from the header row
+        alone when the store can (``PostgresStore.load_header``): a command for a
+        conversation served elsewhere never loads its history here."""
+        if self._header is None:
+            stored = await self._starter.load(cid)
+            found = None if stored is None else _Header(stored.owner, stored_interrupt(stored, cid))
+        else:
+            try:
+                found = await self._header(cid)
+            except CorruptStateError:
+                raise
+            except Exception as exc:
+                raise unavailable(f"conversation {cid!r}", exc) from exc
+        if found is not None:
+            check_owner(self._owner_of, found.owner, scope=scope, conversation_id=cid)
+        return found
 
     async def _owner_node(self, cid: str) -> str | None:
         try:
@@ -322,3 +339,16 @@ class ClusterMailbox:
                 await self._server.serve(cid, take=True)
         finally:
             self._waking.discard(cid)
+
+
+@attrs.frozen
+class _Header:
+    owner: str | None
+    interrupt: PendingInterrupt | None
+
+
+def _unanswered(found: _Header | None) -> PendingInterrupt | None:
+    """The interrupt still waiting for an answer (not one whose answer is being
+    carried out: a second answer to it is too late)."""
+    interrupt = None if found is None else found.interrupt
+    return None if interrupt is None or interrupt.answered else interrupt

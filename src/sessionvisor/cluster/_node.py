@@ -136,6 +136,7 @@ class ClusterNode:
             check_open=local.check_open,
             spawn=self._spawn,
             recent_for=self.cluster.renew_every,
+            header=getattr(self._inner_store, "load_header", None),
         )
         return self._mailbox
 

@@ -22,6 +22,7 @@ the batch down a one-save-per-transaction path.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -32,11 +33,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 import attrs
+from pydantic import ValidationError
 
 from .._closing import ClosedOnExit
 from .._errors import CorruptStateError, StaleWriteError
 from ._batch import GroupCommit, Write
 from ._layout import HistoryTracker, assemble, dumps, split
+from ._models import PendingInterrupt
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
 from ._writes import (
@@ -54,7 +57,7 @@ if TYPE_CHECKING:
     import psycopg_pool
     from psycopg import sql
 
-__all__ = ["PostgresStore"]
+__all__ = ["ConversationHeader", "PostgresStore"]
 
 _T = TypeVar("_T")
 
@@ -191,6 +194,10 @@ class _Queries:
         self.bulk = compose(_BULK)
         self.update = compose(_UPDATE)
         self.create = compose(_CREATE)
+        # Its header only: the owner and the state's other fields, never a message row.
+        self.header = compose(
+            "SELECT owner, head, state -> 'interrupt' FROM {t} WHERE id = %s AND version > 0"
+        )
         self.load = compose(
             f"SELECT {_COLUMNS}, x.positions, x.bodies FROM {{t}} t LEFT JOIN LATERAL ("
             "SELECT array_agg(m.position ORDER BY m.position) AS positions, "
@@ -292,6 +299,15 @@ def _import_psycopg() -> ModuleType:
             "install them with: pip install 'sessionvisor[postgres]'"
         ) from exc
     return psycopg
+
+
+@attrs.frozen
+class ConversationHeader:
+    """What ``PostgresStore.load_header`` reads: the owner key and the pending
+    interrupt (``None`` when there is none), without the history."""
+
+    owner: str | None
+    interrupt: PendingInterrupt | None
 
 
 class PostgresStore(ClosedOnExit):
@@ -556,6 +572,44 @@ class PostgresStore(ClosedOnExit):
                 conn.execute(q.delete_messages, (conversation_id,))
 
         await self._run(remove)
+
+    async def load_header(self, conversation_id: str) -> ConversationHeader | None:
+        """The conversation's owner and pending interrupt, read from its header row
+        alone (none of its message rows): what a node that does not serve the
+        conversation needs to take a command for it. None when nothing is stored.
+
+        Raises:
+            CorruptStateError: the stored interrupt cannot be read.
+            psycopg.Error: the database failed.
+            StoreClosed: the store is closed (a ``RuntimeError``).
+        """
+        query = self._q.header
+
+        def fetch(conn: psycopg.Connection[tuple[Any, ...]]) -> Any:
+            return conn.execute(query, (conversation_id,)).fetchone()
+
+        row = await self._run(fetch)
+        if row is None:
+            return None
+        owner, head, raw = row
+        where = f"the stored header of conversation {conversation_id!r}"
+        if head is not None:
+            try:
+                fields = json.loads(head)
+            except ValueError:
+                raise CorruptStateError(f"cannot read {where}: it is not JSON") from None
+            if not isinstance(fields, dict):
+                raise CorruptStateError(f"cannot read {where}: it is not a JSON object")
+            raw = fields.get("interrupt")
+        interrupt = None
+        if raw is not None:
+            try:
+                interrupt = PendingInterrupt.model_validate(raw)
+            except ValidationError as exc:
+                raise CorruptStateError(
+                    f"cannot read {where}: its interrupt is not valid ({exc.error_count()} errors)"
+                ) from None
+        return ConversationHeader(owner=owner, interrupt=interrupt)
 
     async def quarantine(self, conversation_id: str) -> str:
         """Move the conversation's rows, unchanged, to the quarantine tables.
