@@ -130,9 +130,9 @@ def _lease(dsn: str, cid: str) -> tuple[int, int, bool] | None:
 async def test_a_question_waiting_for_a_human_or_a_held_queue_is_not_swept(
     pg_dsn: str, redis_server: RedisServer
 ) -> None:
-    # Each was saved with a message queued behind it, so the store flags it as having
-    # work; a start would keep that queue held (it waits for the answer, or for the
-    # user after a cancel), so waking it does nothing.
+    # Each was saved with a message queued behind it, but a start would keep that
+    # queue held (it waits for the answer, or for the user after a cancel): the
+    # store does not count it as work, and no sweep wakes it.
     asked = _cid("asked")
     question = PendingInterrupt(data={"question": "refund?"})
     state = State(
@@ -153,7 +153,7 @@ async def test_a_question_waiting_for_a_human_or_a_held_queue_is_not_swept(
         asked,
         held,
     )
-    assert flagged == [(2,)]
+    assert flagged == [(0,)]
     before = _lease(pg_dsn, asked)
 
     async with _nodes(pg_dsn, redis_server, "a", "b") as nodes:

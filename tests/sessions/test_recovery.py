@@ -90,6 +90,25 @@ async def test_a_queue_left_by_a_stop_mid_turn_is_answered(
         assert agent.turns == ["waiting"]
 
 
+async def test_a_queue_behind_a_turn_that_completed_is_answered_after_a_crash(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    # The process died between the save of a completed turn and the start of the
+    # next one: the messages queued behind are work, not held.
+    async with SQLiteStore(tmp_path / "chat.db") as store:
+        left = State(
+            messages=[Message(role="user", content="a"), Message(role="assistant", content="b")],
+            queued=[Message(role="user", content="behind")],
+        )
+        await _leave(store, "c-3", left, "completion")
+        assert await store.unanswered() == ["c-3"]
+        agent = ScriptedAgent()
+        async with SessionSupervisor(_router(agent), store=store):
+            state = await _answered(store, "c-3", "behind")
+        assert agent.turns == ["behind"]
+        assert state.queued == []
+
+
 async def test_finished_and_held_conversations_are_left_alone(
     anyio_backend: str, tmp_path: Path
 ) -> None:
@@ -110,8 +129,8 @@ async def test_finished_and_held_conversations_are_left_alone(
         async with SessionSupervisor(_router(agent), store=store) as sup:
             await _answered(store, "pending", "go")
             # Recovery woke exactly one conversation: the one with unanswered work.
-            # ("held" has queued messages, so the index lists it; waking it runs nothing:
-            # its queue waits for the user, as before the crash.)
+            # ("held" has queued messages, but they wait for the user, as before the
+            # crash: the index does not list it.)
             assert agent.turns == ["go"]
             assert await sup.status("finished") is Status.NOT_RUNNING
         stored = await store.load("held")

@@ -434,6 +434,9 @@ async def test_unanswered_lists_the_conversations_with_work_left(backend: Backen
         ("c-held", pending, "completion"),
         ("c-done", make_state("hi", "hello"), "completion"),
         ("c-asked", make_state("refund?"), "interrupt"),
+        # Queued, but held (the user's turn): a start would run none of it.
+        ("c-cancelled", pending, "cancel"),
+        ("c-stopped", pending, "shutdown"),
     ]
     for cid, state, lifecycle in saves:
         await store.save(cid, record_of(state), expected_version=None, lifecycle=lifecycle)

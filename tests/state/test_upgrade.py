@@ -64,7 +64,7 @@ def state_of(*texts: str, queued: tuple[str, ...] = ()) -> dict[str, Any]:
 OLD_ROWS: list[tuple[str, Any, int, str]] = [
     ("c-done", state_of("a", "b", "c"), 4, "completion"),
     ("c-turn", state_of("x"), 2, "turn_start"),
-    ("c-held", state_of("y", queued=("later",)), 3, "interrupt"),
+    ("c-held", state_of("y", queued=("later",)), 3, "completion"),  # queued after a turn: work
 ]
 
 

@@ -143,12 +143,12 @@ SELECT node_id, incarnation, epoch, lease_until, EXTRACT(EPOCH FROM lease_until 
 FROM {t} WHERE conversation_id = %s AND lease_until >= now()
 """
 
-# The sweeper's claim. ``work`` is every conversation with something waiting:
-# the store's unanswered flag (read through its partial index) on a save made
-# mid-turn or with messages to run (a start reruns that turn or runs that queue;
-# a queue held behind a question, a pause, an error or a cancel stays held, so
-# waking it would do nothing), an answer whose turn a stop cut short (a start
-# carries it out), and, when the table knows the inbox, pending inbox
+# The sweeper's claim. ``work`` is every conversation with something a start
+# would do: the store's unanswered flag (``state.is_unanswered``, read through
+# its partial index: a save made mid-turn, messages to run, an answer whose
+# turn a stop cut short; never a queue held behind a question, a pause, an
+# error, a cancel or a stop, where waking would run nothing), and, when the
+# table knows the inbox, pending inbox
 # rows (a command posted just before its owner died). A lease whose back-off
 # (``retry_at``) has not run out is left alone: every claim sets it, doubling
 # with the claims since the last wake that worked, which clears it. Expired
@@ -158,10 +158,7 @@ FROM {t} WHERE conversation_id = %s AND lease_until >= now()
 # cluster mode) are taken too, their first epoch above the store's. Two
 # sweepers inserting the same one: the second's ON CONFLICT DO NOTHING finds
 # the first's row and returns nothing.
-WORK = (
-    "SELECT id AS cid FROM {s} WHERE unanswered AND (lifecycle IN ('turn_start', 'queued') "
-    "OR head::jsonb -> 'interrupt' ->> 'answered' = 'true')"
-)
+WORK = "SELECT id AS cid FROM {s} WHERE unanswered"
 WORK_WITH_INBOX = WORK + " UNION SELECT conversation_id FROM {i}"
 WORK_INBOX_ONLY = "SELECT DISTINCT conversation_id AS cid FROM {i}"
 EPOCH_AFTER_STORE = "COALESCE((SELECT s.epoch FROM {s} s WHERE s.id = w.cid), 0) + 1"

@@ -32,7 +32,7 @@ from .._errors import (
     QueueFull,
     StoreUnavailable,
 )
-from ..state import Content, Message, State
+from ..state import HOLDING_LIFECYCLES, Content, Message, State
 from ._turns import adopt
 from ._validation import content_size_ok
 
@@ -266,10 +266,9 @@ def give_back(state: State, *, mark: int, taken: int) -> None:
 
 
 def held_after_boot(state: State, *, stored_lifecycle: str | None, restored: bool) -> bool:
-    """On a start: messages left mid-turn run; ones held before a stop stay held."""
-    return state.interrupt is not None or (
-        restored and stored_lifecycle not in ("turn_start", "queued")
-    )
+    """On a start: messages left mid-turn, or queued behind a turn that completed,
+    run; ones held (a question, a pause, an error, a cancel, a stop) stay held."""
+    return state.interrupt is not None or (restored and stored_lifecycle in HOLDING_LIFECYCLES)
 
 
 def abandon_interrupt(state: State, agent: Any) -> State:

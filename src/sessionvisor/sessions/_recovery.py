@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from ..state import StoredConversation
+from ..state import StoredConversation, is_unanswered
 
 if TYPE_CHECKING:
     from ._seams import Mailbox, Registry
@@ -32,13 +32,8 @@ _AT_ONCE = 16  # conversations woken concurrently
 
 
 def has_unanswered_work(stored: StoredConversation) -> bool:
-    """True when the record was saved mid-turn, with messages waiting, or with an
-    acknowledged answer whose turn was cut short."""
-    interrupt = stored.state.get("interrupt")
-    answered = isinstance(interrupt, dict) and interrupt.get("answered") is True
-    return (
-        stored.lifecycle in ("turn_start", "queued") or answered or bool(stored.state.get("queued"))
-    )
+    """True when a start would do something: the store's rule (``is_unanswered``)."""
+    return is_unanswered(stored.lifecycle or "", stored.state)
 
 
 async def recover_unanswered(store: Any, wake: Callable[[str], Awaitable[bool]]) -> None:

@@ -13,9 +13,18 @@ from ._memory import MemoryStore
 from ._models import SCHEMA_VERSION, Content, Message, PendingInterrupt, State
 from ._serializer import MigrationRegistry, dump_state, load_state, register_migration
 from ._sqlite import SQLiteStore
-from ._store import LIFECYCLES, FencingStore, Lifecycle, StateStore, StoredConversation
+from ._store import (
+    HOLDING_LIFECYCLES,
+    LIFECYCLES,
+    FencingStore,
+    Lifecycle,
+    StateStore,
+    StoredConversation,
+)
+from ._writes import is_unanswered
 
 __all__ = [
+    "HOLDING_LIFECYCLES",
     "LIFECYCLES",
     "SCHEMA_VERSION",
     "Content",
@@ -30,6 +39,7 @@ __all__ = [
     "StateStore",
     "StoredConversation",
     "dump_state",
+    "is_unanswered",
     "load_state",
     "register_migration",
 ]

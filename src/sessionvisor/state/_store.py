@@ -9,7 +9,7 @@ import attrs
 
 from .._clock import utcnow
 
-__all__ = ["LIFECYCLES", "Lifecycle", "StateStore", "StoredConversation"]
+__all__ = ["HOLDING_LIFECYCLES", "LIFECYCLES", "Lifecycle", "StateStore", "StoredConversation"]
 
 Lifecycle = Literal[
     "turn_start",
@@ -23,6 +23,13 @@ Lifecycle = Literal[
     "shutdown",
 ]
 LIFECYCLES: frozenset[str] = frozenset(Lifecycle.__args__)  # type: ignore[attr-defined]
+#: A save with one of these lifecycles leaves its queue held: the messages wait for
+#: the user (after a question, a pause, an error, a cancel, or a stop that found
+#: them held), so a start runs none of them. After any other lifecycle (a turn
+#: that completed, say) queued messages are work a start runs.
+HOLDING_LIFECYCLES: frozenset[str] = frozenset(
+    {"interrupt", "pause", "error", "cancel", "shutdown"}
+)
 
 
 @attrs.frozen(kw_only=True)

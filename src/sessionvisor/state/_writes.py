@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import NothingStored, StaleWriteError, StoreClosed
-from ._store import LIFECYCLES
+from ._store import HOLDING_LIFECYCLES, LIFECYCLES
 
 __all__ = [
     "UNANSWERED_LIFECYCLES",
@@ -24,10 +24,13 @@ UNANSWERED_LIFECYCLES = frozenset({"turn_start", "queued"})
 
 
 def is_unanswered(lifecycle: str, state: Any) -> bool:
-    """Return True when a conversation saved like this still has work to answer.
+    """Return True when a conversation saved like this still has work a start would
+    do (what ``StateStore.unanswered`` lists; every store keeps this rule).
 
-    That is: it was saved at the start of a turn or with a queued message, or its
-    state holds queued messages. A state that is not a mapping counts by its
+    That is: it was saved at the start of a turn or with a queued message; or it
+    holds an acknowledged answer whose turn was cut short; or it has queued
+    messages that are not held (no question pending, and a lifecycle not in
+    ``HOLDING_LIFECYCLES``). A state that is not a mapping counts by its
     lifecycle only.
     """
     if lifecycle in UNANSWERED_LIFECYCLES:
@@ -35,9 +38,11 @@ def is_unanswered(lifecycle: str, state: Any) -> bool:
     if not isinstance(state, Mapping):
         return False
     interrupt = state.get("interrupt")
-    if isinstance(interrupt, Mapping) and interrupt.get("answered") is True:
-        return True  # an acknowledged answer whose turn was cut short
-    return bool(state.get("queued"))
+    if isinstance(interrupt, Mapping):
+        # A question waiting for a human holds the queue; one whose acknowledged
+        # answer a stop cut short is carried out by the next start.
+        return interrupt.get("answered") is True
+    return bool(state.get("queued")) and lifecycle not in HOLDING_LIFECYCLES
 
 
 def check_limit(limit: int | None) -> None:
