@@ -144,6 +144,7 @@ class _Question:
     index: int
     outcome: str | None = None  # approved | denied | superseded
     tools: int = 0
+    superseded_by: str | None = None  # the id of the user message that superseded it
 
 
 class _Conversation:
@@ -260,6 +261,7 @@ class _Conversation:
                 pending.append(message)
                 if open_question is not None:
                     self.questions[open_question].outcome = "superseded"
+                    self.questions[open_question].superseded_by = mid
                     open_question = None
             elif role == "tool":
                 if open_question is None:
@@ -410,7 +412,11 @@ class _Conversation:
                 self.add(
                     "lost-answer", f"question {key} answered {answer!r} is not in the history", [op]
                 )
-            elif question.outcome != want:
+            elif question.outcome != want and not (
+                self.cluster
+                and question.outcome == "superseded"
+                and self._message_went_first(op, key)
+            ):
                 self.add(
                     "lost-answer",
                     f"resume {answer!r} of question {key} acknowledged at t={ack_t}, "
@@ -418,6 +424,16 @@ class _Conversation:
                     [op],
                     around=(op.first_t - 1.0, ack_t + 5.0),
                 )
+
+    def _message_went_first(self, op: Op, key: str) -> bool:
+        """The message that superseded the question was acknowledged before this
+        answer was first sent: it took effect first, and the answer found nothing
+        to answer (in a cluster the answer's 202 only meant "stored", and the owner
+        applies both in acknowledgement order)."""
+        question = self.questions.get(key)
+        by = None if question is None else question.superseded_by
+        found = self._acked_sends().get(by) if by is not None else None
+        return found is not None and found[1] < op.first_t
 
     def _acked_sends(self) -> dict[str, tuple[float, float, Op]]:
         """By message id: (first invoke of any of its sends, earliest acknowledgement, that op)."""

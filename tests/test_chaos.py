@@ -270,6 +270,30 @@ def test_checker_an_answer_sent_after_an_acknowledged_message_does_not_apply_bef
     assert _kinds(history("fail")) == []
 
 
+def test_checker_a_cluster_answer_stored_after_an_acknowledged_message_finds_it_superseded() -> (
+    None
+):
+    # In a cluster an answer's 202 may only mean "stored": the owner applies the
+    # message acknowledged before it first, which supersedes the question, and the
+    # answer then finds nothing to answer. In one process that 202 is impossible.
+    def history(mode: str, message_first: bool) -> list[dict[str, object]]:
+        h = _History(mode)
+        h.call("send", 0.0, id="m0", content="please delete m0")
+        h.read(1.0, ["m0"], "interrupted", question="q0")
+        h.call("send", 2.0 if message_first else 4.0, id="m1", content="hello m1")
+        h.call("resume", 3.0, status=202, answer="yes", question="q0")
+        return h.final(
+            ("m0", "user", "please delete m0"),
+            ("q0", "assistant", QUESTION),
+            ("m1", "user", "hello m1"),
+            ("r1", "assistant", _reply("hello m1")),
+        )
+
+    assert _kinds(history("cluster", message_first=True)) == []
+    assert _kinds(history("cluster", message_first=False)) == ["lost-answer"]
+    assert _kinds(history("single", message_first=True)) == ["lost-answer"]
+
+
 def test_checker_a_cancel_acknowledged_before_a_send_does_not_hold_that_message() -> None:
     def history(cancel_at: float) -> list[dict[str, object]]:
         h = _History("cluster")
