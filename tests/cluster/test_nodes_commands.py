@@ -20,7 +20,17 @@ import pytest
 from sessionvisor.testing import wait_until
 from tests._support.servers import RedisServer
 
-from ._nodes import HEADERS, POLL, Node, Nodes, cluster_nodes, explained, read_leases, read_store
+from ._nodes import (
+    HEADERS,
+    POLL,
+    Node,
+    Nodes,
+    Stored,
+    cluster_nodes,
+    explained,
+    read_leases,
+    read_store,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -70,6 +80,28 @@ def _replies(messages: list[dict[str, Any]]) -> list[str]:
     return [text_of(m) for m in messages if m.get("role") == "assistant"]
 
 
+async def _carried_out_after_the_cut(pg_dsn: str, nodes: Nodes, cid: str, cut: str) -> Stored:
+    """Check that ``cut`` came before the approved reply, then wait (with no request)
+    until some node stores that reply; return the stored conversation."""
+    state = read_store(pg_dsn, cid)[cid]
+    assert not any(r.startswith("Approved") for r in _replies(state.messages)), (
+        f"the approved turn ended before {cut}: the test did not cut it"
+    )
+
+    def carried_out() -> bool:
+        nonlocal state
+        state = read_store(pg_dsn, cid)[cid]
+        return any(r.startswith("Approved") for r in _replies(state.messages))
+
+    await wait_until(
+        carried_out,
+        timeout=60,
+        interval=POLL,
+        message=explained(f"the answer carried out after {cut}", nodes.report),
+    )
+    return state
+
+
 async def test_an_answer_posted_to_another_node_is_carried_out_once_after_the_owner_is_killed(
     pg_dsn: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -100,24 +132,7 @@ async def test_an_answer_posted_to_another_node_is_carried_out_once_after_the_ow
             message=explained("the owner runs the answer", nodes.report),
         )
         owner.kill()
-        cut = read_store(pg_dsn, cid)[cid]
-        assert not any(r.startswith("Approved") for r in _replies(cut.messages)), (
-            "the approved turn ended before the kill: the test did not cut it"
-        )
-
-        state = cut
-
-        def carried_out() -> bool:
-            nonlocal state
-            state = read_store(pg_dsn, cid)[cid]
-            return any(r.startswith("Approved") for r in _replies(state.messages))
-
-        await wait_until(
-            carried_out,
-            timeout=60,
-            interval=POLL,
-            message=explained("the answer carried out elsewhere", nodes.report),
-        )
+        state = await _carried_out_after_the_cut(pg_dsn, nodes, cid, "the kill")
         assert _tool_runs(state.messages) == 1, state.messages
         survivors = [n for n in nodes if n is not owner]
         view = await _view(http, survivors[0], cid)
@@ -146,23 +161,7 @@ async def test_a_stop_during_the_turn_of_an_answer_is_carried_out_by_some_node_u
         assert answered.status_code == 202, answered.text
         stopped = await http.delete(f"{owner.url}/conversations/{cid}")
         assert stopped.status_code == 200 and stopped.json()["result"] == "stopped", stopped.text
-        cut = read_store(pg_dsn, cid)[cid]
-        assert not any(r.startswith("Approved") for r in _replies(cut.messages)), (
-            "the approved turn ended before the stop: the test did not cut it"
-        )
-        state = cut
-
-        def carried_out() -> bool:
-            nonlocal state
-            state = read_store(pg_dsn, cid)[cid]
-            return any(r.startswith("Approved") for r in _replies(state.messages))
-
-        await wait_until(
-            carried_out,
-            timeout=60,
-            interval=POLL,
-            message=explained("the answer carried out after the stop", nodes.report),
-        )
+        state = await _carried_out_after_the_cut(pg_dsn, nodes, cid, "the stop")
         assert _tool_runs(state.messages) == 1, state.messages
         view = await _view(http, owner, cid)
         assert view["interrupt"] is None, view
