@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -24,40 +23,28 @@ import anyio
 import pytest
 
 from sessionvisor import AccessDenied, SessionSupervisor, SingleRouter, Status
-from sessionvisor.cluster import Cluster
-from sessionvisor.state.postgres import PostgresStore
 from sessionvisor.testing import ScriptedAgent, wait_until
 from tests._support.servers import RedisServer
 from tests._support.sql import sql
 
+from ._inprocess import in_process_nodes
+
 pytestmark = pytest.mark.anyio
 
 
-@asynccontextmanager
-async def _two_nodes(
+def _two_nodes(
     dsn: str,
     redis: RedisServer,
     agents: list[ScriptedAgent],
     owner_of: Callable[[Any], str | None] | None = None,
-) -> AsyncIterator[list[SessionSupervisor]]:
+) -> Any:
     def make(agent_id: str, config: Any) -> ScriptedAgent:
         agents.append(ScriptedAgent())
         return agents[-1]
 
-    prefix = "o" + uuid.uuid4().hex[:8]
-    async with AsyncExitStack() as stack:
-        nodes = []
-        for name in ("a", "b"):
-            store = await stack.enter_async_context(PostgresStore(dsn))
-            cluster = Cluster(redis.url, node_id=name, lease_ttl=3.0, prefix=prefix)
-            nodes.append(
-                await stack.enter_async_context(
-                    SessionSupervisor(
-                        SingleRouter(make), store=store, cluster=cluster, owner_of=owner_of
-                    )
-                )
-            )
-        yield nodes
+    return in_process_nodes(
+        dsn, redis, "a", "b", router=lambda name: SingleRouter(make), owner_of=owner_of
+    )
 
 
 def _posted_unheard(dsn: str, cid: str, text: str, message_id: str, owner: str = "u") -> None:

@@ -10,8 +10,6 @@ its subscribers of the gap.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -19,37 +17,23 @@ import pytest
 
 from sessionvisor import SessionSupervisor, SingleRouter
 from sessionvisor.agents import Done, Turn
-from sessionvisor.cluster import Cluster
 from sessionvisor.sessions import Delta, Event, MessageAppended, StatusChanged
-from sessionvisor.state.postgres import PostgresStore
 from sessionvisor.testing import ScriptedAgent, wait_until
 from tests._support.servers import RedisServer
 from tests._support.sql import sql
 
+from ._inprocess import in_process_nodes
+
 pytestmark = pytest.mark.anyio
 
 
-@asynccontextmanager
-async def _nodes(
-    dsn: str, redis: RedisServer, *names: str, agent: Any = None
-) -> AsyncIterator[list[Any]]:
-    prefix = "t" + uuid.uuid4().hex[:8]
-    async with AsyncExitStack() as stack:
-        nodes = []
-        for name in names:
-            store = await stack.enter_async_context(PostgresStore(dsn))
-            cluster = Cluster(redis.url, node_id=name, lease_ttl=3.0, prefix=prefix)
-            router = SingleRouter(
-                lambda agent_id, config, name=name: (
-                    agent(name) if agent else ScriptedAgent(stream=True)
-                )
-            )
-            nodes.append(
-                await stack.enter_async_context(
-                    SessionSupervisor(router, store=store, cluster=cluster)
-                )
-            )
-        yield nodes
+def _nodes(dsn: str, redis: RedisServer, *names: str, agent: Any = None) -> Any:
+    def router(name: str) -> SingleRouter:
+        return SingleRouter(
+            lambda agent_id, config: agent(name) if agent else ScriptedAgent(stream=True)
+        )
+
+    return in_process_nodes(dsn, redis, *names, router=router)
 
 
 def _lease(dsn: str, cid: str) -> tuple[str, int, bool]:

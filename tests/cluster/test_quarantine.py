@@ -10,37 +10,28 @@ where it is, and the serving node carries on.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
 
 from sessionvisor import CorruptStateError, SessionSupervisor, SingleRouter
-from sessionvisor.cluster import Cluster
-from sessionvisor.state.postgres import PostgresStore
 from sessionvisor.testing import ScriptedAgent, wait_until
 from tests._support.servers import RedisServer
 from tests._support.sql import sql
 
+from ._inprocess import in_process_nodes
+
 pytestmark = pytest.mark.anyio
 
 
-@asynccontextmanager
-async def _nodes(dsn: str, redis: RedisServer, *names: str) -> AsyncIterator[list[Any]]:
-    prefix = "t" + uuid.uuid4().hex[:8]
-    async with AsyncExitStack() as stack:
-        nodes = []
-        for name in names:
-            store = await stack.enter_async_context(PostgresStore(dsn))
-            cluster = Cluster(redis.url, node_id=name, lease_ttl=3.0, prefix=prefix)
-            router = SingleRouter(lambda agent_id, config: ScriptedAgent())
-            nodes.append(
-                await stack.enter_async_context(
-                    SessionSupervisor(router, store=store, cluster=cluster, on_corrupt="quarantine")
-                )
-            )
-        yield nodes
+def _nodes(dsn: str, redis: RedisServer, *names: str) -> Any:
+    return in_process_nodes(
+        dsn,
+        redis,
+        *names,
+        router=lambda name: SingleRouter(lambda agent_id, config: ScriptedAgent()),
+        on_corrupt="quarantine",
+    )
 
 
 def _stored(dsn: str, cid: str) -> int:

@@ -6,18 +6,18 @@ must not grow the lease table and the store for ever."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from sessionvisor import AccessDenied, InvalidStatus, Route, SessionSupervisor
-from sessionvisor.cluster import Cluster, Inbox
-from sessionvisor.state.postgres import PostgresStore
+from sessionvisor.cluster import Inbox
 from sessionvisor.testing import ScriptedAgent, wait_until
 from tests._support.servers import RedisServer
 from tests._support.sql import sql
+
+from ._inprocess import in_process_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -36,20 +36,8 @@ def _factory(agent_id: str, config: Any) -> ScriptedAgent:
     return ScriptedAgent()
 
 
-@asynccontextmanager
-async def _nodes(dsn: str, redis: RedisServer, *names: str) -> AsyncIterator[list[Any]]:
-    prefix = "t" + uuid.uuid4().hex[:8]
-    async with AsyncExitStack() as stack:
-        nodes = []
-        for name in names:
-            store = await stack.enter_async_context(PostgresStore(dsn))
-            cluster = Cluster(redis.url, node_id=name, lease_ttl=3.0, prefix=prefix)
-            nodes.append(
-                await stack.enter_async_context(
-                    SessionSupervisor(_router, store=store, cluster=cluster)
-                )
-            )
-        yield nodes
+def _nodes(dsn: str, redis: RedisServer, *names: str) -> Any:
+    return in_process_nodes(dsn, redis, *names, router=lambda name: _router)
 
 
 def _rows(dsn: str, ids: list[str]) -> tuple[int, int]:

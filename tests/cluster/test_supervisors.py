@@ -9,8 +9,7 @@ ordinary paths quick to check.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -24,6 +23,8 @@ from sessionvisor.testing import ScriptedAgent, wait_until
 from tests._support.servers import RedisServer
 from tests._support.sql import sql
 
+from ._inprocess import in_process_nodes
+
 pytestmark = pytest.mark.anyio
 
 
@@ -32,22 +33,10 @@ def _echo() -> SingleRouter:
     return SingleRouter(lambda agent_id, config: ScriptedAgent(stream=True))
 
 
-@asynccontextmanager
-async def _nodes(
+def _nodes(
     dsn: str, redis: RedisServer, *names: str, router: Callable[[], Any] = _echo, ttl: float = 3.0
-) -> AsyncIterator[list[SessionSupervisor]]:
-    prefix = "t" + uuid.uuid4().hex[:8]  # each test its own keys
-    async with AsyncExitStack() as stack:
-        nodes = []
-        for name in names:
-            store = await stack.enter_async_context(PostgresStore(dsn))
-            cluster = Cluster(redis.url, node_id=name, lease_ttl=ttl, prefix=prefix)
-            nodes.append(
-                await stack.enter_async_context(
-                    SessionSupervisor(router(), store=store, cluster=cluster)
-                )
-            )
-        yield nodes
+) -> Any:
+    return in_process_nodes(dsn, redis, *names, router=lambda name: router(), ttl=ttl)
 
 
 def _cid() -> str:

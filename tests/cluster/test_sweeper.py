@@ -20,12 +20,14 @@ import pytest
 import structlog
 
 from sessionvisor import SessionSupervisor, SingleRouter
-from sessionvisor.cluster import Cluster, LeaseTable
+from sessionvisor.cluster import LeaseTable
 from sessionvisor.state import Message, PendingInterrupt, State, StoredConversation, dump_state
 from sessionvisor.state.postgres import PostgresStore
 from sessionvisor.testing import ScriptedAgent, wait_until
 from tests._support.servers import RedisServer
 from tests._support.sql import sql
+
+from ._inprocess import in_process_nodes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.redis]
 
@@ -43,22 +45,8 @@ def _router() -> SingleRouter:
     return SingleRouter(factory)
 
 
-@asynccontextmanager
-async def _nodes(
-    dsn: str, redis: RedisServer, *names: str
-) -> AsyncIterator[list[SessionSupervisor]]:
-    prefix = "t" + uuid.uuid4().hex[:8]
-    async with AsyncExitStack() as stack:
-        nodes = []
-        for name in names:
-            store = await stack.enter_async_context(PostgresStore(dsn))
-            cluster = Cluster(redis.url, node_id=name, lease_ttl=TTL, prefix=prefix)
-            nodes.append(
-                await stack.enter_async_context(
-                    SessionSupervisor(_router(), store=store, cluster=cluster)
-                )
-            )
-        yield nodes
+def _nodes(dsn: str, redis: RedisServer, *names: str) -> Any:
+    return in_process_nodes(dsn, redis, *names, router=lambda name: _router(), ttl=TTL)
 
 
 def _cid(kind: str) -> str:
