@@ -35,6 +35,7 @@ from ..sessions.spi import (
     Reached,
     Registry,
     RunningElsewhere,
+    Session,
     Starter,
     check_owner,
     require_interrupt,
@@ -202,8 +203,7 @@ class ClusterMailbox:
         self._check_open(cid)
         actor = self._registry.live(cid)
         if actor is not None:
-            check_owner(self._owner_of, actor.owner, scope=scope, conversation_id=cid)
-            await self._server.apply_earlier(cid, actor)
+            await self._apply_earlier(cid, actor, scope)
             return await self._local.cancel(cid, scope=scope)
         owner = await self._owner_node(cid)
         if owner is None:
@@ -221,8 +221,7 @@ class ClusterMailbox:
         if self._registry.entry(cid) is not None:
             actor = self._registry.live(cid)
             if actor is not None:
-                check_owner(self._owner_of, actor.owner, scope=scope, conversation_id=cid)
-                await self._server.apply_earlier(cid, actor)
+                await self._apply_earlier(cid, actor, scope)
             return await self._local.stop(cid, scope=scope)
         owner = await self._owner_node(cid)
         if owner is None:
@@ -244,8 +243,12 @@ class ClusterMailbox:
             if not await self._server.has_pending(cid):
                 return
             actor = (await self._local.ensure(cid, scope=scope, request_opts=request_opts)).actor
-        else:
-            check_owner(self._owner_of, actor.owner, scope=scope, conversation_id=cid)
+        await self._apply_earlier(cid, actor, scope)
+
+    async def _apply_earlier(self, cid: str, actor: Session, scope: Any) -> None:
+        """On the owner: check the caller's owner key, then apply the commands stored
+        for the conversation before this call (see ``InboxServer.apply_earlier``)."""
+        check_owner(self._owner_of, actor.owner, scope=scope, conversation_id=cid)
         await self._server.apply_earlier(cid, actor)
 
     # -- posting -------------------------------------------------------------------

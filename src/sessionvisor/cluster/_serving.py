@@ -212,10 +212,8 @@ class InboxServer:
             content: Any = payload.get("content")
             await actor.send(content, None, message_id=command.command_id)
         elif kind == "resume":
-            _check_same_interrupt(actor, payload, command)
-            meant = payload.get("interrupt")
-            interrupt_id = meant.get("id") if isinstance(meant, dict) else None
-            await actor.resume(payload.get("answer"), None, interrupt_id=interrupt_id)
+            _check_same_interrupt(actor, payload, command)  # by its whole form, id included
+            await actor.resume(payload.get("answer"), None)
         elif kind == "dismiss":
             _check_same_interrupt(actor, payload, command)
             await actor.dismiss(None)
