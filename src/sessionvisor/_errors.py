@@ -26,7 +26,11 @@ ValueError`` keeps working. The tree::
     ├── StaleWriteError              (RuntimeError)     someone else wrote first
     ├── StoreClosed                  (RuntimeError)     the store was closed
     ├── NothingStored                (LookupError)      quarantine found no row
-    └── SubscriberOverflow           (RuntimeError)     a subscriber fell too far behind
+    ├── SubscriberOverflow           (RuntimeError)     a subscriber fell too far behind
+    └── StepError                                       a durable step of a turn failed
+        ├── StepMismatch             (RuntimeError)     a rerun called another step here
+        ├── StepOutcomeUnknown       (RuntimeError)     a cut step may or may not have run
+        └── StepResultError          (ValueError)       a step's result cannot be stored
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ __all__ = [
     "SessionFailedError",
     "SessionvisorError",
     "StaleWriteError",
+    "StepError",
+    "StepMismatch",
+    "StepOutcomeUnknown",
+    "StepResultError",
     "StoreClosed",
     "StoreUnavailable",
     "SubscriberOverflow",
@@ -163,3 +171,43 @@ class NothingStored(SessionvisorError, LookupError):
 
 class SubscriberOverflow(SessionvisorError, RuntimeError):
     """The subscriber fell further behind than its buffer; resubscribe with ``after=``."""
+
+
+class StepError(SessionvisorError):
+    """A durable step of a turn (``turn.step``) could not be run or replayed."""
+
+
+class StepMismatch(StepError, RuntimeError):
+    """A rerun of a cut turn called a different step than the one stored at that index.
+
+    The turn fails and the stored steps are kept as they were.
+    """
+
+    def __init__(self, index: int, expected: str, called: str) -> None:
+        super().__init__(
+            f"step {index} of this turn was stored as {expected!r} but the rerun called "
+            f"{called!r}: the turn's code changed between the cut run and the rerun"
+        )
+        self.index = index
+        self.expected = expected
+        self.called = called
+
+
+class StepOutcomeUnknown(StepError, RuntimeError):
+    """A step that is not idempotent started in a cut run and has no stored result.
+
+    It may or may not have done its work; the agent decides (ask a human, tell the
+    model, or call it again).
+    """
+
+    def __init__(self, name: str, index: int) -> None:
+        super().__init__(
+            f"step {name!r} (index {index}) started before the turn was cut and its "
+            f"result was never stored: it may or may not have run"
+        )
+        self.name = name
+        self.index = index
+
+
+class StepResultError(StepError, ValueError):
+    """A step's result is not JSON-ready or is over ``max_step_bytes``; it was not stored."""

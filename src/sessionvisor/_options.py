@@ -62,6 +62,8 @@ class SupervisorOpts:
         shutdown_timeout: how long a running turn may take to finish on drain.
         max_queued: how many user messages may wait for the next turn.
         max_message_bytes: the largest message content, measured as JSON.
+        max_step_bytes: the largest result a durable step (``turn.step``) may store,
+            measured as JSON.
         subscriber_buffer: events one subscriber may fall behind before it is cut off.
         replay_buffer: events kept per conversation for ``subscribe(after=...)``.
         message_preprocessor: ``(message, ctx) -> Message | (display, model)``.
@@ -86,6 +88,7 @@ class SupervisorOpts:
     shutdown_timeout: float = attrs.field(default=5.0, converter=_number, validator=_non_negative)
     max_queued: int = attrs.field(default=100, validator=_positive_int)
     max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
+    max_step_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
     subscriber_buffer: int = attrs.field(default=256, validator=_positive_int)
     replay_buffer: int = attrs.field(default=128, validator=_positive_int)
     message_preprocessor: Callable[..., Any] | None = attrs.field(

@@ -10,7 +10,16 @@ sessionvisor but the errors and the clock.
 """
 
 from ._memory import MemoryStore
-from ._models import SCHEMA_VERSION, Content, Message, PendingInterrupt, State
+from ._models import (
+    SCHEMA_VERSION,
+    Content,
+    Journal,
+    Message,
+    PendingInterrupt,
+    State,
+    StepRecord,
+    Usage,
+)
 from ._serializer import MigrationRegistry, dump_state, load_state, register_migration
 from ._sqlite import SQLiteStore
 from ._store import (
@@ -29,6 +38,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Content",
     "FencingStore",
+    "Journal",
     "Lifecycle",
     "MemoryStore",
     "Message",
@@ -37,7 +47,9 @@ __all__ = [
     "SQLiteStore",
     "State",
     "StateStore",
+    "StepRecord",
     "StoredConversation",
+    "Usage",
     "dump_state",
     "is_unanswered",
     "load_state",

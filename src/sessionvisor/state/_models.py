@@ -12,7 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._clock import utcnow
 
-__all__ = ["SCHEMA_VERSION", "Content", "Message", "PendingInterrupt", "State"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Content",
+    "Journal",
+    "Message",
+    "PendingInterrupt",
+    "State",
+    "StepRecord",
+    "Usage",
+]
 
 #: Version of the serialized State written by this release; see ``_serializer``.
 SCHEMA_VERSION = 1
@@ -80,6 +89,76 @@ def new_interrupt(kind: Literal["question", "notice"], data: Any) -> PendingInte
     return PendingInterrupt(kind=kind, data=data, id="i-" + uuid4().hex)
 
 
+class Usage(BaseModel):
+    """What model requests cost: tokens, requests, and money when the model says.
+
+    A model-response step (``turn.step(..., usage=...)``) stores its own; ``State.usage``
+    holds the conversation's totals, each stored step counted once.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    requests: int = Field(default=0, ge=0)
+    #: In the model provider's currency; None while no step reported a cost.
+    cost: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None
+        if self.cost is not None or other.cost is not None:
+            cost = (self.cost or 0.0) + (other.cost or 0.0)
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            requests=self.requests + other.requests,
+            cost=cost,
+        )
+
+
+class StepRecord(BaseModel):
+    """One durable step of a turn, as stored (and as ``steps()`` lists it).
+
+    Attributes:
+        turn: the id of the turn's journal (the same for a cut turn and its reruns).
+        index: the step's position in its turn, from 0, in the order the turn called it.
+        name: the name the turn gave the step.
+        status: ``"started"`` (running, or cut before its result was stored),
+            ``"completed"`` (its result is stored), or, in ``steps()`` only,
+            ``"unknown"``: a step of an ended turn that started and never completed.
+        idempotent: whether the turn said the step may safely run twice.
+        started_at: when it (last) started.
+        duration: seconds from start to stored result; None until completed.
+        result: the stored result (JSON-ready); None when ``omitted``.
+        omitted: ``steps()`` leaves out a result larger than its limit.
+        model: ``"module:QualName"`` of the pydantic model the result was dumped from.
+        usage: what the step cost, for a model-response step.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    turn: str
+    index: int
+    name: str
+    status: Literal["started", "completed", "unknown"] = "started"
+    idempotent: bool = False
+    started_at: datetime = Field(default_factory=utcnow)
+    duration: float | None = None
+    result: Any = None
+    omitted: bool = False
+    model: str | None = None
+    usage: Usage | None = None
+
+
+class Journal(BaseModel):
+    """The steps of the turn in progress (or of the turn a crash or a stop cut)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    turn: str
+    steps: list[StepRecord] = Field(default_factory=list)
+
+
 class State(BaseModel):
     """Everything persisted about one conversation.
 
@@ -88,6 +167,10 @@ class State(BaseModel):
         queued: user messages waiting for the next turn.
         metadata: free-form data of the agent and the application.
         interrupt: the pending interrupt, persisted so it survives shutdown.
+        usage: the conversation's model usage totals (from model-response steps).
+        journal: the durable steps of the running (or cut) turn; runtime-owned.
+        steps: the steps of the turns that ended, newest last (the audit trail,
+            bounded; see ``SessionSupervisor.steps``); runtime-owned.
         version: the schema version this State was written with.
     """
 
@@ -97,4 +180,7 @@ class State(BaseModel):
     queued: list[Message] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     interrupt: PendingInterrupt | None = None
+    usage: Usage = Field(default_factory=Usage)
+    journal: Journal | None = None
+    steps: list[StepRecord] = Field(default_factory=list)
     version: int = SCHEMA_VERSION
