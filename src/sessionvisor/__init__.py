@@ -42,6 +42,7 @@ from ._errors import (
     StoreClosed,
     StoreUnavailable,
     SubscriberOverflow,
+    UnknownMessage,
 )
 from ._options import SupervisorOpts
 from .agents import Agent, Done, FunctionAgent, Interrupt, Outcome, Pause, Turn
@@ -150,6 +151,7 @@ __all__ = [
     "SupervisorOpts",
     "SystemClock",
     "Turn",
+    "UnknownMessage",
     "Usage",
     "__version__",
     "in_thread",

@@ -15,6 +15,7 @@ ValueError`` keeps working. The tree::
     ├── RegistryUnavailable          (RuntimeError)     supervisor not entered / draining
     │   └── StoreUnavailable                            a command could not be stored: retry
     ├── NotRunning                   (LookupError)      the handle's session has stopped
+    ├── UnknownMessage               (LookupError)      no such message in the conversation
     ├── InvalidStatus                (RuntimeError)     the call does not fit the status
     ├── QueueFull                    (RuntimeError)     too many queued messages
     ├── MessageRejected              (ValueError)       the message preprocessor refused
@@ -66,6 +67,7 @@ __all__ = [
     "StoreClosed",
     "StoreUnavailable",
     "SubscriberOverflow",
+    "UnknownMessage",
 ]
 
 
@@ -119,6 +121,14 @@ class StoreUnavailable(RegistryUnavailable):
 
 class NotRunning(SessionvisorError, LookupError):
     """The session behind this handle has stopped."""
+
+
+class UnknownMessage(SessionvisorError, LookupError):
+    """The conversation's visible history has no message with the id the call names."""
+
+    def __init__(self, message: str, message_id: str) -> None:
+        super().__init__(message)
+        self.message_id = message_id
 
 
 class InvalidStatus(SessionvisorError, RuntimeError):

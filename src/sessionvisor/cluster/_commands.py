@@ -198,13 +198,15 @@ class ClusterMailbox:
             await self._post(cid, "dismiss", payload, scope, exc.node_id)
             return Status.IDLE
 
-    async def cancel(self, conversation_id: str, *, scope: Any) -> Status:
+    async def cancel(
+        self, conversation_id: str, *, scope: Any, keep_partial: bool = False
+    ) -> Status:
         cid = conversation_id
         self._check_open(cid)
         actor = self._registry.live(cid)
         if actor is not None:
             await self._apply_earlier(cid, actor, scope)
-            return await self._local.cancel(cid, scope=scope)
+            return await self._local.cancel(cid, scope=scope, keep_partial=keep_partial)
         owner = await self._owner_node(cid)
         if owner is None:
             raise InvalidStatus(
@@ -212,8 +214,35 @@ class ClusterMailbox:
                 Status.NOT_RUNNING.value,
             )
         await self._stored_for(cid, scope)
-        await self._post(cid, "cancel", {}, scope, owner)
+        await self._post(cid, "cancel", {"keep_partial": keep_partial}, scope, owner)
         return Status.CANCELLED
+
+    async def rewrite(
+        self,
+        conversation_id: str,
+        *,
+        message_id: str | None,
+        content: Any,
+        edit: bool,
+        scope: Any,
+    ) -> str:
+        """On the owner (or a node that can take the conversation): as in one process,
+        after the commands stored earlier. A conversation another node serves is
+        refused: the answer depends on its history, which only its owner holds."""
+        cid = conversation_id
+        try:
+            await self._earlier_first(cid, scope=scope, request_opts=None)
+            return await self._local.rewrite(
+                cid, message_id=message_id, content=content, edit=edit, scope=scope
+            )
+        except OwnedElsewhere as exc:
+            await self._stored_for(cid, scope)
+            call = "edit" if edit else "regenerate"
+            raise InvalidStatus(
+                f"cannot {call} conversation {cid!r} here: node {exc.node_id!r} serves it "
+                "right now; retry once its session has stopped, or on that node",
+                Status.RUNNING.value,
+            ) from None
 
     async def stop(self, conversation_id: str, *, scope: Any) -> str:
         cid = conversation_id

@@ -219,7 +219,7 @@ class InboxServer:
             await actor.dismiss(None)
         elif kind == "cancel":
             if actor.status is Status.RUNNING:
-                await actor.cancel()
+                await actor.cancel(keep_partial=payload.get("keep_partial") is True)
         else:
             await actor.stop()
 

@@ -34,6 +34,7 @@ from ._events import Restarted, SessionFailed, Status, StatusChanged, describe
 from ._handle import SessionHandle
 from ._idle import arm, timer_fired
 from ._intake import Accepted, check_not_superseded, check_saved, send_message
+from ._rewrites import rewrite_turn
 from ._stopping import StopReason, stop_session
 from ._turns import work
 from ._validation import require_interrupt
@@ -312,10 +313,12 @@ class Actor(Conversation):
             self.claim_worker()  # the held queue runs as the next turn
         return self._status
 
-    async def cancel(self) -> Status:
+    async def cancel(self, *, keep_partial: bool = False) -> Status:
         self.check_open()
         if self._status is not Status.RUNNING or not self._turn.active:
             raise self._refused("cancel", "no turn is running")
+        if keep_partial:
+            self.keep_when_cancelled()
         self._turn.cancel()
         await self._turn.wait_done()
         if self.status is Status.CANCELLED:  # not narrowed: the turn changed it
@@ -329,6 +332,10 @@ class Actor(Conversation):
                     "the store recovers, and a crash before then would run the turn again"
                 )
         return self._status
+
+    async def rewrite(self, message_id: str | None, content: Any, scope: Any, *, edit: bool) -> str:
+        """Regenerate (``edit`` False) or edit: see ``_rewrites.rewrite_turn``."""
+        return await rewrite_turn(self, message_id, content, scope, edit=edit)
 
     def _refused(self, call: str, why: str) -> InvalidStatus:
         return InvalidStatus(

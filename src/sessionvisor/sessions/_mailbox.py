@@ -232,7 +232,9 @@ class LocalMailbox:
         reached = await self.ensure(cid, scope=scope, request_opts=request_opts)
         return await reached.actor.dismiss(scope)
 
-    async def cancel(self, conversation_id: str, *, scope: Any) -> Status:
+    async def cancel(
+        self, conversation_id: str, *, scope: Any, keep_partial: bool = False
+    ) -> Status:
         cid = conversation_id
         self._check_open(cid)
         actor = self._registry.live(cid)
@@ -242,7 +244,36 @@ class LocalMailbox:
                 Status.NOT_RUNNING.value,
             )
         self._check_owner(actor.owner, scope, cid)
-        return await actor.cancel()
+        return await actor.cancel(keep_partial=keep_partial)
+
+    async def rewrite(
+        self,
+        conversation_id: str,
+        *,
+        message_id: str | None,
+        content: Any,
+        edit: bool,
+        scope: Any,
+    ) -> str:
+        cid = conversation_id
+        self._check_open(cid)
+        if self._registry.live(cid) is None:
+            stored = await self._starter.load(cid)
+            if stored is None:
+                raise InvalidStatus(
+                    f"cannot {'edit' if edit else 'regenerate'} conversation {cid!r}: "
+                    "it is not running and nothing is stored",
+                    Status.NOT_RUNNING.value,
+                )
+            self._check_owner(stored.owner, scope, cid)
+        for attempt in range(1, _ATTEMPTS + 1):
+            actor = (await self.ensure(cid, scope=scope)).actor
+            try:
+                return await actor.rewrite(message_id, content, scope, edit=edit)
+            except (NotRunning, SessionFailedError):
+                if attempt == _ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def stop(self, conversation_id: str, *, scope: Any) -> str:
         cid = conversation_id

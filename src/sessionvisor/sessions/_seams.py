@@ -89,7 +89,7 @@ class Session(Protocol):
 
     async def dismiss(self, scope: Any) -> Status: ...
 
-    async def cancel(self) -> Status: ...
+    async def cancel(self, *, keep_partial: bool = False) -> Status: ...
 
     async def stop(self) -> None: ...
 
@@ -220,7 +220,22 @@ class Mailbox(Protocol):
         self, conversation_id: str, *, scope: Any, request_opts: dict[str, Any]
     ) -> Status: ...
 
-    async def cancel(self, conversation_id: str, *, scope: Any) -> Status: ...
+    async def cancel(
+        self, conversation_id: str, *, scope: Any, keep_partial: bool = False
+    ) -> Status: ...
+
+    async def rewrite(
+        self,
+        conversation_id: str,
+        *,
+        message_id: str | None,
+        content: Any,
+        edit: bool,
+        scope: Any,
+    ) -> str:
+        """Regenerate (``edit`` False) or edit a user message; the id of the message
+        asked again (see ``SessionSupervisor.regenerate`` and ``edit``)."""
+        ...
 
     async def stop(self, conversation_id: str, *, scope: Any) -> str: ...
 

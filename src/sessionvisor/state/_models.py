@@ -171,6 +171,9 @@ class State(BaseModel):
         journal: the durable steps of the running (or cut) turn; runtime-owned.
         steps: the steps of the turns that ended, newest last (the audit trail,
             bounded; see ``SessionSupervisor.steps``); runtime-owned.
+        superseded: ids of the messages a regenerate or an edit replaced. They stay
+            in ``messages`` (the stored history only grows) but neither the agent
+            nor ``SessionSupervisor.load`` shows them; runtime-owned.
         version: the schema version this State was written with.
     """
 
@@ -183,4 +186,5 @@ class State(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     journal: Journal | None = None
     steps: list[StepRecord] = Field(default_factory=list)
+    superseded: list[str] = Field(default_factory=list)
     version: int = SCHEMA_VERSION
