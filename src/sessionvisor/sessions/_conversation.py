@@ -84,6 +84,7 @@ class Conversation:
         "_folded",
         "_held",
         "_host",
+        "_keep_partial",
         "_last_activity",
         "_life",
         "_next_context",
@@ -93,6 +94,7 @@ class Conversation:
         "_route_key",
         "_scope",
         "_status",
+        "_streamed",
         "_topic",
         "_turn",
         "_worker",
@@ -137,6 +139,9 @@ class Conversation:
         self._next_context: Any = None
         self._worker = False
         self._last_activity = host.clock.now()
+        # The running turn's streamed text, kept by a cancel asked to keep it.
+        self._streamed: list[str] = []
+        self._keep_partial = False
 
     # -- reading (every field is private; these are read-only views) --------------
 
@@ -279,6 +284,24 @@ class Conversation:
     def abandon_interrupt(self) -> None:
         self._folded.set(abandon_interrupt(self.state, self._agent))
 
+    def begin_rewrite(self, hidden: list[str], message: Message, scope: Any) -> None:
+        """A regenerate or an edit (nothing runs; the caller checked): the ``hidden``
+        messages are superseded (kept, no longer shown) and ``message``, the user
+        message asked again, starts a turn ahead of any held queue (claimed and
+        begun; ``hand_over_begun_turn`` after its save)."""
+        if scope is not None:
+            self._scope = scope
+        self.touch()
+        self._worker = True
+        self._next_context = capture_context()
+        if self.state.interrupt is not None:
+            self.abandon_interrupt()  # the question belonged to the answer superseded
+        state = self.state
+        state.superseded = [*state.superseded, *hidden]
+        state.queued.insert(0, message)
+        self.emit(AgentEvent, name="messages_superseded", data={"ids": hidden, "by": message.id})
+        self.begin_turn()
+
     def begin_turn(self) -> None:
         taken = take(self.state)
         self._held = False
@@ -354,7 +377,23 @@ class Conversation:
 
     def end_turn(self) -> None:
         """The turn is over (saved or rolled back): whoever waits for it goes on."""
+        self._streamed = []
+        self._keep_partial = False
         self._turn.end()
+
+    def keep_when_cancelled(self) -> None:
+        """The running turn's cancel keeps what it streamed (``keep_partial_answer``)."""
+        self._keep_partial = True
+
+    def keep_partial_answer(self) -> None:
+        """A cancelled turn whose cancel asked to keep it: the text streamed so far is
+        stored as the assistant's message, marked ``cancelled`` (nothing when none was)."""
+        text = "".join(self._streamed)
+        if not self._keep_partial or not text:
+            return
+        message = new_message("assistant", text, metadata={"cancelled": True})
+        self.state.messages.append(message)
+        self.announce_added([message])
 
     def cancel_turn(self) -> None:
         self._turn.cancel()
@@ -375,6 +414,7 @@ class Conversation:
     # -- the turn sink (called by Turn) ------------------------------------------
 
     def _turn_delta(self, text: str) -> None:
+        self._streamed.append(text)
         self.emit(Delta, text=text)
 
     def _turn_emit(self, name: str, data: Any) -> None:

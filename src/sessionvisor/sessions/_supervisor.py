@@ -27,9 +27,11 @@ from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
 from ._lifetime import Lifetime, Phase
 from ._mailbox import LocalMailbox
 from ._recovery import wake_for_recovery
+from ._rewrites import Rewrites
 from ._runtime import LOCAL
 from ._seams import Mailbox, RunningElsewhere, Runtime, RuntimeProvider
 from ._stats import Metrics, RuntimeStats, collect_metrics
+from ._superseding import visible
 from ._validation import check_content, check_conversation_id, check_message_id
 from ._watching import open_subscription, viewer_of
 
@@ -37,7 +39,7 @@ __all__ = ["SessionSupervisor", "default_owner_of"]
 _ANY: Any = object()
 
 
-class SessionSupervisor:
+class SessionSupervisor(Rewrites):
     """Keeps one supervised actor per conversation.
 
     Use it as an async context manager: it owns the task group every session runs
@@ -288,18 +290,6 @@ class SessionSupervisor:
         opts = check_request_opts(request_opts, conversation_id=cid)
         return await self._mailbox.dismiss(cid, scope=scope, request_opts=opts)
 
-    async def cancel(self, conversation_id: str, *, scope: Any = None) -> Status:
-        """Cancel the running turn (anyio cancellation) and wait until it ended.
-
-        Returns:
-            The status afterwards (``cancelled``, unless the turn finished first).
-
-        Raises:
-            InvalidStatus: no turn runs (``not_running`` when nothing is live).
-        """
-        cid = check_conversation_id(conversation_id)
-        return await self._mailbox.cancel(cid, scope=scope)
-
     async def stop(self, conversation_id: str, *, scope: Any = None) -> str:
         """Persist and stop the session.
 
@@ -346,19 +336,20 @@ class SessionSupervisor:
         ]
 
     async def load(self, conversation_id: str, *, scope: Any = None) -> State | None:
-        """Return the conversation's State: a copy of the live one, else the stored one.
+        """Return the conversation's State (a copy of the live one, else the stored one),
+        as people see it: without the messages a regenerate or an edit superseded.
 
         Raises:
             AccessDenied, CorruptStateError, RegistryUnavailable.
         """
         actor = self._local(conversation_id, scope)
         if actor is not None:
-            return actor.handle.snapshot()
+            return visible(actor.handle.snapshot())
         stored = await self._store.load(conversation_id)
         if stored is None:
             return None
         self._check_owner(stored.owner, scope, conversation_id)
-        return load_state(stored.state, conversation_id)
+        return visible(load_state(stored.state, conversation_id))
 
     async def delete(self, conversation_id: str, *, scope: Any = None) -> str:
         """Stop the session and delete the stored conversation.

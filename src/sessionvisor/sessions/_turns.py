@@ -32,6 +32,7 @@ from ..state._models import new_interrupt
 from ._events import AgentEvent, Status, describe
 from ._restarts import restart_by_policy
 from ._stopping import StopReason, finish_stop, idle_stop
+from ._superseding import agent_view, rejoin
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -219,7 +220,7 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
         answer, answered = control.resume
     agent = actor.agent
     turn = Turn(
-        state=state,
+        state=agent_view(state),  # without superseded messages
         agent_id=actor.agent_id,
         conversation_id=actor.conversation_id,
         scope=actor.scope,
@@ -254,6 +255,7 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
                 answer=answer,
                 error=error,
             )
+        rejoin(outcome.state, view=turn.state, full=state)
         _finish_outcome(actor, outcome, turn=turn, history=history, mark=mark)
         if isinstance(outcome, Interrupt):
             await actor.persist("interrupt")
@@ -290,6 +292,7 @@ async def _roll_back(
         actor.log().info("turn_cancelled", by=str(stop_reason))
         return "handed_back"
     if error is None:
+        actor.keep_partial_answer()  # only when the cancel asked to keep it
         actor.set_status(Status.CANCELLED)
         await actor.persist("cancel")
         actor.log().info("turn_cancelled")
@@ -347,6 +350,7 @@ def adopt(new: State, old: State) -> State:
             raise TypeError(f"an outcome must carry a State, got {new!r}")
         new.queued = old.queued
         new.interrupt = old.interrupt
+        new.superseded = old.superseded
     return new
 
 
