@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import anyio.to_thread
 import attrs
 
-from ..state import Content, State
+from ..state import Content, State, Usage
 
-__all__ = ["Agent", "Done", "Interrupt", "Outcome", "Pause", "Turn", "TurnSink"]
+__all__ = [
+    "MAX_STEP_NAME",
+    "Agent",
+    "Done",
+    "Interrupt",
+    "Outcome",
+    "Pause",
+    "StepCall",
+    "Turn",
+    "TurnSink",
+    "check_step_name",
+]
 
 
 @attrs.frozen
@@ -51,6 +65,71 @@ class TurnSink(Protocol):
     def _turn_delta(self, text: str) -> None: ...
     def _turn_emit(self, name: str, data: Any) -> None: ...
     def _turn_queue(self, content: Content) -> None: ...
+    async def _turn_step(self, turn: Turn, step: StepCall) -> Any: ...
+
+
+#: The longest step name ``turn.step`` accepts.
+MAX_STEP_NAME = 200
+
+
+@attrs.frozen
+class StepCall:
+    """One call of ``turn.step``, as the runtime receives it.
+
+    ``usage`` (set by the model adapters, not by ``turn.step``) reads what a
+    model-response step cost from its result.
+    """
+
+    name: str
+    call: Callable[[], Any]
+    idempotent: bool
+    returns: Any = None
+    usage: Callable[[Any], Usage | None] | None = None
+
+    async def run(self) -> Any:
+        """Call the function: a coroutine function is awaited, anything else runs
+        on a worker thread (so a blocking call never stalls the event loop)."""
+        target = self.call
+        if _is_async(target):
+            return await target()
+        result = await anyio.to_thread.run_sync(target)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+
+def check_step_name(name: Any) -> str:
+    """Return ``name`` if it can name a step; raise TypeError/ValueError otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"a step name must be a str, got {type(name).__name__}")
+    if not name or len(name) > MAX_STEP_NAME:
+        raise ValueError(
+            f"a step name must be 1 to {MAX_STEP_NAME} characters long, got {len(name)}"
+        )
+    return name
+
+
+def _is_async(target: Callable[[], Any]) -> bool:
+    func: Any = target
+    while isinstance(func, partial):
+        func = func.func
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - an object with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _declared_return(fn: Any) -> Any:
+    """The return annotation of ``fn`` when it names a pydantic model class, else None."""
+    func: Any = fn
+    while isinstance(func, partial):
+        func = func.func
+    try:
+        hints = inspect.get_annotations(func, eval_str=True)
+    except Exception:  # an annotation that does not resolve: nothing declared
+        return None
+    declared = hints.get("return")
+    return declared if isinstance(declared, type) else None
 
 
 class Turn:
@@ -104,6 +183,52 @@ class Turn:
         if self._sink is None:
             raise RuntimeError("this turn is not attached to a session")
         self._sink._turn_queue(content)
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        idempotent: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` as a durable step of this turn and return its result.
+
+        The result (JSON-ready, or a pydantic model) is stored before this returns.
+        When a cut turn (a crash, a failover, a stop) runs again, a step that
+        completed returns its stored result without calling ``fn`` (a pydantic
+        model comes back as the model class ``fn``'s return annotation names,
+        any other result as its JSON form); a step that started but stored no
+        result is called again when ``idempotent``, and raises
+        ``StepOutcomeUnknown`` otherwise. ``fn`` may be async; a plain function
+        runs on a worker thread. On a Turn without a session ``fn`` just runs.
+
+        Raises:
+            TypeError, ValueError: ``name`` is not a str of 1 to 200 characters
+                (before anything runs).
+            StepMismatch: the cut run stored another step at this index.
+            StepOutcomeUnknown: see above.
+            StepResultError: the result is not JSON-ready or is over ``max_step_bytes``.
+            StoreUnavailable: the step ran but its result could not be stored.
+            InvalidStatus: the turn has ended.
+        """
+        check_step_name(name)
+        if not callable(fn):
+            raise TypeError(f"step {name!r}: fn must be callable, got {type(fn).__name__}")
+        step = StepCall(
+            name=name,
+            call=partial(fn, *args, **kwargs),
+            idempotent=bool(idempotent),
+            returns=_declared_return(fn),
+        )
+        return await self._durable_step(step)
+
+    async def _durable_step(self, step: StepCall) -> Any:
+        """Run ``step`` through the session's journal (the adapters call this)."""
+        if self._sink is None:
+            return await step.run()
+        return await self._sink._turn_step(self, step)
 
     @property
     def streamed_text(self) -> str:

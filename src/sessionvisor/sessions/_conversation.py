@@ -35,11 +35,14 @@ from ._events import (
 )
 from ._folding import FoldableState
 from ._intake import abandon_interrupt, check_room, give_back, new_message, take
+from ._steps import run_step
 from ._stopping import ActorLife, Life
 from ._turns import TurnControl, display
 from ._validation import check_content
 
 if TYPE_CHECKING:
+    from ..agents import Turn
+    from ..agents._agent import StepCall
     from ..state import Lifecycle
     from ._bus import Topic
     from ._host import ActorHost
@@ -366,10 +369,19 @@ class Conversation:
         self._writer.changed()
         self.set_status(Status.CANCELLED)
 
-    def enter_turn(self, scope: anyio.CancelScope, *, mark: int, metadata: dict[str, Any]) -> None:
-        """The agent is called inside ``scope`` (cancelled at once if a cancel came first);
-        saves meanwhile store the history up to ``mark`` and ``metadata``."""
-        self._turn.enter(scope, mark=mark, metadata=metadata)
+    def enter_turn(
+        self,
+        scope: anyio.CancelScope,
+        *,
+        mark: int,
+        metadata: dict[str, Any],
+        turn: Turn | None = None,
+        journal: str | None = None,
+    ) -> None:
+        """The agent runs ``turn`` inside ``scope`` (cancelled at once if a cancel came
+        first); saves meanwhile store the history up to ``mark`` and ``metadata``, and
+        its steps go to the journal named ``journal``."""
+        self._turn.enter(scope, mark=mark, metadata=metadata, turn=turn, journal=journal)
 
     def leave_turn(self) -> None:
         """The agent returned: its scope, the resume and a cancel request are spent."""
@@ -419,6 +431,9 @@ class Conversation:
 
     def _turn_emit(self, name: str, data: Any) -> None:
         self.emit(AgentEvent, name=name, data=data)
+
+    async def _turn_step(self, turn: Turn, step: StepCall) -> Any:
+        return await run_step(self, turn, step)  # type: ignore[arg-type]
 
     def _turn_queue(self, content: Content) -> None:
         # An agent's follow-up is stored like a client's message: held to the same rules.

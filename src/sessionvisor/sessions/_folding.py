@@ -24,10 +24,13 @@ what it keeps (the ``StateStore`` contract).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
-from ..state import SCHEMA_VERSION, Message, PendingInterrupt, State
+from pydantic import BaseModel
+
+from ..state import SCHEMA_VERSION, Journal, Message, PendingInterrupt, State
 
 __all__: list[str] = ["DumpedHistory", "FoldableState"]
 
@@ -61,17 +64,23 @@ def dump_message(message: Message) -> dict[str, Any]:
     return message.model_dump(mode="json")
 
 
+def dump_record(record: BaseModel) -> dict[str, Any]:
+    return record.model_dump(mode="json")
+
+
 class _ListDump:
-    """The dicts of one append-only list of messages, extended as the list grows."""
+    """The dicts of one append-only list of frozen items (messages, the audit trail's
+    steps), extended as the list grows."""
 
-    __slots__ = ("dicts", "last", "source")
+    __slots__ = ("dicts", "dumper", "last", "source")
 
-    def __init__(self) -> None:
+    def __init__(self, dumper: Callable[[Any], dict[str, Any]] = dump_message) -> None:
         self.dicts = DumpedHistory()
-        self.source: list[Message] | None = None
-        self.last: Message | None = None
+        self.dumper = dumper
+        self.source: list[Any] | None = None
+        self.last: Any = None
 
-    def dump(self, messages: list[Message]) -> DumpedHistory:
+    def dump(self, messages: list[Any]) -> DumpedHistory:
         done = len(self.dicts)
         if (
             messages is not self.source
@@ -84,24 +93,53 @@ class _ListDump:
             self.source = messages
             done = 0
         if done < len(messages):
-            self.dicts.extend(dump_message(m) for m in messages[done:])
+            dumper = self.dumper
+            self.dicts.extend(dumper(m) for m in messages[done:])
             self.last = messages[-1]
         return self.dicts
+
+
+class _JournalDump:
+    """The running turn's journal, re-dumping only the steps that changed: a step's
+    record is final once completed (a turn of many steps stays linear)."""
+
+    __slots__ = ("_done", "_journal")
+
+    def __init__(self) -> None:
+        self._journal: Journal | None = None
+        self._done: list[dict[str, Any]] = []  # the dicts of the leading completed steps
+
+    def dump(self, journal: Journal | None) -> dict[str, Any] | None:
+        if journal is None:
+            self._journal, self._done = None, []
+            return None
+        if journal is not self._journal:
+            self._journal, self._done = journal, []
+        done = self._done
+        steps = journal.steps
+        while len(done) < len(steps) and steps[len(done)].status == "completed":
+            done.append(steps[len(done)].model_dump(mode="json"))
+        rest = [record.model_dump(mode="json") for record in steps[len(done) :]]
+        return {"turn": journal.turn, "steps": [*done, *rest]}
 
 
 class SnapshotEncoder:
     """Dumps a State for a save, re-using the dicts of messages it dumped before."""
 
-    __slots__ = ("_messages", "_queued")
+    __slots__ = ("_journal", "_messages", "_queued", "_steps")
 
     def __init__(self) -> None:
         self._messages = _ListDump()
         self._queued = _ListDump()  # queued messages pile up the same way mid-turn
+        self._steps = _ListDump(dump_record)  # the audit trail: ended turns' steps
+        self._journal = _JournalDump()
 
     def dump(self, state: State) -> dict[str, Any]:
-        data = state.model_dump(mode="json", exclude={"messages", "queued"})
+        data = state.model_dump(mode="json", exclude={"messages", "queued", "journal", "steps"})
         data["messages"] = self._messages.dump(state.messages)
         data["queued"] = self._queued.dump(state.queued)
+        data["steps"] = self._steps.dump(state.steps)
+        data["journal"] = self._journal.dump(state.journal)
         data["version"] = SCHEMA_VERSION if state.version is None else state.version
         return data
 

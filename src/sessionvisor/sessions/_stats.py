@@ -19,6 +19,7 @@ import attrs
 from ._events import Status
 
 if TYPE_CHECKING:
+    from ..state import Usage
     from ._actor import Actor
 
 __all__: list[str] = ["HistogramSnapshot", "Metrics", "RuntimeStats", "collect_metrics"]
@@ -80,6 +81,17 @@ class RuntimeStats:
         # Steps the runtime takes by itself that failed and were put off (a fold, a
         # save retry, a timer that asked to run again at once), by step.
         self.background_failures: Counter[str] = Counter()
+        self.steps_run = 0  # durable steps whose function ran and whose result was stored
+        self.steps_replayed = 0  # steps a rerun answered from the store
+        # Model usage of stored steps, by route key ("" for none): never by conversation.
+        self.tokens: Counter[tuple[str, str]] = Counter()  # (route key, input/output)
+        self.model_requests: Counter[str] = Counter()
+
+    def count_usage(self, route_key: str | None, usage: Usage) -> None:
+        key = route_key or ""
+        self.tokens[(key, "input")] += usage.input_tokens
+        self.tokens[(key, "output")] += usage.output_tokens
+        self.model_requests[key] += usage.requests
 
 
 @attrs.frozen(kw_only=True)
@@ -106,6 +118,12 @@ class Metrics:
         background_failures: steps the runtime takes by itself that failed and
             were put off with a backoff, by step (``fold``, ``save_retry``,
             ``timer``, ``wake``).
+        steps_run: durable steps whose function ran and whose result was stored.
+        steps_replayed: steps a rerun of a cut turn answered from the store.
+        tokens: model tokens of stored steps by ``(route key, "input"|"output")``
+            (route key ``""`` for a conversation without one); a replayed step
+            is not counted again.
+        model_requests: model requests of stored steps, by route key.
         cluster: the cluster node's figures (cluster mode), else None.
     """
 
@@ -125,6 +143,10 @@ class Metrics:
     save_seconds: HistogramSnapshot
     turn_seconds: HistogramSnapshot
     background_failures: dict[str, int] = attrs.field(factory=dict)
+    steps_run: int = 0
+    steps_replayed: int = 0
+    tokens: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    model_requests: dict[str, int] = attrs.field(factory=dict)
     cluster: ClusterMetrics | None = None
 
 
@@ -181,4 +203,8 @@ def collect_metrics(actors: list[Actor], stats: RuntimeStats) -> Metrics:
         save_seconds=stats.save_seconds.snapshot(),
         turn_seconds=stats.turn_seconds.snapshot(),
         background_failures=dict(stats.background_failures),
+        steps_run=stats.steps_run,
+        steps_replayed=stats.steps_replayed,
+        tokens=dict(stats.tokens),
+        model_requests=dict(stats.model_requests),
     )

@@ -26,6 +26,7 @@ from ._events import Status
 from ._handle import Delivery, SessionHandle, SessionInfo, SessionSummary
 from ._lifetime import Lifetime, Phase
 from ._mailbox import LocalMailbox
+from ._records import Records
 from ._recovery import wake_for_recovery
 from ._rewrites import Rewrites
 from ._runtime import LOCAL
@@ -39,7 +40,7 @@ __all__ = ["SessionSupervisor", "default_owner_of"]
 _ANY: Any = object()
 
 
-class SessionSupervisor(Rewrites):
+class SessionSupervisor(Records, Rewrites):
     """Keeps one supervised actor per conversation.
 
     Use it as an async context manager: it owns the task group every session runs

@@ -31,6 +31,7 @@ from ..state import Content, Message, PendingInterrupt, State
 from ..state._models import new_interrupt
 from ._events import AgentEvent, Status, describe
 from ._restarts import restart_by_policy
+from ._steps import journal_name, retire_journal
 from ._stopping import StopReason, finish_stop, idle_stop
 from ._superseding import agent_view, rejoin
 
@@ -60,6 +61,9 @@ class TurnControl:
     __slots__ = (
         "active",
         "cancel_requested",
+        "current",
+        "journal_name",
+        "next_step",
         "resume",
         "scope",
         "started_with",
@@ -77,6 +81,11 @@ class TurnControl:
         # While the agent runs: the history length and metadata the turn started
         # from, which is what a save made meanwhile stores (see ``started_with``).
         self.started_with: tuple[int, dict[str, Any]] | None = None
+        # While the agent runs: its Turn, the name of its step journal (see ``_steps``)
+        # and the index its next step gets.
+        self.current: Turn | None = None
+        self.journal_name: str | None = None
+        self.next_step = 0
 
     def begin(self, *, taken: int) -> None:
         self.active = True
@@ -86,7 +95,15 @@ class TurnControl:
         self.resume = (answer, interrupt)
         self.active = True
 
-    def enter(self, scope: anyio.CancelScope, *, mark: int, metadata: dict[str, Any]) -> None:
+    def enter(
+        self,
+        scope: anyio.CancelScope,
+        *,
+        mark: int,
+        metadata: dict[str, Any],
+        turn: Turn | None = None,
+        journal: str | None = None,
+    ) -> None:
         """The agent is called inside ``scope`` (cancelled at once if a cancel came first),
         on a State whose history had ``mark`` messages and this ``metadata``.
 
@@ -97,6 +114,9 @@ class TurnControl:
         """
         self.scope = scope
         self.started_with = (mark, metadata)
+        self.current = turn
+        self.journal_name = journal
+        self.next_step = 0
         if self.cancel_requested:
             scope.cancel()
 
@@ -106,6 +126,8 @@ class TurnControl:
         self.resume = None
         self.cancel_requested = False
         self.started_with = None
+        self.current = None
+        self.journal_name = None
 
     def end(self) -> None:
         # A cancel that came after the agent returned was too late for this turn,
@@ -229,8 +251,9 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
     )
     outcome: Any = None
     error: Exception | None = None
+    journal = journal_name(state, mark=mark, taken=taken, answered=answered)
     with anyio.CancelScope() as scope:
-        actor.enter_turn(scope, mark=mark, metadata=metadata)
+        actor.enter_turn(scope, mark=mark, metadata=metadata, turn=turn, journal=journal)
         try:
             if answer is NO_ANSWER:
                 outcome = await agent.run(turn)
@@ -257,6 +280,7 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
             )
         rejoin(outcome.state, view=turn.state, full=state)
         _finish_outcome(actor, outcome, turn=turn, history=history, mark=mark)
+        retire_journal(actor.state)
         if isinstance(outcome, Interrupt):
             await actor.persist("interrupt")
             return "interrupted"
@@ -287,10 +311,12 @@ async def _roll_back(
         state, mark=mark, metadata=metadata, held=stop_reason is None or error is not None
     )
     if error is None and stop_reason is not None:
-        # Stopped (or drained) mid-turn, not cancelled by the user: hand the work back.
+        # Stopped (or drained) mid-turn, not cancelled by the user: hand the work back
+        # (its step journal stays, so the rerun replays what completed).
         actor.hand_back_turn(answered=answered, answer=answer, mark=mark, taken=taken)
         actor.log().info("turn_cancelled", by=str(stop_reason))
         return "handed_back"
+    retire_journal(state)
     if error is None:
         actor.keep_partial_answer()  # only when the cancel asked to keep it
         actor.set_status(Status.CANCELLED)
@@ -350,6 +376,9 @@ def adopt(new: State, old: State) -> State:
             raise TypeError(f"an outcome must carry a State, got {new!r}")
         new.queued = old.queued
         new.interrupt = old.interrupt
+        new.usage = old.usage
+        new.journal = old.journal
+        new.steps = old.steps
         new.superseded = old.superseded
     return new
 
