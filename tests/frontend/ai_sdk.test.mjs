@@ -220,3 +220,51 @@ test("another owner's conversation is refused; a bad body is a 400", async () =>
   assert.equal(bad.status, 400);
   assert.equal((await bad.json()).error, 'ValidationError');
 });
+
+test('regenerate() answers the last message again; the old answer leaves the stored history', async () => {
+  const id = newId('ai-regenerate');
+  const { chat } = makeChat(id, 'alice');
+  await chat.sendMessage({ text: 'tell me something' });
+  assert.equal(chat.status, 'ready', String(chat.error));
+  const before = await stored(id, 'alice');
+  const oldReply = before.body.messages.find((m) => m.role === 'assistant');
+
+  await chat.regenerate();
+  assert.equal(chat.status, 'ready', String(chat.error));
+  assert.equal(chat.messages.length, 2);
+  assert.match(textOf(chat.messages[1]), /You said: “tell me something”/);
+
+  const { body } = await stored(id, 'alice');
+  assert.deepEqual(body.messages.map((m) => m.role), ['user', 'assistant']);
+  assert.notEqual(body.messages[1].id, oldReply.id);
+  assert.equal(body.messages[0].metadata.regenerates, before.body.messages[0].id);
+
+  // The client keeps its id for the user message: a second regenerate still finds it.
+  await chat.regenerate();
+  assert.equal(chat.status, 'ready', String(chat.error));
+  const again = await stored(id, 'alice');
+  assert.equal(again.body.messages.length, 2);
+});
+
+test('an edit (sendMessage with the messageId of the user message) answers the new text', async () => {
+  const id = newId('ai-edit');
+  const { chat } = makeChat(id, 'alice');
+  await chat.sendMessage({ text: 'first question' });
+  await chat.sendMessage({ text: 'second question' });
+  assert.equal(chat.status, 'ready', String(chat.error));
+  const edited = chat.messages[2];
+  assert.equal(edited.role, 'user');
+
+  await chat.sendMessage({ text: 'a better question', messageId: edited.id });
+  assert.equal(chat.status, 'ready', String(chat.error));
+  assert.equal(chat.messages.length, 4);
+  assert.match(textOf(chat.messages[3]), /You said: “a better question”/);
+
+  const { body } = await stored(id, 'alice');
+  assert.deepEqual(
+    body.messages.filter((m) => m.role === 'user').map((m) => m.content),
+    ['first question', 'a better question'],
+  );
+  assert.equal(body.messages.length, 4);
+  assert.equal(body.messages[2].metadata.edits, edited.id);
+});

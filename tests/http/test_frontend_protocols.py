@@ -195,7 +195,7 @@ async def test_a_crashing_turn_ends_with_an_error_chunk() -> None:
 @pytest.mark.parametrize(
     ("body", "status", "error"),
     [
-        (chat_body("c-1", user("hi"), trigger="regenerate-message"), 400, "Unsupported"),
+        (chat_body("c-1", user("hi"), trigger="regenerate-message"), 404, "NotFound"),
         (chat_body("c-1"), 400, "ValidationError"),
         ({"messages": [user("hi")]}, 400, "ValidationError"),
         (chat_body("c-1", {"id": "m", "role": "user", "parts": []}), 400, "ValidationError"),

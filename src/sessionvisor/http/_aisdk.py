@@ -10,7 +10,12 @@ output (``addToolOutput``) for the pending interrupt is a *resume*. The
 ``approvalId`` of an approval request names the interrupt (``ToolCall.answer_id``
 in ``_interrupts``): an approval response naming an interrupt that is no longer
 pending is a 409, so a retried or replayed approval never answers a later
-question, even an identical one. A message sent while a turn runs is queued,
+question, even an identical one. ``regenerate()`` (``trigger:
+"regenerate-message"``) answers the newest user message again, and
+``sendMessage({text, messageId})`` on a user message (the body's ``messageId``
+is the newest message's id) edits it; both supersede the old answer (see
+``SessionSupervisor.regenerate``/``edit``) and stream the new turn, and are
+a 409 while a turn runs. A message sent while a turn runs is queued,
 and its stream carries the turn that answers it. ``GET
 /ai-sdk/chat/{id}/stream`` replays the running turn from its start and follows
 it (204 when no turn runs): that is ``resumeStream()``.
@@ -37,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .._errors import AccessDenied
+from .._errors import AccessDenied, UnknownMessage
 from ..sessions import (
     AgentEvent,
     Delta,
@@ -60,6 +65,7 @@ from ._bodies import (
 )
 from ._errors import HTTPError, not_found
 from ._interrupts import Decision, ToolCall, interrupt_calls, resume_answer
+from ._rewrites import unknown_message
 from ._sse import access_as_unknown_would, read_as_unknown_would
 from ._streaming import (
     ChunkStream,
@@ -470,6 +476,42 @@ async def _encode(
             await aclose()
 
 
+def _rewrite_of(body: ChatBody) -> Literal["regenerate", "edit"] | None:
+    """Whether the request regenerates (``regenerate()``) or edits (``sendMessage`` with
+    the ``messageId`` of the user message it replaces, which is the newest message)."""
+    newest = body.messages[-1]
+    if body.trigger == "regenerate-message":
+        if newest.role != "user":
+            raise HTTPError(
+                400,
+                "ValidationError",
+                "a regenerate must end with the user message to answer again",
+            )
+        return "regenerate"
+    if body.messageId is not None and newest.role == "user" and newest.id == body.messageId:
+        return "edit"
+    return None
+
+
+async def _rewrite(
+    sup: SessionSupervisor,
+    cid: str,
+    rewrite: Literal["regenerate", "edit"],
+    newest: UIMessage,
+    content: Any,
+    *,
+    scope: Any,
+) -> str:
+    """Regenerate or edit the newest message (the client's id, which names the stored
+    message, or the one that replaced it); the id of the message asked again."""
+    try:
+        if rewrite == "regenerate":
+            return await sup.regenerate(cid, message_id=newest.id, scope=scope)
+        return await sup.edit(cid, newest.id, content, scope=scope)
+    except UnknownMessage as exc:
+        raise unknown_message(exc) from None
+
+
 class _AISDK:
     def __init__(self, api: _Api) -> None:
         self.api = api
@@ -490,15 +532,9 @@ class _AISDK:
         scope = await self.api.scope(request)
         body = await self.api.body(request, ChatBody)
         cid = body_conversation_id(request, body.id)
-        if body.trigger == "regenerate-message":
-            raise HTTPError(
-                400,
-                "Unsupported",
-                "regenerate is not supported: the stored conversation is the history, "
-                "and its messages are not rewritten",
-            )
         self.api.streams.admit()
         newest = body.messages[-1]
+        rewrite = _rewrite_of(body)
         exists = await self.sup.check_access(cid, scope=scope)
         decisions: list[Decision] | None = None
         answer: Any = None
@@ -524,6 +560,8 @@ class _AISDK:
             answering = interrupt.id
         else:
             raise HTTPError(400, "ValidationError", "the newest message must be a user message")
+        if rewrite is not None and not exists:
+            raise not_found(cid)
 
         stack = AsyncExitStack()
         try:
@@ -531,7 +569,10 @@ class _AISDK:
             events = aiter(subscription)
             await anext(events)  # the snapshot: what comes next is new
             mode: Literal["started", "queued"] = "started"
-            if decisions is None:
+            if rewrite is not None:
+                # A regenerate or an edit: it starts its turn at once (409 while one runs).
+                asked_again = await _rewrite(self.sup, cid, rewrite, newest, content, scope=scope)
+            elif decisions is None:
                 # The send wakes the session, after its checks (content size, owner).
                 delivery = await self.sup.send(
                     cid,
@@ -567,6 +608,8 @@ class _AISDK:
             queued_content=content,
         )
         asked = newest.id if decisions is None else None
+        if rewrite is not None:
+            asked = asked_again
 
         async def recover() -> str:
             return await reply_text(self.sup, cid, scope=scope, user_message_id=asked)

@@ -33,6 +33,7 @@ from ._bodies import (
 from ._display import displayed
 from ._errors import HTTPError, error_response, not_found, response_for
 from ._openapi import openapi_document, security_of
+from ._rewrites import rewrite_routes
 from ._scope import ScopeFunction, header_scope
 from ._sse import (
     BlindSubscription,
@@ -84,7 +85,9 @@ def create_app(
     The routes, bodies and status codes are those of the "HTTP" section of the
     design: ``POST /conversations/{cid}/messages``, ``GET
     /conversations/{cid}/events`` (SSE), ``POST .../resume``, ``.../dismiss``,
-    ``.../cancel``, ``GET`` and ``DELETE /conversations/{cid}``, ``GET
+    ``.../cancel``, ``.../regenerate``, ``PATCH
+    /conversations/{cid}/messages/{message_id}`` (edit), ``GET`` and ``DELETE
+    /conversations/{cid}``, ``GET
     /sessions``, ``GET /healthz``, ``GET /readyz``, the demo page at ``GET /``,
     the admin page at ``GET /admin`` and this API's OpenAPI document at ``GET
     /openapi.json``.
@@ -142,6 +145,7 @@ def create_app(
         Route("/conversations/{cid}/resume", api.wrap(api.resume), methods=["POST"]),
         Route("/conversations/{cid}/dismiss", api.wrap(api.dismiss), methods=["POST"]),
         Route("/conversations/{cid}/cancel", api.wrap(api.cancel), methods=["POST"]),
+        *rewrite_routes(api),
         # One route for both methods, so a 405 on this path lists both in its Allow header.
         Route("/conversations/{cid}", api.wrap(api.conversation), methods=["GET", "DELETE"]),
         Route("/sessions", api.wrap(api.sessions), methods=["GET"]),
@@ -376,10 +380,9 @@ class _Api:
 
     async def cancel(self, request: Request) -> Response:
         cid, scope = await self._target(request)
-        # Read although it carries nothing: a body must be JSON here too (415 for a form).
-        await self.body(request, CancelBody, optional=True)
+        body = await self.body(request, CancelBody, optional=True)
         await self._require(cid, scope)
-        status = await self.supervisor.cancel(cid, scope=scope)
+        status = await self.supervisor.cancel(cid, scope=scope, keep_partial=body.keep_partial)
         return JSONResponse({"conversation_id": cid, "status": status.value})
 
     async def conversation(self, request: Request) -> Response:

@@ -41,6 +41,8 @@ __all__ = [
     "MAX_REQUEST_OPTS_BYTES",
     "CancelBody",
     "DismissBody",
+    "EditBody",
+    "RegenerateBody",
     "ResumeBody",
     "SendBody",
     "body_conversation_id",
@@ -162,9 +164,47 @@ class DismissBody(_Body):
 
 
 class CancelBody(BaseModel):
-    """``POST /conversations/{cid}/cancel``: no body, or an empty JSON object."""
+    """``POST /conversations/{cid}/cancel``: no body, an empty JSON object, or
+    ``{"keep_partial": true}``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    keep_partial: bool = Field(
+        default=False,
+        description="Keep the text the turn streamed so far as the assistant's message "
+        '(marked "cancelled": true in its metadata).',
+    )
+
+
+class RegenerateBody(BaseModel):
+    """``POST /conversations/{cid}/regenerate`` (the body is optional)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    message_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_MESSAGE_ID_LENGTH,
+        pattern=rf"^[^{_CONTROL_CHARACTERS}]+$",
+        description="The user message to answer again (default: the last one).",
+    )
+
+
+class EditBody(BaseModel):
+    """``PATCH /conversations/{cid}/messages/{message_id}``: the message's new content."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    content: str | list[dict[str, Any]]
+
+    @field_validator("content")
+    @classmethod
+    def _parts_have_a_type(cls, value: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        if isinstance(value, list):
+            for i, part in enumerate(value):
+                if not isinstance(part.get("type"), str):
+                    raise ValueError(f"content[{i}] must have a str 'type' key")
+        return value
 
 
 def message_id_ok(message_id: str) -> bool:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute, Mount, Route
 
 from ..sessions import Event
-from ._bodies import DismissBody, ResumeBody, SendBody
+from ._bodies import CancelBody, DismissBody, EditBody, RegenerateBody, ResumeBody, SendBody
 
 __all__ = [
     "ERROR_STATUSES",
@@ -42,7 +42,7 @@ ERROR_STATUSES: Mapping[int, str] = {
     401: "No valid credentials (when the app checks tokens)",
     403: "The caller may not create or use this conversation",
     404: "No such conversation for this caller (one owned by someone else looks "
-    "the same), or no such path",
+    "the same), no such message in it, or no such path",
     405: "The path exists but not with this method",
     409: "The conversation is not in a state that allows this (e.g. nothing to resume)",
     413: "The body or the message is larger than the limit",
@@ -127,6 +127,18 @@ _COMPONENTS: dict[str, Any] = {
             "agent_id": {"type": "string"},
             "queued": {"type": "boolean", "description": "Queued behind a running turn"},
             "started": {"type": "boolean", "description": "This request started the session"},
+        },
+    },
+    "Rewritten": {
+        "type": "object",
+        "required": ["conversation_id", "message_id", "status"],
+        "properties": {
+            "conversation_id": {"type": "string"},
+            "message_id": {
+                "type": "string",
+                "description": "The id of the user message asked again (a new message)",
+            },
+            "status": _ref("Status"),
         },
     },
     "ConversationStatus": {
@@ -322,11 +334,30 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "errors": (*_WITH_BODY, 403, 409, 429),
     },
     ("POST", "/conversations/{cid}/cancel"): {
-        "summary": "Cancel the running turn",
+        "summary": "Cancel the running turn (keep_partial: keep what it streamed so far)",
         "tags": ["conversations"],
-        "answers": {200: _json(_ref("ConversationStatus"), "Cancelled")},
         # No body is needed, but one that is sent must be JSON (a form post is a 415).
+        "body": CancelBody,
+        "body_optional": True,
+        "answers": {200: _json(_ref("ConversationStatus"), "Cancelled")},
         "errors": (*_CONVERSATION, 409, 413, 415),
+    },
+    ("POST", "/conversations/{cid}/regenerate"): {
+        "summary": "Answer a user message again (default: the last one); the old answer "
+        "and everything after it are superseded",
+        "tags": ["conversations"],
+        "body": RegenerateBody,
+        "body_optional": True,
+        "answers": {202: _json(_ref("Rewritten"), "Accepted: stored, the new turn runs")},
+        "errors": (*_WITH_BODY, 403, 409, 429),
+    },
+    ("PATCH", "/conversations/{cid}/messages/{message_id}"): {
+        "summary": "Edit a user message and answer it again; it and everything after it "
+        "are superseded",
+        "tags": ["conversations"],
+        "body": EditBody,
+        "answers": {202: _json(_ref("Rewritten"), "Accepted: stored, the new turn runs")},
+        "errors": (*_WITH_BODY, 403, 409, 429),
     },
     ("GET", "/conversations/{cid}"): {
         "summary": "The conversation's status, history and pending interrupt",
@@ -542,8 +573,10 @@ def _refine_ai_sdk(schema: dict[str, Any], components: dict[str, Any]) -> None:
         "system message, or an assistant message that answers no pending call, is refused "
         "(400)."
     )
-    # The stored history is the conversation: a regenerate, which rewrites it, is a 400.
-    props["trigger"] = {**props["trigger"], "enum": ["submit-message"]}
+    props["trigger"]["description"] = (
+        '"regenerate-message" answers the newest (user) message again; "submit-message" '
+        "with a messageId equal to the newest user message's id edits that message"
+    )
     message = components["UIMessage"]
     text = {
         "type": "object",
@@ -630,11 +663,18 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
             "name": name,
             "in": "path",
             "required": True,
-            "description": "The conversation id" if name in ("cid", "id") else name,
-            "schema": dict(_CONVERSATION_ID),
+            "description": _PATH_DESCRIPTIONS.get(name, name),
+            "schema": dict(_MESSAGE_ID if name == "message_id" else _CONVERSATION_ID),
         }
         for name in names
     ]
+
+
+_PATH_DESCRIPTIONS = {
+    "cid": "The conversation id",
+    "id": "The conversation id",
+    "message_id": "A message id (one that was edited or regenerated names its replacement)",
+}
 
 
 def _operation(
