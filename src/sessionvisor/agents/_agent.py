@@ -5,12 +5,17 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import anyio.to_thread
 import attrs
 
 from ..state import Content, State, Usage
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ..state import TimerInfo
 
 __all__ = [
     "MAX_STEP_NAME",
@@ -65,6 +70,7 @@ class TurnSink(Protocol):
     def _turn_delta(self, text: str) -> None: ...
     def _turn_emit(self, name: str, data: Any) -> None: ...
     def _turn_queue(self, content: Content) -> None: ...
+    async def _turn_schedule(self, payload: Any, *, delay: Any, at: Any, key: Any) -> TimerInfo: ...
     async def _turn_step(self, turn: Turn, step: StepCall) -> Any: ...
 
 
@@ -184,6 +190,25 @@ class Turn:
             raise RuntimeError("this turn is not attached to a session")
         self._sink._turn_queue(content)
 
+    async def schedule(
+        self,
+        payload: Any = None,
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
+        key: str | None = None,
+    ) -> TimerInfo:
+        """Schedule a durable timer for this conversation ("remind me in two hours").
+
+        At its due time the agent's ``on_timer(turn, payload)`` runs as a turn of its
+        own (see ``SessionSupervisor.schedule`` for the arguments and the errors). The
+        timer is stored when this returns: a turn that then fails or is cancelled
+        does not take it back (cancel it with ``SessionSupervisor.cancel_timer``).
+        """
+        if self._sink is None:
+            raise RuntimeError("this turn is not attached to a session")
+        return await self._sink._turn_schedule(payload, delay=delay, at=at, key=key)
+
     async def step(
         self,
         name: str,
@@ -244,6 +269,8 @@ class Agent(Protocol):
     - ``async on_start(state) -> State``: called when the actor starts or restarts.
     - ``restorable(interrupt) -> bool``: can this interrupt be answered after a restart?
     - ``abandon(state, interrupt) -> State``: record an interrupt the user talked past.
+    - ``async on_timer(turn, payload) -> Outcome``: a durable timer fired
+      (``turn.schedule``); without it the payload reaches ``run`` as a user message.
 
     Raising from ``run`` is a failed turn; cancellation is anyio cancellation.
     """

@@ -21,6 +21,7 @@ from .._errors import RegistryUnavailable
 from ._host import LocalHost
 from ._runners import Runners
 from ._stopping import drain
+from ._timer_loop import Fire, TimerLoop
 from ._timers import Deadlines
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ class Lifetime:
             stats=stats,
         )
         self._recover = recover
+        #: Fires the durable timers (``_timer_loop``); a cluster node also polls.
+        self.timers = TimerLoop(clock, runtime.store, poll=getattr(runtime, "timer_poll", None))
+        self._host.timers = self.timers
         self._tg: anyio.abc.TaskGroup | None = None
         self.phase: Phase = "new"
 
@@ -76,7 +80,8 @@ class Lifetime:
             subject = "" if conversation_id is None else f"conversation {conversation_id!r}: "
             raise RegistryUnavailable(f"{subject}the session supervisor {_WHY_CLOSED[self.phase]}")
 
-    async def enter(self) -> None:
+    async def enter(self, fire_timer: Fire | None = None) -> None:
+        """Open; with ``fire_timer``, run the timer loop that calls it."""
         if self.phase != "new":
             raise RuntimeError("a SessionSupervisor can be entered only once")
         tg = self._tg = anyio.create_task_group()
@@ -91,6 +96,8 @@ class Lifetime:
             self.phase = "closed"
             raise
         self.phase = "open"
+        if fire_timer is not None:
+            tg.start_soon(self.timers.run, fire_timer)
 
     async def leave(self, exc_type: Any) -> None:
         tg = self._tg

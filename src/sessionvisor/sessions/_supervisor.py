@@ -33,6 +33,7 @@ from ._runtime import LOCAL
 from ._seams import Mailbox, RunningElsewhere, Runtime, RuntimeProvider
 from ._stats import Metrics, RuntimeStats, collect_metrics
 from ._superseding import visible
+from ._timer_calls import TimerCalls
 from ._validation import check_content, check_conversation_id, check_message_id
 from ._watching import open_subscription, viewer_of
 
@@ -40,7 +41,7 @@ __all__ = ["SessionSupervisor", "default_owner_of"]
 _ANY: Any = object()
 
 
-class SessionSupervisor(Records, Rewrites):
+class SessionSupervisor(Records, Rewrites, TimerCalls):
     """Keeps one supervised actor per conversation.
 
     Use it as an async context manager: it owns the task group every session runs
@@ -152,7 +153,7 @@ class SessionSupervisor(Records, Rewrites):
         return self._life.phase == "draining"
 
     async def __aenter__(self) -> SessionSupervisor:
-        await self._life.enter()
+        await self._life.enter(self._fire_timer)
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:

@@ -30,6 +30,7 @@ from ._store import (
     StateStore,
     StoredConversation,
 )
+from ._timer_rows import StoredTimer, TimerInfo
 from ._writes import is_unanswered
 
 __all__ = [
@@ -49,6 +50,8 @@ __all__ = [
     "StateStore",
     "StepRecord",
     "StoredConversation",
+    "StoredTimer",
+    "TimerInfo",
     "Usage",
     "dump_state",
     "is_unanswered",

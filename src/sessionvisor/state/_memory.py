@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import weakref
 from collections.abc import Mapping
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -15,6 +18,7 @@ from .._clock import utcnow
 from .._closing import ClosedOnExit
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
+from ._timer_rows import StoredTimer, decode_payload, encode_payload, from_epoch
 from ._writes import (
     check_lifecycle,
     check_limit,
@@ -53,6 +57,11 @@ class MemoryStore(ClosedOnExit):
         # The index behind ``unanswered``: kept on every save, delete and quarantine.
         self._unanswered: dict[str, None] = {}
         self._migrations = migrations
+        # Durable timers: per conversation by key, and a heap on the due time. The
+        # heap is lazy: an entry whose row was replaced or dropped is skipped.
+        self._timers: dict[str, dict[str, _TimerRow]] = {}
+        self._due: list[tuple[float, int, str, str, str]] = []
+        self._due_seq = itertools.count()
 
     async def __aenter__(self) -> MemoryStore:
         return self
@@ -163,10 +172,77 @@ class MemoryStore(ClosedOnExit):
         return new_version
 
     async def delete(self, conversation_id: str) -> None:
-        """Remove the conversation; a missing one is not an error."""
+        """Remove the conversation and its timers; a missing one is not an error."""
         await checkpoint()
         self._records.pop(conversation_id, None)
         self._unanswered.pop(conversation_id, None)
+        self._timers.pop(conversation_id, None)
+
+    # -- durable timers (see ``StateStore``'s optional timer methods) -------------
+
+    async def put_timer(self, conversation_id: str, timer: StoredTimer) -> None:
+        """Store ``timer`` for the conversation, replacing the one with its key."""
+        await checkpoint()
+        row = _TimerRow(timer.epoch_seconds, timer.id, encode_payload(timer.payload).encode())
+        self._timers.setdefault(conversation_id, {})[timer.key] = row
+        heapq.heappush(
+            self._due, (row.due, next(self._due_seq), conversation_id, timer.key, timer.id)
+        )
+
+    async def drop_timer(
+        self, conversation_id: str, key: str, *, timer_id: str | None = None
+    ) -> bool:
+        """Remove the timer ``key`` (with ``timer_id``: only that scheduling of it);
+        return whether one was removed."""
+        await checkpoint()
+        rows = self._timers.get(conversation_id)
+        row = None if rows is None else rows.get(key)
+        if rows is None or row is None or (timer_id is not None and row.id != timer_id):
+            return False
+        del rows[key]
+        if not rows:
+            del self._timers[conversation_id]
+        return True
+
+    async def list_timers(self, conversation_id: str) -> list[StoredTimer]:
+        """The conversation's timers, soonest first."""
+        await checkpoint()
+        rows = self._timers.get(conversation_id, {})
+        timers = [row.timer(key) for key, row in rows.items()]
+        return sorted(timers, key=lambda t: (t.due, t.key))
+
+    async def due_timers(self, until: datetime, limit: int) -> list[tuple[str, StoredTimer]]:
+        """Up to ``limit`` timers due at or before ``until``, soonest first, with their
+        conversation ids (read from the heap; they stay stored)."""
+        check_limit(limit)
+        await checkpoint()
+        bound = until.timestamp()
+        heap = self._due
+        found: list[tuple[str, StoredTimer]] = []
+        kept: list[tuple[float, int, str, str, str]] = []
+        while heap and heap[0][0] <= bound and len(found) < limit:
+            entry = heapq.heappop(heap)
+            _, _, cid, key, timer_id = entry
+            row = self._timers.get(cid, {}).get(key)
+            if row is None or row.id != timer_id:
+                continue  # replaced or dropped since
+            found.append((cid, row.timer(key)))
+            kept.append(entry)
+        for entry in kept:  # still stored: they stay due until dropped
+            heapq.heappush(heap, entry)
+        return found
+
+    async def next_timer_due(self) -> datetime | None:
+        """When the soonest stored timer is due (None: no timer is stored)."""
+        await checkpoint()
+        heap = self._due
+        while heap:
+            _, _, cid, key, timer_id = heap[0]
+            row = self._timers.get(cid, {}).get(key)
+            if row is not None and row.id == timer_id:
+                return from_epoch(row.due)
+            heapq.heappop(heap)
+        return None
 
     async def quarantine(self, conversation_id: str) -> str:
         """Move the conversation's record aside, unchanged, and return its new key.
@@ -194,6 +270,20 @@ class MemoryStore(ClosedOnExit):
 
 
 _NO_STATE: dict[str, Any] = {}
+
+
+class _TimerRow:
+    """One stored timer: its due time (epoch seconds), id and payload as JSON bytes."""
+
+    __slots__ = ("due", "id", "payload")
+
+    def __init__(self, due: float, timer_id: str, payload: bytes) -> None:
+        self.due = due
+        self.id = timer_id
+        self.payload = payload
+
+    def timer(self, key: str) -> StoredTimer:
+        return StoredTimer(key, from_epoch(self.due), decode_payload(self.payload), self.id)
 
 
 def _weak(messages: list[Any]) -> Any:

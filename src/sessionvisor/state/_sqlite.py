@@ -35,6 +35,7 @@ from ._batch import GroupCommit, Write
 from ._layout import HistoryTracker, assemble, dumps, split
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
+from ._timer_rows import StoredTimer, decode_payload, encode_payload, from_epoch
 from ._writes import (
     check_lifecycle,
     check_limit,
@@ -117,6 +118,15 @@ _DECODE_INLINE = 256
 
 _UNANSWERED_INDEX = (
     "CREATE INDEX IF NOT EXISTS conversations_unanswered ON conversations (id) WHERE unanswered = 1"
+)
+
+# Durable timers, one row per (conversation, key), found by due time through the index.
+# Created on every open when missing (older files get them too; no layout change).
+_TIMER_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS timers (conversation_id TEXT NOT NULL, key TEXT NOT NULL, "
+    "id TEXT NOT NULL, due REAL NOT NULL, payload TEXT NOT NULL, "
+    "PRIMARY KEY (conversation_id, key)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS timers_due ON timers (due)",
 )
 
 _INSERT = (
@@ -300,8 +310,79 @@ class SQLiteStore(ClosedOnExit):
             with _transaction(conn):
                 conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
                 conn.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+                conn.execute("DELETE FROM timers WHERE conversation_id = ?", (conversation_id,))
 
         await self._run(remove)
+
+    # -- durable timers (see ``StateStore``'s optional timer methods) -------------
+
+    async def put_timer(self, conversation_id: str, timer: StoredTimer) -> None:
+        """Store ``timer`` for the conversation, replacing the one with its key."""
+        row = (conversation_id, timer.key, timer.id, timer.epoch_seconds)
+        payload = encode_payload(timer.payload)
+
+        def put(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT OR REPLACE INTO timers (conversation_id, key, id, due, payload) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (*row, payload),
+                )
+
+        await self._run(put)
+
+    async def drop_timer(
+        self, conversation_id: str, key: str, *, timer_id: str | None = None
+    ) -> bool:
+        """Remove the timer ``key`` (with ``timer_id``: only that scheduling of it);
+        return whether one was removed."""
+
+        def drop(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cursor = conn.execute(
+                    "DELETE FROM timers WHERE conversation_id = ? AND key = ? "
+                    "AND (? IS NULL OR id = ?)",
+                    (conversation_id, key, timer_id, timer_id),
+                )
+            return cursor.rowcount > 0
+
+        return await self._run(drop)
+
+    async def list_timers(self, conversation_id: str) -> list[StoredTimer]:
+        """The conversation's timers, soonest first."""
+
+        def select(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                "SELECT key, due, payload, id FROM timers WHERE conversation_id = ? "
+                "ORDER BY due, key",
+                (conversation_id,),
+            ).fetchall()
+
+        return [_timer(*row) for row in await self._run(select)]
+
+    async def due_timers(self, until: datetime, limit: int) -> list[tuple[str, StoredTimer]]:
+        """Up to ``limit`` timers due at or before ``until``, soonest first, with their
+        conversation ids (through the index on the due time; they stay stored)."""
+        check_limit(limit)
+        bound = until.timestamp()
+
+        def select(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                "SELECT conversation_id, key, due, payload, id FROM timers "
+                "WHERE due <= ? ORDER BY due LIMIT ?",
+                (bound, limit),
+            ).fetchall()
+
+        return [(row[0], _timer(*row[1:])) for row in await self._run(select)]
+
+    async def next_timer_due(self) -> datetime | None:
+        """When the soonest stored timer is due (None: no timer is stored)."""
+
+        def select(conn: sqlite3.Connection) -> Any:
+            return conn.execute("SELECT min(due) FROM timers").fetchone()[0]
+
+        found = await self._run(select)
+        return None if found is None else from_epoch(found)
 
     async def quarantine(self, conversation_id: str) -> str:
         """Move the conversation's rows, byte for byte, to the quarantine tables.
@@ -479,6 +560,8 @@ class SQLiteStore(ClosedOnExit):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")  # checked in __init__
             _upgrade(conn)
+            for statement in _TIMER_SCHEMA:
+                conn.execute(statement)
         except BaseException:
             conn.close()
             raise
@@ -656,6 +739,10 @@ def _add_columns(conn: sqlite3.Connection, table: str, names: tuple[str, ...]) -
     for name in names:
         if name not in present:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {_ADDED[name]}")
+
+
+def _timer(key: str, due: float, payload: str, timer_id: str) -> StoredTimer:
+    return StoredTimer(key, from_epoch(due), decode_payload(payload), timer_id)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -74,6 +74,26 @@ class StateStore(Protocol):
         listed. The stores of this package answer from an index kept on every
         save and delete, never by reading every row; ``limit`` caps the
         number of ids (None: all), in no particular order.
+
+    Optional durable timers (all five or none; ``SessionSupervisor.schedule``
+    refuses a store without them with ``TypeError``). A timer is a
+    ``StoredTimer`` (key, due, payload, id) kept per conversation by key:
+
+    ``async def put_timer(self, conversation_id, timer) -> None``
+        Store it, replacing the conversation's timer with the same key.
+    ``async def drop_timer(self, conversation_id, key, *, timer_id=None) -> bool``
+        Remove it (with ``timer_id``: only while the stored one has that id);
+        return whether a row was removed.
+    ``async def list_timers(self, conversation_id) -> list[StoredTimer]``
+        The conversation's timers, soonest first.
+    ``async def due_timers(self, until, limit) -> list[tuple[str, StoredTimer]]``
+        Up to ``limit`` timers of any conversation due at or before ``until``
+        (an aware datetime), soonest first, with their conversation ids. They
+        stay stored until dropped. Answered from an index on the due time.
+    ``async def next_timer_due(self) -> datetime | None``
+        The soonest due time of any stored timer (None: none is stored).
+
+    ``delete`` removes the conversation's timers too.
     """
 
     async def load(self, conversation_id: str) -> StoredConversation | None:

@@ -27,6 +27,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
+from datetime import UTC, datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,6 +43,7 @@ from ._layout import HistoryTracker, assemble, dumps, split
 from ._models import PendingInterrupt
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
+from ._timer_rows import StoredTimer, decode_payload, encode_payload
 from ._writes import (
     check_lifecycle,
     check_limit,
@@ -220,6 +222,37 @@ class _Queries:
             "SELECT %s, position, body FROM {m} WHERE conversation_id = %s"
         )
         self.unanswered = compose("SELECT id FROM {t} WHERE unanswered LIMIT %s")
+        self.put_timer = compose(
+            "INSERT INTO {tm} (conversation_id, key, id, due, payload) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (conversation_id, key) DO UPDATE "
+            "SET id = EXCLUDED.id, due = EXCLUDED.due, payload = EXCLUDED.payload"
+        )
+        # A fired timer is removed only by its scheduling's id and, in a cluster, only
+        # by a writer whose epoch the conversation's header has not passed (fencing).
+        self.drop_timer = compose(
+            "DELETE FROM {tm} WHERE conversation_id = %(id)s AND key = %(key)s "
+            "AND (%(timer_id)s::text IS NULL OR id = %(timer_id)s::text) "
+            "AND (%(epoch)s::bigint IS NULL OR NOT EXISTS ("
+            "SELECT 1 FROM {t} WHERE id = %(id)s AND epoch > %(epoch)s::bigint))"
+        )
+        self.list_timers = compose(
+            "SELECT key, due, payload, id FROM {tm} WHERE conversation_id = %s ORDER BY due, key"
+        )
+        self.due_timers = compose(
+            "SELECT conversation_id, key, due, payload, id FROM {tm} WHERE due <= %s "
+            "ORDER BY due LIMIT %s"
+        )
+        self.next_timer = compose("SELECT min(due) FROM {tm}")
+        self.delete_timers = compose("DELETE FROM {tm} WHERE conversation_id = %s")
+        # Created on every open when missing (no layout change for the timers).
+        self.timer_schema = [
+            compose(
+                "CREATE TABLE IF NOT EXISTS {tm} (conversation_id TEXT NOT NULL, "
+                "key TEXT NOT NULL, id TEXT NOT NULL, due TIMESTAMPTZ NOT NULL, "
+                "payload TEXT NOT NULL, PRIMARY KEY (conversation_id, key))"
+            ),
+            compose("CREATE INDEX IF NOT EXISTS {ti} ON {tm} (due)"),
+        ]
         self.fence = compose(
             "INSERT INTO {t} AS t (id, version, epoch) VALUES (%s, 0, %s) "
             "ON CONFLICT (id) DO UPDATE SET epoch = GREATEST(t.epoch, EXCLUDED.epoch) "
@@ -370,6 +403,8 @@ class PostgresStore(ClosedOnExit):
             "q": sql.Identifier(*schema, f"{name}_quarantine"),
             "qm": sql.Identifier(*schema, f"{name}_qmessages"),
             "i": sql.Identifier(f"{name}_unanswered"),
+            "tm": sql.Identifier(*schema, f"{name}_timers"),
+            "ti": sql.Identifier(f"{name}_timers_due"),
         }
         self._q = _Queries(self._sql)
         self._limiter = anyio.CapacityLimiter(max_connections)
@@ -570,8 +605,67 @@ class PostgresStore(ClosedOnExit):
             with conn.transaction():
                 conn.execute(q.delete, (conversation_id,))
                 conn.execute(q.delete_messages, (conversation_id,))
+                conn.execute(q.delete_timers, (conversation_id,))
 
         await self._run(remove)
+
+    # -- durable timers (see ``StateStore``'s optional timer methods) -------------
+
+    async def put_timer(self, conversation_id: str, timer: StoredTimer) -> None:
+        """Store ``timer`` for the conversation, replacing the one with its key."""
+        args = (conversation_id, timer.key, timer.id, timer.due, encode_payload(timer.payload))
+        query = self._q.put_timer
+        await self._run(lambda conn: conn.execute(query, args))
+
+    async def drop_timer(
+        self,
+        conversation_id: str,
+        key: str,
+        *,
+        timer_id: str | None = None,
+        epoch: int | None = None,
+    ) -> bool:
+        """Remove the timer ``key`` (with ``timer_id``: only that scheduling of it;
+        with ``epoch``: only while the conversation's stored epoch is not higher);
+        return whether one was removed."""
+        args = {"id": conversation_id, "key": key, "timer_id": timer_id, "epoch": epoch}
+        query = self._q.drop_timer
+
+        def drop(conn: psycopg.Connection[tuple[Any, ...]]) -> bool:
+            return conn.execute(query, args).rowcount > 0
+
+        return await self._run(drop)
+
+    async def list_timers(self, conversation_id: str) -> list[StoredTimer]:
+        """The conversation's timers, soonest first."""
+        query = self._q.list_timers
+
+        def select(conn: psycopg.Connection[tuple[Any, ...]]) -> list[Any]:
+            return conn.execute(query, (conversation_id,)).fetchall()
+
+        return [_timer(*row) for row in await self._run(select)]
+
+    async def due_timers(self, until: datetime, limit: int) -> list[tuple[str, StoredTimer]]:
+        """Up to ``limit`` timers due at or before ``until``, soonest first, with their
+        conversation ids (through the index on the due time; they stay stored)."""
+        check_limit(limit)
+        query = self._q.due_timers
+
+        def select(conn: psycopg.Connection[tuple[Any, ...]]) -> list[Any]:
+            return conn.execute(query, (until, limit)).fetchall()
+
+        return [(row[0], _timer(*row[1:])) for row in await self._run(select)]
+
+    async def next_timer_due(self) -> datetime | None:
+        """When the soonest stored timer is due (None: no timer is stored)."""
+        query = self._q.next_timer
+
+        def select(conn: psycopg.Connection[tuple[Any, ...]]) -> Any:
+            row = conn.execute(query).fetchone()
+            return None if row is None else row[0]
+
+        found: datetime | None = await self._run(select)
+        return found
 
     async def load_header(self, conversation_id: str) -> ConversationHeader | None:
         """The conversation's owner and pending interrupt, read from its header row
@@ -864,6 +958,8 @@ class PostgresStore(ClosedOnExit):
             conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sessionvisor:{self._table_name}",)
             )
+            for statement in self._q.timer_schema:
+                conn.execute(statement)
             found = conn.execute(self._q.layout, (self._names["t"].as_string(conn),)).fetchone()
             if found is not None and found[0] == _LAYOUT_MARK:
                 return
@@ -941,6 +1037,10 @@ def _tcp_settings(dsn: str) -> dict[str, Any]:
         "tcp_user_timeout": 30_000,
     }
     return {key: value for key, value in added.items() if key not in given}
+
+
+def _timer(key: str, due: datetime, payload: str, timer_id: str) -> StoredTimer:
+    return StoredTimer(key, due.astimezone(UTC), decode_payload(payload), timer_id)
 
 
 def _check_epoch(epoch: object) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import anyio
 import anyio.lowlevel
 
@@ -9,14 +11,21 @@ __all__ = ["ManualClock"]
 class ManualClock:
     """A clock that moves only when told: ``advance(seconds)`` wakes due sleepers."""
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, wall: datetime | None = None) -> None:
         self._now = float(start)
+        self._start = self._now
+        # The wall-clock time at ``start`` (durable timers are due at wall-clock times).
+        self._wall = datetime.now(UTC) if wall is None else wall
         self._sleepers: list[tuple[float, anyio.Event]] = []
         # Created on first use, so a clock can be made outside an event loop.
         self._new_sleeper: anyio.Event | None = None
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> datetime:
+        """The wall-clock time (aware UTC): moves with ``advance`` like ``now``."""
+        return self._wall + timedelta(seconds=self._now - self._start)
 
     async def sleep_until(self, deadline: float) -> None:
         if self._now >= deadline:
