@@ -28,6 +28,7 @@ from ._errors import (
     NothingStored,
     NotRunning,
     QueueFull,
+    RateLimited,
     RegistryUnavailable,
     RouteChangedError,
     RouteError,
@@ -43,7 +44,6 @@ from ._errors import (
     StoreUnavailable,
     SubscriberOverflow,
     UnknownMessage,
-    UnknownTimer,
 )
 from ._options import SupervisorOpts
 from .agents import Agent, Done, FunctionAgent, Interrupt, Outcome, Pause, Turn
@@ -77,7 +77,6 @@ from .state import (
     StateStore,
     StepRecord,
     StoredConversation,
-    TimerInfo,
     Usage,
 )
 
@@ -118,6 +117,7 @@ __all__ = [
     "Pause",
     "PendingInterrupt",
     "QueueFull",
+    "RateLimited",
     "RegistryUnavailable",
     "Restarted",
     "Route",
@@ -152,10 +152,8 @@ __all__ = [
     "Subscription",
     "SupervisorOpts",
     "SystemClock",
-    "TimerInfo",
     "Turn",
     "UnknownMessage",
-    "UnknownTimer",
     "Usage",
     "__version__",
     "in_thread",

@@ -16,9 +16,9 @@ ValueError`` keeps working. The tree::
     │   └── StoreUnavailable                            a command could not be stored: retry
     ├── NotRunning                   (LookupError)      the handle's session has stopped
     ├── UnknownMessage               (LookupError)      no such message in the conversation
-    ├── UnknownTimer                 (LookupError)      no timer with that key
     ├── InvalidStatus                (RuntimeError)     the call does not fit the status
     ├── QueueFull                    (RuntimeError)     too many queued messages
+    ├── RateLimited                  (RuntimeError)     the owner sent too many messages
     ├── MessageRejected              (ValueError)       the message preprocessor refused
     ├── MessageTooLarge              (ValueError)       content over max_message_bytes
     ├── InvalidAnswer                (ValueError)       a resume answer does not fit the agent
@@ -54,6 +54,7 @@ __all__ = [
     "NotRunning",
     "NothingStored",
     "QueueFull",
+    "RateLimited",
     "RegistryUnavailable",
     "RouteChangedError",
     "RouteError",
@@ -69,7 +70,6 @@ __all__ = [
     "StoreUnavailable",
     "SubscriberOverflow",
     "UnknownMessage",
-    "UnknownTimer",
 ]
 
 
@@ -133,14 +133,6 @@ class UnknownMessage(SessionvisorError, LookupError):
         self.message_id = message_id
 
 
-class UnknownTimer(SessionvisorError, LookupError):
-    """The conversation has no timer with the key the call names."""
-
-    def __init__(self, message: str, key: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
 class InvalidStatus(SessionvisorError, RuntimeError):
     """The call does not fit the conversation's current status."""
 
@@ -151,6 +143,15 @@ class InvalidStatus(SessionvisorError, RuntimeError):
 
 class QueueFull(SessionvisorError, RuntimeError):
     """More messages are waiting for the next turn than ``max_queued`` allows."""
+
+
+class RateLimited(SessionvisorError, RuntimeError):
+    """The owner sent more messages than ``messages_per_minute_per_owner`` allows;
+    nothing was stored. ``retry_after``: seconds until the next one is accepted."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class MessageRejected(SessionvisorError, ValueError):

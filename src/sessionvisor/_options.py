@@ -24,6 +24,15 @@ def _positive_int(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise ValueError(f"SupervisorOpts.{attr.name} must be an int >= 1, got {value!r}")
 
 
+def _optional_positive_int(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"SupervisorOpts.{attr.name} must be an int >= 1 or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"SupervisorOpts.{attr.name} must be an int >= 1 or None, got {value!r}")
+
+
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number of seconds, got {value!r}")
@@ -72,6 +81,13 @@ class SupervisorOpts:
         hibernate_after: an idle session nobody subscribes to folds its State into
             compact JSON and drops its replay buffer after this long (it unfolds on
             the next access); None keeps it unfolded.
+        max_running_per_owner: turns of one owner (``owner_of(scope)``) running at
+            once across its conversations; further turns wait in their queues, in
+            arrival order. None: no limit. Read from the supervisor's options only.
+        messages_per_minute_per_owner: messages one owner may send per minute (a
+            token bucket holding that many, refilled continuously); past it ``send``
+            raises ``RateLimited``. None: no limit. Read from the supervisor's
+            options only.
         extra: application keys, never inspected.
     """
 
@@ -98,6 +114,10 @@ class SupervisorOpts:
     save_retry_backoff: float = attrs.field(default=0.5, converter=_number, validator=_non_negative)
     hibernate_after: float | None = attrs.field(
         default=30.0, converter=_optional_number, validator=_non_negative
+    )
+    max_running_per_owner: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    messages_per_minute_per_owner: int | None = attrs.field(
+        default=None, validator=_optional_positive_int
     )
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
 

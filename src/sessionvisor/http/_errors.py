@@ -9,6 +9,7 @@ is logged at info (``http_client_disconnected``), with no traceback.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -25,6 +26,7 @@ from .._errors import (
     NoRouteError,
     NotRunning,
     QueueFull,
+    RateLimited,
     RegistryUnavailable,
     RouteChangedError,
     RouteValidationError,
@@ -102,6 +104,11 @@ def response_for(
         # The only RegistryUnavailable worth retrying soon: nothing was acknowledged.
         response = error_response(503, "StoreUnavailable", str(exc))
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+    if isinstance(exc, RateLimited):
+        # The owner's messages per minute: retry once a token is back (whole seconds, up).
+        response = error_response(429, "RateLimited", str(exc))
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return response
     if isinstance(exc, MessageTooLarge):
         return error_response(413, "PayloadTooLarge", str(exc))

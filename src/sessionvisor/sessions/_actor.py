@@ -34,9 +34,9 @@ from ._events import Restarted, SessionFailed, Status, StatusChanged, describe
 from ._handle import SessionHandle
 from ._idle import arm, timer_fired
 from ._intake import Accepted, check_not_superseded, check_saved, send_message
+from ._quotas import cancel_waiting
 from ._rewrites import rewrite_turn
 from ._stopping import StopReason, stop_session
-from ._timer_calls import schedule_timer
 from ._turns import work
 from ._validation import require_interrupt
 from ._writer import ActorWriterOwner, Writer
@@ -126,6 +126,7 @@ class Actor(Conversation):
     def release_worker(self) -> None:
         """The worker is done: announce ``idle`` after a run, and watch the idle deadlines."""
         self._worker = False
+        self._host.quotas.release(self._conversation_id)  # whatever way the work ended
         if self._status is Status.RUNNING and not self.closed:
             self.set_status(Status.IDLE)
         if not self.closed:
@@ -134,6 +135,7 @@ class Actor(Conversation):
     def rerun_unfinished_turn(self, *, taken: int) -> None:
         """On a start after a crash mid-turn: the last ``taken`` user messages run again."""
         self._turn.begin(taken=taken)
+        self._host.quotas.occupy(self._conversation_id, self._owner)  # admitted work: no wait
         self.set_status(Status.RUNNING)
         self.claim_worker(begun=True)
 
@@ -151,20 +153,6 @@ class Actor(Conversation):
         """Fold the idle State and drop the replay buffer (raises what the dump raised)."""
         self._folded.fold(self._writer.gen)
         self._topic.drop_replay()
-
-    def _turn_schedule(self, payload: Any, *, delay: Any, at: Any, key: Any) -> Any:
-        """``turn.schedule``: store a durable timer for this conversation."""
-        host = self._host
-        return schedule_timer(
-            host.store,
-            host.clock,
-            host.timers,
-            self._conversation_id,
-            payload,
-            at=at,
-            delay=delay,
-            key=key,
-        )
 
     # -- transitions: restarts ---------------------------------------------------
 
@@ -216,6 +204,7 @@ class Actor(Conversation):
 
     def request_stop(self, reason: StopReason) -> None:
         self._life.request_stop(reason)
+        self._host.quotas.abandon(self._conversation_id)  # a turn waiting for a slot
         if reason is not StopReason.DRAIN:
             self._turn.cancel()
         if not self._worker:
@@ -330,6 +319,9 @@ class Actor(Conversation):
 
     async def cancel(self, *, keep_partial: bool = False) -> Status:
         self.check_open()
+        waited = await cancel_waiting(self)  # a turn waiting for its owner's slot
+        if waited is not None:
+            return waited
         if self._status is not Status.RUNNING or not self._turn.active:
             raise self._refused("cancel", "no turn is running")
         if keep_partial:

@@ -101,6 +101,16 @@ class Starter:
         self._host = host
         self._is_open = is_open
 
+    @property
+    def defaults(self) -> SupervisorOpts:
+        """The supervisor-wide session options."""
+        return self._defaults
+
+    @property
+    def host(self) -> ActorHost:
+        """What the actors this starter makes see of the supervisor."""
+        return self._host
+
     async def load(self, conversation_id: str) -> StoredConversation | None:
         """Load a conversation, quarantining an unreadable row if so configured.
 

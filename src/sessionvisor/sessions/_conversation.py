@@ -267,9 +267,10 @@ class Conversation:
         self.touch()
         state.queued.append(message)
         self._writer.changed()
-        if self._worker:
-            # A turn (or a restart) is under way: the message waits, durably, for the next
-            # turn. A send lifts a hold; a turn that is still running may set it again.
+        if self._worker or not self._host.quotas.try_start(self._conversation_id, self._owner):
+            # A turn (or a restart) is under way, or the owner has no turn slot free (the
+            # caller then claims a worker, which waits for one): the message waits, durably,
+            # for the next turn. A send lifts a hold; a turn still running may set it again.
             self._held = False
             if self._next_context is None:
                 self._next_context = capture_context()  # the next turn's parent span
@@ -366,6 +367,7 @@ class Conversation:
         give_back(state, mark=len(state.messages), taken=self._turn.taken)
         self._held = False
         self._turn.end()
+        self._host.quotas.release(self._conversation_id)
         self._writer.changed()
         self.set_status(Status.CANCELLED)
 
@@ -392,6 +394,7 @@ class Conversation:
         self._streamed = []
         self._keep_partial = False
         self._turn.end()
+        self._host.quotas.release(self._conversation_id)  # the owner's turn slot
 
     def keep_when_cancelled(self) -> None:
         """The running turn's cancel keeps what it streamed (``keep_partial_answer``)."""
@@ -419,6 +422,7 @@ class Conversation:
         if interrupt.answered:  # the stored copy of an answer being carried out
             interrupt = interrupt.model_copy(update={"answered": False, "answer": None})
         self._turn.begin_resume(answer, interrupt)
+        self._host.quotas.occupy(self._conversation_id, self._owner)  # admitted work: no wait
         self._held = False  # the queue drains after the resume turn
         self._status = Status.RUNNING
         self.touch()

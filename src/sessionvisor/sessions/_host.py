@@ -14,6 +14,7 @@ import attrs
 
 from .._options import SupervisorOpts
 from ..state import State
+from ._quotas import NO_QUOTAS, Quotas
 from ._stats import RuntimeStats
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from ._actor import Actor
     from ._runners import Runners
     from ._seams import Bus, Registry
-    from ._timer_loop import TimerLoop
     from ._timers import Deadlines
 
 __all__: list[str] = ["ActorHost", "LocalHost", "Rebuilt"]
@@ -53,9 +53,6 @@ class ActorHost(Protocol):
         """The supervisor's counters."""
         ...
 
-    #: The supervisor's durable-timer loop (``_timer_loop``), once it is built.
-    timers: TimerLoop | None
-
     def spawn(self, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``work`` on the supervisor's bounded pool of tasks."""
         ...
@@ -65,6 +62,9 @@ class ActorHost(Protocol):
         ...
 
     def viewer_count(self, conversation_id: str) -> int: ...
+
+    #: The owners' quotas (``_quotas``): running turns and messages per minute.
+    quotas: Quotas
 
     def forget(self, actor: Actor) -> None:
         """The actor ended: drop it from the registry."""
@@ -85,9 +85,9 @@ class LocalHost:
         "_registry",
         "_stats",
         "_store",
+        "quotas",
         "rebuild_with",
         "runners",
-        "timers",
     )
 
     def __init__(
@@ -108,7 +108,7 @@ class LocalHost:
         self._deadlines = deadlines
         self.runners: Runners | None = None  # the supervisor's, once it is entered
         self.rebuild_with: Callable[[Actor], Awaitable[Rebuilt]] | None = None
-        self.timers: TimerLoop | None = None  # the supervisor's (``Lifetime``)
+        self.quotas: Quotas = NO_QUOTAS  # the runtime installs the supervisor's (_quotas)
 
     @property
     def clock(self) -> Clock:

@@ -33,7 +33,6 @@ from .._errors import (
     StoreUnavailable,
 )
 from ..state import HOLDING_LIFECYCLES, Content, Message, State
-from ._timer_turns import timer_cut
 from ._turns import adopt
 from ._validation import content_size_ok
 
@@ -185,6 +184,8 @@ async def send_message(
             if message.id != message_id:
                 message = message.model_copy(update={"id": message_id})
     queued = actor.queue_user_message(message, scope)
+    if queued and not actor.busy:
+        actor.claim_worker()  # no turn slot free for its owner: the worker waits for one
     if queued:
         # Saved mid-turn, the record says a turn was running (``turn_start``): if the
         # process dies now, recovery runs that turn again before the queue.
@@ -250,15 +251,9 @@ def check_room(state: State, *, max_queued: int, conversation_id: str) -> None:
 
 
 def take(state: State) -> list[Message]:
-    """Start a turn: the queued messages join the history, in order. A fired
-    timer's message is a turn of its own: a turn takes it alone, or the messages
-    before it."""
+    """Start a turn: the queued messages join the history, in order."""
     taken = state.queued
-    cut = timer_cut(taken)
-    if cut < len(taken):
-        taken, state.queued = taken[:cut], taken[cut:]
-    else:
-        state.queued = []
+    state.queued = []
     state.messages.extend(taken)
     return taken
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ._bus import LocalBus
+from ._quotas import install_quotas
 from ._recovery import recover_unanswered
 from ._registry import LocalRegistry
 
@@ -48,7 +49,7 @@ class LocalRuntime:
         return self._bus
 
     def mailbox(self, local: LocalMailbox) -> Mailbox:
-        return local
+        return install_quotas(local, local)
 
     async def open(
         self,

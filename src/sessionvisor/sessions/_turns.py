@@ -30,11 +30,11 @@ from ..agents import Done, Interrupt, Pause, Turn
 from ..state import Content, Message, PendingInterrupt, State
 from ..state._models import new_interrupt
 from ._events import AgentEvent, Status, describe
+from ._quotas import take_turn_slot
 from ._restarts import restart_by_policy
 from ._steps import journal_name, retire_journal
 from ._stopping import StopReason, finish_stop, idle_stop
 from ._superseding import agent_view, rejoin
-from ._timer_turns import run_agent
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -180,6 +180,8 @@ async def work(actor: Actor, *, begun: bool = False, idle_reason: StopReason | N
                 elif actor.turn.resume is not None:
                     await run_turn(actor, resume=True)
                 elif actor.queue_ready:
+                    if not await take_turn_slot(actor):  # the owner's limit (_quotas)
+                        continue  # left the line: a stop, a drain or a cancel
                     if actor.state.interrupt is not None:
                         actor.abandon_interrupt()
                     actor.begin_turn()
@@ -257,7 +259,7 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
         actor.enter_turn(scope, mark=mark, metadata=metadata, turn=turn, journal=journal)
         try:
             if answer is NO_ANSWER:
-                outcome = await run_agent(agent, turn, history[mark - 1] if taken else None)
+                outcome = await agent.run(turn)
             else:
                 outcome = await _call_resume(agent, turn, answer=answer)
             if not isinstance(outcome, Done | Interrupt | Pause):
