@@ -206,6 +206,21 @@ def _parser() -> argparse.ArgumentParser:
             help="console (default: for people) or json (one JSON object per line on "
             "stdout, uvicorn's lines included: for log collectors)",
         )
+        quotas = sub.add_argument_group("quotas per owner", "see docs/quotas.md")
+        quotas.add_argument(
+            "--messages-per-minute",
+            type=_positive_int,
+            metavar="N",
+            help="messages one owner may send per minute; past it a send is a 429 with "
+            "Retry-After (default: no limit)",
+        )
+        quotas.add_argument(
+            "--max-running-per-owner",
+            type=_positive_int,
+            metavar="N",
+            help="turns of one owner running at once; the others wait in their queues "
+            "(default: no limit)",
+        )
         server = sub.add_argument_group(
             "server limits",
             "uvicorn's own bounds (it has no deadline for a request body: put a reverse "
@@ -546,7 +561,11 @@ async def _run(
                 router,
                 store=store,
                 cluster=cluster,
-                supervisor_opts={"inactivity_timeout": args.inactivity_timeout},
+                supervisor_opts={
+                    "inactivity_timeout": args.inactivity_timeout,
+                    "messages_per_minute_per_owner": args.messages_per_minute,
+                    "max_running_per_owner": args.max_running_per_owner,
+                },
             )
         except (TypeError, ValueError) as exc:
             raise _Refused(str(exc)) from exc

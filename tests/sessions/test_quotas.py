@@ -252,7 +252,7 @@ async def test_waiting_turns_start_in_arrival_order_across_conversations(
 
         order = ["alice-a", "alice-c", "alice-b", "alice-a"]
         for n, cid in enumerate(order):
-            await wait_until(lambda: len(agent.started) == n + 1)
+            await wait_until(lambda: len(agent.started) == n + 1)  # noqa: B023
             await anyio.wait_all_tasks_blocked()
             assert len(agent.started) == n + 1
             assert agent.started[-1][0] == cid
