@@ -281,6 +281,8 @@ async def test_bad_step_names_and_results_are_refused_with_errors_that_name_them
             ("object", lambda: object()),
             ("nan", lambda: float("nan")),
             ("big", lambda: "x" * 2000),
+            ("deep", lambda: _nested(10_000)),
+            ("surrogate", lambda: {"text": "\ud800"}),
         ):
             try:
                 await turn.step(f"bad-{label}", fn)
@@ -303,13 +305,23 @@ async def test_bad_step_names_and_results_are_refused_with_errors_that_name_them
     assert "bad-object" in str(seen["object"]) and "object" in str(seen["object"])
     assert "bad-nan" in str(seen["nan"])
     assert "bad-big" in str(seen["big"]) and "max_step_bytes" in str(seen["big"])
+    assert "bad-deep" in str(seen["deep"]) and "bad-surrogate" in str(seen["surrogate"])
     # A result that could not be stored leaves its step started without a result.
     assert steps is not None
     assert [(s.name, s.status) for s in steps] == [
         ("bad-object", "unknown"),
         ("bad-nan", "unknown"),
         ("bad-big", "unknown"),
+        ("bad-deep", "unknown"),
+        ("bad-surrogate", "unknown"),
     ]
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 async def test_a_step_after_its_turn_ended_is_refused(anyio_backend: str) -> None:

@@ -37,6 +37,7 @@ from .._errors import (
     StepResultError,
     StoreUnavailable,
 )
+from .._json import json_problem
 from ..state import Journal, PendingInterrupt, State, StepRecord
 
 if TYPE_CHECKING:
@@ -186,25 +187,25 @@ def _encode(result: Any, name: str, limit: int) -> tuple[Any, str | None]:
         model = f"{cls.__module__}:{cls.__qualname__}"
     try:
         data = to_jsonable_python(result)
-        text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise StepResultError(
             f"step {name!r} returned a {type(result).__name__}, which cannot be stored "
             f"as JSON ({exc}); return JSON-ready data or a pydantic model"
         ) from exc
-    size = len(text.encode("utf-8", "surrogatepass"))
+    problem = json_problem(data)  # depth, non-finite numbers, lone surrogates, huge ints
+    if problem is not None:
+        where, what, _ = problem
+        raise StepResultError(
+            f"step {name!r} returned a {type(result).__name__} that cannot be stored: "
+            f"{what} (at {where or 'the top'})"
+        )
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    size = len(text.encode("utf-8"))
     if size > limit:
         raise StepResultError(
             f"step {name!r} returned a {type(result).__name__} of {size} bytes as JSON, "
             f"over max_step_bytes ({limit})"
         )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise StepResultError(
-            f"step {name!r} returned a {type(result).__name__} holding a lone surrogate, "
-            "which cannot be stored"
-        ) from exc
     return json.loads(text), model
 
 
