@@ -35,7 +35,14 @@ import structlog
 
 from .._errors import StaleWriteError
 from ..sessions import ClusterMetrics
-from ..sessions.spi import LocalMailbox, LocalRegistry, Mailbox, RuntimeStats
+from ..sessions.spi import (
+    LocalMailbox,
+    LocalRegistry,
+    Mailbox,
+    Quotas,
+    RuntimeStats,
+    install_quotas,
+)
 from ._commands import ClusterMailbox
 from ._common import require_asyncio
 from ._config import Cluster
@@ -43,6 +50,7 @@ from ._leases import Lease
 from ._live import ClusterBus
 from ._liveness import Liveness, LockLife
 from ._ownership import FencedStore, Leases
+from ._quotas import ClusterQuotas
 from ._serving import InboxServer
 
 if TYPE_CHECKING:
@@ -95,6 +103,7 @@ class ClusterNode:
         )
         self._stats = stats
         self._mailbox: ClusterMailbox | None = None
+        self._quotas: ClusterQuotas | None = None
         self._server: InboxServer | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._draining = False
@@ -138,7 +147,12 @@ class ClusterNode:
             recent_for=self.cluster.renew_every,
             header=getattr(self._inner_store, "load_header", None),
         )
-        return self._mailbox
+        return install_quotas(self._mailbox, local, self._build_quotas)
+
+    def _build_quotas(self, running: int | None, per_minute: int | None, _clock: Any) -> Quotas:
+        """The owners' quotas, counted in Redis (``_quotas``); their refresh runs in ``open``."""
+        self._quotas = ClusterQuotas.of(self.cluster, running, per_minute, spawn=self._spawn)
+        return self._quotas
 
     def _release(self, conversation_id: str) -> None:
         """Give the lease up soon: the session ended (or never started) here."""
@@ -173,6 +187,8 @@ class ClusterNode:
             tg.start_soon(_keep_running, loop)
 
         self._bus.start(keep)
+        if self._quotas is not None:
+            keep(self._quotas.run)
         tg.start_soon(_keep_running, self._liveness.run)
         with anyio.move_on_after(5.0):
             # Leases taken before the lock name no lock (they live by their TTL).

@@ -14,6 +14,7 @@ names are the contract between ``sessions`` and a runtime.
 from ._boot import NO_RESUME, Creation, Starter, check_owner
 from ._bus import LocalBus, Subscription, Topic
 from ._mailbox import LocalMailbox, stored_interrupt
+from ._quotas import Quotas, TokenBuckets, install_quotas, rate_limited
 from ._recovery import has_unanswered_work
 from ._registry import LocalRegistry
 from ._seams import (
@@ -38,6 +39,7 @@ __all__ = [
     "LocalMailbox",
     "LocalRegistry",
     "Mailbox",
+    "Quotas",
     "Reached",
     "Registry",
     "RunningElsewhere",
@@ -47,9 +49,12 @@ __all__ = [
     "Session",
     "Starter",
     "Subscription",
+    "TokenBuckets",
     "Topic",
     "check_owner",
     "has_unanswered_work",
+    "install_quotas",
+    "rate_limited",
     "require_interrupt",
     "require_notice",
     "stored_interrupt",
