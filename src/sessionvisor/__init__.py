@@ -44,6 +44,7 @@ from ._errors import (
     StoreUnavailable,
     SubscriberOverflow,
     UnknownMessage,
+    UnknownTimer,
 )
 from ._options import SupervisorOpts
 from .agents import Agent, Done, FunctionAgent, Interrupt, Outcome, Pause, Turn
@@ -77,6 +78,7 @@ from .state import (
     StateStore,
     StepRecord,
     StoredConversation,
+    TimerInfo,
     Usage,
 )
 
@@ -152,8 +154,10 @@ __all__ = [
     "Subscription",
     "SupervisorOpts",
     "SystemClock",
+    "TimerInfo",
     "Turn",
     "UnknownMessage",
+    "UnknownTimer",
     "Usage",
     "__version__",
     "in_thread",

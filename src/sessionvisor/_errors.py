@@ -16,6 +16,7 @@ ValueError`` keeps working. The tree::
     │   └── StoreUnavailable                            a command could not be stored: retry
     ├── NotRunning                   (LookupError)      the handle's session has stopped
     ├── UnknownMessage               (LookupError)      no such message in the conversation
+    ├── UnknownTimer                 (LookupError)      no timer with that key
     ├── InvalidStatus                (RuntimeError)     the call does not fit the status
     ├── QueueFull                    (RuntimeError)     too many queued messages
     ├── RateLimited                  (RuntimeError)     the owner sent too many messages
@@ -70,6 +71,7 @@ __all__ = [
     "StoreUnavailable",
     "SubscriberOverflow",
     "UnknownMessage",
+    "UnknownTimer",
 ]
 
 
@@ -131,6 +133,14 @@ class UnknownMessage(SessionvisorError, LookupError):
     def __init__(self, message: str, message_id: str) -> None:
         super().__init__(message)
         self.message_id = message_id
+
+
+class UnknownTimer(SessionvisorError, LookupError):
+    """The conversation has no timer with the key the call names."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class InvalidStatus(SessionvisorError, RuntimeError):
