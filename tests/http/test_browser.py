@@ -161,3 +161,46 @@ async def test_the_admin_page_lists_the_callers_live_sessions_and_keeps_them_cur
     await tab.locator("#user").dispatch_event("change")
     await expect(tab.locator('#rows tr[data-cid="c-bob"]')).to_have_count(1)
     await expect(tab.locator("#rows tr")).to_have_count(1)
+
+
+async def test_the_demo_page_keeps_a_cancelled_reply_and_answers_again(
+    page: tuple[Any, str],
+) -> None:
+    from playwright.async_api import expect
+
+    tab, url = page
+    expect.set_options(timeout=TIMEOUT_MS)
+    await tab.goto(f"{url}/")
+    await tab.click("#new")
+    await expect(tab.locator("#message")).to_be_enabled()
+
+    # Cancel mid-reply: what was streamed stays, also after a reload (it is stored).
+    await send(tab, "tell me a long story")
+    streaming = tab.locator(".msg.streaming")
+    await expect(streaming).to_contain_text("You said")
+    await tab.click("#cancel")
+    await expect(tab.locator("#status")).to_have_text("cancelled")
+    kept = tab.locator('.msg[data-role="assistant"]')
+    await expect(kept).to_have_count(1)
+    await expect(kept).to_contain_text("You said")
+    partial = (await kept.inner_text()).split("\n", 1)[-1].strip()
+    await tab.reload()
+    await expect(tab.locator('.msg[data-role="assistant"]')).to_have_text("assistant" + partial)
+    await expect(tab.locator('.msg[data-cancelled="true"]')).to_have_count(1)
+
+    # Regenerate replaces the cut reply with a whole one.
+    await tab.click("#regenerate")
+    await expect(tab.locator("#status")).to_have_text("idle")
+    replies = tab.locator('.msg[data-role="assistant"]')
+    await expect(replies).to_have_count(1)
+    await expect(replies).to_contain_text("You said: “tell me a long story”.")
+    await expect(tab.locator('.msg[data-role="user"]')).to_have_count(1)
+
+    # Edit the message: the new text is answered; the old one is gone after a reload.
+    tab.once("dialog", lambda dialog: dialog.accept("a short one, please"))
+    await tab.click("#edit")
+    await expect(replies).to_contain_text("You said: “a short one, please”.")
+    await expect(tab.locator("#status")).to_have_text("idle")
+    await tab.reload()
+    await expect(tab.locator('.msg[data-role="user"]')).to_have_text(["usera short one, please"])
+    await expect(tab.locator('.msg[data-role="assistant"]')).to_have_count(1)
