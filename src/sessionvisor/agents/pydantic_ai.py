@@ -19,8 +19,27 @@ What the adapter keeps in the conversation's ``State``:
 Deferred tool calls (``requires_approval=True`` or ``ApprovalRequired``, and
 external tools or ``CallDeferred``) end the turn with an ``Interrupt`` whose
 ``data`` is ``{"calls": [{"tool_call_id", "tool_name", "args", "kind"}]}``
-(``kind``: ``"approval"``, ``"external"`` or ``"question"``); ``resume``
-answers them (see ``PydanticAIAgent.resume`` for the answer's shapes).
+(``kind``: ``"approval"``, ``"external"``, ``"question"`` or
+``"unknown_outcome"``, below); ``resume`` answers them (see
+``PydanticAIAgent.resume`` for the answer's shapes).
+
+Durable turns: the adapter journals each run by itself. Each model request is
+the step ``model:<n>`` (the n-th request of the run; its result is the
+``ModelResponse``, its usage is counted in ``State.usage``) and each tool call
+the step ``tool:<tool name>:<tool call id>`` (its result is what the tool
+returned, or the retry, failure or deferral it raised). A turn cut by a crash,
+a failover or a stop runs again over the same prompt and history, so it makes
+the same requests and calls in the same order: completed responses and tool
+calls come back from the journal (a replayed response's text is streamed
+again), and only a request cut before its response was stored is sent to the
+model again. Tool calls of a run go one at a time, so their steps keep their
+order. A tool cut while it ran is called again when it is idempotent (named in
+``idempotent_tools=`` or declared with ``metadata={"idempotent": True}``);
+otherwise the rerun ends in an ``Interrupt`` listing it with
+``"kind": "unknown_outcome"``, answered ``"retry"`` (call it again) or
+``"skip"`` (the model is told ``SKIPPED_MESSAGE``: it may or may not have
+taken effect, and was not retried). ``metadata["pydantic_ai_usage"]`` is kept
+for compatibility; both it and ``State.usage`` count each response once.
 """
 
 from __future__ import annotations
@@ -29,7 +48,7 @@ import inspect
 import json
 import types
 import typing
-from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from pydantic_ai import Agent as _PydanticAgent
@@ -59,12 +78,18 @@ from pydantic_core import to_jsonable_python
 from .._errors import InvalidAnswer
 from ..state import Message, PendingInterrupt, State
 from ._agent import Done, Interrupt, Outcome, Turn
+from ._pydantic_ai_steps import UNKNOWN_OUTCOME_MARK, TurnJournal
 
 __all__ = [
     "CURSOR_KEY",
     "HISTORY_KEY",
     "MOVED_ON_MESSAGE",
     "PENDING_KEY",
+    "RETRY",
+    "SKIP",
+    "SKIPPED_MESSAGE",
+    "UNKNOWN_MOVED_ON_MESSAGE",
+    "UNKNOWN_OUTCOME",
     "USAGE_KEY",
     "InvalidAnswer",
     "PydanticAIAgent",
@@ -82,6 +107,20 @@ USAGE_KEY = "pydantic_ai_usage"
 
 #: What the model is told about deferred calls the user talked past instead of answering.
 MOVED_ON_MESSAGE = "The user sent a new message instead of answering; this tool call was not made."
+#: What the model is told about a tool call of unknown outcome that a human chose to skip.
+SKIPPED_MESSAGE = (
+    "This tool call was interrupted while it ran: it may or may not have taken effect. "
+    "It was not retried."
+)
+#: What the model is told about a call of unknown outcome the user talked past.
+UNKNOWN_MOVED_ON_MESSAGE = (
+    "This tool call was interrupted while it ran: it may or may not have taken effect. "
+    "The user sent a new message instead of deciding, so it was not retried."
+)
+#: The answers a tool call of unknown outcome takes.
+RETRY, SKIP = "retry", "skip"
+#: The ``kind`` of a pending call that was cut while its (non-idempotent) tool ran.
+UNKNOWN_OUTCOME = "unknown_outcome"
 
 _USAGE_FIELDS = ("requests", "tool_calls", "input_tokens", "output_tokens")
 
@@ -139,6 +178,9 @@ class PydanticAIAgent:
             ``stream=False``; the reply then arrives as one delta, and no tool
             events are published.
         tool_events: publish ``"tool_call"`` and ``"tool_result"`` events.
+        idempotent_tools: names of tools that may safely run twice: one cut
+            while it ran is called again by the rerun instead of asking a human
+            (a tool can also say so with ``metadata={"idempotent": True}``).
         name: a name for logs and ``repr``.
 
     Raises:
@@ -154,18 +196,22 @@ class PydanticAIAgent:
         model_settings: ModelSettings | None = None,
         stream: bool = True,
         tool_events: bool = True,
+        idempotent_tools: Collection[str] = (),
         name: str | None = None,
     ) -> None:
         if not isinstance(agent, _PydanticAgent):
             raise TypeError(f"PydanticAIAgent needs a pydantic_ai.Agent, got {agent!r}")
         if deps is not None and not callable(deps):
             raise TypeError(f"deps must be a callable (turn) -> deps, got {deps!r}")
+        if isinstance(idempotent_tools, str):
+            raise TypeError("idempotent_tools must be a collection of tool names, not a str")
         self.agent = agent
         self._deps = deps
         self._usage_limits = usage_limits
         self._model_settings = model_settings
         self._stream = stream
         self._tool_events = tool_events
+        self.idempotent_tools = frozenset(idempotent_tools)
         self.name = name or agent.name or "pydantic_ai_agent"
         self._output_type = _run_output_type(agent)
 
@@ -208,7 +254,11 @@ class PydanticAIAgent:
           ``value`` is ``True``/``False``, ``{"approved": bool, "reason": str,
           "override_args": {...}}`` for an approval, or ``{"result": ...}`` /
           ``{"error": "message"}`` for an external call (a plain value is
-          taken as the result).
+          taken as the result);
+        - for calls of kind ``"unknown_outcome"`` (cut while their tool ran):
+          ``"retry"`` or ``"skip"`` as the whole answer (for every such call,
+          when no other call is pending), or per call in ``"calls"``, e.g.
+          ``{"approved": True, "calls": {"call-2": "retry"}}``.
 
         An answer that does not fit (an unknown id, an external call without a
         result) does not fail the turn: it ends in the same ``Interrupt`` again,
@@ -257,18 +307,27 @@ class PydanticAIAgent:
             if inspect.isawaitable(deps):
                 deps = await deps
         streamer = _Streamer(turn, tool_events=self._tool_events) if self._stream else None
-        result = await self.agent.run(
-            prompt,
-            output_type=self._output_type,
-            message_history=history,
-            deferred_tool_results=results,
-            conversation_id=turn.conversation_id,
-            deps=deps,
-            model_settings=self._model_settings,
-            usage_limits=self._usage_limits,
-            event_stream_handler=streamer.handle if streamer is not None else None,
-            infer_name=False,
+        journal = TurnJournal(
+            turn,
+            idempotent_tools=self.idempotent_tools,
+            stream_handler=streamer.handle if streamer is not None else None,
         )
+        # One tool call at a time: steps are numbered in call order, which a rerun
+        # must repeat (tools running side by side would race for the numbers).
+        with _PydanticAgent.parallel_tool_call_execution_mode("sequential"):
+            result = await self.agent.run(
+                prompt,
+                output_type=self._output_type,
+                message_history=history,
+                deferred_tool_results=results,
+                conversation_id=turn.conversation_id,
+                deps=deps,
+                model_settings=self._model_settings,
+                usage_limits=self._usage_limits,
+                event_stream_handler=streamer.handle if streamer is not None else None,
+                capabilities=[journal],
+                infer_name=False,
+            )
         new = result.new_messages()
         state.metadata[HISTORY_KEY] = ModelMessagesTypeAdapter.dump_python(
             result.all_messages(), mode="json"
@@ -471,6 +530,9 @@ def _describe_requests(requests: DeferredToolRequests) -> list[dict[str, Any]]:
         info = _call_info(part)
         info["kind"] = requests.kind(part.tool_call_id)
         meta = requests.metadata.get(part.tool_call_id)
+        if isinstance(meta, Mapping) and meta.get(UNKNOWN_OUTCOME_MARK) is True:
+            info["kind"] = UNKNOWN_OUTCOME
+            meta = None
         if meta:
             info["metadata"] = to_jsonable_python(meta, fallback=str)
         calls.append(info)
@@ -485,7 +547,9 @@ def _pending_calls(state: State) -> list[dict[str, Any]]:
 def _moved_on_results(pending: list[dict[str, Any]]) -> DeferredToolResults:
     results = DeferredToolResults()
     for call in pending:
-        if call["kind"] == "approval":
+        if call["kind"] == UNKNOWN_OUTCOME:
+            results.approvals[call["tool_call_id"]] = _ToolDenied(UNKNOWN_MOVED_ON_MESSAGE)
+        elif call["kind"] == "approval":
             results.approvals[call["tool_call_id"]] = _ToolDenied(MOVED_ON_MESSAGE)
         else:
             results.calls[call["tool_call_id"]] = ToolFailed(MOVED_ON_MESSAGE)
@@ -504,9 +568,12 @@ def answer_to_results(pending: list[dict[str, Any]], answer: Any) -> DeferredToo
         InvalidAnswer: the answer does not fit the pending calls.
     """
     default: Any = None
+    unknown_default: Any = None
     per_call: Mapping[str, Any] = {}
     if isinstance(answer, bool):
         default = answer
+    elif answer in (RETRY, SKIP):
+        unknown_default = answer
     elif isinstance(answer, Mapping):
         unknown = set(answer) - {"approved", "reason", "calls"}
         if unknown:
@@ -522,7 +589,8 @@ def answer_to_results(pending: list[dict[str, Any]], answer: Any) -> DeferredToo
         per_call = calls
     else:
         raise InvalidAnswer(
-            f"expected True/False or a mapping with 'approved' and/or 'calls', got {answer!r}"
+            "expected True/False, 'retry'/'skip' or a mapping with 'approved' and/or 'calls', "
+            f"got {answer!r}"
         )
     known = {call["tool_call_id"]: call for call in pending}
     strangers = set(per_call) - set(known)
@@ -534,7 +602,15 @@ def answer_to_results(pending: list[dict[str, Any]], answer: Any) -> DeferredToo
     for call_id, call in known.items():
         value = per_call.get(call_id, default)
         name = f"{call['tool_name']!r} ({call_id})"
-        if call["kind"] == "approval":
+        if call["kind"] == UNKNOWN_OUTCOME:
+            value = per_call.get(call_id, unknown_default)
+            if value not in (RETRY, SKIP):
+                raise InvalidAnswer(
+                    f"tool call {name} was cut while it ran and may or may not have taken "
+                    "effect: answer 'retry' (call it again) or 'skip'"
+                )
+            results.approvals[call_id] = True if value == RETRY else _ToolDenied(SKIPPED_MESSAGE)
+        elif call["kind"] == "approval":
             if value is None:
                 raise InvalidAnswer(f"tool call {name} needs an approval (true/false)")
             results.approvals[call_id] = _approval(value, name)
