@@ -37,6 +37,7 @@ from ._intake import Accepted, check_not_superseded, check_saved, send_message
 from ._quotas import cancel_waiting
 from ._rewrites import rewrite_turn
 from ._stopping import StopReason, stop_session
+from ._timer_calls import schedule_timer
 from ._turns import work
 from ._validation import require_interrupt
 from ._writer import ActorWriterOwner, Writer
@@ -153,6 +154,20 @@ class Actor(Conversation):
         """Fold the idle State and drop the replay buffer (raises what the dump raised)."""
         self._folded.fold(self._writer.gen)
         self._topic.drop_replay()
+
+    def _turn_schedule(self, payload: Any, *, delay: Any, at: Any, key: Any) -> Any:
+        """``turn.schedule``: store a durable timer for this conversation."""
+        host = self._host
+        return schedule_timer(
+            host.store,
+            host.clock,
+            host.timers,
+            self._conversation_id,
+            payload,
+            at=at,
+            delay=delay,
+            key=key,
+        )
 
     # -- transitions: restarts ---------------------------------------------------
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._actor import Actor
     from ._runners import Runners
     from ._seams import Bus, Registry
+    from ._timer_loop import TimerLoop
     from ._timers import Deadlines
 
 __all__: list[str] = ["ActorHost", "LocalHost", "Rebuilt"]
@@ -52,6 +53,9 @@ class ActorHost(Protocol):
     def stats(self) -> RuntimeStats:
         """The supervisor's counters."""
         ...
+
+    #: The supervisor's durable-timer loop (``_timer_loop``), once it is built.
+    timers: TimerLoop | None
 
     def spawn(self, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``work`` on the supervisor's bounded pool of tasks."""
@@ -88,6 +92,7 @@ class LocalHost:
         "quotas",
         "rebuild_with",
         "runners",
+        "timers",
     )
 
     def __init__(
@@ -108,6 +113,7 @@ class LocalHost:
         self._deadlines = deadlines
         self.runners: Runners | None = None  # the supervisor's, once it is entered
         self.rebuild_with: Callable[[Actor], Awaitable[Rebuilt]] | None = None
+        self.timers: TimerLoop | None = None  # the supervisor's (``Lifetime``)
         self.quotas: Quotas = NO_QUOTAS  # the runtime installs the supervisor's (_quotas)
 
     @property

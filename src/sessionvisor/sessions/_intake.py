@@ -33,6 +33,7 @@ from .._errors import (
     StoreUnavailable,
 )
 from ..state import HOLDING_LIFECYCLES, Content, Message, State
+from ._timer_turns import timer_cut
 from ._turns import adopt
 from ._validation import content_size_ok
 
@@ -251,9 +252,15 @@ def check_room(state: State, *, max_queued: int, conversation_id: str) -> None:
 
 
 def take(state: State) -> list[Message]:
-    """Start a turn: the queued messages join the history, in order."""
+    """Start a turn: the queued messages join the history, in order. A fired
+    timer's message is a turn of its own: a turn takes it alone, or the messages
+    before it."""
     taken = state.queued
-    state.queued = []
+    cut = timer_cut(taken)
+    if cut < len(taken):
+        taken, state.queued = taken[:cut], taken[cut:]
+    else:
+        state.queued = []
     state.messages.extend(taken)
     return taken
 

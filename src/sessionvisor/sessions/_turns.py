@@ -35,6 +35,7 @@ from ._restarts import restart_by_policy
 from ._steps import journal_name, retire_journal
 from ._stopping import StopReason, finish_stop, idle_stop
 from ._superseding import agent_view, rejoin
+from ._timer_turns import run_agent
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -259,7 +260,7 @@ async def _run_turn(actor: Actor, resume: bool) -> str:
         actor.enter_turn(scope, mark=mark, metadata=metadata, turn=turn, journal=journal)
         try:
             if answer is NO_ANSWER:
-                outcome = await agent.run(turn)
+                outcome = await run_agent(agent, turn, history[mark - 1] if taken else None)
             else:
                 outcome = await _call_resume(agent, turn, answer=answer)
             if not isinstance(outcome, Done | Interrupt | Pause):
