@@ -15,12 +15,20 @@ from typing import Any
 import anyio
 import pytest
 from pydantic_ai import Agent
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, ToolReturnPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+)
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 
 from sessionvisor import MemoryStore, SessionSupervisor, State, StoredConversation, Usage
 from sessionvisor.agents.pydantic_ai import (
     SKIPPED_MESSAGE,
+    UNKNOWN_MOVED_ON_MESSAGE,
     USAGE_KEY,
     PydanticAIAgent,
     load_history,
@@ -55,6 +63,7 @@ class Bench:
         hold_tool: str | None = None,
         idempotent_tools: tuple[str, ...] = (),
         idempotent_metadata: bool = False,
+        stream: bool = True,
     ) -> None:
         self.requests: list[int] = []  # per model request: the tool results it saw
         self.recorded: list[str] = []
@@ -66,6 +75,7 @@ class Bench:
         self.release = anyio.Event()
         self.idempotent_tools = idempotent_tools
         self.idempotent_metadata = idempotent_metadata
+        self.stream = stream
         #: (recorded, deleted) when ``cut`` took its copy of the store.
         self.at_cut: tuple[list[str], list[str]] = ([], [])
 
@@ -104,8 +114,25 @@ class Bench:
             return
         yield "done: " + "; ".join(str(p.content) for p in returns)
 
+    async def respond(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        """``model`` without streaming: its pieces as one response."""
+        parts: list[Any] = []
+        async for piece in self.model(messages, info):
+            if isinstance(piece, str):
+                parts.append(TextPart(piece))
+            else:
+                for call in piece.values():
+                    assert call.name is not None and call.tool_call_id is not None
+                    parts.append(ToolCallPart(call.name, call.json_args, call.tool_call_id))
+        return ModelResponse(parts=parts)
+
     def agent(self) -> PydanticAIAgent:
-        agent: Agent[Any, str] = Agent(FunctionModel(stream_function=self.model))
+        model = (
+            FunctionModel(stream_function=self.model)
+            if self.stream
+            else FunctionModel(function=self.respond)
+        )
+        agent: Agent[Any, str] = Agent(model)
         metadata = {"idempotent": True} if self.idempotent_metadata else None
 
         @agent.tool_plain(metadata=metadata)
@@ -122,7 +149,7 @@ class Bench:
             self.deleted.append(path)
             return f"deleted {path}"
 
-        return PydanticAIAgent(agent, idempotent_tools=self.idempotent_tools)
+        return PydanticAIAgent(agent, idempotent_tools=self.idempotent_tools, stream=self.stream)
 
 
 def responses(state: State) -> list[ModelResponse]:
@@ -253,6 +280,20 @@ async def test_a_crash_during_a_model_request_continues_from_the_last_stored_ste
 
 
 @pytest.mark.anyio
+async def test_without_streaming_a_crash_continues_from_the_last_stored_step(
+    anyio_backend: str,
+) -> None:
+    left = await cut(Bench(hold_model=3, stream=False))
+    again = Bench(stream=False)
+    state = await rerun(left, again)
+    assert again.requests == [2, 3]
+    assert again.recorded == ["three"]
+    assert state.messages[-1].text().endswith("done: recorded one; recorded two; recorded three")
+    assert_usage_counted_once(state)
+    assert state.usage.requests == 4
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("answer", ["retry", "skip", {"calls": {"call-2": "retry"}}])
 async def test_a_tool_cut_while_it_ran_asks_to_retry_or_skip(
     anyio_backend: str, answer: Any
@@ -362,3 +403,27 @@ async def test_an_approval_interrupt_is_asked_again_by_a_rerun_cut_before_it(
     assert again.deleted == ["a.txt"]
     assert state.messages[-1].text() == "delete said: deleted a.txt"
     assert_usage_counted_once(state)
+
+
+@pytest.mark.anyio
+async def test_a_new_message_instead_of_retry_or_skip_tells_the_model_it_was_not_retried(
+    anyio_backend: str,
+) -> None:
+    left = await cut(Bench(hold_tool="two"))
+    again = Bench()
+    store = MemoryStore()
+    await store.save("c-1", left, expected_version=None, lifecycle="turn_start")
+    async with supervisor(again.agent, store=store) as sup:
+        await settled(sup, "interrupted")
+        await sup.send("c-1", "never mind")
+        state = await settled(sup, "idle")
+    assert again.recorded == ["three"]
+    assert state.interrupt is None
+    closed = [
+        part
+        for message in load_history(state)
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart) and part.tool_call_id == "call-2"
+    ]
+    assert [part.content for part in closed] == [UNKNOWN_MOVED_ON_MESSAGE]
