@@ -1,4 +1,4 @@
-"""The one rule of the API that JSON Schema cannot state, told to schemathesis.
+"""The rules of the API that JSON Schema cannot state, told to schemathesis.
 
 ``POST /ai-sdk/chat`` and ``POST /ag-ui`` act on the *newest* message of the
 client's copy of the conversation (the stored history is what the agent sees).
@@ -12,11 +12,15 @@ message or a tool result, with no ``resume``) is refused with a 400, and that
 400 is the only failure excused here. Every other failure, of every check,
 stands.
 
+The second: ``POST /conversations/{cid}/timers`` refuses (400) an ``at`` more than
+a year from now; JSON Schema has no "now". That 400 is excused too.
+
 schemathesis loads this module by its name (``SCHEMATHESIS_HOOKS``).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import schemathesis
@@ -52,12 +56,30 @@ def acts_on_nothing(path: str, body: Any) -> bool:
     return path == "/ai-sdk/chat" and newest["role"] == "assistant" and not _answers_a_call(newest)
 
 
+def timer_too_far(path: str, body: Any) -> bool:
+    """A timer's ``at`` more than a year from now (or not a time Python reads)."""
+    if not path.endswith("/timers") or not isinstance(body, dict):
+        return False
+    at = body.get("at")
+    if not isinstance(at, str):
+        return False
+    try:
+        due = datetime.fromisoformat(at)
+    except ValueError:
+        return True
+    if due.tzinfo is None:
+        return True
+    return due - datetime.now(UTC) > timedelta(days=364)
+
+
 @schemathesis.hook
 def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
-    """Drop only ST202 (schema-valid body refused) with a 400 for a newest message not acted on."""
+    """Drop only ST202 (schema-valid body refused) with a 400 for a newest message not
+    acted on, or for a timer due more than a year from now."""
+    path = case.operation.path
     excused = (
         failure.code == "ST202"
         and response.status_code == 400
-        and acts_on_nothing(case.operation.path, case.body)
+        and (acts_on_nothing(path, case.body) or timer_too_far(path, case.body))
     )
     return not excused

@@ -43,6 +43,7 @@ from ._sse import (
     read_as_unknown_would,
     unknown_conversation_start,
 )
+from ._timers import timer_routes
 
 __all__ = ["DEFAULT_HEARTBEAT", "create_app"]
 
@@ -146,6 +147,7 @@ def create_app(
         Route("/conversations/{cid}/dismiss", api.wrap(api.dismiss), methods=["POST"]),
         Route("/conversations/{cid}/cancel", api.wrap(api.cancel), methods=["POST"]),
         *rewrite_routes(api),
+        *timer_routes(api),
         # One route for both methods, so a 405 on this path lists both in its Allow header.
         Route("/conversations/{cid}", api.wrap(api.conversation), methods=["GET", "DELETE"]),
         Route("/sessions", api.wrap(api.sessions), methods=["GET"]),

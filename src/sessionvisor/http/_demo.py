@@ -5,7 +5,9 @@ stream word by word; a message that mentions "delete" or "dangerous" makes it
 ask for approval (an interrupt) before running a pretend dangerous tool; the
 word "crash" makes it raise, and since its sessions restart on error the
 supervisor restarts it. Two personas, picked by ``request_opts["persona"]``
-through a ``KeyedRouter``, show sticky routing.
+through a ``KeyedRouter``, show sticky routing. "remind me in N seconds to X"
+schedules a durable timer (``turn.schedule``): it answers at once, and when the
+timer fires (``on_timer``) it says "Reminder: X".
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ _ABOUT = (
 )
 _CRASH_NOTE = "The demo agent crashed on purpose and was restarted."
 _WORD = re.compile(r"[a-z]+")
+_REMIND = re.compile(
+    r"remind me in (\d+(?:\.\d+)?) ?(seconds?|secs?|s|minutes?|mins?|m|hours?|h)\b"
+    r"\s*(?:to\s+)?(.*)",
+    re.IGNORECASE | re.DOTALL,
+)
+_UNIT = {"s": 1, "m": 60, "h": 3600}
 
 
 def _pending(state: State) -> list[Message]:
@@ -127,12 +135,32 @@ class DemoAgent:
                 },
                 reply=turn.streamed_text,
             )
+        remind = _REMIND.search(pending[-1].text()) if pending else None
+        if remind is not None:
+            return await self._remind(turn, remind)
         text = " / ".join(m.text() for m in pending) or "(nothing)"
         user = _caller(turn.scope)
         greeting = _PERSONAS[self.persona].format(name=f" {user}" if user else "", text=text)
         if len(pending) > 1:
             greeting += f" ({len(pending)} messages arrived while I was busy; one reply for all.)"
         await self._say(turn, f"{greeting} {_ABOUT}")
+        return Done(turn.state)
+
+    async def _remind(self, turn: Turn, found: re.Match[str]) -> Outcome:
+        amount, unit, what = found.groups()
+        what = what.strip().rstrip(".!") or "do the thing"
+        delay = float(amount) * _UNIT[unit[0].lower()]
+        if delay > 365 * 24 * 3600:
+            await self._say(turn, "That is more than a year away; I can remind you within a year.")
+            return Done(turn.state)
+        await turn.schedule({"reminder": what}, delay=delay)
+        await self._say(turn, f"OK, I will remind you in {amount} {unit} to {what}.")
+        return Done(turn.state)
+
+    async def on_timer(self, turn: Turn, payload: Any) -> Outcome:
+        """A reminder's timer fired: say it."""
+        what = payload.get("reminder") if isinstance(payload, dict) else payload
+        await self._say(turn, f"Reminder: {what}")
         return Done(turn.state)
 
     async def resume(self, turn: Turn, answer: Any) -> Outcome:

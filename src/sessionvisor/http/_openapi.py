@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from ..sessions import Event
 from ._bodies import CancelBody, DismissBody, EditBody, RegenerateBody, ResumeBody, SendBody
+from ._timers import TimerBody
 
 __all__ = [
     "ERROR_STATUSES",
@@ -154,6 +155,44 @@ _COMPONENTS: dict[str, Any] = {
             "status": _ref("Status"),
             "messages": {"type": "array", "items": _ref("Message")},
             "interrupt": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+        },
+    },
+    "Timer": {
+        "type": "object",
+        "required": ["conversation_id", "key", "due", "payload"],
+        "properties": {
+            "conversation_id": {"type": "string"},
+            "key": {"type": "string"},
+            "due": {"type": "string", "format": "date-time"},
+            "payload": {},
+        },
+    },
+    "Timers": {
+        "type": "object",
+        "required": ["conversation_id", "timers"],
+        "properties": {
+            "conversation_id": {"type": "string"},
+            "timers": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "due", "payload"],
+                    "properties": {
+                        "key": {"type": "string"},
+                        "due": {"type": "string", "format": "date-time"},
+                        "payload": {},
+                    },
+                },
+            },
+        },
+    },
+    "TimerCancelled": {
+        "type": "object",
+        "required": ["conversation_id", "key", "result"],
+        "properties": {
+            "conversation_id": {"type": "string"},
+            "key": {"type": "string"},
+            "result": {"type": "string", "enum": ["cancelled"]},
         },
     },
     "StopResult": {
@@ -358,6 +397,25 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "body": EditBody,
         "answers": {202: _json(_ref("Rewritten"), "Accepted: stored, the new turn runs")},
         "errors": (*_WITH_BODY, 403, 409, 429),
+    },
+    ("POST", "/conversations/{cid}/timers"): {
+        "summary": "Schedule a durable timer (the agent's on_timer runs when it is due)",
+        "tags": ["timers"],
+        "body": TimerBody,
+        "answers": {201: _json(_ref("Timer"), "Stored: it fires once at its due time")},
+        "errors": (*_WITH_BODY, 403),
+    },
+    ("GET", "/conversations/{cid}/timers"): {
+        "summary": "The conversation's pending timers, soonest first",
+        "tags": ["timers"],
+        "answers": {200: _json(_ref("Timers"), "The pending timers")},
+        "errors": _CONVERSATION,
+    },
+    ("DELETE", "/conversations/{cid}/timers/{key}"): {
+        "summary": "Cancel a pending timer (404 when it has no such timer)",
+        "tags": ["timers"],
+        "answers": {200: _json(_ref("TimerCancelled"), "Cancelled")},
+        "errors": _CONVERSATION,
     },
     ("GET", "/conversations/{cid}"): {
         "summary": "The conversation's status, history and pending interrupt",
@@ -664,7 +722,7 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "description": _PATH_DESCRIPTIONS.get(name, name),
-            "schema": dict(_MESSAGE_ID if name == "message_id" else _CONVERSATION_ID),
+            "schema": dict(_MESSAGE_ID if name in ("message_id", "key") else _CONVERSATION_ID),
         }
         for name in names
     ]
@@ -673,6 +731,7 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
 _PATH_DESCRIPTIONS = {
     "cid": "The conversation id",
     "id": "The conversation id",
+    "key": "A timer's key",
     "message_id": "A message id (one that was edited or regenerated names its replacement)",
 }
 

@@ -20,7 +20,7 @@ from .._json import check_json
 from ..state import StoredTimer, TimerInfo
 from ._seams import RunningElsewhere
 from ._timer_loop import Fired, TimerLoop, deliver_timer, wall_now
-from ._validation import check_conversation_id, content_size_ok
+from ._validation import _CONTROL, check_conversation_id, content_size_ok
 
 if TYPE_CHECKING:
     from .._clock import Clock
@@ -49,10 +49,10 @@ def check_timer_key(key: Any, conversation_id: str) -> str:
         raise TypeError(
             f"conversation {conversation_id!r}: timer key must be a str, got {type(key).__name__}"
         )
-    if not key or len(key) > MAX_KEY_LENGTH:
+    if not key or len(key) > MAX_KEY_LENGTH or _CONTROL.search(key):
         raise ValueError(
             f"conversation {conversation_id!r}: timer key must be 1 to {MAX_KEY_LENGTH} "
-            f"characters, got {len(key)}"
+            f"characters with no control character, got {key[: MAX_KEY_LENGTH + 1]!r}"
         )
     return key
 

@@ -53,12 +53,19 @@ def timer_message(timer: StoredTimer) -> Message:
         content=text,
         created_at=timer.due,
         metadata={
+            # What people see (events, the page): a note that the timer fired.
+            "display": {
+                "id": TIMER_MESSAGE_PREFIX + timer.id,
+                "role": "system",
+                "content": f"Timer {timer.key} fired",
+                "created_at": timer.due.isoformat(),
+            },
             "timer": {
                 "key": timer.key,
                 "id": timer.id,
                 "due": timer.due.isoformat(),
                 "payload": payload,
-            }
+            },
         },
     )
 
