@@ -17,7 +17,6 @@ from sessionvisor import (
     SessionSupervisor,
     SingleRouter,
     State,
-    StepMismatch,
     StepOutcomeUnknown,
     StepResultError,
     StoredConversation,
@@ -117,7 +116,9 @@ async def _rerun(left: StoredConversation, shop: Shop) -> State:
     store = MemoryStore()
     await store.save("c-1", left, expected_version=None, lifecycle="turn_start")
     async with SessionSupervisor(shop.router(), store=store) as sup:
-        return await _loaded_when(sup, lambda s: bool(s.messages) and s.messages[-1].role == "assistant")
+        return await _loaded_when(
+            sup, lambda s: bool(s.messages) and s.messages[-1].role == "assistant"
+        )
 
 
 async def test_a_turn_of_steps_answers_and_keeps_its_steps_as_a_record(
@@ -213,7 +214,9 @@ async def test_a_stop_mid_step_hands_the_journal_to_the_next_start(anyio_backend
         shop.hold = None
         # The wake runs the cut turn again (with this message, queued behind it).
         await sup.send("c-1", "and more")
-        state = await _loaded_when(sup, lambda s: bool(s.messages) and s.messages[-1].role == "assistant")
+        state = await _loaded_when(
+            sup, lambda s: bool(s.messages) and s.messages[-1].role == "assistant"
+        )
         assert shop.calls == ["create", "quote", "email"]
         assert shop.unknown == ["email"]
         assert state.messages[-1].text() == "not sure the e-mail for o-cart-3 went out"
@@ -274,7 +277,7 @@ async def test_bad_step_names_and_results_are_refused_with_errors_that_name_them
     async def agent(turn: Turn) -> Any:
         for label, name in (("int", 3), ("empty", ""), ("long", "x" * 201)):
             try:
-                await turn.step(name, lambda: ran.append(label))
+                await turn.step(name, ran.append, label)
             except (TypeError, ValueError) as exc:
                 seen[label] = exc
         for label, fn in (
