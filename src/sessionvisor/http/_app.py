@@ -43,6 +43,7 @@ from ._sse import (
     read_as_unknown_would,
     unknown_conversation_start,
 )
+from ._steps_routes import step_routes
 from ._timers import timer_routes
 
 __all__ = ["DEFAULT_HEARTBEAT", "create_app"]
@@ -148,6 +149,7 @@ def create_app(
         Route("/conversations/{cid}/cancel", api.wrap(api.cancel), methods=["POST"]),
         *rewrite_routes(api),
         *timer_routes(api),
+        *step_routes(api),
         # One route for both methods, so a 405 on this path lists both in its Allow header.
         Route("/conversations/{cid}", api.wrap(api.conversation), methods=["GET", "DELETE"]),
         Route("/sessions", api.wrap(api.sessions), methods=["GET"]),

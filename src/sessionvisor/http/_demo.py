@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from .._errors import StepOutcomeUnknown
 from ..agents import Done, Interrupt, Outcome, Turn
 from ..factories import SessionOpts
 from ..routers import KeyedRouter
@@ -78,6 +79,11 @@ def _approved(answer: Any) -> bool:
     if isinstance(answer, str):
         return answer.strip().lower() in ("yes", "y", "true", "approve", "approved", "ok")
     return answer is True
+
+
+async def _dangerous_tool(path: str) -> str:
+    """The pretend dangerous tool: it deletes nothing, and says what it would have done."""
+    return f"{DANGEROUS_TOOL}(path={path!r}) -> deleted 3 files (pretend: this is a demo)"
 
 
 class DemoAgent:
@@ -166,13 +172,21 @@ class DemoAgent:
     async def resume(self, turn: Turn, answer: Any) -> Outcome:
         """Run the dangerous tool when the answer approves it, else decline."""
         if _approved(answer):
-            turn.state.messages.append(
-                Message(
-                    role="tool",
-                    content=f"{DANGEROUS_TOOL}(path='/tmp/sessionvisor-demo') -> "
-                    "deleted 3 files (pretend: this is a demo)",
-                    metadata={"tool": DANGEROUS_TOOL},
+            # A durable step, not idempotent: a rerun of this turn (after a crash or a
+            # stop) gets the stored output instead of running the tool a second time.
+            try:
+                output = await turn.step(
+                    "dangerous-tool", _dangerous_tool, "/tmp/sessionvisor-demo"
                 )
+            except StepOutcomeUnknown:
+                await self._say(
+                    turn,
+                    f"I was cut off while {DANGEROUS_TOOL} ran and cannot tell whether it "
+                    "finished, so I will not run it again.",
+                )
+                return Done(turn.state)
+            turn.state.messages.append(
+                Message(role="tool", content=output, metadata={"tool": DANGEROUS_TOOL})
             )
             await self._say(turn, f"Approved: I ran {DANGEROUS_TOOL}. Nothing was really deleted.")
         else:

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..sessions import ClusterMetrics, HistogramSnapshot, SessionSupervisor
+from ..sessions import ClusterMetrics, HistogramSnapshot, Metrics, SessionSupervisor
 from ._sse import StreamRegistry
 
 __all__ = ["metrics_endpoint"]
@@ -77,6 +77,7 @@ class _SupervisorCollector(Collector):
             "step",
             m.background_failures,
         )
+        yield from _step_metrics(m)
         yield _histogram("store_save_seconds", "Time the store took per save.", m.save_seconds)
         yield _histogram(
             "turn_seconds", "Time a turn took, start to saved outcome.", m.turn_seconds
@@ -97,6 +98,33 @@ class _SupervisorCollector(Collector):
             yield _histogram_of(
                 "sessionvisor_store_batch_size", "Saves committed per store transaction.", batches
             )
+
+
+def _step_metrics(m: Metrics) -> Iterator[Metric]:
+    """Durable steps and the model usage they stored: by route key, never by conversation."""
+    yield _counter(
+        "steps_run", "Durable steps whose function ran and whose result was stored.", m.steps_run
+    )
+    yield _counter(
+        "steps_replayed",
+        "Durable steps a rerun of a cut turn answered from the store (not run again).",
+        m.steps_replayed,
+    )
+    tokens = CounterMetricFamily(
+        "sessionvisor_model_tokens",
+        "Model tokens of stored model-response steps, by route key and direction "
+        "(input, output); a replayed step is not counted again.",
+        labels=["route", "direction"],
+    )
+    for (route, direction), count in sorted(m.tokens.items()):
+        tokens.add_metric([route, direction], count)
+    yield tokens
+    yield _by_label(
+        "model_requests",
+        "Model requests of stored model-response steps, by route key.",
+        "route",
+        m.model_requests,
+    )
 
 
 def _by_label(name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:

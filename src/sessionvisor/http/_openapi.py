@@ -22,6 +22,8 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from ..sessions import Event
 from ._bodies import CancelBody, DismissBody, EditBody, RegenerateBody, ResumeBody, SendBody
+from ._steps_routes import OPENAPI_OPERATIONS as STEP_OPERATIONS
+from ._steps_routes import OPENAPI_SCHEMAS as STEP_SCHEMAS
 from ._timers import TimerBody
 
 __all__ = [
@@ -530,6 +532,10 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "errors": (*_WITH_BODY, 403, 409, 429),
     },
 }
+
+# The usage and steps routes describe themselves (``_steps_routes``).
+_COMPONENTS.update(STEP_SCHEMAS)
+_OPERATIONS.update(STEP_OPERATIONS)
 
 
 def route_operations(routes: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str]]:
