@@ -21,6 +21,7 @@ supervisor only through ``ActorHost``.
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -55,6 +56,7 @@ class Actor(Conversation):
         "_restart_times",
         "_restarting",
         "_restarts",
+        "_scheduled",
         "_timer_at",
         "_viewers_left_at",
     )
@@ -97,6 +99,7 @@ class Actor(Conversation):
         self._restarting: anyio.Event | None = None
         self._viewers_left_at: float | None = None
         self._timer_at: float | None = None
+        self._scheduled: tuple[str, int] = ("", 0)  # (turn, timers it scheduled without a key)
 
     handle: ReadOnly[SessionHandle] = ReadOnly("_handle")
     restarts: ReadOnly[int] = ReadOnly("_restarts")
@@ -156,8 +159,15 @@ class Actor(Conversation):
         self._topic.drop_replay()
 
     def _turn_schedule(self, payload: Any, *, delay: Any, at: Any, key: Any) -> Any:
-        """``turn.schedule``: store a durable timer for this conversation."""
+        """``turn.schedule``: store a durable timer for this conversation.
+
+        Without a key, the key is derived from the turn (the message it answers) and
+        the call's order in it: a turn that runs again after a crash schedules the
+        same keys, so it replaces its timers instead of adding a second set.
+        """
         host = self._host
+        if key is None:
+            key = self._turn_timer_key()
         return schedule_timer(
             host.store,
             host.clock,
@@ -168,6 +178,19 @@ class Actor(Conversation):
             delay=delay,
             key=key,
         )
+
+    def _turn_timer_key(self) -> str | None:
+        started = self._turn.started_with
+        history = self.state.messages
+        if started is None or not started[0] or started[0] > len(history):
+            return None  # not inside a turn: a generated key
+        mark = started[0]
+        turn = f"{mark}:{history[mark - 1].id}"
+        seen, count = self._scheduled
+        count = count + 1 if seen == turn else 0
+        self._scheduled = (turn, count)
+        digest = hashlib.sha256(f"{turn}:{count}".encode()).hexdigest()[:24]
+        return "turn-" + digest
 
     # -- transitions: restarts ---------------------------------------------------
 
