@@ -66,6 +66,11 @@ _CLAIM_LIMIT = 50  # leases one sweep claims (it sweeps again at once when it go
 class ClusterNode:
     """The cluster side of one supervisor (see the module docstring)."""
 
+    #: The supervisor's timer loop polls the store this often (seconds): timers are
+    #: scheduled on every node, and a due timer whose conversation has no live owner
+    #: is fired (and the conversation woken) by whichever node's loop finds it first.
+    timer_poll = 0.5
+
     def __init__(
         self,
         cluster: Cluster,

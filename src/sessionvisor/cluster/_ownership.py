@@ -267,6 +267,33 @@ class FencedStore:
             raise
         return key
 
+    async def drop_timer(
+        self, conversation_id: str, key: str, *, timer_id: str | None = None
+    ) -> bool:
+        """Remove a timer. A fired one (``timer_id``) is removed by the lease holder
+        only, with its epoch: after a takeover the old owner's removal changes nothing.
+
+        Raises:
+            StaleWriteError: a fired timer, and this node does not hold the lease.
+        """
+        epoch = None
+        if timer_id is not None:
+            epoch = self._leases.epoch(conversation_id)
+            if epoch is None:
+                raise StaleWriteError(
+                    f"conversation {conversation_id!r}: this node no longer holds its lease; "
+                    "the fired timer was left for the owner"
+                )
+        try:
+            dropped: bool = await self._inner.drop_timer(
+                conversation_id, key, timer_id=timer_id, epoch=epoch
+            )
+        except Exception as exc:
+            if _is_database_error(exc):
+                raise unavailable(f"conversation {conversation_id!r}", exc) from exc
+            raise
+        return dropped
+
     async def save(
         self,
         conversation_id: str,
