@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import anyio.to_thread
@@ -126,13 +126,23 @@ def _is_async(target: Callable[[], Any]) -> bool:
 
 
 def _declared_return(fn: Any) -> Any:
-    """The return annotation of ``fn`` when it names a pydantic model class, else None."""
+    """The return annotation of ``fn`` when it names a class (a pydantic model), else None."""
     func: Any = fn
     while isinstance(func, partial):
         func = func.func
+    func = getattr(func, "__func__", func)  # a bound method: its function
+    try:
+        return _return_class(func)
+    except TypeError:  # not hashable: look it up each time
+        return _return_class.__wrapped__(func)
+
+
+@lru_cache(maxsize=1024)
+def _return_class(func: Any) -> Any:
+    # Evaluating annotations is slow (tens of µs): once per function, not per step.
     try:
         hints = inspect.get_annotations(func, eval_str=True)
-    except Exception:  # an annotation that does not resolve: nothing declared
+    except Exception:  # an annotation that does not resolve, or not a function
         return None
     declared = hints.get("return")
     return declared if isinstance(declared, type) else None

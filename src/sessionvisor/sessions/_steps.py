@@ -56,11 +56,12 @@ __all__: list[str] = [
 ]
 
 #: The audit trail keeps the steps of ended turns up to about this many (the oldest
-#: go first, in batches, so the stored list is not rewritten at every turn).
-AUDIT_KEEP = 200
-_AUDIT_SLACK = 50
+#: go first, in batches, so the stored list is not rewritten at every turn). It is
+#: saved with the conversation's head, so it is kept small: every save writes it.
+AUDIT_KEEP = 100
+_AUDIT_SLACK = 25
 #: A step's result larger than this (as JSON) is left out of the audit trail.
-AUDIT_RESULT_BYTES = 4096
+AUDIT_RESULT_BYTES = 1024
 
 
 def journal_name(
