@@ -722,3 +722,36 @@ async def test_a_question_for_the_user_is_answered_with_a_result(anyio_backend: 
 
     assert (call["kind"], call["args"]) == ("question", {"question": "Colour?"})
     assert deltas(events) == "result: blue"
+
+
+@pytest.mark.anyio
+async def test_a_regenerate_or_an_edit_hides_the_superseded_exchange_from_the_model(
+    anyio_backend: str,
+) -> None:
+    script = ScriptedModel()
+    async with supervisor(lambda: adapter(script)) as sup:
+        await turn_events(sup, "c-1", "first question")
+        await turn_events(sup, "c-1", "second question")
+        await sup.regenerate("c-1")
+        await wait_for_status(sup, "c-1", "idle")
+        regenerated = _user_prompts(script.seen[-1])
+        state = await loaded(sup)
+        first = state.messages[0]
+        await sup.edit("c-1", first.id, "first, edited")
+        await wait_for_status(sup, "c-1", "idle")
+        edited = _user_prompts(script.seen[-1])
+
+    # The model is sent the exchange before the re-asked message and that message:
+    # never the answer it replaces (nor, after the edit, anything after the edit).
+    assert regenerated == ["first question", "second question"]
+    assert edited == ["first, edited"]
+
+
+def _user_prompts(messages: list[Any]) -> list[str]:
+    return [
+        part.content
+        for message in messages
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, UserPromptPart) and isinstance(part.content, str)
+    ]

@@ -83,6 +83,7 @@ from ._pydantic_ai_steps import UNKNOWN_OUTCOME_MARK, TurnJournal
 __all__ = [
     "CURSOR_KEY",
     "HISTORY_KEY",
+    "MARKS_KEY",
     "MOVED_ON_MESSAGE",
     "PENDING_KEY",
     "RETRY",
@@ -102,6 +103,9 @@ HISTORY_KEY = "pydantic_ai_messages"
 PENDING_KEY = "pydantic_ai_pending"
 #: Where the id of the last message handed to pydantic-ai lives in ``State.metadata``.
 CURSOR_KEY = "pydantic_ai_cursor"
+#: Where, per user message handed to pydantic-ai, the length its history had before
+#: that message lives in ``State.metadata`` (a regenerate or an edit cuts back to it).
+MARKS_KEY = "pydantic_ai_marks"
 #: Where the usage totals of all runs live in ``State.metadata``.
 USAGE_KEY = "pydantic_ai_usage"
 
@@ -297,7 +301,8 @@ class PydanticAIAgent:
 
     async def _run(self, turn: Turn, results: DeferredToolResults | None) -> Outcome:
         state = turn.state
-        history = load_history(state)
+        history = _without_superseded(state, load_history(state))
+        asked = _unseen_user_messages(state)
         prompt = _prompt_of(state)
         if prompt is None and results is None and not history:
             raise ValueError(f"conversation {turn.conversation_id!r} has no user message to answer")
@@ -329,6 +334,12 @@ class PydanticAIAgent:
                 infer_name=False,
             )
         new = result.new_messages()
+        if asked:
+            # Where pydantic-ai's history stood before these messages: a regenerate or
+            # an edit that supersedes one of them cuts the history back to there.
+            marks = dict(state.metadata.get(MARKS_KEY) or {})
+            marks.update((message.id, len(history)) for message in asked)
+            state.metadata[MARKS_KEY] = marks
         state.metadata[HISTORY_KEY] = ModelMessagesTypeAdapter.dump_python(
             result.all_messages(), mode="json"
         )
@@ -418,6 +429,39 @@ def _text_of(messages: Sequence[ModelMessage]) -> str:
 
 
 # -- prompts, history, usage ---------------------------------------------------------------
+
+
+def _without_superseded(state: State, history: list[ModelMessage]) -> list[ModelMessage]:
+    """pydantic-ai's history without what a regenerate or an edit superseded: cut back
+    to where it stood before the earliest superseded user message was handed over."""
+    marks = state.metadata.get(MARKS_KEY)
+    if not state.superseded or not isinstance(marks, dict):
+        return history
+    cuts = [marks[i] for i in state.superseded if isinstance(marks.get(i), int)]
+    if not cuts:
+        return history
+    cut = min(cuts)
+    state.metadata[MARKS_KEY] = {k: v for k, v in marks.items() if isinstance(v, int) and v < cut}
+    return history[:cut]
+
+
+def _unseen_user_messages(state: State) -> list[Message]:
+    """The user messages after the cursor (see ``_prompt_of``)."""
+    messages = state.messages
+    cursor = state.metadata.get(CURSOR_KEY)
+    start = None
+    if cursor is not None:
+        for i in range(len(messages) - 1, -1, -1):
+            if messages[i].id == cursor:
+                start = i + 1
+                break
+    if start is None:
+        start = 0
+        for i in range(len(messages) - 1, -1, -1):
+            if messages[i].role == "assistant":
+                start = i + 1
+                break
+    return [m for m in messages[start:] if m.role == "user"]
 
 
 def _prompt_of(state: State) -> str | list[UserContent] | None:
