@@ -74,6 +74,7 @@ async def test_postgres_store_works_in_a_named_schema(anyio_backend: str, pg_sch
         "convs_messages",
         "convs_qmessages",
         "convs_quarantine",
+        "convs_timers",
     ]
 
 

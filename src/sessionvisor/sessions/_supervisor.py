@@ -302,11 +302,7 @@ class SessionSupervisor(Records, Rewrites, TimerCalls):
         return await self._mailbox.stop(cid, scope=scope)
 
     async def running(self, conversation_id: str, *, scope: Any = None) -> bool:
-        """True when a live session exists.
-
-        Raises:
-            RegistryUnavailable: the answer cannot be known (never a guessed False).
-        """
+        """True when a live session exists (RegistryUnavailable when it cannot be known)."""
         return self._local(conversation_id, scope) is not None
 
     async def status(self, conversation_id: str, *, scope: Any = None) -> Status:
