@@ -14,6 +14,7 @@ import pytest
 
 from sessionvisor import (
     Done,
+    InvalidStatus,
     MemoryStore,
     NothingStored,
     SessionSupervisor,
@@ -282,3 +283,29 @@ async def test_a_store_without_timers_is_a_clear_type_error() -> None:
         await sup.send(CID, "hello")
         with pytest.raises(TypeError, match="put_timer"):
             await sup.schedule(CID, "x", delay=1)
+
+
+async def test_a_fired_timer_is_not_what_a_regenerate_or_an_edit_asks_again() -> None:
+    clock, agent = ManualClock(), Reminders()
+    async with supervised(MemoryStore(), clock, agent) as sup:
+        await sup.send(CID, "hello")
+        await sup.schedule(CID, "ping", delay=1)
+        clock.advance(1)
+        assert await timer_turns(agent, 1) == ["ping"]
+        await wait_until_settled(sup, CID)
+        state = await sup.load(CID)
+        assert state is not None
+        fired = state.messages[-2]
+        assert "timer" in fired.metadata
+        with pytest.raises(InvalidStatus, match="a fired timer, not a user message"):
+            await sup.edit(CID, fired.id, "changed")
+        # By default a regenerate answers the last message a user wrote, again.
+        await sup.regenerate(CID)
+        await wait_until(lambda: [k for k, _ in agent.turns] == ["run", "timer", "run"])
+        await wait_until_settled(sup, CID)
+        state = await sup.load(CID)
+    assert state is not None
+    assert [(m.role, m.text()) for m in state.messages] == [
+        ("user", "hello"),
+        ("assistant", "ok hello"),
+    ]

@@ -86,7 +86,7 @@ def find_user_message(
     cid = conversation_id
     if message_id is None:
         for i in range(len(messages) - 1, -1, -1):
-            if messages[i].role == "user" and messages[i].id not in hidden:
+            if _asked(messages[i]) and messages[i].id not in hidden:
                 return i
         raise InvalidStatus(
             f"cannot {call} conversation {cid!r}: its history has no user message", status
@@ -96,10 +96,11 @@ def find_user_message(
         message = messages[i]
         if message.id != wanted or message.id in hidden:
             continue
-        if message.role != "user":
+        if not _asked(message):
+            what = "a fired timer" if message.role == "user" else f"an {message.role} message"
             raise InvalidStatus(
                 f"cannot {call} message {message_id!r} of conversation {cid!r}: it is "
-                f"an {message.role} message, not a user message",
+                f"{what}, not a user message",
                 status,
             )
         return i
@@ -111,6 +112,12 @@ def find_user_message(
         )
     why = " (it was superseded)" if message_id in hidden else ""
     raise UnknownMessage(f"conversation {cid!r} has no message {message_id!r}{why}", message_id)
+
+
+def _asked(message: Message) -> bool:
+    """A message a user wrote: a fired timer is queued as a user message too, but
+    nobody asked it, so it is neither regenerated nor edited."""
+    return message.role == "user" and "timer" not in message.metadata
 
 
 def _latest(messages: list[Message], hidden: set[str], message_id: str) -> str:
