@@ -130,6 +130,52 @@ async def test_a_listener_is_woken_by_each_new_command_only(inbox: Inbox) -> Non
         assert await listener.wait(0.05) == set()
 
 
+async def test_an_inbox_made_by_the_first_version_takes_the_newer_kinds_and_keeps_its_rows(
+    pg_dsn: str,
+) -> None:
+    # The table as the first version made it: an unnamed check of five kinds.
+    table = f"inbox_{uuid.uuid4().hex[:8]}"
+    sql(
+        pg_dsn,
+        f"CREATE TABLE {table} (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        "conversation_id TEXT NOT NULL, command_id TEXT NOT NULL, "
+        "kind TEXT NOT NULL CHECK (kind IN ('cancel', 'dismiss', 'resume', 'send', 'stop')), "
+        "payload TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+        "UNIQUE (conversation_id, command_id))",
+    )
+    sql(
+        pg_dsn,
+        f"INSERT INTO {table} (conversation_id, command_id, kind, payload) "
+        "VALUES ('c-1', 'm-old', 'send', '{\"content\": \"before\"}')",
+    )
+    for _ in range(2):  # a second start finds the table upgraded and changes nothing
+        async with Inbox(pg_dsn, table=table) as inbox:
+            await inbox.post("c-1", "regenerate", {"message_id": None}, command_id=f"r-{_}")
+            await inbox.post("c-1", "edit", {"content": "x"}, command_id=f"e-{_}")
+            with pytest.raises(Exception, match="check constraint"):
+                sql(
+                    pg_dsn,
+                    f"INSERT INTO {table} (conversation_id, command_id, kind, payload) "
+                    "VALUES ('c-1', 'bad', 'explode', 'null')",
+                )
+    async with Inbox(pg_dsn, table=table) as inbox:
+        taken = await inbox.take("c-1")
+    assert [(c.command_id, c.kind) for c in taken] == [
+        ("m-old", "send"),
+        ("r-0", "regenerate"),
+        ("e-0", "edit"),
+        ("r-1", "regenerate"),
+        ("e-1", "edit"),
+    ]
+    assert taken[0].payload == {"content": "before"}
+    checks = sql(
+        pg_dsn,
+        "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'",
+        table,
+    )
+    assert checks == [("inbox_kinds_2",)]
+
+
 @pytest.mark.parametrize(
     ("table", "error"), [("bad-name", ValueError), ("a.b.c", ValueError), (3, TypeError)]
 )

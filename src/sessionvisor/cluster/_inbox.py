@@ -22,8 +22,39 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMAND_KINDS", "Command", "CommandKind", "Inbox", "InboxListener", "Posted"]
 
-CommandKind = Literal["send", "resume", "dismiss", "cancel", "stop"]
+CommandKind = Literal["send", "resume", "dismiss", "cancel", "stop", "regenerate", "edit"]
 COMMAND_KINDS: frozenset[str] = frozenset(get_args(CommandKind))
+
+# The CHECK constraint listing the kinds, by a name of its own: a new name with
+# every change of COMMAND_KINDS, so a table made by an earlier version (whose
+# check lists fewer kinds) gets the new one at the next start (``_UPGRADE``).
+# Constraint names are per table, so one name serves every inbox.
+_KINDS_CHECK = "inbox_kinds_2"
+
+# Replace any other check on ``kind`` (the unnamed one of the first version)
+# with the current one. The rows already there hold kinds of an earlier list,
+# a subset of this one, so they stay valid. Runs under the advisory lock that
+# guards the creation of every cluster table.
+_UPGRADE = """
+DO $upgrade$
+DECLARE
+    rel regclass := {rel}::regclass;
+    old name;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = rel AND conname = {check}) THEN
+        RETURN;
+    END IF;
+    FOR old IN
+        SELECT c.conname FROM pg_constraint c
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attname = 'kind'
+        WHERE c.conrelid = rel AND c.contype = 'c' AND c.conkey = ARRAY[a.attnum]
+    LOOP
+        EXECUTE {drop} || quote_ident(old);
+    END LOOP;
+    EXECUTE {add};
+END
+$upgrade$
+"""
 
 # The insert and its notification in one statement: pg_notify runs only for a
 # row actually inserted, and PostgreSQL delivers it at commit, so a listener
@@ -45,17 +76,27 @@ def inbox_schema(parts: tuple[str, ...]) -> list[sql.Composed]:
     from psycopg import sql
 
     *schema, name = parts
-    kinds = sql.SQL(", ").join(sql.Literal(kind) for kind in sorted(COMMAND_KINDS))
     table = sql.Identifier(*schema, name)
+    check = sql.SQL("CONSTRAINT {c} CHECK (kind IN ({kinds}))").format(
+        c=sql.Identifier(_KINDS_CHECK),
+        kinds=sql.SQL(", ").join(sql.Literal(kind) for kind in sorted(COMMAND_KINDS)),
+    )
+    quoted = table.as_string()
     return [
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {t} ("
             "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
             "conversation_id TEXT NOT NULL, command_id TEXT NOT NULL, "
-            "kind TEXT NOT NULL CHECK (kind IN ({kinds})), payload TEXT NOT NULL, "
+            "kind TEXT NOT NULL, {check}, payload TEXT NOT NULL, "
             "created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
             "UNIQUE (conversation_id, command_id))"
-        ).format(t=table, kinds=kinds),
+        ).format(t=table, check=check),
+        sql.SQL(_UPGRADE).format(
+            rel=sql.Literal(quoted),
+            check=sql.Literal(_KINDS_CHECK),
+            drop=sql.Literal(f"ALTER TABLE {quoted} DROP CONSTRAINT "),
+            add=sql.Literal(f"ALTER TABLE {quoted} ADD {check.as_string()}"),
+        ),
         # take() reads one conversation in seq order; pending_conversations()
         # and the sweeper read the distinct conversation ids: all from this index.
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (conversation_id, seq)").format(
@@ -86,7 +127,8 @@ class Command:
         seq: its row number; commands of a conversation are taken in ``seq`` order.
         conversation_id: the conversation.
         command_id: its unique id within the conversation.
-        kind: ``send``, ``resume``, ``dismiss``, ``cancel`` or ``stop``.
+        kind: ``send``, ``resume``, ``dismiss``, ``cancel``, ``stop``,
+            ``regenerate`` or ``edit``.
         payload: the decoded JSON payload.
         created_at: when it was committed (the database's clock).
     """
