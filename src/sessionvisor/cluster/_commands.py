@@ -27,7 +27,7 @@ import anyio
 import attrs
 import structlog
 
-from .._errors import CorruptStateError, InvalidStatus
+from .._errors import CorruptStateError, InvalidStatus, UnknownMessage
 from ..sessions import Delivery, Status
 from ..sessions.spi import (
     NO_RESUME,
@@ -38,6 +38,7 @@ from ..sessions.spi import (
     Session,
     Starter,
     check_owner,
+    check_stored_rewrite,
     require_interrupt,
     require_notice,
     stored_interrupt,
@@ -227,8 +228,9 @@ class ClusterMailbox:
         scope: Any,
     ) -> str:
         """On the owner (or a node that can take the conversation): as in one process,
-        after the commands stored earlier. A conversation another node serves is
-        refused: the answer depends on its history, which only its owner holds."""
+        after the commands stored earlier. For a conversation another node serves, the
+        command is checked against the stored conversation, then stored for the owner
+        with the id of the message it asks (made here, so the caller gets it now)."""
         cid = conversation_id
         try:
             await self._earlier_first(cid, scope=scope, request_opts=None)
@@ -236,13 +238,29 @@ class ClusterMailbox:
                 cid, message_id=message_id, content=content, edit=edit, scope=scope
             )
         except OwnedElsewhere as exc:
-            await self._stored_for(cid, scope)
-            call = "edit" if edit else "regenerate"
-            raise InvalidStatus(
-                f"cannot {call} conversation {cid!r} here: node {exc.node_id!r} serves it "
-                "right now; retry once its session has stopped, or on that node",
-                Status.RUNNING.value,
-            ) from None
+            stored = await self._starter.load(cid)
+            if stored is not None:
+                check_owner(self._owner_of, stored.owner, scope=scope, conversation_id=cid)
+            try:
+                check_stored_rewrite(stored, message_id, conversation_id=cid, edit=edit)
+            except UnknownMessage:
+                # A message acknowledged but still in the inbox: not answered yet.
+                if message_id is None or not await self._send_waiting(cid, message_id):
+                    raise
+                call = "edit" if edit else "regenerate"
+                raise InvalidStatus(
+                    f"cannot {call} message {message_id!r} of conversation {cid!r}: it waits "
+                    "to be taken by the node serving the conversation, and has not been "
+                    "answered yet",
+                    Status.RUNNING.value,
+                ) from None
+            asked = secrets.token_hex(16)  # the form of the runtime's own message ids
+            payload: dict[str, Any] = {"message_id": message_id}
+            if edit:
+                payload["content"] = content
+            kind: CommandKind = "edit" if edit else "regenerate"
+            await self._post(cid, kind, payload, scope, exc.node_id, command_id=asked)
+            return asked
 
     async def stop(self, conversation_id: str, *, scope: Any) -> str:
         cid = conversation_id
@@ -322,6 +340,14 @@ class ClusterMailbox:
         if found is not None:
             check_owner(self._owner_of, found.owner, scope=scope, conversation_id=cid)
         return found
+
+    async def _send_waiting(self, cid: str, message_id: str) -> bool:
+        """Whether a send of that message id waits in the conversation's inbox."""
+        try:
+            commands = await self._inbox.take(cid)
+        except Exception as exc:
+            raise unavailable(f"conversation {cid!r}", exc) from exc
+        return any(c.kind == "send" and c.command_id == message_id for c in commands)
 
     async def _owner_node(self, cid: str) -> str | None:
         try:

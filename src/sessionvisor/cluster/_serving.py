@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import structlog
 
-from .._errors import InvalidStatus, NotRunning, QueueFull, SessionFailedError
+from .._errors import InvalidStatus, NotRunning, QueueFull, SessionFailedError, UnknownMessage
 from ..sessions import Status
 from ..sessions.spi import (
     Creation,
@@ -35,6 +35,8 @@ from ._ownership import OwnedElsewhere, unavailable
 __all__: list[str] = ["InboxServer"]
 
 _log = structlog.get_logger("sessionvisor")
+# Commands that wait for a running turn to end before they apply.
+_WAITING = frozenset({"regenerate", "edit"})
 
 
 class InboxServer:
@@ -184,13 +186,17 @@ class InboxServer:
                     )
                     applied.append(command.seq)
                     continue
+                if command.kind in _WAITING and applied:
+                    # It may wait for a turn: the rows applied before it go now.
+                    await self._done(applied)
+                    applied = []
                 try:
                     await self._apply(actor, command)
                 except QueueFull:
                     break  # it stays in the inbox until the queue has room
                 except (NotRunning, SessionFailedError):
                     break
-                except (InvalidStatus, ValueError, TypeError) as exc:
+                except (InvalidStatus, UnknownMessage, ValueError, TypeError) as exc:
                     _log.info(
                         "cluster_command_refused",
                         conversation_id=cid,
@@ -201,9 +207,12 @@ class InboxServer:
                 applied.append(command.seq)
         finally:
             if applied:
-                self.applied += len(applied)
-                with anyio.CancelScope(shield=True):
-                    await self._inbox.done(applied)
+                await self._done(applied)
+
+    async def _done(self, applied: list[int]) -> None:
+        self.applied += len(applied)
+        with anyio.CancelScope(shield=True):
+            await self._inbox.done(applied)
 
     async def _apply(self, actor: Session, command: Command) -> None:
         payload = command.payload if isinstance(command.payload, dict) else {}
@@ -220,8 +229,24 @@ class InboxServer:
         elif kind == "cancel":
             if actor.status is Status.RUNNING:
                 await actor.cancel(keep_partial=payload.get("keep_partial") is True)
-        else:
+        elif kind in _WAITING:
+            # A turn started since the command was stored (by a command stored before
+            # it, or a timer) is waited for, with the rows behind this one: the user
+            # asked for it and was told it is stored. The new message takes the id
+            # the caller was given (the command's id).
+            target = payload.get("message_id")
+            await actor.rewrite(
+                target if isinstance(target, str) else None,
+                payload.get("content"),
+                None,
+                edit=kind == "edit",
+                asked_id=command.command_id,
+                wait=True,
+            )
+        elif kind == "stop":
             await actor.stop()
+        else:
+            raise ValueError(f"unknown command kind {kind!r}")
 
     def _lock(self, cid: str) -> _Turnstile:
         return _Turnstile(self._locks, cid)

@@ -135,6 +135,7 @@ class Actor(Conversation):
             self.set_status(Status.IDLE)
         if not self.closed:
             self.arm()
+        self._turn.release_waiters()  # a rewrite waiting for the conversation to be quiet
 
     def rerun_unfinished_turn(self, *, taken: int) -> None:
         """On a start after a crash mid-turn: the last ``taken`` user messages run again."""
@@ -253,6 +254,7 @@ class Actor(Conversation):
         self._life.request_stop(reason)
 
     def end(self, reason: StopReason | None = None) -> None:
+        self._turn.release_waiters()
         self._life.finish(reason)
         self._host.stats.sessions_stopped[str(self._life.reason or StopReason.STOPPED)] += 1
         self._host.forget(self)
@@ -378,9 +380,20 @@ class Actor(Conversation):
                 )
         return self._status
 
-    async def rewrite(self, message_id: str | None, content: Any, scope: Any, *, edit: bool) -> str:
+    async def rewrite(
+        self,
+        message_id: str | None,
+        content: Any,
+        scope: Any,
+        *,
+        edit: bool,
+        asked_id: str | None = None,
+        wait: bool = False,
+    ) -> str:
         """Regenerate (``edit`` False) or edit: see ``_rewrites.rewrite_turn``."""
-        return await rewrite_turn(self, message_id, content, scope, edit=edit)
+        return await rewrite_turn(
+            self, message_id, content, scope, edit=edit, asked_id=asked_id, wait=wait
+        )
 
     def _refused(self, call: str, why: str) -> InvalidStatus:
         return InvalidStatus(

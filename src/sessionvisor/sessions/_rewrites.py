@@ -18,25 +18,40 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidStatus, MessageTooLarge
 from .._options import SupervisorOpts
+from ..state import load_state
 from ._events import Status
 from ._intake import check_not_superseded, check_saved, new_message, preprocess
+from ._recovery import has_unanswered_work
 from ._superseding import REPLACES, find_user_message
 from ._validation import check_content, check_conversation_id, check_message_id, content_size_ok
 
 if TYPE_CHECKING:
+    from ..state import StoredConversation
     from ._actor import Actor
     from ._seams import Mailbox, Registry
 
-__all__: list[str] = ["Rewrites", "rewrite_turn"]
+__all__: list[str] = ["Rewrites", "check_stored_rewrite", "rewrite_turn"]
 
 
 async def rewrite_turn(
-    actor: Actor, message_id: str | None, content: Any, scope: Any, *, edit: bool
+    actor: Actor,
+    message_id: str | None,
+    content: Any,
+    scope: Any,
+    *,
+    edit: bool,
+    asked_id: str | None = None,
+    wait: bool = False,
 ) -> str:
     """Supersede the answer to a user message (for ``edit``, the message too) and run
     a new turn for it; return the id of the user message asked again.
 
-    Returns once that message and the superseding are stored.
+    Returns once that message and the superseding are stored. ``asked_id`` is the
+    id the new message gets (made by the node that took the call, in a cluster): a
+    conversation that already holds a message with that id took this command before,
+    and nothing changes. With ``wait``, a running turn (and the queue behind it) is
+    waited for instead of refused: a command stored in order behind the message
+    that started it.
 
     Raises:
         InvalidStatus: a turn runs, the message is not a user message, or it waits
@@ -48,6 +63,11 @@ async def rewrite_turn(
     call = "edit" if edit else "regenerate"
     cid = actor.conversation_id
     actor.check_open()
+    if asked_id is not None and _holds(actor, asked_id):
+        return asked_id  # applied before: a command taken again after a crash
+    if wait:
+        await _quiet(actor)
+        actor.check_open()
     _check_quiet(actor, call)
     state = actor.state
     target = state.messages[_find(actor, message_id, call)]
@@ -74,7 +94,7 @@ async def rewrite_turn(
         asked, base, key = target, target.metadata, "regenerates"
     metadata = {k: v for k, v in base.items() if k not in REPLACES}
     metadata[key] = target.id
-    again = new_message("user", asked.content, metadata=metadata)
+    again = new_message("user", asked.content, metadata=metadata, message_id=asked_id)
     hidden = set(state.superseded)
     start = state.messages.index(target)
     superseded = [m.id for m in state.messages[start:] if m.id not in hidden]
@@ -88,6 +108,36 @@ async def rewrite_turn(
     return again.id
 
 
+def check_stored_rewrite(
+    stored: StoredConversation | None, message_id: str | None, *, conversation_id: str, edit: bool
+) -> None:
+    """Refuse, from the stored conversation, a regenerate or an edit that its session
+    would refuse: what a node that does not serve the conversation can tell before it
+    stores the command for the node that does. The owner checks again when it applies
+    it (the stored state may be a moment behind).
+
+    Raises:
+        InvalidStatus: nothing is stored, a turn runs (or messages wait to run), or the
+            message is not a user message (or waits in the queue, or there is none).
+        UnknownMessage: the stored history shows no message with that id.
+    """
+    call = "edit" if edit else "regenerate"
+    cid = conversation_id
+    if stored is None:
+        raise InvalidStatus(
+            f"cannot {call} conversation {cid!r}: nothing is stored", Status.NOT_RUNNING.value
+        )
+    if has_unanswered_work(stored):
+        raise InvalidStatus(
+            f"cannot {call} conversation {cid!r}: a turn is running "
+            "(wait for it to end, or cancel it)",
+            Status.RUNNING.value,
+        )
+    state = load_state(stored.state, cid)
+    status = Status.INTERRUPTED if state.interrupt is not None else Status.IDLE
+    find_user_message(state, message_id, conversation_id=cid, call=call, status=status.value)
+
+
 def _find(actor: Actor, message_id: str | None, call: str) -> int:
     return find_user_message(
         actor.state,
@@ -98,8 +148,26 @@ def _find(actor: Actor, message_id: str | None, call: str) -> int:
     )
 
 
+def _busy(actor: Actor) -> bool:
+    return actor.busy or actor.turn.active or actor.status is Status.RUNNING
+
+
+def _holds(actor: Actor, message_id: str) -> bool:
+    state = actor.state
+    return any(m.id == message_id for m in state.messages) or any(
+        m.id == message_id for m in state.queued
+    )
+
+
+async def _quiet(actor: Actor) -> None:
+    """Wait until no turn runs and no queued one waits to run (the worker is done)."""
+    while not actor.closed and _busy(actor):
+        # Woken at each turn's end and when the worker leaves or the session ends.
+        await actor.turn.wait_done()
+
+
 def _check_quiet(actor: Actor, call: str) -> None:
-    if actor.busy or actor.turn.active or actor.status is Status.RUNNING:
+    if _busy(actor):
         raise InvalidStatus(
             f"cannot {call} conversation {actor.conversation_id!r}: a turn is running "
             "(wait for it to end, or cancel it)",

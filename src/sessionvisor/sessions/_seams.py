@@ -91,6 +91,20 @@ class Session(Protocol):
 
     async def cancel(self, *, keep_partial: bool = False) -> Status: ...
 
+    async def rewrite(
+        self,
+        message_id: str | None,
+        content: Any,
+        scope: Any,
+        *,
+        edit: bool,
+        asked_id: str | None = None,
+        wait: bool = False,
+    ) -> str:
+        """Regenerate (``edit`` False) or edit a user message; the id of the message
+        asked again (``asked_id`` when given; with ``wait``, after the running turn)."""
+        ...
+
     async def stop(self) -> None: ...
 
 

@@ -17,6 +17,7 @@ from ._mailbox import LocalMailbox, stored_interrupt
 from ._quotas import Quotas, TokenBuckets, install_quotas, rate_limited
 from ._recovery import has_unanswered_work
 from ._registry import LocalRegistry
+from ._rewrites import check_stored_rewrite
 from ._seams import (
     Bus,
     Mailbox,
@@ -52,6 +53,7 @@ __all__ = [
     "TokenBuckets",
     "Topic",
     "check_owner",
+    "check_stored_rewrite",
     "has_unanswered_work",
     "install_quotas",
     "rate_limited",
