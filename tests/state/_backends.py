@@ -7,6 +7,7 @@ the way a crash, a bad deploy or a hand edit would.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from pathlib import Path
@@ -54,6 +55,34 @@ class Backend:
 
     def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
         """A quarantined row in the shape of ``raw_row``, or None."""
+        raise NotImplementedError
+
+    # The audit trail's rows (the SQL stores keep one row per step; MemoryStore
+    # keeps no rows, so these return None there).
+
+    def step_rows(self, conversation_id: str) -> list[tuple[int, str]] | None:
+        """The conversation's step rows, (position, body) in order."""
+        return None
+
+    def quarantined_step_rows(self, key: str) -> list[tuple[int, str]] | None:
+        """The step rows moved aside under ``key``."""
+        return None
+
+    def head(self, conversation_id: str) -> dict[str, Any] | None:
+        """The stored head (the state without its row-stored lists), parsed."""
+        return None
+
+    def watch_step_rows(self, conversation_id: str) -> None:
+        """Start recording which step rows the store writes from now on."""
+
+    def step_writes(self, conversation_id: str) -> tuple[list[int], list[int]]:
+        """The positions of the step rows written (inserted or updated) and the
+        positions removed since ``watch_step_rows``."""
+        raise NotImplementedError
+
+    def inline_steps(self, conversation_id: str) -> None:
+        """Move the step rows into the head, as a release that kept the audit trail
+        in the head wrote it."""
         raise NotImplementedError
 
 
@@ -105,7 +134,7 @@ COLUMNS = "state, version, owner, route_key, request_opts, last_seq, updated_at,
 
 
 #: The header columns SQLiteStore keeps for a conversation and for a quarantined one.
-SQLITE_QUARANTINED = COLUMNS + ", head, message_count"
+SQLITE_QUARANTINED = COLUMNS + ", head, message_count, step_count"
 
 
 class SQLiteBackend(Backend):
@@ -142,7 +171,7 @@ class SQLiteBackend(Backend):
             "SELECT position, body FROM messages WHERE conversation_id = ? ORDER BY position",
             (conversation_id,),
         )
-        return (*header[0], tuple(bodies))
+        return (*header[0], tuple(bodies), tuple(self.step_rows(conversation_id)))
 
     def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
         header = self._query(
@@ -154,7 +183,51 @@ class SQLiteBackend(Backend):
             "SELECT position, body FROM quarantined_messages WHERE key = ? ORDER BY position",
             (key,),
         )
-        return (*header[0], tuple(bodies))
+        return (*header[0], tuple(bodies), tuple(self.quarantined_step_rows(key)))
+
+    def step_rows(self, conversation_id: str) -> list[tuple[int, str]]:
+        return self._query(  # type: ignore[return-value]
+            "SELECT position, body FROM steps WHERE conversation_id = ? ORDER BY position",
+            (conversation_id,),
+        )
+
+    def quarantined_step_rows(self, key: str) -> list[tuple[int, str]]:
+        return self._query(  # type: ignore[return-value]
+            "SELECT position, body FROM quarantined_steps WHERE key = ? ORDER BY position",
+            (key,),
+        )
+
+    def head(self, conversation_id: str) -> dict[str, Any] | None:
+        found = self._query("SELECT head FROM conversations WHERE id = ?", (conversation_id,))
+        return json.loads(found[0][0]) if found else None
+
+    def watch_step_rows(self, conversation_id: str) -> None:
+        # Triggers log every write to the step rows.
+        self._query("CREATE TABLE IF NOT EXISTS step_writes (what TEXT, position INTEGER)", ())
+        self._query("DELETE FROM step_writes", ())
+        for op, ref in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
+            self._query(
+                f"CREATE TRIGGER IF NOT EXISTS log_step_{op} AFTER {op} ON steps BEGIN "
+                f"INSERT INTO step_writes VALUES ('{op.lower()}', {ref}.position); END",
+                (),
+            )
+
+    def step_writes(self, conversation_id: str) -> tuple[list[int], list[int]]:
+        log = self._query("SELECT what, position FROM step_writes ORDER BY rowid", ())
+        written = sorted({p for what, p in log if what != "delete"})
+        removed = sorted({p for what, p in log if what == "delete"})
+        return written, removed
+
+    def inline_steps(self, conversation_id: str) -> None:
+        rows = self.step_rows(conversation_id)
+        head = self.head(conversation_id)
+        assert head is not None
+        head["steps"] = [json.loads(body) for _, body in rows]
+        self._query(
+            "UPDATE conversations SET head = ?, step_count = NULL WHERE id = ?",
+            (json.dumps(head), conversation_id),
+        )
+        self._query("DELETE FROM steps WHERE conversation_id = ?", (conversation_id,))
 
 
 class PostgresBackend(Backend):
@@ -179,7 +252,7 @@ class PostgresBackend(Backend):
     # on what the server holds, not on what psycopg parses it into.
     _raw_columns = (
         COLUMNS.replace("state,", "state::text,").replace("request_opts,", "request_opts::text,")
-        + ", head, message_count"
+        + ", head, message_count, step_count"
     )
 
     def _rows(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -204,7 +277,7 @@ class PostgresBackend(Backend):
             "ORDER BY position",
             (conversation_id,),
         )
-        return (*header, tuple(bodies))
+        return (*header, tuple(bodies), tuple(self.step_rows(conversation_id)))
 
     def raw_quarantined(self, key: str) -> tuple[Any, ...] | None:
         header = self._query(
@@ -215,10 +288,52 @@ class PostgresBackend(Backend):
         bodies = self._rows(
             'SELECT position, body FROM "{t}_qmessages" WHERE key = %s ORDER BY position', (key,)
         )
-        return (*header, tuple(bodies))
+        return (*header, tuple(bodies), tuple(self.quarantined_step_rows(key)))
+
+    def step_rows(self, conversation_id: str) -> list[tuple[int, str]]:
+        return self._rows(  # type: ignore[return-value]
+            'SELECT position, body FROM "{t}_steps" WHERE conversation_id = %s ORDER BY position',
+            (conversation_id,),
+        )
+
+    def quarantined_step_rows(self, key: str) -> list[tuple[int, str]]:
+        return self._rows(  # type: ignore[return-value]
+            'SELECT position, body FROM "{t}_qsteps" WHERE key = %s ORDER BY position', (key,)
+        )
+
+    def head(self, conversation_id: str) -> dict[str, Any] | None:
+        found = self._query('SELECT head FROM "{t}" WHERE id = %s', (conversation_id,))
+        return None if found is None else json.loads(found[0])
+
+    def _row_versions(self, conversation_id: str) -> dict[int, str]:
+        # A row's xmin changes whenever it is written (inserted or updated).
+        rows = self._rows(
+            'SELECT position, xmin::text FROM "{t}_steps" WHERE conversation_id = %s',
+            (conversation_id,),
+        )
+        return dict(rows)  # type: ignore[arg-type]
+
+    def watch_step_rows(self, conversation_id: str) -> None:
+        self._watched = self._row_versions(conversation_id)
+
+    def step_writes(self, conversation_id: str) -> tuple[list[int], list[int]]:
+        now = self._row_versions(conversation_id)
+        written = sorted(p for p, xmin in now.items() if self._watched.get(p) != xmin)
+        removed = sorted(p for p in self._watched if p not in now)
+        return written, removed
+
+    def inline_steps(self, conversation_id: str) -> None:
+        rows = self.step_rows(conversation_id)
+        head = self.head(conversation_id)
+        assert head is not None
+        head["steps"] = [json.loads(body) for _, body in rows]
+        self._query(
+            'UPDATE "{t}" SET head = %s, step_count = NULL WHERE id = %s',
+            (json.dumps(head), conversation_id),
+        )
+        self._query('DELETE FROM "{t}_steps" WHERE conversation_id = %s', (conversation_id,))
 
     def drop(self) -> None:
-        tables = ", ".join(
-            f'"{self.table}{suffix}"' for suffix in ("", "_quarantine", "_messages", "_qmessages")
-        )
+        suffixes = ("", "_quarantine", "_messages", "_qmessages", "_steps", "_qsteps", "_timers")
+        tables = ", ".join(f'"{self.table}{suffix}"' for suffix in suffixes)
         self._query(f"DROP TABLE IF EXISTS {tables}", ())

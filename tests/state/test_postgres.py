@@ -73,7 +73,9 @@ async def test_postgres_store_works_in_a_named_schema(anyio_backend: str, pg_sch
         "convs",
         "convs_messages",
         "convs_qmessages",
+        "convs_qsteps",
         "convs_quarantine",
+        "convs_steps",
         "convs_timers",
     ]
 

@@ -20,6 +20,7 @@ from sessionvisor.state import (
     PendingInterrupt,
     State,
     StateStore,
+    StepRecord,
     StoredConversation,
     dump_state,
     load_state,
@@ -488,3 +489,182 @@ async def test_quarantine_of_nothing_is_a_typed_lookup_error(backend: Backend) -
         await store.quarantine("c-none")
 
     assert isinstance(caught.value, LookupError)
+
+
+# -- the audit trail (``state["steps"]``): one row per step in the SQL stores ------------
+
+
+class Trail(list):  # type: ignore[type-arg]
+    """What the runtime's encoder hands over for the audit trail: append-only,
+    extended in place, weakly referenceable."""
+
+    __slots__ = ("__weakref__",)
+
+
+def step_dict(turn: str, index: int, result: Any = None) -> dict[str, Any]:
+    return StepRecord(
+        turn=turn, index=index, name=f"s{index}", status="completed", result=result
+    ).model_dump(mode="json")
+
+
+def with_trail(state: State, trail: list[dict[str, Any]]) -> StoredConversation:
+    return StoredConversation(state={**dump_state(state), "steps": trail})
+
+
+def trail_of(loaded: StoredConversation | None) -> list[tuple[str, int, Any]]:
+    assert loaded is not None
+    return [(s["turn"], s["index"], s["result"]) for s in loaded.state["steps"]]
+
+
+async def test_the_audit_trail_round_trips_in_order_outside_the_head(backend: Backend) -> None:
+    store = await backend.open()
+    trail = Trail(step_dict("t1", i, {"n": i}) for i in range(3))
+
+    await store.save(
+        "c-1", with_trail(make_state("hi"), trail), expected_version=None, lifecycle="completion"
+    )
+
+    loaded = await store.load("c-1")
+    assert trail_of(loaded) == [("t1", 0, {"n": 0}), ("t1", 1, {"n": 1}), ("t1", 2, {"n": 2})]
+    assert load_state(loaded.state).steps[2].result == {"n": 2}  # type: ignore[union-attr]
+    rows = backend.step_rows("c-1")
+    if rows is not None:
+        assert [position for position, _ in rows] == [0, 1, 2]
+        head = backend.head("c-1")
+        assert head is not None and "steps" not in head
+    reopened = await backend.open()
+    assert trail_of(await reopened.load("c-1")) == trail_of(loaded)
+
+
+async def test_a_save_after_steps_were_appended_writes_only_the_new_step_rows(
+    backend: Backend,
+) -> None:
+    store = await backend.open()
+    state = make_state("hi")
+    trail = Trail(step_dict("t1", i) for i in range(4))
+    version = await store.save(
+        "c-1", with_trail(state, trail), expected_version=None, lifecycle="completion"
+    )
+    backend.watch_step_rows("c-1")
+
+    trail.extend(step_dict("t2", i) for i in range(2))
+    version = await store.save(
+        "c-1", with_trail(state, trail), expected_version=version, lifecycle="completion"
+    )
+
+    if backend.step_rows("c-1") is not None:
+        assert backend.step_writes("c-1") == ([4, 5], [])
+    assert [turn for turn, _, _ in trail_of(await store.load("c-1"))] == ["t1"] * 4 + ["t2"] * 2
+
+    # A save that leaves the trail as it was writes no step row at all.
+    backend.watch_step_rows("c-1")
+    await store.save(
+        "c-1",
+        with_trail(make_state("hi", "there"), trail),
+        expected_version=version,
+        lifecycle="completion",
+    )
+    if backend.step_rows("c-1") is not None:
+        assert backend.step_writes("c-1") == ([], [])
+
+
+async def test_a_trimmed_or_foreign_trail_is_rewritten_whole(backend: Backend) -> None:
+    store = await backend.open()
+    state = make_state("hi")
+    trail = Trail(step_dict("t1", i) for i in range(5))
+    version = await store.save(
+        "c-1", with_trail(state, trail), expected_version=None, lifecycle="completion"
+    )
+
+    # The runtime trims the trail by replacing the list with its newest steps.
+    trimmed = Trail([*trail[3:], step_dict("t2", 0)])
+    version = await store.save(
+        "c-1", with_trail(state, trimmed), expected_version=version, lifecycle="completion"
+    )
+    assert trail_of(await store.load("c-1")) == [("t1", 3, None), ("t1", 4, None), ("t2", 0, None)]
+    rows = backend.step_rows("c-1")
+    if rows is not None:
+        assert [position for position, _ in rows] == [0, 1, 2]
+
+    # A plain list cannot be recognised again: it is written whole, every time.
+    plain = [step_dict("t3", 0)]
+    version = await store.save(
+        "c-1", with_trail(state, plain), expected_version=version, lifecycle="completion"
+    )
+    plain.append(step_dict("t3", 1))
+    version = await store.save(
+        "c-1", with_trail(state, plain), expected_version=version, lifecycle="completion"
+    )
+    assert trail_of(await store.load("c-1")) == [("t3", 0, None), ("t3", 1, None)]
+    # And an empty trail leaves no row behind.
+    await store.save(
+        "c-1", with_trail(state, Trail()), expected_version=version, lifecycle="completion"
+    )
+    assert trail_of(await store.load("c-1")) == []
+    assert backend.step_rows("c-1") in (None, [])
+
+
+async def test_quarantine_and_delete_take_the_step_rows_too(backend: Backend) -> None:
+    store = await backend.open()
+    trail = Trail(step_dict("t1", i, "r") for i in range(3))
+    await store.save(
+        "c-q", with_trail(make_state("hi"), trail), expected_version=None, lifecycle="completion"
+    )
+    await store.save(
+        "c-d", with_trail(make_state("hi"), trail), expected_version=None, lifecycle="completion"
+    )
+    rows = backend.step_rows("c-q")
+
+    key = await store.quarantine("c-q")
+    await store.delete("c-d")
+
+    assert await store.load("c-q") is None and await store.load("c-d") is None
+    if rows is not None:
+        assert len(rows) == 3
+        assert backend.quarantined_step_rows(key) == rows
+        assert backend.step_rows("c-q") == [] and backend.step_rows("c-d") == []
+    else:
+        assert [s["turn"] for s in store.quarantined[key].state["steps"]] == ["t1"] * 3
+    # Starting over: the new conversation's trail is its own, not the old rows.
+    await store.save(
+        "c-q",
+        with_trail(make_state("new"), Trail([step_dict("n", 0)])),
+        expected_version=None,
+        lifecycle="completion",
+    )
+    assert trail_of(await store.load("c-q")) == [("n", 0, None)]
+
+
+async def test_a_head_that_still_holds_the_trail_loads_and_is_moved_to_rows(
+    backend: Backend,
+) -> None:
+    if backend.kind == "memory":
+        pytest.skip("MemoryStore keeps no rows: nothing was ever stored in an older shape")
+    store = await backend.open()
+    trail = Trail(step_dict("t1", i, i) for i in range(3))
+    await store.save(
+        "c-old",
+        with_trail(make_state("hi"), trail),
+        expected_version=None,
+        lifecycle="completion",
+    )
+    backend.inline_steps("c-old")  # as a release that kept the trail in the head wrote it
+    assert backend.step_rows("c-old") == []
+
+    reader = await backend.open()  # a store that never wrote it
+    loaded = await reader.load("c-old")
+    assert trail_of(loaded) == [("t1", 0, 0), ("t1", 1, 1), ("t1", 2, 2)]
+
+    # The next save (a list the store did not write) writes the trail as rows.
+    assert loaded is not None
+    grown = Trail([*loaded.state["steps"], step_dict("t2", 0, 9)])
+    await reader.save(
+        "c-old",
+        StoredConversation(state={**loaded.state, "steps": grown}),
+        expected_version=loaded.version,
+        lifecycle="completion",
+    )
+    assert [p for p, _ in backend.step_rows("c-old") or []] == [0, 1, 2, 3]
+    head = backend.head("c-old")
+    assert head is not None and "steps" not in head
+    assert trail_of(await store.load("c-old"))[-1] == ("t2", 0, 9)

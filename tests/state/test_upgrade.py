@@ -16,6 +16,7 @@ from sessionvisor.state import (
     Message,
     SQLiteStore,
     State,
+    StepRecord,
     StoredConversation,
     dump_state,
     load_state,
@@ -178,6 +179,7 @@ def old_pg_table() -> Iterator[str]:
     yield table
     sql(POSTGRES_DSN, f"DROP TABLE IF EXISTS {table}, {table}_quarantine CASCADE")
     sql(POSTGRES_DSN, f"DROP TABLE IF EXISTS {table}_messages, {table}_qmessages CASCADE")
+    sql(POSTGRES_DSN, f"DROP TABLE IF EXISTS {table}_steps, {table}_qsteps, {table}_timers")
 
 
 @pytest.mark.postgres
@@ -215,3 +217,116 @@ async def test_an_old_postgres_table_is_upgraded_on_first_open(
     async with PostgresStore(POSTGRES_DSN, table=old_pg_table) as store:
         assert texts(await store.load("c-held")) == ["y"]
         assert texts(await store.load("c-done")) == ["a", "b", "c", "d"]
+
+
+# -- layout 2 (header and message rows, the audit trail still in the head) ---------------
+
+
+class Trail(list):  # type: ignore[type-arg]
+    __slots__ = ("__weakref__",)
+
+
+def trail_state(*turns: str) -> dict[str, Any]:
+    steps = [
+        StepRecord(turn=turn, index=0, name="s", status="completed", result=turn) for turn in turns
+    ]
+    return dump_state(State(messages=[Message(role="user", content="hi")], steps=steps))
+
+
+def turns_of(record: StoredConversation | None) -> list[str]:
+    assert record is not None
+    return [step["turn"] for step in load_state(record.state).model_dump()["steps"]]
+
+
+async def test_a_layout_2_sqlite_file_gains_the_step_rows(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "two.db"
+    async with SQLiteStore(path) as store:
+        await store.save(
+            "c-1",
+            StoredConversation(state=state_of("hi")),
+            expected_version=None,
+            lifecycle="completion",
+        )
+    # Made back into a layout-2 file, its head holding the trail as that release wrote it.
+    conn = sqlite3.connect(path, isolation_level=None)
+    head = json.loads(conn.execute("SELECT head FROM conversations").fetchone()[0])
+    head["steps"] = trail_state("t1", "t2")["steps"]
+    conn.execute("UPDATE conversations SET head = ?", (json.dumps(head),))
+    for table in ("conversations", "quarantined_conversations"):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN step_count")
+    conn.execute("DROP TABLE steps")
+    conn.execute("DROP TABLE quarantined_steps")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+    async with SQLiteStore(path) as store:
+        loaded = await store.load("c-1")
+        assert turns_of(loaded) == ["t1", "t2"]
+        assert loaded is not None
+        grown = Trail([*loaded.state["steps"], trail_state("t3")["steps"][0]])
+        await store.save(
+            "c-1",
+            StoredConversation(state={**loaded.state, "steps": grown}),
+            expected_version=loaded.version,
+            lifecycle="completion",
+        )
+        assert turns_of(await store.load("c-1")) == ["t1", "t2", "t3"]
+
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        rows = conn.execute("SELECT position FROM steps ORDER BY position").fetchall()
+        assert rows == [(0,), (1,), (2,)]
+        head = json.loads(conn.execute("SELECT head FROM conversations").fetchone()[0])
+        assert "steps" not in head
+    finally:
+        conn.close()
+
+
+@pytest.mark.postgres
+async def test_a_layout_2_postgres_table_gains_the_step_rows(anyio_backend: str) -> None:
+    require_server("PostgreSQL", 5432)
+    from sessionvisor.state.postgres import PostgresStore
+
+    table = f"sv_two_{uuid.uuid4().hex[:10]}"
+    try:
+        async with PostgresStore(POSTGRES_DSN, table=table) as store:
+            await store.save(
+                "c-1",
+                StoredConversation(state=state_of("hi")),
+                expected_version=None,
+                lifecycle="completion",
+            )
+        [(head_text,)] = sql(POSTGRES_DSN, f"SELECT head FROM {table}")
+        head = json.loads(head_text)
+        head["steps"] = trail_state("t1", "t2")["steps"]
+        sql(POSTGRES_DSN, f"UPDATE {table} SET head = %s", json.dumps(head))
+        sql(POSTGRES_DSN, f"ALTER TABLE {table} DROP COLUMN step_count")
+        sql(POSTGRES_DSN, f"ALTER TABLE {table}_quarantine DROP COLUMN step_count")
+        sql(POSTGRES_DSN, f"DROP TABLE {table}_steps, {table}_qsteps")
+        sql(POSTGRES_DSN, f"COMMENT ON TABLE {table} IS 'sessionvisor layout 2'")
+
+        async with PostgresStore(POSTGRES_DSN, table=table) as store:
+            loaded = await store.load("c-1")
+            assert turns_of(loaded) == ["t1", "t2"]
+            assert loaded is not None
+            grown = Trail([*loaded.state["steps"], trail_state("t3")["steps"][0]])
+            await store.save(
+                "c-1",
+                StoredConversation(state={**loaded.state, "steps": grown}),
+                expected_version=loaded.version,
+                lifecycle="completion",
+            )
+            assert turns_of(await store.load("c-1")) == ["t1", "t2", "t3"]
+        rows = sql(POSTGRES_DSN, f"SELECT position FROM {table}_steps ORDER BY position")
+        assert rows == [(0,), (1,), (2,)]
+        [(head_text,)] = sql(POSTGRES_DSN, f"SELECT head FROM {table}")
+        assert "steps" not in json.loads(head_text)
+    finally:
+        sql(
+            POSTGRES_DSN,
+            f"DROP TABLE IF EXISTS {table}, {table}_quarantine, {table}_messages, "
+            f"{table}_qmessages, {table}_steps, {table}_qsteps, {table}_timers",
+        )

@@ -1,12 +1,15 @@
-"""The append-only layout the SQL stores share: a header plus one row per message.
+"""The append-only layout the SQL stores share: a header plus one row per message
+and one row per audit-trail step.
 
-A stored state is split into its *head* (the state without ``messages``: the
-queue, metadata, interrupt and schema version, as one JSON object) and its
-history, one JSON row per message at positions ``0 .. count-1``. A save writes
-the head and only the messages the store has not written yet; ``HistoryTracker``
-remembers, per conversation, which list the store last wrote, how many of its
-messages and at which version, so it can tell an extension (append the tail)
-from a rewrite (replace every row).
+A stored state is split into its *head* (the state without ``messages`` and
+``steps``: the queue, metadata, interrupt, journal and schema version, as one
+JSON object), its history, one JSON row per message at positions
+``0 .. count-1``, and its audit trail (``steps``, the steps of ended turns),
+one JSON row per step the same way. A save writes the head and only the rows
+the store has not written yet; a ``HistoryTracker`` per list remembers, per
+conversation, which list the store last wrote, how many of its items and at
+which version, so it can tell an extension (append the tail) from a rewrite
+(replace every row).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from .._errors import CorruptStateError
 
-__all__ = ["HistoryTracker", "Split", "assemble", "dumps", "split"]
+__all__ = ["HistoryTracker", "Split", "assemble", "dumps", "missing_row", "split"]
 
 # One encoder for every row: json.dumps with custom separators builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -30,20 +33,23 @@ def dumps(value: Any) -> str:
 
 
 class Split:
-    """A state cut for writing: the head's JSON, and the history (None: not a list)."""
+    """A state cut for writing: the head's JSON, the history (None: not a list)
+    and the audit trail (None: not a list, kept in the head)."""
 
-    __slots__ = ("head", "messages")
+    __slots__ = ("head", "messages", "steps")
 
-    def __init__(self, head: str, messages: list[Any] | None) -> None:
+    def __init__(self, head: str, messages: list[Any] | None, steps: list[Any] | None) -> None:
         self.head = head
         self.messages = messages
+        self.steps = steps
 
 
 def split(state: Any) -> Split:
-    """Cut ``state`` into its head and its history.
+    """Cut ``state`` into its head, its history and its audit trail.
 
     A state whose ``messages`` is not a list (an old schema, a caller's own
-    shape) is kept whole: its head is the entire state and it has no history rows.
+    shape) is kept whole: its head is the entire state and it has no rows. A
+    ``steps`` that is not a list (or is missing) stays in the head.
 
     Raises:
         TypeError: the head holds a value JSON cannot encode.
@@ -51,20 +57,35 @@ def split(state: Any) -> Split:
     if isinstance(state, Mapping):
         messages = state.get("messages")
         if isinstance(messages, list):
-            rest = {key: value for key, value in state.items() if key != "messages"}
-            return Split(dumps(rest), messages)
-    return Split(dumps(state), None)
+            steps = state.get("steps")
+            if not isinstance(steps, list):
+                steps = None
+            cut = _ROW_KEYS if steps is not None else _MESSAGES_ONLY
+            rest = {key: value for key, value in state.items() if key not in cut}
+            return Split(dumps(rest), messages, steps)
+    return Split(dumps(state), None, None)
 
 
-def assemble(conversation_id: str, head: str, bodies: Sequence[str | None] | None) -> Any:
-    """Rebuild a stored state from its head and its message rows, in order.
+_ROW_KEYS = frozenset(("messages", "steps"))
+_MESSAGES_ONLY = frozenset(("messages",))
 
-    ``bodies`` None means the head is the whole state. The result is what JSON
-    decoding gives; ``decode_state`` validates it afterwards.
+
+def assemble(
+    conversation_id: str,
+    head: str,
+    bodies: Sequence[str | None] | None,
+    step_bodies: Sequence[str | None] | None = None,
+) -> Any:
+    """Rebuild a stored state from its head, its message rows and its step rows, in order.
+
+    ``bodies`` None means the head is the whole state. ``step_bodies`` None
+    means the audit trail has no rows: the head holds it (as a release that
+    kept it there wrote it) or there is none. The result is what JSON decoding
+    gives; ``decode_state`` validates it afterwards.
 
     Raises:
-        CorruptStateError: the head or a message row is not valid JSON (the
-            message names the conversation and the row's position).
+        CorruptStateError: the head or a row is not valid JSON (the message
+            names the conversation and the row's position).
     """
     where = f"the stored row of conversation {conversation_id!r}"
     try:
@@ -77,24 +98,45 @@ def assemble(conversation_id: str, head: str, bodies: Sequence[str | None] | Non
         raise CorruptStateError(
             f"cannot read {where}: its head is a JSON {type(data).__name__}, not an object"
         )
-    try:
-        # One parse for the whole history: much cheaper than one per row.
-        messages = json.loads("[" + ",".join(bodies) + "]")  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        messages = None
-    if not isinstance(messages, list) or len(messages) != len(bodies):
-        # Find the culprit so the error names it (a row can also hide a comma).
-        messages = []
-        for position, body in enumerate(bodies):
-            try:
-                messages.append(json.loads(body))  # type: ignore[arg-type]
-            except (TypeError, ValueError) as exc:
-                raise CorruptStateError(
-                    f"cannot read {where}: its message at position {position} "
-                    f"is not valid JSON ({exc})"
-                ) from exc
-    data["messages"] = messages
+    data["messages"] = _rows(where, "message", bodies)
+    if step_bodies is not None:
+        data["steps"] = _rows(where, "step", step_bodies)
     return data
+
+
+def _rows(where: str, what: str, bodies: Sequence[str | None]) -> list[Any]:
+    try:
+        # One parse for the whole list: much cheaper than one per row.
+        items = json.loads("[" + ",".join(bodies) + "]")  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        items = None
+    if isinstance(items, list) and len(items) == len(bodies):
+        return items
+    # Find the culprit so the error names it (a row can also hide a comma).
+    items = []
+    for position, body in enumerate(bodies):
+        try:
+            items.append(json.loads(body))  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise CorruptStateError(
+                f"cannot read {where}: its {what} at position {position} is not valid JSON ({exc})"
+            ) from exc
+    return items
+
+
+def missing_row(
+    conversation_id: str, what: str, positions: Sequence[int], count: int
+) -> CorruptStateError | None:
+    """The error for rows ``0 .. count-1`` when ``positions`` (sorted, all below
+    ``count``) are not exactly those; None when they are."""
+    if len(positions) == count and (not positions or positions[-1] == count - 1):
+        return None
+    present = set(positions)
+    missing = next((p for p in range(count) if p not in present), count)
+    return CorruptStateError(
+        f"cannot read the stored row of conversation {conversation_id!r}: its {what} "
+        f"at position {missing} is missing ({len(positions)} of {count} rows found)"
+    )
 
 
 class _Written(weakref.ref):  # type: ignore[type-arg]

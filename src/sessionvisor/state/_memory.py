@@ -37,10 +37,10 @@ class MemoryStore(ClosedOnExit):
     Nothing survives the process. Each state is kept as compact JSON bytes, one
     piece per message, not as the dict it was given: an idle conversation then
     costs a few hundred bytes instead of a tree of dicts, and nothing the caller
-    does to its dict afterwards reaches the store. A save whose history extends
-    the one stored (the same message dicts, as the runtime's encoder hands them
-    over) encodes only the new messages, so a turn costs what it added, not
-    the length of the conversation.
+    does to its dict afterwards reaches the store. A save whose history (or
+    audit trail of steps) extends the one stored (the same list, as the
+    runtime's encoder hands it over) encodes only the new items, so a turn
+    costs what it added, not the length of the conversation.
 
     Each method checks the version and writes without awaiting in between, so
     a check-and-set is atomic on the event loop; every method still passes one
@@ -332,17 +332,21 @@ def _piece(items: list[Any]) -> _Piece | None:
 
 
 class _Row:
-    """One stored conversation: the record, its state without ``messages`` and
-    ``queued`` (as JSON), and those two growing lists as pieces (None: empty)."""
+    """One stored conversation: the record, its state without ``messages``,
+    ``queued`` and ``steps`` (as JSON), and those growing lists as pieces (None:
+    empty). ``steps`` (the audit trail) is a piece only when the state holds it
+    as a list; otherwise whatever it is stays in the head."""
 
-    __slots__ = ("head", "messages", "queued", "raw", "record")
+    __slots__ = ("has_steps", "head", "messages", "queued", "raw", "record", "steps")
 
     def __init__(self, record: StoredConversation, head: bytes, raw: bool = False) -> None:
         self.record = record
-        self.head = head  # a JSON object without the two lists, or raw bytes (raw=True)
+        self.head = head  # a JSON object without the lists, or raw bytes (raw=True)
         self.raw = raw
         self.messages: _Piece | None = None
         self.queued: _Piece | None = None
+        self.steps: _Piece | None = None
+        self.has_steps = False
 
     @classmethod
     def pack(cls, record: StoredConversation, state: Any) -> _Row:
@@ -358,6 +362,9 @@ class _Row:
         row = cls(record, _encode(_rest(state)))
         row.messages = _piece(state["messages"])
         row.queued = _piece(state["queued"])
+        steps = state.get("steps")
+        row.has_steps = isinstance(steps, list)
+        row.steps = _piece(steps) if isinstance(steps, list) else None
         return row
 
     def extend(self, state: Any) -> bool:
@@ -373,6 +380,12 @@ class _Row:
             self.messages = _piece(messages)
         if self.queued is None or not self.queued.extend(queued):
             self.queued = _piece(queued)
+        steps = state.get("steps")
+        self.has_steps = isinstance(steps, list)
+        if not isinstance(steps, list):
+            self.steps = None
+        elif self.steps is None or not self.steps.extend(steps):
+            self.steps = _piece(steps)
         self.head = _encode(_rest(state))
         return True
 
@@ -383,6 +396,9 @@ class _Row:
         messages = b"" if self.messages is None else bytes(self.messages.buffer)
         queued = b"" if self.queued is None else bytes(self.queued.buffer)
         lists = b'"messages":[' + messages + b'],"queued":[' + queued + b"]"
+        if self.has_steps:
+            steps = b"" if self.steps is None else bytes(self.steps.buffer)
+            lists += b',"steps":[' + steps + b"]"
         return b"{" + (inner + b"," if inner else b"") + lists + b"}"
 
     def unpack(self) -> StoredConversation:
@@ -394,4 +410,8 @@ class _Row:
 
 
 def _rest(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in state.items() if k not in ("messages", "queued")}
+    lists = _LISTS if isinstance(state.get("steps"), list) else _LISTS[:2]
+    return {k: v for k, v in state.items() if k not in lists}
+
+
+_LISTS = ("messages", "queued", "steps")

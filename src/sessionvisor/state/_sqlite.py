@@ -1,8 +1,8 @@
 """``SQLiteStore``: conversations in one SQLite file, through the stdlib ``sqlite3``.
 
 The layout is append-only (see ``_layout``): a ``conversations`` header row per
-conversation and one ``messages`` row per message, so a save writes what the
-turn added, not the whole history.
+conversation, one ``messages`` row per message and one ``steps`` row per step of
+the audit trail, so a save writes what the turn added, not the whole history.
 
 ``sqlite3`` blocks, so every call runs on a worker thread
 (``anyio.to_thread``), which works the same on asyncio and trio. One
@@ -32,7 +32,7 @@ from .._clock import utcnow
 from .._closing import ClosedOnExit
 from .._errors import CorruptStateError
 from ._batch import GroupCommit, Write
-from ._layout import HistoryTracker, assemble, dumps, split
+from ._layout import HistoryTracker, Split, assemble, dumps, missing_row, split
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
 from ._timer_rows import StoredTimer, decode_payload, encode_payload, from_epoch
@@ -56,7 +56,7 @@ _T = TypeVar("_T")
 #: this release writes keeps it NULL.
 _COLUMNS = (
     "state, head, message_count, version, owner, route_key, request_opts, "
-    "last_seq, updated_at, lifecycle"
+    "last_seq, updated_at, lifecycle, step_count"
 )
 
 _SCHEMA = (
@@ -73,7 +73,8 @@ _SCHEMA = (
         lifecycle TEXT,
         unanswered INTEGER NOT NULL DEFAULT 0,
         head TEXT,
-        message_count INTEGER
+        message_count INTEGER,
+        step_count INTEGER
     )
     """,
     """
@@ -100,11 +101,29 @@ _SCHEMA = (
         lifecycle TEXT,
         quarantined_at TEXT NOT NULL,
         head TEXT,
-        message_count INTEGER
+        message_count INTEGER,
+        step_count INTEGER
     )
     """,
     """
     CREATE TABLE IF NOT EXISTS quarantined_messages (
+        key TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        body TEXT,
+        PRIMARY KEY (key, position)
+    ) WITHOUT ROWID
+    """,
+    # The audit trail (``state["steps"]``), one row per step, like the messages.
+    """
+    CREATE TABLE IF NOT EXISTS steps (
+        conversation_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        body TEXT,
+        PRIMARY KEY (conversation_id, position)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS quarantined_steps (
         key TEXT NOT NULL,
         position INTEGER NOT NULL,
         body TEXT,
@@ -131,15 +150,16 @@ _TIMER_SCHEMA = (
 
 _INSERT = (
     "INSERT INTO conversations (id, state, head, message_count, version, owner, route_key, "
-    "request_opts, last_seq, updated_at, lifecycle, unanswered) "
-    "VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "request_opts, last_seq, updated_at, lifecycle, unanswered, step_count) "
+    "VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE = (
     "UPDATE conversations SET state = NULL, head = ?, message_count = ?, version = ?, "
     "owner = ?, route_key = ?, request_opts = ?, last_seq = ?, updated_at = ?, "
-    "lifecycle = ?, unanswered = ? WHERE id = ?"
+    "lifecycle = ?, unanswered = ?, step_count = ? WHERE id = ?"
 )
 _APPEND = "INSERT INTO messages (conversation_id, position, body) VALUES (?, ?, ?)"
+_APPEND_STEP = "INSERT INTO steps (conversation_id, position, body) VALUES (?, ?, ?)"
 
 
 class SQLiteStore(ClosedOnExit):
@@ -188,6 +208,7 @@ class SQLiteStore(ClosedOnExit):
         self._commit_limiter = self._limiter  # one connection: its writer is everyone's
         self._closed = False
         self._history = HistoryTracker()
+        self._steps = HistoryTracker()  # the audit trail's list, tracked the same way
         self._commits = GroupCommit(self._flush, self._commit_limiter, self._check_open)
 
     def __repr__(self) -> str:
@@ -221,14 +242,14 @@ class SQLiteStore(ClosedOnExit):
 
         Raises:
             CorruptStateError: a row cannot be read (garbled JSON in the head or
-                in a message row, a missing message row, a state ``load_state``
-                refuses, a malformed column); the rows are left untouched.
+                in a message or step row, a missing message or step row, a state
+                ``load_state`` refuses, a malformed column); the rows are left untouched.
             StoreClosed: the store is closed (a ``RuntimeError``).
         """
 
         def fetch(conn: sqlite3.Connection) -> Any:
             found = _fetch(conn, conversation_id)
-            if found is None or len(found[1] or ()) > _DECODE_INLINE:
+            if found is None or len(found[1] or ()) + len(found[2] or ()) > _DECODE_INLINE:
                 return found
             return self._decode_row(conversation_id, *found)  # short: no second thread hop
 
@@ -298,7 +319,7 @@ class SQLiteStore(ClosedOnExit):
         return await self._run(select)
 
     async def delete(self, conversation_id: str) -> None:
-        """Remove the conversation and its messages; a missing one is not an error.
+        """Remove the conversation, its messages and steps; a missing one is not an error.
 
         Raises:
             sqlite3.Error: the database failed.
@@ -306,10 +327,11 @@ class SQLiteStore(ClosedOnExit):
         """
 
         def remove(conn: sqlite3.Connection) -> None:
-            self._history.forget(conversation_id)
+            self._forget(conversation_id)
             with _transaction(conn):
                 conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
                 conn.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+                conn.execute("DELETE FROM steps WHERE conversation_id = ?", (conversation_id,))
                 conn.execute("DELETE FROM timers WHERE conversation_id = ?", (conversation_id,))
 
         await self._run(remove)
@@ -387,8 +409,9 @@ class SQLiteStore(ClosedOnExit):
     async def quarantine(self, conversation_id: str) -> str:
         """Move the conversation's rows, byte for byte, to the quarantine tables.
 
-        The header goes to ``quarantined_conversations`` and the message rows to
-        ``quarantined_messages``, under the key ``"<id>#quarantine-<n>"``;
+        The header goes to ``quarantined_conversations``, the message rows to
+        ``quarantined_messages`` and the step rows to ``quarantined_steps``, under
+        the key ``"<id>#quarantine-<n>"``;
         afterwards ``load(conversation_id)`` returns None.
 
         Returns:
@@ -401,7 +424,7 @@ class SQLiteStore(ClosedOnExit):
         """
 
         def move(conn: sqlite3.Connection) -> str:
-            self._history.forget(conversation_id)
+            self._forget(conversation_id)
             with _transaction(conn):
                 exists = conn.execute(
                     "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
@@ -430,8 +453,14 @@ class SQLiteStore(ClosedOnExit):
                     "SELECT ?, position, body FROM messages WHERE conversation_id = ?",
                     (key, conversation_id),
                 )
+                conn.execute(
+                    "INSERT INTO quarantined_steps (key, position, body) "
+                    "SELECT ?, position, body FROM steps WHERE conversation_id = ?",
+                    (key, conversation_id),
+                )
                 conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
                 conn.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+                conn.execute("DELETE FROM steps WHERE conversation_id = ?", (conversation_id,))
             return key
 
         return await self._run(move)
@@ -442,9 +471,9 @@ class SQLiteStore(ClosedOnExit):
         # On a worker thread, holding the limiter: one transaction for the batch,
         # a savepoint per write so one write's failure leaves the others in.
         conn = self._connection()
-        history = self._history
+        forget = self._forget
         updated_at = utcnow().isoformat()
-        remembered: list[tuple[Write, list[Any] | None]] = []
+        remembered: list[tuple[Write, Split]] = []
         try:
             with _transaction(conn):
                 if len(batch) == 1:
@@ -454,38 +483,40 @@ class SQLiteStore(ClosedOnExit):
                     try:
                         remembered.append((write, self._write(conn, write, updated_at)))
                     except Exception:
-                        history.forget(write.conversation_id)
+                        forget(write.conversation_id)
                         raise
                     batch = []
                 for write in batch:
                     conn.execute("SAVEPOINT write")
                     try:
-                        messages = self._write(conn, write, updated_at)
+                        cut = self._write(conn, write, updated_at)
                     except Exception as exc:
                         conn.execute("ROLLBACK TO write")
                         conn.execute("RELEASE write")
-                        history.forget(write.conversation_id)
+                        forget(write.conversation_id)
                         write.fail(exc)
                         continue
                     conn.execute("RELEASE write")
-                    remembered.append((write, messages))
+                    remembered.append((write, cut))
         except BaseException as exc:
             # The transaction (or its COMMIT) failed: nothing of the batch is stored.
             for write, _ in remembered:
-                history.forget(write.conversation_id)
+                forget(write.conversation_id)
                 write.fail(exc)
             raise
         # Committed: only now is what was written known to be stored.
-        for write, messages in remembered:
-            if messages is None:
-                history.forget(write.conversation_id)
-            else:
-                history.remember(write.conversation_id, messages, write.version)
+        for write, cut in remembered:
+            _remember(self._history, write, cut.messages)
+            _remember(self._steps, write, cut.steps)
 
-    def _write(self, conn: sqlite3.Connection, write: Write, updated_at: str) -> list[Any] | None:
+    def _forget(self, conversation_id: str) -> None:
+        self._history.forget(conversation_id)
+        self._steps.forget(conversation_id)
+
+    def _write(self, conn: sqlite3.Connection, write: Write, updated_at: str) -> Split:
         cid, record, expected = write.conversation_id, write.record, write.expected_version
         row = conn.execute(
-            "SELECT version, state IS NULL AND head IS NOT NULL, message_count "
+            "SELECT version, state IS NULL AND head IS NOT NULL, message_count, step_count "
             "FROM conversations WHERE id = ?",
             (cid,),
         ).fetchone()
@@ -493,7 +524,7 @@ class SQLiteStore(ClosedOnExit):
         if actual != expected:
             raise stale_write(cid, expected, actual)
         cut = split(record.state)
-        messages = cut.messages
+        messages, steps = cut.messages, cut.steps
         header = (
             cut.head,
             None if messages is None else len(messages),
@@ -505,23 +536,35 @@ class SQLiteStore(ClosedOnExit):
             updated_at,
             write.lifecycle,
             int(is_unanswered(write.lifecycle, record.state)),
+            None if steps is None else len(steps),
         )
-        start = 0
+        start = step_start = 0
         if messages is not None and row is not None:
             start = self._history.written(cid, messages, actual)
             if start and not (row[1] and row[2] == start):
                 start = 0  # the rows are not what this store wrote: rewrite them
+            if steps is not None:
+                step_start = self._steps.written(cid, steps, actual)
+                if step_start and not (row[1] and row[3] == step_start):
+                    step_start = 0
         new_rows = [] if messages is None else [dumps(m) for m in messages[start:]]
+        new_steps = [] if steps is None else [dumps(s) for s in steps[step_start:]]
         if row is None:
             conn.execute(_INSERT, (cid, *header))
         else:
             conn.execute(_UPDATE, (*header, cid))
         if start == 0 and row is not None:
             conn.execute("DELETE FROM messages WHERE conversation_id = ?", (cid,))
+        if step_start == 0 and row is not None and row[3] is not None:
+            conn.execute("DELETE FROM steps WHERE conversation_id = ?", (cid,))
         if new_rows:
             conn.executemany(_APPEND, [(cid, start + i, body) for i, body in enumerate(new_rows)])
+        if new_steps:
+            conn.executemany(
+                _APPEND_STEP, [(cid, step_start + i, body) for i, body in enumerate(new_steps)]
+            )
         write.succeed(header[2])
-        return messages
+        return cut
 
     # -- machinery ---------------------------------------------------------
 
@@ -573,7 +616,11 @@ class SQLiteStore(ClosedOnExit):
             conn.close()
 
     def _decode_row(
-        self, conversation_id: str, row: tuple[Any, ...], bodies: list[str | None] | None
+        self,
+        conversation_id: str,
+        row: tuple[Any, ...],
+        bodies: list[str | None] | None,
+        step_bodies: list[str | None] | None,
     ) -> StoredConversation:
         (
             state_raw,
@@ -586,6 +633,7 @@ class SQLiteStore(ClosedOnExit):
             last_seq,
             updated_raw,
             lifecycle,
+            _step_count,
         ) = row
         where = f"the stored row of conversation {conversation_id!r}"
         # A non-NULL ``state`` is the whole state (a row of the single-row
@@ -593,7 +641,7 @@ class SQLiteStore(ClosedOnExit):
         if state_raw is not None:
             state: Any = state_raw
         elif head is not None:
-            state = assemble(conversation_id, head, bodies)
+            state = assemble(conversation_id, head, bodies, step_bodies)
         else:
             raise CorruptStateError(f"cannot read {where}: its state is NULL")
         upgraded, validated = decode_state(state, conversation_id, migrations=self._migrations)
@@ -629,31 +677,40 @@ class SQLiteStore(ClosedOnExit):
 
 def _fetch(
     conn: sqlite3.Connection, conversation_id: str
-) -> tuple[tuple[Any, ...], list[str | None] | None] | None:
-    # A read transaction: the header and its messages come from one snapshot,
-    # even while another connection commits.
+) -> tuple[tuple[Any, ...], list[str | None] | None, list[str | None] | None] | None:
+    # A read transaction: the header, its messages and its steps come from one
+    # snapshot, even while another connection commits.
     with _transaction(conn, "BEGIN"):
         row: tuple[Any, ...] | None = conn.execute(
             f"SELECT {_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
         ).fetchone()
         if row is None:
             return None
-        state, head, count = row[0], row[1], row[2]
+        state, head, count, step_count = row[0], row[1], row[2], row[10]
         if state is not None or head is None or count is None:
-            return row, None
-        found = conn.execute(
-            "SELECT position, body FROM messages WHERE conversation_id = ? AND position < ? "
-            "ORDER BY position",
-            (conversation_id, count),
-        ).fetchall()
-    if not isinstance(count, int) or len(found) != count or (found and found[-1][0] != count - 1):
-        present = {position for position, _ in found}
-        missing = next((p for p in range(count) if p not in present), count)
-        raise CorruptStateError(
-            f"cannot read the stored row of conversation {conversation_id!r}: its message "
-            f"at position {missing} is missing ({len(found)} of {count} rows found)"
-        )
-    return row, [body for _, body in found]
+            return row, None, None
+        bodies = _rows(conn, "messages", "message", conversation_id, count)
+        # NULL: no step rows; the head holds the trail (as earlier releases wrote it).
+        steps = None
+        if step_count is not None:
+            steps = _rows(conn, "steps", "step", conversation_id, step_count)
+    return row, bodies, steps
+
+
+def _rows(
+    conn: sqlite3.Connection, table: str, what: str, conversation_id: str, count: Any
+) -> list[str | None]:
+    found = conn.execute(
+        f"SELECT position, body FROM {table} WHERE conversation_id = ? AND position < ? "
+        "ORDER BY position",
+        (conversation_id, count),
+    ).fetchall()
+    if not isinstance(count, int):
+        count = len(found) + 1  # reported as a row missing past those found
+    error = missing_row(conversation_id, what, [position for position, _ in found], count)
+    if error is not None:
+        raise error
+    return [body for _, body in found]
 
 
 class _transaction:
@@ -695,8 +752,8 @@ def _upgrade(conn: sqlite3.Connection) -> None:
             return  # another connection upgraded it meanwhile
         for statement in _SCHEMA:
             conn.execute(statement)
-        _add_columns(conn, "conversations", ("unanswered", "head", "message_count"))
-        _add_columns(conn, "quarantined_conversations", ("head", "message_count"))
+        _add_columns(conn, "conversations", ("unanswered", "head", "message_count", "step_count"))
+        _add_columns(conn, "quarantined_conversations", ("head", "message_count", "step_count"))
         conn.execute(_UNANSWERED_INDEX)
         old = conn.execute(
             "SELECT id, state, lifecycle FROM conversations "
@@ -714,24 +771,42 @@ def _upgrade(conn: sqlite3.Connection) -> None:
                 continue
             cut = split(state)
             count = None if cut.messages is None else len(cut.messages)
+            step_count = None if cut.steps is None else len(cut.steps)
             conn.execute(
                 "UPDATE conversations SET state = NULL, head = ?, message_count = ?, "
-                "unanswered = ? WHERE id = ?",
-                (cut.head, count, int(is_unanswered(lifecycle or "", state)), cid),
+                "unanswered = ?, step_count = ? WHERE id = ?",
+                (cut.head, count, int(is_unanswered(lifecycle or "", state)), step_count, cid),
             )
             conn.execute("DELETE FROM messages WHERE conversation_id = ?", (cid,))
             conn.executemany(
                 _APPEND,
                 [(cid, i, dumps(message)) for i, message in enumerate(cut.messages or ())],
             )
+            conn.execute("DELETE FROM steps WHERE conversation_id = ?", (cid,))
+            conn.executemany(
+                _APPEND_STEP, [(cid, i, dumps(step)) for i, step in enumerate(cut.steps or ())]
+            )
         conn.execute(f"PRAGMA user_version = {_LAYOUT}")
 
 
 #: The layout this release writes, kept in SQLite's ``user_version``: 0 for the
-#: single-row layout of earlier releases (and for a new file), 2 for this one.
-_LAYOUT = 2
+#: single-row layout of earlier releases (and for a new file), 2 for the header and
+#: message rows with the audit trail in the head, 3 for this one (the trail in rows).
+_LAYOUT = 3
 
-_ADDED = {"unanswered": "INTEGER NOT NULL DEFAULT 0", "head": "TEXT", "message_count": "INTEGER"}
+_ADDED = {
+    "unanswered": "INTEGER NOT NULL DEFAULT 0",
+    "head": "TEXT",
+    "message_count": "INTEGER",
+    "step_count": "INTEGER",
+}
+
+
+def _remember(tracker: HistoryTracker, write: Write, items: list[Any] | None) -> None:
+    if items is None:
+        tracker.forget(write.conversation_id)
+    else:
+        tracker.remember(write.conversation_id, items, write.version)
 
 
 def _add_columns(conn: sqlite3.Connection, table: str, names: tuple[str, ...]) -> None:

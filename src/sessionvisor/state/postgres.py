@@ -7,7 +7,8 @@ on trio, so the store drives psycopg's synchronous API on worker threads
 thread per pooled connection at a time.
 
 The layout is append-only (see ``docs/storage.md``): a header row per
-conversation in ``<table>`` and one row per message in ``<table>_messages``.
+conversation in ``<table>``, one row per message in ``<table>_messages`` and
+one row per step of the audit trail in ``<table>_steps``.
 Saves go through group commit: one writer at a time, and the saves queued
 while its commit is in flight are written by the next one together, in one
 statement over parallel arrays (one transaction, one WAL flush). The
@@ -39,7 +40,7 @@ from pydantic import ValidationError
 from .._closing import ClosedOnExit
 from .._errors import CorruptStateError, StaleWriteError
 from ._batch import GroupCommit, Write
-from ._layout import HistoryTracker, assemble, dumps, split
+from ._layout import HistoryTracker, assemble, dumps, missing_row, split
 from ._models import PendingInterrupt
 from ._serializer import CheckedState, MigrationRegistry, decode_state
 from ._store import Lifecycle, StoredConversation
@@ -73,18 +74,18 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,51}")
 #: it NULL.
 _COLUMNS = (
     "state, head, message_count, version, owner, route_key, request_opts, "
-    "last_seq, updated_at, lifecycle"
+    "last_seq, updated_at, lifecycle, step_count"
 )
 
 #: Histories up to this many messages are decoded on the thread that read them.
 _DECODE_INLINE = 256
 
 #: Marks a table already in this layout (a table comment), so opening skips the upgrade.
-_LAYOUT_MARK = "sessionvisor layout 2"
+_LAYOUT_MARK = "sessionvisor layout 3"
 
 # The parts both save statements share: once the header row is written (``h``
-# returned a row), cut the message rows past the new count and write the new
-# ones; when it was not (stale), nothing else happens.
+# returned a row), cut the message and step rows past the new counts and write
+# the new ones; when it was not (stale), nothing else happens.
 _MESSAGE_CTES = """,
 cut AS (
     DELETE FROM {m} WHERE conversation_id = %(id)s AND position >= %(keep)s
@@ -93,6 +94,17 @@ cut AS (
 ins AS (
     INSERT INTO {m} (conversation_id, position, body)
     SELECT %(id)s, p, b FROM unnest(%(positions)b::int4[], %(bodies)b::text[]) AS x(p, b)
+    WHERE EXISTS (SELECT 1 FROM h)
+    ON CONFLICT (conversation_id, position) DO UPDATE SET body = EXCLUDED.body
+),
+scut AS (
+    DELETE FROM {s} WHERE conversation_id = %(id)s AND position >= %(skeep)s
+    AND EXISTS (SELECT 1 FROM h)
+),
+sins AS (
+    INSERT INTO {s} (conversation_id, position, body)
+    SELECT %(id)s, p, b FROM unnest(%(step_positions)b::int4[], %(step_bodies)b::text[])
+        AS x(p, b)
     WHERE EXISTS (SELECT 1 FROM h)
     ON CONFLICT (conversation_id, position) DO UPDATE SET body = EXCLUDED.body
 )
@@ -106,10 +118,12 @@ WITH h AS (
         version = version + 1, owner = %(owner)s, route_key = %(route_key)s,
         request_opts = %(opts)s::jsonb, last_seq = %(last_seq)s, updated_at = now(),
         lifecycle = %(lifecycle)s, unanswered = %(unanswered)s,
-        epoch = GREATEST(epoch, COALESCE(%(epoch)s::bigint, epoch))
+        epoch = GREATEST(epoch, COALESCE(%(epoch)s::bigint, epoch)),
+        step_count = %(step_count)s
     WHERE id = %(id)s AND version = %(expected)s
         AND (%(epoch)s::bigint IS NULL OR epoch <= %(epoch)s::bigint)
         AND (%(base)s = 0 OR (message_count = %(base)s AND state IS NULL))
+        AND (%(sbase)s = 0 OR step_count = %(sbase)s)
     RETURNING version
 )"""
     + _MESSAGE_CTES
@@ -119,11 +133,13 @@ _CREATE = (
     """
 WITH h AS (
     INSERT INTO {t} AS t (id, state, head, message_count, version, owner, route_key,
-        request_opts, last_seq, updated_at, lifecycle, unanswered, epoch)
+        request_opts, last_seq, updated_at, lifecycle, unanswered, epoch, step_count)
     VALUES (%(id)s, NULL, %(head)s, %(count)s, 1, %(owner)s, %(route_key)s, %(opts)s::jsonb,
-        %(last_seq)s, now(), %(lifecycle)s, %(unanswered)s, COALESCE(%(epoch)s::bigint, 0))
+        %(last_seq)s, now(), %(lifecycle)s, %(unanswered)s, COALESCE(%(epoch)s::bigint, 0),
+        %(step_count)s)
     ON CONFLICT (id) DO UPDATE SET state = NULL, head = EXCLUDED.head,
-        message_count = EXCLUDED.message_count, version = 1, owner = EXCLUDED.owner,
+        message_count = EXCLUDED.message_count, step_count = EXCLUDED.step_count,
+        version = 1, owner = EXCLUDED.owner,
         route_key = EXCLUDED.route_key, request_opts = EXCLUDED.request_opts,
         last_seq = EXCLUDED.last_seq, updated_at = now(), lifecycle = EXCLUDED.lifecycle,
         unanswered = EXCLUDED.unanswered, epoch = GREATEST(t.epoch, EXCLUDED.epoch)
@@ -147,27 +163,31 @@ WITH i AS (
         %(ids)b::text[], %(heads)b::text[], %(counts)b::int4[], %(owners)b::text[],
         %(route_keys)b::text[], %(opts)b::text[], %(last_seqs)b::int8[],
         %(lifecycles)b::text[], %(flags)b::bool[], %(epochs)b::int8[],
-        %(expected)b::int8[], %(bases)b::int4[]
+        %(expected)b::int8[], %(bases)b::int4[], %(step_counts)b::int4[],
+        %(step_bases)b::int4[]
     ) AS i(id, head, count, owner, route_key, opts, last_seq, lifecycle, unanswered,
-           epoch, expected, base)
+           epoch, expected, base, scount, sbase)
 ),
 up AS (
     UPDATE {t} AS t SET state = NULL, head = i.head, message_count = NULLIF(i.count, -1),
         version = t.version + 1, owner = i.owner, route_key = i.route_key,
         request_opts = i.opts::jsonb, last_seq = i.last_seq, updated_at = now(),
         lifecycle = i.lifecycle, unanswered = i.unanswered,
-        epoch = CASE WHEN i.epoch < 0 THEN t.epoch ELSE GREATEST(t.epoch, i.epoch) END
+        epoch = CASE WHEN i.epoch < 0 THEN t.epoch ELSE GREATEST(t.epoch, i.epoch) END,
+        step_count = NULLIF(i.scount, -1)
     FROM i
     WHERE t.id = i.id AND i.expected >= 0 AND t.version = i.expected
         AND (i.epoch < 0 OR t.epoch <= i.epoch)
         AND (i.base = 0 OR (t.message_count = i.base AND t.state IS NULL))
+        AND (i.sbase = 0 OR t.step_count = i.sbase)
     RETURNING t.id, t.version
 ),
 cr AS (
     INSERT INTO {t} (id, state, head, message_count, version, owner, route_key,
-        request_opts, last_seq, updated_at, lifecycle, unanswered, epoch)
+        request_opts, last_seq, updated_at, lifecycle, unanswered, epoch, step_count)
     SELECT i.id, NULL, i.head, NULLIF(i.count, -1), 1, i.owner, i.route_key, i.opts::jsonb,
-        i.last_seq, now(), i.lifecycle, i.unanswered, GREATEST(i.epoch, 0)
+        i.last_seq, now(), i.lifecycle, i.unanswered, GREATEST(i.epoch, 0),
+        NULLIF(i.scount, -1)
     FROM i WHERE i.expected < 0
     ON CONFLICT (id) DO NOTHING
     RETURNING id, version
@@ -181,6 +201,18 @@ ins AS (
     INSERT INTO {m} (conversation_id, position, body)
     SELECT r.id, r.position, r.body
     FROM unnest(%(message_ids)b::text[], %(positions)b::int4[], %(bodies)b::text[])
+        AS r(id, position, body)
+    JOIN ok ON ok.id = r.id
+    ON CONFLICT (conversation_id, position) DO UPDATE SET body = EXCLUDED.body
+),
+scut AS (
+    DELETE FROM {s} AS s USING i, ok
+    WHERE ok.id = i.id AND s.conversation_id = i.id AND s.position >= GREATEST(i.scount, 0)
+),
+sins AS (
+    INSERT INTO {s} (conversation_id, position, body)
+    SELECT r.id, r.position, r.body
+    FROM unnest(%(step_ids)b::text[], %(step_positions)b::int4[], %(step_bodies)b::text[])
         AS r(id, position, body)
     JOIN ok ON ok.id = r.id
     ON CONFLICT (conversation_id, position) DO UPDATE SET body = EXCLUDED.body
@@ -201,15 +233,23 @@ class _Queries:
             "SELECT owner, head, state -> 'interrupt' FROM {t} WHERE id = %s AND version > 0"
         )
         self.load = compose(
-            f"SELECT {_COLUMNS}, x.positions, x.bodies FROM {{t}} t LEFT JOIN LATERAL ("
+            f"SELECT {_COLUMNS}, x.positions, x.bodies, y.positions, y.bodies "
+            "FROM {t} t LEFT JOIN LATERAL ("
             "SELECT array_agg(m.position ORDER BY m.position) AS positions, "
             "array_agg(m.body ORDER BY m.position) AS bodies FROM {m} m "
             "WHERE m.conversation_id = t.id AND m.position < t.message_count) x ON true "
+            "LEFT JOIN LATERAL ("
+            "SELECT array_agg(s.position ORDER BY s.position) AS positions, "
+            "array_agg(s.body ORDER BY s.position) AS bodies FROM {s} s "
+            "WHERE s.conversation_id = t.id AND s.position < t.step_count) y ON true "
             "WHERE t.id = %s AND t.version > 0"
         )
-        self.current = compose("SELECT version, epoch, message_count FROM {t} WHERE id = %s")
+        self.current = compose(
+            "SELECT version, epoch, message_count, step_count FROM {t} WHERE id = %s"
+        )
         self.delete = compose("DELETE FROM {t} WHERE id = %s")
         self.delete_messages = compose("DELETE FROM {m} WHERE conversation_id = %s")
+        self.delete_steps = compose("DELETE FROM {s} WHERE conversation_id = %s")
         self.lock = compose("SELECT 1 FROM {t} WHERE id = %s AND version > 0 FOR UPDATE")
         self.count_quarantined = compose("SELECT count(*) FROM {q} WHERE conversation_id = %s")
         self.key_taken = compose("SELECT 1 FROM {q} WHERE key = %s")
@@ -220,6 +260,10 @@ class _Queries:
         self.move_messages_aside = compose(
             "INSERT INTO {qm} (key, position, body) "
             "SELECT %s, position, body FROM {m} WHERE conversation_id = %s"
+        )
+        self.move_steps_aside = compose(
+            "INSERT INTO {qs} (key, position, body) "
+            "SELECT %s, position, body FROM {s} WHERE conversation_id = %s"
         )
         self.unanswered = compose("SELECT id FROM {t} WHERE unanswered LIMIT %s")
         self.put_timer = compose(
@@ -286,6 +330,17 @@ class _Queries:
                 "ADD COLUMN IF NOT EXISTS message_count INTEGER, "
                 "ADD COLUMN IF NOT EXISTS epoch BIGINT"
             ),
+            # Layout 3: the audit trail in rows. NULL: the head holds it (layout 2).
+            compose("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS step_count INTEGER"),
+            compose("ALTER TABLE {q} ADD COLUMN IF NOT EXISTS step_count INTEGER"),
+            compose(
+                "CREATE TABLE IF NOT EXISTS {s} (conversation_id TEXT NOT NULL, "
+                "position INTEGER NOT NULL, body TEXT, PRIMARY KEY (conversation_id, position))"
+            ),
+            compose(
+                "CREATE TABLE IF NOT EXISTS {qs} (key TEXT NOT NULL, "
+                "position INTEGER NOT NULL, body TEXT, PRIMARY KEY (key, position))"
+            ),
             compose(
                 "CREATE TABLE IF NOT EXISTS {m} (conversation_id TEXT NOT NULL, "
                 "position INTEGER NOT NULL, body TEXT, PRIMARY KEY (conversation_id, position))"
@@ -348,7 +403,9 @@ class PostgresStore(ClosedOnExit):
 
     The tables are created on first use when missing: ``<table>`` (a header
     row per conversation), ``<table>_messages`` (one row per message),
-    ``<table>_quarantine`` and ``<table>_qmessages`` (rows moved aside). A
+    ``<table>_steps`` (one row per step of the audit trail),
+    ``<table>_quarantine``, ``<table>_qmessages`` and ``<table>_qsteps``
+    (rows moved aside). A
     table of the single-row layout of earlier releases is upgraded in place
     then. Message rows, the head and the request options are stored as JSON;
     the head and message rows as ``TEXT`` (so a state may hold U+0000).
@@ -402,6 +459,8 @@ class PostgresStore(ClosedOnExit):
             "m": sql.Identifier(*schema, f"{name}_messages"),
             "q": sql.Identifier(*schema, f"{name}_quarantine"),
             "qm": sql.Identifier(*schema, f"{name}_qmessages"),
+            "s": sql.Identifier(*schema, f"{name}_steps"),
+            "qs": sql.Identifier(*schema, f"{name}_qsteps"),
             "i": sql.Identifier(f"{name}_unanswered"),
             "tm": sql.Identifier(*schema, f"{name}_timers"),
             "ti": sql.Identifier(f"{name}_timers_due"),
@@ -423,6 +482,7 @@ class PostgresStore(ClosedOnExit):
         self._ready = False
         self._closed = False
         self._history = HistoryTracker()
+        self._steps = HistoryTracker()  # the audit trail's list, tracked the same way
         self._commits = GroupCommit(self._flush, self._commit_limiter, self._check_open)
 
     def __repr__(self) -> str:
@@ -489,7 +549,7 @@ class PostgresStore(ClosedOnExit):
 
         def fetch(conn: psycopg.Connection[tuple[Any, ...]]) -> Any:
             row = conn.execute(query, (conversation_id,)).fetchone()
-            if row is None or (row[2] or 0) > _DECODE_INLINE:
+            if row is None or (row[2] or 0) + (row[10] or 0) > _DECODE_INLINE:
                 return row
             return self._decode_row(conversation_id, row)  # short: no second thread hop
 
@@ -592,7 +652,7 @@ class PostgresStore(ClosedOnExit):
         return await self._run(select)
 
     async def delete(self, conversation_id: str) -> None:
-        """Remove the conversation and its messages; a missing one is not an error.
+        """Remove the conversation, its messages and steps; a missing one is not an error.
 
         Raises:
             psycopg.Error: the database failed.
@@ -605,6 +665,7 @@ class PostgresStore(ClosedOnExit):
             with conn.transaction():
                 conn.execute(q.delete, (conversation_id,))
                 conn.execute(q.delete_messages, (conversation_id,))
+                conn.execute(q.delete_steps, (conversation_id,))
                 conn.execute(q.delete_timers, (conversation_id,))
 
         await self._run(remove)
@@ -708,8 +769,9 @@ class PostgresStore(ClosedOnExit):
     async def quarantine(self, conversation_id: str) -> str:
         """Move the conversation's rows, unchanged, to the quarantine tables.
 
-        The header goes to ``<table>_quarantine`` and the messages to
-        ``<table>_qmessages``, under the key ``"<id>#quarantine-<n>"``;
+        The header goes to ``<table>_quarantine``, the messages to
+        ``<table>_qmessages`` and the steps to ``<table>_qsteps``, under the key
+        ``"<id>#quarantine-<n>"``;
         afterwards ``load(conversation_id)`` returns None.
 
         Returns:
@@ -736,30 +798,32 @@ class PostgresStore(ClosedOnExit):
                 key = quarantine_key(conversation_id, n)
                 conn.execute(q.move_aside, (key, conversation_id))
                 conn.execute(q.move_messages_aside, (key, conversation_id))
+                conn.execute(q.move_steps_aside, (key, conversation_id))
                 conn.execute(q.delete, (conversation_id,))
                 conn.execute(q.delete_messages, (conversation_id,))
+                conn.execute(q.delete_steps, (conversation_id,))
             return key
 
         return await self._run(run)
 
     # -- group commit --------------------------------------------------------
 
-    def _prepare(self, write: Write, base: int | None, single: bool = False) -> _Item:
+    def _prepare(self, write: Write, rewrite: bool, single: bool = False) -> _Item:
         """Encode one write (on the flushing thread).
 
-        ``base`` None asks the tracker whether only the tail must be written; 0
-        forces a rewrite of every row.
+        Unless ``rewrite``, the trackers tell whether only the tails of the
+        history and of the audit trail must be written; ``rewrite`` writes every row.
         """
         record, cid = write.record, write.conversation_id
         cut = split(record.state)
-        messages = cut.messages
-        if base is None:
-            base = (
-                0
-                if messages is None
-                else self._history.written(cid, messages, write.expected_version)
-            )
+        messages, steps = cut.messages, cut.steps
+        base = step_base = 0
+        if not rewrite and messages is not None:
+            base = self._history.written(cid, messages, write.expected_version)
+            if steps is not None:
+                step_base = self._steps.written(cid, steps, write.expected_version)
         tail = [] if messages is None else messages[base:]
+        step_tail = [] if steps is None else steps[step_base:]
         return _Item(
             write=write,
             messages=messages,
@@ -769,6 +833,10 @@ class PostgresStore(ClosedOnExit):
             unanswered=is_unanswered(write.lifecycle, record.state),
             base=base,
             bodies=[dumps(m) for m in tail],
+            steps=steps,
+            step_count=None if steps is None else len(steps),
+            step_base=step_base,
+            step_bodies=[dumps(s) for s in step_tail],
             single=single,
         )
 
@@ -777,7 +845,7 @@ class PostgresStore(ClosedOnExit):
         items: list[_Item] = []
         for write in batch:
             try:
-                items.append(self._prepare(write, None))
+                items.append(self._prepare(write, False))
             except Exception as exc:  # e.g. a value JSON cannot encode
                 write.fail(exc)
         if len(items) == 1:
@@ -855,6 +923,11 @@ class PostgresStore(ClosedOnExit):
             "keep": item.count or 0,
             "positions": list(range(item.base, item.base + len(item.bodies))),
             "bodies": item.bodies,
+            "step_count": item.step_count,
+            "sbase": item.step_base,
+            "skeep": item.step_count or 0,
+            "step_positions": list(range(item.step_base, item.step_base + len(item.step_bodies))),
+            "step_bodies": item.step_bodies,
         }
         try:
             row = conn.execute(query, params).fetchone()  # one statement: its own transaction
@@ -870,15 +943,16 @@ class PostgresStore(ClosedOnExit):
         """Report a committed write, or find out why it wrote nothing."""
         write, cid = item.write, item.write.conversation_id
         if version is not None:
-            if item.messages is None:
-                self._history.forget(cid)
-            else:
-                self._history.remember(cid, item.messages, version)
+            for tracker, items in ((self._history, item.messages), (self._steps, item.steps)):
+                if items is None:
+                    tracker.forget(cid)
+                else:
+                    tracker.remember(cid, items, version)
             write.succeed(version)
             return []
         self._forget(cid)
         found = conn.execute(self._q.current, (cid,)).fetchone()
-        actual, epoch, count = (None, 0, None) if found is None else found
+        actual, epoch, count, step_count = (None, 0, None, None) if found is None else found
         if actual == 0 and write.expected_version is None and not item.single:
             # A fenced placeholder: the one-by-one statement knows how to take it.
             item.single = True
@@ -892,15 +966,18 @@ class PostgresStore(ClosedOnExit):
                     f"this writer's {write.epoch} (a newer owner took it over)"
                 )
             )
-        elif actual == write.expected_version and item.base and count != item.base:
+        elif actual == write.expected_version and (
+            (item.base and count != item.base) or (item.step_base and step_count != item.step_base)
+        ):
             # The rows are not what this store last wrote: write them all.
-            return [self._prepare(write, 0, item.single)]
+            return [self._prepare(write, True, item.single)]
         else:
             write.fail(stale_write(cid, write.expected_version, actual))
         return []
 
     def _forget(self, conversation_id: str) -> None:
         self._history.forget(conversation_id)  # lock-free: see HistoryTracker
+        self._steps.forget(conversation_id)
 
     # -- machinery ---------------------------------------------------------
 
@@ -978,23 +1055,31 @@ class PostgresStore(ClosedOnExit):
             last_seq,
             updated_at,
             lifecycle,
+            step_count,
             positions,
             bodies,
+            step_positions,
+            step_bodies,
         ) = row
         where = f"the stored row of conversation {conversation_id!r}"
         state: Any
         if state_raw is None and head is not None:
             if count is not None:
                 positions, bodies = positions or [], bodies or []
-                if positions != list(range(count)):
-                    missing = next(
-                        (p for p, found in enumerate(positions) if p != found), len(positions)
-                    )
-                    raise CorruptStateError(
-                        f"cannot read {where}: its message at position {missing} is missing "
-                        f"({len(positions)} of {count} rows found)"
-                    )
-            state = assemble(conversation_id, head, None if count is None else bodies)
+                error = missing_row(conversation_id, "message", positions, count)
+                if error is not None:
+                    raise error
+            if step_count is not None:  # NULL: the head holds the trail (layout 2)
+                step_bodies = step_bodies or []
+                error = missing_row(conversation_id, "step", step_positions or [], step_count)
+                if error is not None:
+                    raise error
+            state = assemble(
+                conversation_id,
+                head,
+                None if count is None else bodies,
+                None if step_count is None else step_bodies,
+            )
         elif not isinstance(state_raw, Mapping):
             # psycopg already parsed the JSONB; anything but an object (a JSON
             # string holding truncated text, say) is not a state.
@@ -1062,6 +1147,10 @@ class _Item:
     unanswered: bool
     base: int
     bodies: list[str]
+    steps: list[Any] | None
+    step_count: int | None
+    step_base: int
+    step_bodies: list[str]
     single: bool = False
 
 
@@ -1071,11 +1160,17 @@ def _arrays(items: list[_Item]) -> dict[str, Any]:
     message_ids: list[str] = []
     positions: list[int] = []
     bodies: list[str] = []
+    step_ids: list[str] = []
+    step_positions: list[int] = []
+    step_bodies: list[str] = []
     for item in items:
         cid = item.write.conversation_id
         message_ids.extend([cid] * len(item.bodies))
         positions.extend(range(item.base, item.base + len(item.bodies)))
         bodies.extend(item.bodies)
+        step_ids.extend([cid] * len(item.step_bodies))
+        step_positions.extend(range(item.step_base, item.step_base + len(item.step_bodies)))
+        step_bodies.extend(item.step_bodies)
     writes = [item.write for item in items]
     return {
         "ids": [w.conversation_id for w in writes],
@@ -1093,4 +1188,9 @@ def _arrays(items: list[_Item]) -> dict[str, Any]:
         "message_ids": message_ids,
         "positions": positions,
         "bodies": bodies,
+        "step_counts": [-1 if item.step_count is None else item.step_count for item in items],
+        "step_bases": [item.step_base for item in items],
+        "step_ids": step_ids,
+        "step_positions": step_positions,
+        "step_bodies": step_bodies,
     }
