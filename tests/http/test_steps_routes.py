@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 #: An id that must never show in /metrics.
 CID = "c-steps-4f9a1e"
-#: A step result over the 1 KiB the steps list shows.
+#: A step result over the 4 KiB the steps list shows.
 BIG = "x" * 5000
 
 

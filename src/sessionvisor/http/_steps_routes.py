@@ -134,7 +134,7 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "result": {"description": "The stored result (JSON); null when omitted"},
             "omitted": {
                 "type": "boolean",
-                "description": "The result was too large to list (over 1 KiB as JSON)",
+                "description": "The result was too large to list (over 4 KiB as JSON)",
             },
             "usage": {
                 "anyOf": [{"$ref": "#/components/schemas/Usage"}, {"type": "null"}],

@@ -38,10 +38,10 @@ class Records:
 
     async def steps(self, conversation_id: str, *, scope: Any = None) -> list[StepRecord] | None:
         """The stored steps of the conversation's turns, oldest first: those of the
-        turns that ended (the most recent 100 or so), then the running or cut turn's.
+        turns that ended (the most recent 1,000 or so), then the running or cut turn's.
 
         A step of an ended turn that started and never stored a result reads
-        ``status="unknown"``; a result over 1 KiB as JSON is left out
+        ``status="unknown"``; a result over 4 KiB as JSON is left out
         (``omitted=True``).
 
         Returns:

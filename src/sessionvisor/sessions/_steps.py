@@ -56,12 +56,13 @@ __all__: list[str] = [
 ]
 
 #: The audit trail keeps the steps of ended turns up to about this many (the oldest
-#: go first, in batches, so the stored list is not rewritten at every turn). It is
-#: saved with the conversation's head, so it is kept small: every save writes it.
-AUDIT_KEEP = 100
-_AUDIT_SLACK = 25
+#: go first, in batches: a trim replaces the list, which the SQL stores answer by
+#: rewriting its rows, so it is not done at every turn). The stores keep it as one
+#: row per step, written once, so its length does not weigh on a save.
+AUDIT_KEEP = 1000
+_AUDIT_SLACK = 250
 #: A step's result larger than this (as JSON) is left out of the audit trail.
-AUDIT_RESULT_BYTES = 1024
+AUDIT_RESULT_BYTES = 4096
 
 
 def journal_name(
