@@ -165,3 +165,53 @@ async def test_a_stop_during_the_turn_of_an_answer_is_carried_out_by_some_node_u
         assert _tool_runs(state.messages) == 1, state.messages
         view = await _view(http, owner, cid)
         assert view["interrupt"] is None, view
+
+
+async def test_a_regenerate_posted_to_a_node_that_does_not_serve_the_conversation(
+    pg_dsn: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # POST /regenerate to a node that does not own the conversation: 202 with the id
+    # of the message asked again, which the owner's history then shows, answered,
+    # in place of the first exchange (kept in the store, superseded).
+    cid = "cmd-regenerate"
+    async with (
+        cluster_nodes(pg_dsn, redis_server.url, tmp_path) as nodes,
+        httpx.AsyncClient(headers=HEADERS, timeout=10) as http,
+    ):
+        n1 = nodes["n1"]
+        sent = await http.post(f"{n1.url}/conversations/{cid}/messages", json={"content": "hi"})
+        assert sent.status_code == 202, sent.text
+        owner = await _owner(pg_dsn, nodes, cid)
+
+        async def answered(node: Node, user_id: str | None = None) -> bool:
+            view = await _view(http, node, cid)
+            messages = view["messages"]
+            return (
+                view["status"] == "idle"
+                and bool(messages)
+                and messages[-1]["role"] == "assistant"
+                and (user_id is None or messages[0]["id"] == user_id)
+            )
+
+        await wait_until(
+            lambda: answered(owner), timeout=60, interval=POLL, message="the first answer"
+        )
+        first = (await _view(http, owner, cid))["messages"]
+        other = next(n for n in nodes if n is not owner)
+        posted = await http.post(f"{other.url}/conversations/{cid}/regenerate")
+        assert posted.status_code == 202, posted.text
+        asked = posted.json()["message_id"]
+        assert asked != first[0]["id"]
+        await wait_until(
+            lambda: answered(owner, asked),
+            timeout=60,
+            interval=POLL,
+            message=explained("the regenerated answer", nodes.report),
+        )
+        view = await _view(http, other, cid)
+        assert [m["role"] for m in view["messages"]] == ["user", "assistant"]
+        assert view["messages"][0]["metadata"]["regenerates"] == first[0]["id"]
+        stored = read_store(pg_dsn, cid)[cid]
+        assert [m["id"] for m in stored.messages[:2]] == [m["id"] for m in first]
+        assert len(stored.messages) == 4
+        assert read_leases(pg_dsn, cid)[cid].node_id == owner.node_id
