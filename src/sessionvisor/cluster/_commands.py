@@ -9,7 +9,9 @@ message id (the client's, or one assigned here), and the conversation keeps
 the ids it accepted, so a row applied twice (the owner died between applying
 and deleting it) changes nothing the second time. A resume or dismiss row
 carries the interrupt it answers and is refused when another one is pending;
-a cancel or stop row applied again cancels or stops again.
+a cancel or stop row applied again cancels or stops again. A regenerate or edit
+row carries the id of the message it asks (made here and returned at once), so
+applied again it changes nothing; the owner waits for a turn started before it.
 
 On the owner, the inbox rows of a conversation are applied before each send
 that arrives there directly (one query, shared by the sends in flight, finds
