@@ -294,6 +294,30 @@ class FencedStore:
             raise
         return dropped
 
+    async def drop_fired_timers(self, fired: list[tuple[str, str, str]]) -> list[bool]:
+        """Remove fired timers, (conversation id, key, id) each, in one statement, each
+        with the epoch of this node's lease on its conversation: one whose lease this
+        node does not hold is left for the owner (False), and after a takeover the
+        old owner's removal changes nothing."""
+        epochs = [self._leases.epoch(cid) for cid, _, _ in fired]
+        held = [(row, epoch) for row, epoch in zip(fired, epochs, strict=True) if epoch is not None]
+        removed: list[bool] = []
+        batch = getattr(self._inner, "drop_fired_timers", None)
+        try:
+            if held and batch is not None:
+                marks = [epoch for _, epoch in held]
+                removed = list(await batch([row for row, _ in held], epochs=marks))
+            else:  # a fencing store of your own without the batch: one row at a time
+                for (cid, key, timer_id), epoch in held:
+                    drop = self._inner.drop_timer(cid, key, timer_id=timer_id, epoch=epoch)
+                    removed.append(bool(await drop))
+        except Exception as exc:
+            if _is_database_error(exc):
+                raise unavailable(f"{len(held)} fired timers", exc) from exc
+            raise
+        answers = iter(removed)
+        return [epoch is not None and next(answers) for epoch in epochs]
+
     async def save(
         self,
         conversation_id: str,

@@ -241,19 +241,16 @@ class TimerCalls:
 
     async def _fire_timer(self, conversation_id: str, timer: StoredTimer) -> Fired:
         """Queue a due timer's turn on its session (waking it here when no node serves
-        it), then remove the timer; the timer loop calls this."""
+        it) and return once it is stored; the timer loop calls this, and removes the
+        row of a timer "fired" or "gone"."""
         cid = conversation_id
-        store: Any = self._store
         actor = self._registry.live(cid)
         if actor is None:
-            if await store.load(cid) is None:
-                # The conversation is gone (deleted, quarantined): so is its timer.
-                await store.drop_timer(cid, timer.key, timer_id=timer.id)
-                return "gone"
+            if await self._store.load(cid) is None:
+                return "gone"  # deleted or quarantined: its timer goes too
             try:
                 actor = (await self._mailbox.ensure(cid, scope=None, trusted=True)).actor
             except RunningElsewhere:
                 return "elsewhere"  # its owner fires it
         await deliver_timer(actor, timer)
-        await store.drop_timer(cid, timer.key, timer_id=timer.id)
         return "fired"

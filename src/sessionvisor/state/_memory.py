@@ -195,6 +195,9 @@ class MemoryStore(ClosedOnExit):
         """Remove the timer ``key`` (with ``timer_id``: only that scheduling of it);
         return whether one was removed."""
         await checkpoint()
+        return self._drop_timer(conversation_id, key, timer_id)
+
+    def _drop_timer(self, conversation_id: str, key: str, timer_id: str | None) -> bool:
         rows = self._timers.get(conversation_id)
         row = None if rows is None else rows.get(key)
         if rows is None or row is None or (timer_id is not None and row.id != timer_id):
@@ -203,6 +206,12 @@ class MemoryStore(ClosedOnExit):
         if not rows:
             del self._timers[conversation_id]
         return True
+
+    async def drop_fired_timers(self, fired: list[tuple[str, str, str]]) -> list[bool]:
+        """Remove fired timers, given as (conversation id, key, id), each only while
+        the stored one has that id; return, per timer, whether it was removed."""
+        await checkpoint()
+        return [self._drop_timer(cid, key, timer_id) for cid, key, timer_id in fired]
 
     async def list_timers(self, conversation_id: str) -> list[StoredTimer]:
         """The conversation's timers, soonest first."""

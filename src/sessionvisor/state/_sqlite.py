@@ -370,6 +370,24 @@ class SQLiteStore(ClosedOnExit):
 
         return await self._run(drop)
 
+    async def drop_fired_timers(self, fired: list[tuple[str, str, str]]) -> list[bool]:
+        """Remove fired timers, given as (conversation id, key, id), in one
+        transaction, each only while the stored row has that id; return, per timer,
+        whether it was removed."""
+
+        def drop(conn: sqlite3.Connection) -> list[bool]:
+            with _transaction(conn):
+                return [
+                    conn.execute(
+                        "DELETE FROM timers WHERE conversation_id = ? AND key = ? AND id = ?",
+                        row,
+                    ).rowcount
+                    > 0
+                    for row in fired
+                ]
+
+        return await self._run(drop) if fired else []
+
     async def list_timers(self, conversation_id: str) -> list[StoredTimer]:
         """The conversation's timers, soonest first."""
 

@@ -93,6 +93,13 @@ class StateStore(Protocol):
     ``async def next_timer_due(self) -> datetime | None``
         The soonest due time of any stored timer (None: none is stored).
 
+    And, when the store can, ``async def drop_fired_timers(self, fired) ->
+    list[bool]``: remove many timers, each given as ``(conversation_id, key,
+    timer_id)``, in one statement or transaction, each only while the stored one
+    has that id; return, per timer, whether it was removed. The timer loop
+    removes fired timers with it, and with ``drop_timer`` one at a time when the
+    store has no such method.
+
     ``delete`` removes the conversation's timers too.
     """
 

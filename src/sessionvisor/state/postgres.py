@@ -279,6 +279,15 @@ class _Queries:
             "AND (%(epoch)s::bigint IS NULL OR NOT EXISTS ("
             "SELECT 1 FROM {t} WHERE id = %(id)s AND epoch > %(epoch)s::bigint))"
         )
+        # The rows of fired timers, in one statement, each on the same terms as above.
+        self.drop_fired_timers = compose(
+            "DELETE FROM {tm} AS tm USING unnest(%(ids)s::text[], %(keys)s::text[], "
+            "%(timer_ids)s::text[], %(epochs)s::bigint[]) AS f(cid, key, tid, epoch) "
+            "WHERE tm.conversation_id = f.cid AND tm.key = f.key AND tm.id = f.tid "
+            "AND (f.epoch IS NULL OR NOT EXISTS ("
+            "SELECT 1 FROM {t} WHERE id = f.cid AND epoch > f.epoch)) "
+            "RETURNING tm.conversation_id, tm.key, tm.id"
+        )
         self.list_timers = compose(
             "SELECT key, due, payload, id FROM {tm} WHERE conversation_id = %s ORDER BY due, key"
         )
@@ -696,6 +705,33 @@ class PostgresStore(ClosedOnExit):
             return conn.execute(query, args).rowcount > 0
 
         return await self._run(drop)
+
+    async def drop_fired_timers(
+        self,
+        fired: list[tuple[str, str, str]],
+        *,
+        epochs: list[int | None] | None = None,
+    ) -> list[bool]:
+        """Remove fired timers, given as (conversation id, key, id), in one statement:
+        each only while the stored row has that id (with ``epochs``, one per timer:
+        only while its conversation's stored epoch is not higher). Return, per
+        timer, whether it was removed."""
+        if not fired:
+            return []
+        cids, keys, ids = (list(column) for column in zip(*fired, strict=True))
+        args = {
+            "ids": cids,
+            "keys": keys,
+            "timer_ids": ids,
+            "epochs": [None] * len(fired) if epochs is None else list(epochs),
+        }
+        query = self._q.drop_fired_timers
+
+        def drop(conn: psycopg.Connection[tuple[Any, ...]]) -> set[tuple[str, str, str]]:
+            return {(row[0], row[1], row[2]) for row in conn.execute(query, args).fetchall()}
+
+        removed = await self._run(drop)
+        return [row in removed for row in fired]
 
     async def list_timers(self, conversation_id: str) -> list[StoredTimer]:
         """The conversation's timers, soonest first."""
