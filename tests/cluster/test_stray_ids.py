@@ -147,6 +147,11 @@ async def test_a_claimed_stray_id_whose_wake_fails_keeps_its_back_off(
 
     async with _nodes(pg_dsn, redis_server, "a") as (a,):
         # Claimed, failed, and claimed again once its first back-off ran out.
-        await wait_until(lambda: failures() >= 2, timeout=20, interval=0.05)
-        assert a.metrics().background_failures["wake"] >= 2
+        # Both counts: the lease row's and the node's own (read separately, they need
+        # not move in the same instant).
+        await wait_until(
+            lambda: failures() >= 2 and a.metrics().background_failures["wake"] >= 2,
+            timeout=30,
+            interval=0.05,
+        )
         assert _rows(pg_dsn, [cid])[0] == 1

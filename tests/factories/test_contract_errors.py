@@ -82,7 +82,10 @@ async def test_bad_fresh_state_attrs_error_lists_valid_fields(
     with pytest.raises(FactoryContractError) as info:
         await invoke_factory(lambda aid, cfg: (AGENT, seed), "a", None)
 
-    assert "valid fields: messages, queued, metadata, interrupt, version" in str(info.value)
+    assert (
+        "valid fields: messages, queued, metadata, interrupt, usage, journal, steps, "
+        "superseded, version"
+    ) in str(info.value)
 
 
 @pytest.mark.anyio
