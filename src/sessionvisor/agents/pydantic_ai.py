@@ -446,7 +446,7 @@ def _without_superseded(state: State, history: list[ModelMessage]) -> list[Model
 
 
 def _unseen_user_messages(state: State) -> list[Message]:
-    """The user messages after the cursor (see ``_prompt_of``)."""
+    """The user messages after the cursor (see ``_prompt_of``), oldest first."""
     messages = state.messages
     cursor = state.metadata.get(CURSOR_KEY)
     start = None
@@ -470,24 +470,8 @@ def _prompt_of(state: State) -> str | list[UserContent] | None:
     They are the user messages after the cursor; without a cursor (a history
     that never ran through this adapter) those after the last assistant message.
     """
-    messages = state.messages
-    cursor = state.metadata.get(CURSOR_KEY)
-    start = None
-    if cursor is not None:
-        for i in range(len(messages) - 1, -1, -1):
-            if messages[i].id == cursor:
-                start = i + 1
-                break
-    if start is None:
-        start = 0
-        for i in range(len(messages) - 1, -1, -1):
-            if messages[i].role == "assistant":
-                start = i + 1
-                break
     parts: list[UserContent] = []
-    for message in messages[start:]:
-        if message.role != "user":
-            continue
+    for message in _unseen_user_messages(state):
         if parts:
             parts.append("\n\n")
         parts.extend(_user_content(message))
