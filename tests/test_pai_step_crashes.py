@@ -43,13 +43,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 
-from sessionvisor import SQLiteStore
 from sessionvisor.state import State
 from sessionvisor.testing import free_port, wait_until_sync
+from tests._support.crash_rounds import postgres_loader, seed_from_env, sqlite_loader
 from tests._support.pai_steps import (
     TOOLS,
     Seen,
@@ -71,46 +70,6 @@ HEADERS = {"X-User": "alice"}
 #: The longest random delay before a kill, in seconds: about two turns.
 MAX_DELAY = 0.15
 WAIT = 60.0
-
-
-def _seed() -> int:
-    given = os.environ.get("STEP_CRASH_SEED")
-    return int(given) if given else random.SystemRandom().randrange(2**32)
-
-
-Loader = Callable[[], dict[str, State | None]]
-
-
-def _sqlite_loader(path: Path) -> Loader:
-    def load() -> dict[str, State | None]:
-        async def read() -> dict[str, State | None]:
-            out: dict[str, State | None] = {}
-            async with SQLiteStore(path) as store:
-                for cid in CONVERSATIONS:
-                    record = await store.load(cid)
-                    out[cid] = None if record is None else State.model_validate(record.state)
-            return out
-
-        return anyio.run(read)
-
-    return load
-
-
-def _postgres_loader(dsn: str) -> Loader:
-    from sessionvisor.state.postgres import PostgresStore
-
-    def load() -> dict[str, State | None]:
-        async def read() -> dict[str, State | None]:
-            out: dict[str, State | None] = {}
-            async with PostgresStore(dsn, max_connections=1) as store:
-                for cid in CONVERSATIONS:
-                    record = await store.load(cid)
-                    out[cid] = None if record is None else State.model_validate(record.state)
-            return out
-
-        return anyio.run(read)
-
-    return load
 
 
 def _ended(states: dict[str, State | None], sent: dict[str, list[str]]) -> bool:
@@ -154,14 +113,14 @@ def test_a_pydantic_ai_server_killed_inside_its_turns_never_repeats_a_completed_
 ) -> None:
     if backend == "sqlite":
         store_url = f"sqlite:///{tmp_path / 'pai.db'}"
-        load = _sqlite_loader(tmp_path / "pai.db")
+        load = sqlite_loader(tmp_path / "pai.db", CONVERSATIONS)
     else:
         from tests.cluster._nodes import postgres_url
 
         dsn = request.getfixturevalue("pg_dsn")  # a fresh database for this test
         store_url = postgres_url(dsn)
-        load = _postgres_loader(dsn)
-    seed = _seed()
+        load = postgres_loader(dsn, CONVERSATIONS)
+    seed = seed_from_env()
     replay = f"seed {seed} (STEP_CRASH_SEED={seed} STEP_CRASH_ROUNDS={ROUNDS} replays it)"
     print(f"pydantic-ai step crash test on {backend}: {replay}")
     rng = random.Random(seed)

@@ -29,17 +29,16 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 
-from sessionvisor import SQLiteStore
 from sessionvisor.state import State
 from sessionvisor.testing import free_port, wait_until_sync
+from tests._support.crash_rounds import postgres_loader, seed_from_env, sqlite_loader
 from tests._support.steps import IDEMPOTENT, STEPS, Tally, check, effects, held, write_app
 from tests.http._cli import Running, running
 
@@ -49,46 +48,6 @@ HEADERS = {"X-User": "alice"}
 #: The longest random delay before a kill, in seconds: about two turns.
 MAX_DELAY = 0.15
 WAIT = 60.0
-
-
-def _seed() -> int:
-    given = os.environ.get("STEP_CRASH_SEED")
-    return int(given) if given else random.SystemRandom().randrange(2**32)
-
-
-Loader = Callable[[], dict[str, State | None]]
-
-
-def _sqlite_loader(path: Path) -> Loader:
-    def load() -> dict[str, State | None]:
-        async def read() -> dict[str, State | None]:
-            out: dict[str, State | None] = {}
-            async with SQLiteStore(path) as store:
-                for cid in CONVERSATIONS:
-                    record = await store.load(cid)
-                    out[cid] = None if record is None else State.model_validate(record.state)
-            return out
-
-        return anyio.run(read)
-
-    return load
-
-
-def _postgres_loader(dsn: str) -> Loader:
-    from sessionvisor.state.postgres import PostgresStore
-
-    def load() -> dict[str, State | None]:
-        async def read() -> dict[str, State | None]:
-            out: dict[str, State | None] = {}
-            async with PostgresStore(dsn, max_connections=1) as store:
-                for cid in CONVERSATIONS:
-                    record = await store.load(cid)
-                    out[cid] = None if record is None else State.model_validate(record.state)
-            return out
-
-        return anyio.run(read)
-
-    return load
 
 
 def _settled(states: dict[str, State | None], sent: dict[str, list[str]]) -> bool:
@@ -136,14 +95,14 @@ def test_a_server_killed_inside_steps_never_repeats_a_completed_step(
 ) -> None:
     if backend == "sqlite":
         store_url = f"sqlite:///{tmp_path / 'steps.db'}"
-        load = _sqlite_loader(tmp_path / "steps.db")
+        load = sqlite_loader(tmp_path / "steps.db", CONVERSATIONS)
     else:
         from tests.cluster._nodes import postgres_url
 
         dsn = request.getfixturevalue("pg_dsn")  # a fresh database for this test
         store_url = postgres_url(dsn)
-        load = _postgres_loader(dsn)
-    seed = _seed()
+        load = postgres_loader(dsn, CONVERSATIONS)
+    seed = seed_from_env()
     replay = f"seed {seed} (STEP_CRASH_SEED={seed} STEP_CRASH_ROUNDS={ROUNDS} replays it)"
     print(f"step crash test on {backend}: {replay}")
     rng = random.Random(seed)
