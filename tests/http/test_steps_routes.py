@@ -83,8 +83,9 @@ async def test_usage_and_steps_of_a_conversation_over_http() -> None:
                 "result",
                 "omitted",
                 "usage",
+                "error",
             }
-            assert step["status"] == "completed"
+            assert step["status"] == "completed" and step["error"] is None
             assert isinstance(step["started_at"], str) and step["duration"] >= 0
         model_1, model_2, found, big = steps
         assert model_1["usage"] == {

@@ -392,3 +392,34 @@ async def test_usage_counts_each_stored_model_step_once(anyio_backend: str) -> N
     assert usage == Usage(input_tokens=30, output_tokens=3, requests=2)
     assert metrics.tokens == {("default", "input"): 20, ("default", "output"): 2}
     assert metrics.steps_replayed == 1
+
+
+async def test_a_step_whose_function_raised_is_listed_as_failed_with_its_error(
+    anyio_backend: str,
+) -> None:
+    def declined(amount: int) -> None:
+        raise ValueError(f"card declined for {amount}")
+
+    async def agent(turn: Turn) -> Any:
+        try:
+            await turn.step("charge", declined, 42)
+        except ValueError as exc:
+            return Done(turn.state, reply=f"could not charge: {exc}")
+        return Done(turn.state, reply="charged")
+
+    store = MemoryStore()
+    async with SessionSupervisor(
+        SingleRouter(lambda a, c: FunctionAgent(agent)), store=store
+    ) as sup:
+        await sup.send("c-1", "pay")
+        await wait_for_status(sup, "c-1", "idle")
+        steps = await sup.steps("c-1")
+        state = await sup.load("c-1")
+    assert state is not None and state.messages[-1].text() == (
+        "could not charge: card declined for 42"
+    )
+    assert steps is not None
+    assert [(s.name, s.status, s.error) for s in steps] == [
+        ("charge", "failed", "ValueError: card declined for 42")
+    ]
+    assert steps[0].duration is not None and steps[0].result is None

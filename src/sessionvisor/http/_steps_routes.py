@@ -38,6 +38,7 @@ _STEP_FIELDS = [
     "result",
     "omitted",
     "usage",
+    "error",
 ]
 
 
@@ -121,8 +122,11 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "status": {
                 "type": "string",
-                "enum": ["started", "completed", "unknown"],
-                "description": "unknown: an ended turn's step that started and stored no result",
+                "enum": ["started", "completed", "failed", "unknown"],
+                "description": (
+                    "failed: its function raised (see error); unknown: an ended turn's "
+                    "step that started and stored no result"
+                ),
             },
             "idempotent": {"type": "boolean"},
             "started_at": {"type": "string", "format": "date-time"},
@@ -139,6 +143,10 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "usage": {
                 "anyOf": [{"$ref": "#/components/schemas/Usage"}, {"type": "null"}],
                 "description": "What a model-response step cost",
+            },
+            "error": {
+                "type": ["string", "null"],
+                "description": "A failed step's exception, as 'TypeName: message'",
             },
         },
     },

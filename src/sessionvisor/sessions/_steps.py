@@ -39,6 +39,7 @@ from .._errors import (
 )
 from .._json import json_problem
 from ..state import Journal, PendingInterrupt, State, StepRecord
+from ._events import describe
 
 if TYPE_CHECKING:
     from ..agents import Turn
@@ -103,6 +104,7 @@ async def run_step(actor: Actor, turn: Turn, step: StepCall) -> Any:
         if not step.idempotent:
             raise StepOutcomeUnknown(step.name, index)
         record.started_at = utcnow()
+        record.status = "started"
     else:
         record = StepRecord(
             turn=journal.turn, index=index, name=step.name, idempotent=step.idempotent
@@ -113,7 +115,16 @@ async def run_step(actor: Actor, turn: Turn, step: StepCall) -> Any:
             # a step the rerun knows may have run.
             await _save(actor, step.name, "could not be stored before it ran")
     began = time.perf_counter()
-    result = await step.run()
+    try:
+        result = await step.run()
+    except Exception as exc:
+        # Recorded for the audit trail; a rerun treats it as a step that started and
+        # has no result (what the function did before it raised is not known).
+        record.status, record.error = "failed", describe(exc)
+        record.duration = time.perf_counter() - began
+        actor.mark_changed()
+        await actor.persist("turn_start")  # best effort: the exception is what counts
+        raise
     took = time.perf_counter() - began
     try:
         stored, model = _encode(result, step.name, actor.opts.max_step_bytes)
@@ -122,7 +133,7 @@ async def run_step(actor: Actor, turn: Turn, step: StepCall) -> Any:
             await _save(actor, step.name, "could not be stored")
         raise
     usage = step.usage(result) if step.usage is not None else None
-    record.status = "completed"
+    record.status, record.error = "completed", None
     record.result = stored
     record.model = model
     record.duration = took

@@ -124,8 +124,9 @@ class StepRecord(BaseModel):
         index: the step's position in its turn, from 0, in the order the turn called it.
         name: the name the turn gave the step.
         status: ``"started"`` (running, or cut before its result was stored),
-            ``"completed"`` (its result is stored), or, in ``steps()`` only,
-            ``"unknown"``: a step of an ended turn that started and never completed.
+            ``"completed"`` (its result is stored), ``"failed"`` (its function
+            raised: ``error`` says what), or, in ``steps()`` only, ``"unknown"``: a
+            step of an ended turn that started and never completed.
         idempotent: whether the turn said the step may safely run twice.
         started_at: when it (last) started.
         duration: seconds from start to stored result; None until completed.
@@ -133,6 +134,7 @@ class StepRecord(BaseModel):
         omitted: ``steps()`` leaves out a result larger than its limit.
         model: ``"module:QualName"`` of the pydantic model the result was dumped from.
         usage: what the step cost, for a model-response step.
+        error: for a failed step, the exception as ``"TypeName: message"``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -140,7 +142,7 @@ class StepRecord(BaseModel):
     turn: str
     index: int
     name: str
-    status: Literal["started", "completed", "unknown"] = "started"
+    status: Literal["started", "completed", "failed", "unknown"] = "started"
     idempotent: bool = False
     started_at: datetime = Field(default_factory=utcnow)
     duration: float | None = None
@@ -148,6 +150,7 @@ class StepRecord(BaseModel):
     omitted: bool = False
     model: str | None = None
     usage: Usage | None = None
+    error: str | None = None
 
 
 class Journal(BaseModel):
