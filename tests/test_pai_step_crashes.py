@@ -48,7 +48,7 @@ import pytest
 
 from sessionvisor.state import State
 from sessionvisor.testing import free_port, wait_until_sync
-from tests._support.crash_rounds import postgres_loader, seed_from_env, sqlite_loader
+from tests._support.crash_rounds import seed_from_env, store_of
 from tests._support.pai_steps import (
     TOOLS,
     Seen,
@@ -111,15 +111,7 @@ def _wait_held(where: Path, line: str, server: Running, replay: str) -> None:
 def test_a_pydantic_ai_server_killed_inside_its_turns_never_repeats_a_completed_call(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "sqlite":
-        store_url = f"sqlite:///{tmp_path / 'pai.db'}"
-        load = sqlite_loader(tmp_path / "pai.db", CONVERSATIONS)
-    else:
-        from tests.cluster._nodes import postgres_url
-
-        dsn = request.getfixturevalue("pg_dsn")  # a fresh database for this test
-        store_url = postgres_url(dsn)
-        load = postgres_loader(dsn, CONVERSATIONS)
+    store_url, load = store_of(backend, tmp_path, CONVERSATIONS, request)
     seed = seed_from_env()
     replay = f"seed {seed} (STEP_CRASH_SEED={seed} STEP_CRASH_ROUNDS={ROUNDS} replays it)"
     print(f"pydantic-ai step crash test on {backend}: {replay}")

@@ -38,7 +38,7 @@ import pytest
 
 from sessionvisor.state import State
 from sessionvisor.testing import free_port, wait_until_sync
-from tests._support.crash_rounds import postgres_loader, seed_from_env, sqlite_loader
+from tests._support.crash_rounds import seed_from_env, store_of
 from tests._support.steps import IDEMPOTENT, STEPS, Tally, check, effects, held, write_app
 from tests.http._cli import Running, running
 
@@ -93,15 +93,7 @@ def _kill(server: Running) -> None:
 def test_a_server_killed_inside_steps_never_repeats_a_completed_step(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "sqlite":
-        store_url = f"sqlite:///{tmp_path / 'steps.db'}"
-        load = sqlite_loader(tmp_path / "steps.db", CONVERSATIONS)
-    else:
-        from tests.cluster._nodes import postgres_url
-
-        dsn = request.getfixturevalue("pg_dsn")  # a fresh database for this test
-        store_url = postgres_url(dsn)
-        load = postgres_loader(dsn, CONVERSATIONS)
+    store_url, load = store_of(backend, tmp_path, CONVERSATIONS, request)
     seed = seed_from_env()
     replay = f"seed {seed} (STEP_CRASH_SEED={seed} STEP_CRASH_ROUNDS={ROUNDS} replays it)"
     print(f"step crash test on {backend}: {replay}")

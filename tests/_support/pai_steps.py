@@ -39,6 +39,7 @@ from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
 
 from sessionvisor.agents.pydantic_ai import SKIPPED_MESSAGE, load_history
 from sessionvisor.state import State
+from tests._support.crash_rounds import APP_HELPERS, read_lines
 
 __all__ = [
     "APP",
@@ -84,27 +85,7 @@ TOOLS = TOOLS_HERE
 COUNT = itertools.count(1)
 
 
-def _append(path, line):
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _lines(path):
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-async def _hold(key, phase):
-    wanted = f"{key} {phase}"
-    if wanted in _lines(HOLDS) and wanted not in _lines(HELD):
-        _append(HELD, wanted)
-        await anyio.sleep_forever()
+APP_HELPERS_HERE
 
 
 def _has_prompt(message):
@@ -169,14 +150,9 @@ router = SingleRouter(create_agent)
 
 def write_app(where: Path) -> None:
     """Write ``pai_app.py`` into ``where`` (the served process's working directory)."""
-    (where / "pai_app.py").write_text(APP.replace("TOOLS_HERE", repr(TOOLS)))
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
+    (where / "pai_app.py").write_text(
+        APP.replace("APP_HELPERS_HERE", APP_HELPERS).replace("TOOLS_HERE", repr(TOOLS))
+    )
 
 
 @dataclass(frozen=True)
@@ -196,7 +172,7 @@ class Call:
 def calls(where: Path) -> list[Call]:
     """The model calls, in the order they were made."""
     out = []
-    for line in _lines(where / "calls.log"):
+    for line in read_lines(where / "calls.log"):
         cid, turn, n, nonce = line.split()
         out.append(Call(cid, turn, int(n), nonce))
     return out
@@ -205,7 +181,7 @@ def calls(where: Path) -> list[Call]:
 def effects(where: Path) -> Counter[tuple[str, str, str]]:
     """How many times each ``(conversation, turn, tool)`` ran its side effect."""
     counted: Counter[tuple[str, str, str]] = Counter()
-    for line in _lines(where / "effects.log"):
+    for line in read_lines(where / "effects.log"):
         cid, turn, tool = line.split()
         counted[(cid, turn, tool)] += 1
     return counted
@@ -213,7 +189,7 @@ def effects(where: Path) -> Counter[tuple[str, str, str]]:
 
 def held(where: Path) -> list[str]:
     """The ``<conversation> <turn> <what> <phase>`` lines of the calls that blocked."""
-    return _lines(where / "held.log")
+    return read_lines(where / "held.log")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sessionvisor.state import State, StepRecord
+from tests._support.crash_rounds import APP_HELPERS, read_lines
 
 __all__ = ["APP", "IDEMPOTENT", "STEPS", "Tally", "check", "effects", "held", "write_app"]
 
@@ -62,27 +63,7 @@ PAUSE = float(os.environ.get("STEP_APP_PAUSE", "0.004"))
 STEPS = STEPS_HERE
 
 
-def _append(path, line):
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _lines(path):
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-async def _hold(key, phase):
-    wanted = f"{key} {phase}"
-    if wanted in _lines(HOLDS) and wanted not in _lines(HELD):
-        _append(HELD, wanted)
-        await anyio.sleep_forever()
+APP_HELPERS_HERE
 
 
 async def _effect(key):
@@ -127,20 +108,15 @@ router = SingleRouter(create_agent)
 
 def write_app(where: Path) -> None:
     """Write ``steps_app.py`` into ``where`` (the served process's working directory)."""
-    (where / "steps_app.py").write_text(APP.replace("STEPS_HERE", repr(STEPS)))
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
+    (where / "steps_app.py").write_text(
+        APP.replace("APP_HELPERS_HERE", APP_HELPERS).replace("STEPS_HERE", repr(STEPS))
+    )
 
 
 def effects(where: Path) -> Counter[tuple[str, str, str]]:
     """How many times each ``(conversation, turn, step)`` ran its side effect."""
     counted: Counter[tuple[str, str, str]] = Counter()
-    for line in _lines(where / "effects.log"):
+    for line in read_lines(where / "effects.log"):
         cid, turn, step = line.split()
         counted[(cid, turn, step)] += 1
     return counted
@@ -148,7 +124,7 @@ def effects(where: Path) -> Counter[tuple[str, str, str]]:
 
 def held(where: Path) -> list[str]:
     """The ``<conversation> <turn> <step> <phase>`` lines of the steps that blocked."""
-    return _lines(where / "held.log")
+    return read_lines(where / "held.log")
 
 
 @dataclass
