@@ -345,16 +345,8 @@ class QuotaMailbox:
         message_id: str | None,
     ) -> Delivery:
         owner = self._owner_of(scope)
-        if owner is None:
-            return await self._inner.send(
-                conversation_id,
-                content,
-                scope=scope,
-                request_opts=request_opts,
-                reroute=reroute,
-                message_id=message_id,
-            )
-        await self._quotas.take_message(owner)
+        if owner is not None:
+            await self._quotas.take_message(owner)
         try:
             delivery = await self._inner.send(
                 conversation_id,
@@ -365,9 +357,10 @@ class QuotaMailbox:
                 message_id=message_id,
             )
         except BaseException:
-            self._quotas.give_back_message(owner)  # not accepted: it does not count
+            if owner is not None:
+                self._quotas.give_back_message(owner)  # not accepted: it does not count
             raise
-        if delivery.duplicate:
+        if owner is not None and delivery.duplicate:
             self._quotas.give_back_message(owner)  # accepted before, and counted then
         return delivery
 
